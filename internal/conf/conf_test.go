@@ -1,0 +1,53 @@
+package conf
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+type sample struct {
+	Name    string   `toml:"name"`
+	Timeout Duration `toml:"timeout"`
+	Service []struct {
+		Listen string `toml:"listen"`
+	} `toml:"service"`
+}
+
+func TestDecode(t *testing.T) {
+	tests := []struct {
+		name    string
+		text    string
+		wantErr []string
+	}{
+		{"ok", "name = \"a\"\ntimeout = \"1500ms\"\n[[service]]\nlisten = \"x\"\n", nil},
+		{"unknown top-level key", "name = \"a\"\nbogus = 1\n", []string{`f:2: unknown key "bogus"`}},
+		{"unknown key in array table", "[[service]]\nlisten = \"x\"\nlistn = \"y\"\n", []string{`f:3: unknown key "service.listn"`}},
+		{"bad duration", "timeout = \"10\"\n", []string{"f:1", "bad duration"}},
+		{"syntax", "name = \n", []string{"f:1"}},
+		{"two unknown keys", "a = 1\nb = 2\n", []string{`f:1: unknown key "a"`, `f:2: unknown key "b"`}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var s sample
+			_, err := Decode("f", tt.text, &s)
+			if len(tt.wantErr) == 0 {
+				if err != nil {
+					t.Fatalf("unexpected error: %v", err)
+				}
+				if s.Timeout.D() != 1500*time.Millisecond || s.Service[0].Listen != "x" {
+					t.Fatalf("decoded %+v", s)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatal("want an error")
+			}
+			for _, w := range tt.wantErr {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q lacks %q", err, w)
+				}
+			}
+		})
+	}
+}

@@ -1,0 +1,83 @@
+// Package lockstore provides the master lock for master/slave brokers.
+//
+// Several brokerd processes share one data directory. Whichever process holds
+// the lock is the master; the others wait in Acquire and take over when the
+// master dies or releases. The API is designed around LOSING the lock rather
+// than merely holding it (like etcd's concurrency.Session): a Lease's Done
+// channel closes as soon as the holder can no longer prove it is master, and
+// the holder must then stop serving immediately.
+//
+// Every acquisition also yields a fencing epoch that is strictly greater than
+// any earlier acquisition's. A lock alone cannot prevent a paused or
+// partitioned ex-master from issuing a few more writes after it lost the lock
+// (a lock only tells you who should be master, not who still thinks it is);
+// stamping writes with the epoch lets storage and peers reject the stale
+// master's writes.
+package lockstore
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/sirupsen/logrus"
+)
+
+// Locker acquires the master lock. Implementations: File (this package);
+// a PostgreSQL one will come later.
+type Locker interface {
+	// Acquire blocks until this process holds the lock or ctx is done (then
+	// returns ctx.Err()). On success the returned Lease is held and its
+	// fencing epoch has already been durably recorded.
+	Acquire(ctx context.Context) (Lease, error)
+	// String describes the backend for logs and /status, never including
+	// secrets, e.g. "file:/data/lock".
+	String() string
+}
+
+// Lease is one holding of the lock. It is safe for concurrent use.
+type Lease interface {
+	// Epoch is the fencing epoch of this acquisition; it is strictly greater
+	// than every earlier acquisition's (by any process sharing the backend).
+	Epoch() uint64
+	// Done is closed when the lease is lost or released. A master must stop
+	// serving as soon as Done is closed.
+	Done() <-chan struct{}
+	// Err is nil while the lease is held. After Done is closed it is
+	// ErrReleased if Release was called first, or otherwise the reason the
+	// lease was lost, which wraps ErrLost.
+	Err() error
+	// Release releases the lock, stops any background verification and
+	// closes Done. It is idempotent and safe to call concurrently; calls
+	// after the first return nil. Releasing a lease that was already lost
+	// leaves Err unchanged (it still reports the loss).
+	Release() error
+}
+
+// ErrLost is wrapped by Lease.Err when the lease was lost without Release
+// being called: another process acquired the lock (for example an NFSv4
+// lease expired while this host was partitioned), the lock or epoch file was
+// deleted or replaced, or the lease could no longer be verified. Test with
+// errors.Is(err, ErrLost).
+var ErrLost = errors.New("lockstore: master lock lost")
+
+// ErrReleased is returned by Lease.Err after the lease was released by
+// Release.
+var ErrReleased = errors.New("lockstore: master lock released")
+
+// DefaultCheckInterval is the CheckInterval used when FileOptions leaves it
+// zero.
+const DefaultCheckInterval = 250 * time.Millisecond
+
+// FileOptions configures a File locker.
+type FileOptions struct {
+	// Dir is the shared data directory; it must already exist. The lock is
+	// Dir/lock and the fencing epoch is Dir/epoch.
+	Dir string
+	// CheckInterval is how often a held lease verifies that it is still the
+	// master (default DefaultCheckInterval). It bounds how long a deposed
+	// master can go on serving before noticing.
+	CheckInterval time.Duration
+	// Log receives lock events; nil discards them.
+	Log *logrus.Entry
+}
