@@ -1,0 +1,148 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"handover/brokerd"
+	"handover/frame"
+	"handover/stompclient"
+)
+
+var body1K = make([]byte, 1024)
+
+var persistent = frame.Header{Key: "persistent", Value: "true"}
+
+func startBroker(b *testing.B) *brokerd.Server {
+	b.Helper()
+	o := brokerd.NewOptions()
+	o.Listen, o.Admin, o.Data = "127.0.0.1:0", "127.0.0.1:0", b.TempDir()
+	s, err := brokerd.New(o)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { s.Run(ctx); close(done) }()
+	b.Cleanup(func() { cancel(); <-done })
+	<-s.Ready()
+	return s
+}
+
+func dial(b *testing.B, addr string) *stompclient.Conn {
+	c, err := stompclient.Dial(context.Background(), addr, stompclient.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { c.Close() })
+	return c
+}
+
+// BenchmarkDiskFsync1KiB is the physical limit for one producer that waits
+// for each receipt: a 1 KiB write plus fdatasync, as `dd oflag=dsync bs=1k`.
+func BenchmarkDiskFsync1KiB(b *testing.B) {
+	f, err := os.Create(filepath.Join(b.TempDir(), "fsync"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := f.Write(body1K); err != nil {
+			b.Fatal(err)
+		}
+		if err := unix.Fdatasync(int(f.Fd())); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
+}
+
+// BenchmarkSendReceipt: persistent 1 KiB SENDs, each waiting for its RECEIPT
+// (so each is fsync'd first), on 1 and 8 connections.
+func BenchmarkSendReceipt(b *testing.B) {
+	for _, conns := range []int{1, 8} {
+		b.Run(fmt.Sprintf("conns=%d", conns), func(b *testing.B) {
+			s := startBroker(b)
+			cs := make([]*stompclient.Conn, conns)
+			for i := range cs {
+				cs[i] = dial(b, s.Addr())
+			}
+			b.ResetTimer()
+			var wg sync.WaitGroup
+			per := (b.N + conns - 1) / conns
+			for i := range cs {
+				wg.Add(1)
+				go func(c *stompclient.Conn) {
+					defer wg.Done()
+					for j := 0; j < per; j++ {
+						if err := c.SendReceipt(context.Background(), "/queue/bench", body1K, persistent); err != nil {
+							b.Error(err)
+							return
+						}
+					}
+				}(cs[i])
+			}
+			wg.Wait()
+			b.ReportMetric(float64(per*conns)/b.Elapsed().Seconds(), "msgs/s")
+		})
+	}
+}
+
+// BenchmarkSendNoReceipt: persistent 1 KiB SENDs without receipts on one
+// connection; a last SEND with a receipt marks the end (the broker applies a
+// connection's frames in order, so its receipt means all were journaled).
+func BenchmarkSendNoReceipt(b *testing.B) {
+	s := startBroker(b)
+	c := dial(b, s.Addr())
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if err := c.Send("/queue/bench", body1K, persistent); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := c.SendReceipt(context.Background(), "/queue/bench", body1K, persistent); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
+}
+
+// BenchmarkConsumeClientIndividual: drain b.N persistent messages with a
+// client-individual subscription, acking each.
+func BenchmarkConsumeClientIndividual(b *testing.B) {
+	s := startBroker(b)
+	p := dial(b, s.Addr())
+	for i := 0; i < b.N; i++ {
+		if err := p.Send("/queue/bench", body1K, persistent, frame.Header{Key: "n", Value: strconv.Itoa(i)}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := p.SendReceipt(context.Background(), "/queue/fence", nil); err != nil {
+		b.Fatal(err)
+	}
+	c := dial(b, s.Addr())
+	b.ResetTimer()
+	sub, err := c.Subscribe("/queue/bench", stompclient.AckClientIndividual)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for i := 0; i < b.N; i++ {
+		select {
+		case m := <-sub.C():
+			if err := c.Ack(m); err != nil {
+				b.Fatal(err)
+			}
+		case <-time.After(10 * time.Second):
+			b.Fatalf("stalled after %d of %d", i, b.N)
+		}
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
+}

@@ -1,0 +1,111 @@
+package brokerd
+
+import (
+	"encoding/json"
+	"net/http"
+	"sort"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Status is the JSON document served at GET /status.
+type Status struct {
+	Role        string       `json:"role"` // "master", "slave" or "stopped"
+	Epoch       uint64       `json:"epoch"`
+	Since       time.Time    `json:"since"` // when the role was taken
+	Listen      string       `json:"listen"`
+	Admin       string       `json:"admin"`
+	Lock        string       `json:"lock"`
+	Store       string       `json:"store"`
+	Ready       bool         `json:"ready"`
+	Connections int          `json:"connections"`
+	Queues      []queueStats `json:"queues"`
+	Topics      []queueStats `json:"topics"`
+	Journal     *JournalStat `json:"journal,omitempty"`
+	Version     string       `json:"version"`
+}
+
+// JournalStat is the journal part of Status.
+type JournalStat struct {
+	Segments int    `json:"segments"`
+	Bytes    int64  `json:"bytes"`
+	Live     int    `json:"live"`
+	Syncs    uint64 `json:"syncs"`
+	Records  uint64 `json:"records"`
+}
+
+// Status returns a snapshot of the server's state.
+func (s *Server) Status() Status {
+	s.mu.Lock()
+	st := Status{
+		Role:        s.role,
+		Epoch:       s.epoch,
+		Since:       s.since,
+		Listen:      s.opts.Listen,
+		Admin:       s.AdminAddr(),
+		Lock:        s.locker.String(),
+		Store:       "journal:" + s.opts.Data,
+		Ready:       s.isReady,
+		Connections: len(s.conns),
+		Version:     Version,
+		Queues:      []queueStats{},
+		Topics:      []queueStats{},
+	}
+	if s.ln != nil {
+		st.Listen = s.ln.Addr().String()
+	}
+	s.mu.Unlock()
+	s.destMu.Lock()
+	qs := make([]*queue, 0, len(s.queues))
+	for _, q := range s.queues {
+		qs = append(qs, q)
+	}
+	ts := make([]*topic, 0, len(s.topics))
+	for _, t := range s.topics {
+		ts = append(ts, t)
+	}
+	j := s.journal
+	s.destMu.Unlock()
+	for _, q := range qs {
+		st.Queues = append(st.Queues, q.stats())
+	}
+	for _, t := range ts {
+		st.Topics = append(st.Topics, t.stats())
+	}
+	sort.Slice(st.Queues, func(a, b int) bool { return st.Queues[a].Name < st.Queues[b].Name })
+	sort.Slice(st.Topics, func(a, b int) bool { return st.Topics[a].Name < st.Topics[b].Name })
+	if j != nil {
+		js := j.Stats()
+		st.Journal = &JournalStat{Segments: js.Segments, Bytes: js.Bytes, Live: js.Live, Syncs: js.Syncs, Records: js.Records}
+	}
+	return st
+}
+
+func (s *Server) adminHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		enc.Encode(s.Status())
+	})
+	// readyz is what a load balancer or the handover sidecar checks: 200
+	// only from the master that is accepting clients.
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		s.mu.Lock()
+		ready, role, epoch := s.isReady, s.role, s.epoch
+		s.mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		if !ready {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+		json.NewEncoder(w).Encode(map[string]any{"ready": ready, "role": role, "epoch": epoch})
+	})
+	// healthz says the process is alive and answering, in any role.
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte("ok\n"))
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{}))
+	return mux
+}

@@ -1,0 +1,743 @@
+package brokerd
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"handover/brokerd/journal"
+	"handover/frame"
+)
+
+// conn is one client connection. Its data path, top to bottom:
+//
+//   - readLoop (one goroutine) parses frames and turns each into a step;
+//   - submit orders the steps: a step that writes the journal completes when
+//     its records are fsync'd (group commit), and every step is applied in
+//     the order the client sent it, so a RECEIPT never overtakes the
+//     durability of what it confirms and a producer's messages keep their
+//     order whether persistent or not;
+//   - destinations call deliver to queue MESSAGE frames, and writeLoop (one
+//     goroutine) writes queued frames out, with heart-beats.
+type conn struct {
+	s   *Server
+	nc  net.Conn
+	log *logrus.Entry
+	id  string
+
+	version  atomic.Value // frame.Version once CONNECTED
+	readIdle atomic.Int64 // read deadline in ns; 0 = none
+
+	// outMu guards the queue of frames waiting for writeLoop.
+	outMu   sync.Mutex
+	outq    []outFrame
+	outWake chan struct{}
+	closing bool // no more frames are accepted
+
+	// mu guards the session state.
+	mu   sync.Mutex
+	subs map[string]*subscription
+	acks map[string]*subscription // message id -> subscription holding the delivery
+	txs  map[string][]*frame.Frame
+
+	// pmu guards the step pipeline.
+	pmu      sync.Mutex
+	steps    []*step
+	draining bool
+
+	closeOnce sync.Once
+	closed    chan struct{}
+	reason    string // why the connection closed, for logs and metrics
+	writeHB   time.Duration
+}
+
+// outFrame is a frame queued for writeLoop. onWritten runs after the frame
+// reached the socket (auto-ack uses it: a message counts as consumed once it
+// is written). closeAfter closes the connection after flushing.
+type outFrame struct {
+	f          *frame.Frame
+	onWritten  func()
+	closeAfter bool
+	reason     string
+}
+
+// step is one client frame's effect: records to make durable, then apply.
+type step struct {
+	recs  []journal.Record
+	apply func(error)
+	done  bool
+	err   error
+}
+
+func newConn(s *Server, nc net.Conn, id string) *conn {
+	c := &conn{
+		s:       s,
+		nc:      nc,
+		id:      id,
+		log:     s.log.WithFields(logrus.Fields{"conn": id, "remote": nc.RemoteAddr().String()}),
+		outWake: make(chan struct{}, 1),
+		subs:    map[string]*subscription{},
+		acks:    map[string]*subscription{},
+		txs:     map[string][]*frame.Frame{},
+		closed:  make(chan struct{}),
+	}
+	c.version.Store(frame.V10)
+	c.readIdle.Store(int64(s.opts.ConnectTimeout))
+	return c
+}
+
+func (c *conn) ver() frame.Version { return c.version.Load().(frame.Version) }
+
+// Read implements io.Reader for the frame reader, renewing the read deadline
+// before each read so that a client silent for longer than its heart-beat
+// allowance (or that never sends CONNECT) is dropped.
+func (c *conn) Read(p []byte) (int, error) {
+	if d := time.Duration(c.readIdle.Load()); d > 0 {
+		c.nc.SetReadDeadline(time.Now().Add(d))
+	} else {
+		c.nc.SetReadDeadline(time.Time{})
+	}
+	return c.nc.Read(p)
+}
+
+// serve runs the connection until it ends; it owns the writer goroutine.
+func (c *conn) serve() {
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		c.writeLoop()
+	}()
+	c.readLoop()
+	// Finish the client's in-flight work (journal writes, receipts) before
+	// closing; closeAfter queued behind every earlier step does that.
+	c.submit(nil, func(error) { c.queueClose("client closed the connection") })
+	select {
+	case <-c.closed:
+	case <-time.After(c.s.opts.ShutdownGrace.D() + time.Second):
+		c.close("timed out draining")
+	}
+	wg.Wait()
+}
+
+func (c *conn) readLoop() {
+	o := c.s.opts
+	r := frame.NewReader(c, frame.Limits{MaxBody: o.MaxBody, MaxHeaders: o.MaxHeaders, MaxLine: o.MaxHeaderLine})
+	connected := false
+	for {
+		f, err := r.Read()
+		if err != nil {
+			c.readError(err)
+			return
+		}
+		if !connected {
+			if f.Command != frame.CONNECT && f.Command != frame.STOMP {
+				c.protocolError(f, "the first frame must be CONNECT or STOMP, got "+f.Command, nil)
+				return
+			}
+			if !c.handleConnect(f) {
+				return
+			}
+			r.SetVersion(c.ver())
+			connected = true
+			continue
+		}
+		if !c.handle(f) {
+			return
+		}
+	}
+}
+
+func (c *conn) readError(err error) {
+	var ne net.Error
+	switch {
+	case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed):
+		// The client went away between frames, or we closed the socket.
+	case errors.Is(err, os.ErrDeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
+		select {
+		case <-c.s.stopping:
+			// Shutdown interrupts reads with a past deadline.
+		default:
+			c.log.WithField("timeout", time.Duration(c.readIdle.Load())).Info("dropping silent client: no frame or heart-beat in time")
+			c.close("heart-beat timeout")
+		}
+	case errors.Is(err, frame.ErrMalformed), errors.Is(err, frame.ErrBodyTooLarge),
+		errors.Is(err, frame.ErrTooManyHeaders), errors.Is(err, frame.ErrLineTooLong):
+		c.protocolError(nil, err.Error(), err)
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		c.log.Info("client closed the connection in the middle of a frame")
+	default:
+		c.log.WithError(err).Debug("read failed")
+	}
+}
+
+// handleConnect negotiates the version and heart-beats and answers
+// CONNECTED (STOMP 1.2 "Connecting").
+func (c *conn) handleConnect(f *frame.Frame) bool {
+	v, err := frame.Negotiate(f.Value("accept-version"))
+	if err != nil {
+		e := frame.New(frame.ERROR, "version", "1.0,1.1,1.2", "content-type", "text/plain",
+			"message", "supported protocol versions are 1.0, 1.1 and 1.2")
+		e.Body = []byte(err.Error())
+		c.send(outFrame{f: e, closeAfter: true, reason: "no common version"})
+		return false
+	}
+	c.version.Store(v)
+	cx, cy, err := frame.ParseHeartBeat(f.Value("heart-beat"))
+	if err != nil {
+		c.protocolError(f, err.Error(), nil)
+		return false
+	}
+	ours := c.s.opts.HeartBeat.D()
+	// Client sends every cx, wants ours every cy; we can send and want
+	// every `ours`. Zero on either side disables that direction.
+	var readEvery, writeEvery time.Duration
+	if cx > 0 && ours > 0 {
+		readEvery = max(cx, ours)
+	}
+	if cy > 0 && ours > 0 {
+		writeEvery = max(cy, ours)
+	}
+	// Twice the interval tolerates a late beat on a busy network, as the
+	// spec suggests some tolerance; ActiveMQ allows a similar grace.
+	c.readIdle.Store(int64(2 * readEvery))
+	c.writeHB = writeEvery
+	hb := "0,0"
+	if ours > 0 && v != frame.V10 {
+		ms := strconv.FormatInt(ours.Milliseconds(), 10)
+		hb = ms + "," + ms
+	}
+	reply := frame.New(frame.CONNECTED, "version", string(v), "server", "handover-brokerd/"+Version,
+		"heart-beat", hb, "session", c.id)
+	c.send(outFrame{f: reply})
+	c.log.WithFields(logrus.Fields{"version": v, "heart_beat_in": readEvery, "heart_beat_out": writeEvery}).Debug("client connected")
+	return true
+}
+
+// handle processes one frame after CONNECT. It returns false when the
+// connection must stop reading.
+func (c *conn) handle(f *frame.Frame) bool {
+	if tx := f.Value("transaction"); tx != "" && (f.Command == frame.SEND || f.Command == frame.ACK || f.Command == frame.NACK) {
+		c.mu.Lock()
+		frames, ok := c.txs[tx]
+		if ok {
+			c.txs[tx] = append(frames, f)
+		}
+		c.mu.Unlock()
+		if !ok {
+			c.protocolError(f, fmt.Sprintf("%s names transaction %q, which is not open", f.Command, tx), nil)
+			return false
+		}
+		c.submit(nil, func(error) { c.receipt(f) })
+		return true
+	}
+	switch f.Command {
+	case frame.SEND, frame.ACK, frame.NACK:
+		recs, apply, err := c.prepare(f)
+		if err != nil {
+			c.protocolError(f, err.Error(), nil)
+			return false
+		}
+		c.submit(recs, func(err error) {
+			if c.applied(f, apply, err) {
+				c.receipt(f)
+			}
+		})
+	case frame.SUBSCRIBE:
+		if err := c.subscribe(f); err != nil {
+			c.protocolError(f, err.Error(), nil)
+			return false
+		}
+		c.submit(nil, func(error) { c.receipt(f) })
+	case frame.UNSUBSCRIBE:
+		if err := c.unsubscribe(f); err != nil {
+			c.protocolError(f, err.Error(), nil)
+			return false
+		}
+		c.submit(nil, func(error) { c.receipt(f) })
+	case frame.BEGIN, frame.COMMIT, frame.ABORT:
+		return c.transaction(f)
+	case frame.DISCONNECT:
+		c.submit(nil, func(error) {
+			if id, ok := f.Get("receipt"); ok {
+				c.send(outFrame{f: frame.New(frame.RECEIPT, "receipt-id", id), closeAfter: true, reason: "client disconnected"})
+			} else {
+				c.queueClose("client disconnected")
+			}
+		})
+		return false
+	case frame.CONNECT, frame.STOMP:
+		c.protocolError(f, "already connected: a second "+f.Command+" is not allowed", nil)
+		return false
+	default:
+		c.protocolError(f, "unknown command "+f.Command, nil)
+		return false
+	}
+	return true
+}
+
+// applied runs apply after the step's records were made durable, or reports
+// the journal's failure to the client. It returns whether it succeeded.
+func (c *conn) applied(f *frame.Frame, apply func(), err error) bool {
+	if err != nil {
+		c.log.WithError(err).WithField("command", f.Command).Error("journal write failed; the client gets an ERROR and no receipt")
+		c.protocolError(f, "the broker could not persist this frame; it was not accepted", err)
+		return false
+	}
+	if apply != nil {
+		apply()
+	}
+	return true
+}
+
+// prepare validates a SEND, ACK or NACK and returns the journal records it
+// needs and the in-memory effect to apply once they are durable. Effects on
+// deliveries (ACK, NACK) happen here, at once, so the freed prefetch slot is
+// refilled without waiting for the disk; only the RECEIPT waits.
+func (c *conn) prepare(f *frame.Frame) ([]journal.Record, func(), error) {
+	switch f.Command {
+	case frame.SEND:
+		m, err := c.s.newMessage(f)
+		if err != nil {
+			return nil, nil, err
+		}
+		var recs []journal.Record
+		if m.persistent {
+			recs = []journal.Record{putRecord(m)}
+		}
+		return recs, func() { c.s.route(m) }, nil
+	case frame.ACK, frame.NACK:
+		id := f.Value("id") // STOMP 1.2: the MESSAGE's ack header
+		if id == "" {
+			id = f.Value("message-id") // STOMP 1.0 and 1.1
+		}
+		if id == "" {
+			return nil, nil, fmt.Errorf("%s has neither an id nor a message-id header", f.Command)
+		}
+		c.mu.Lock()
+		sub := c.acks[id]
+		c.mu.Unlock()
+		if sub == nil {
+			return nil, nil, fmt.Errorf("%s of unknown message id %q: it was not delivered on this connection, or was already acknowledged", f.Command, id)
+		}
+		if sub.q == nil { // topic: nothing to redeliver or journal
+			c.forget([]*message{{id: id}})
+			return nil, nil, nil
+		}
+		if f.Command == frame.NACK {
+			return nil, nil, sub.q.nack(sub, id)
+		}
+		acked, err := sub.q.ack(sub, id, sub.ack == ackClient)
+		if err != nil {
+			return nil, nil, err
+		}
+		var recs []journal.Record
+		for _, m := range acked {
+			if m.persistent {
+				recs = append(recs, journal.Record{Kind: journal.KindAck, ID: m.id, Queue: m.dest})
+			}
+		}
+		return recs, nil, nil
+	}
+	return nil, nil, fmt.Errorf("cannot prepare %s", f.Command)
+}
+
+func (c *conn) subscribe(f *frame.Frame) error {
+	dest := f.Value("destination")
+	isQueue, err := splitDestination(dest)
+	if err != nil {
+		return fmt.Errorf("SUBSCRIBE: %w", err)
+	}
+	id, ok := f.Get("id")
+	if !ok {
+		if c.ver() != frame.V10 {
+			return errors.New("SUBSCRIBE has no id header (required since STOMP 1.1)")
+		}
+		id = dest // STOMP 1.0 subscriptions are named by destination
+	}
+	mode := ackMode(f.Value("ack"))
+	switch mode {
+	case "":
+		mode = ackAuto
+	case ackAuto, ackClient, ackClientIndividual:
+	default:
+		return fmt.Errorf("SUBSCRIBE: ack %q must be auto, client or client-individual", mode)
+	}
+	prefetch := c.s.opts.Prefetch
+	if p := f.Value("activemq.prefetchSize"); p != "" {
+		n, err := strconv.Atoi(p)
+		if err != nil || n <= 0 {
+			return fmt.Errorf("SUBSCRIBE: activemq.prefetchSize %q must be a positive integer", p)
+		}
+		prefetch = n
+	}
+	sub := &subscription{id: id, dest: dest, ack: mode, prefetch: prefetch, c: c}
+	c.mu.Lock()
+	if _, dup := c.subs[id]; dup {
+		c.mu.Unlock()
+		return fmt.Errorf("SUBSCRIBE: subscription id %q is already in use on this connection", id)
+	}
+	c.subs[id] = sub
+	c.mu.Unlock()
+	if isQueue {
+		sub.q = c.s.queue(dest)
+		sub.q.subscribe(sub)
+	} else {
+		sub.t = c.s.topic(dest)
+		sub.t.subscribe(sub)
+	}
+	return nil
+}
+
+func (c *conn) unsubscribe(f *frame.Frame) error {
+	id, ok := f.Get("id")
+	if !ok {
+		id, ok = f.Get("destination") // STOMP 1.0
+	}
+	if !ok {
+		return errors.New("UNSUBSCRIBE has no id header")
+	}
+	c.mu.Lock()
+	sub := c.subs[id]
+	delete(c.subs, id)
+	c.mu.Unlock()
+	if sub == nil {
+		return fmt.Errorf("UNSUBSCRIBE: no subscription with id %q", id)
+	}
+	c.dropSubscription(sub)
+	return nil
+}
+
+func (c *conn) dropSubscription(sub *subscription) {
+	if sub.q != nil {
+		sub.q.unsubscribe(sub)
+	} else {
+		sub.t.unsubscribe(sub)
+	}
+}
+
+// transaction handles BEGIN, COMMIT and ABORT. Frames in a transaction are
+// held until COMMIT, then applied in order with one journal write, so their
+// records share a batch.
+func (c *conn) transaction(f *frame.Frame) bool {
+	tx := f.Value("transaction")
+	if tx == "" {
+		c.protocolError(f, f.Command+" has no transaction header", nil)
+		return false
+	}
+	c.mu.Lock()
+	frames, open := c.txs[tx]
+	switch {
+	case f.Command == frame.BEGIN && open:
+		c.mu.Unlock()
+		c.protocolError(f, fmt.Sprintf("transaction %q is already open", tx), nil)
+		return false
+	case f.Command == frame.BEGIN:
+		c.txs[tx] = nil
+	case !open:
+		c.mu.Unlock()
+		c.protocolError(f, fmt.Sprintf("%s of transaction %q, which is not open", f.Command, tx), nil)
+		return false
+	default:
+		delete(c.txs, tx)
+	}
+	c.mu.Unlock()
+	if f.Command != frame.COMMIT {
+		c.submit(nil, func(error) { c.receipt(f) })
+		return true
+	}
+	var recs []journal.Record
+	var applies []func()
+	for _, tf := range frames {
+		r, apply, err := c.prepare(tf)
+		if err != nil {
+			c.protocolError(f, fmt.Sprintf("transaction %q aborted: %v", tx, err), nil)
+			return false
+		}
+		recs = append(recs, r...)
+		if apply != nil {
+			applies = append(applies, apply)
+		}
+	}
+	c.submit(recs, func(err error) {
+		if c.applied(f, func() {
+			for _, a := range applies {
+				a()
+			}
+		}, err) {
+			c.receipt(f)
+		}
+	})
+	return true
+}
+
+// submit queues a step behind this connection's earlier steps; see conn.
+func (c *conn) submit(recs []journal.Record, apply func(error)) {
+	st := &step{recs: recs, apply: apply}
+	c.pmu.Lock()
+	if len(c.steps) == 0 && len(recs) == 0 && !c.draining {
+		c.pmu.Unlock()
+		apply(nil)
+		return
+	}
+	c.steps = append(c.steps, st)
+	c.pmu.Unlock()
+	if len(recs) == 0 {
+		c.complete(st, nil)
+		return
+	}
+	c.s.journal.Append(recs, func(err error) { c.complete(st, err) })
+}
+
+// complete marks st done and applies every done step at the head of the
+// pipeline. Only one goroutine drains at a time, so steps apply in order.
+func (c *conn) complete(st *step, err error) {
+	c.pmu.Lock()
+	st.done, st.err = true, err
+	if c.draining {
+		c.pmu.Unlock()
+		return
+	}
+	c.draining = true
+	for len(c.steps) > 0 && c.steps[0].done {
+		s := c.steps[0]
+		c.steps[0] = nil
+		c.steps = c.steps[1:]
+		c.pmu.Unlock()
+		s.apply(s.err)
+		c.pmu.Lock()
+	}
+	c.draining = false
+	c.pmu.Unlock()
+}
+
+func (c *conn) receipt(f *frame.Frame) {
+	if id, ok := f.Get("receipt"); ok {
+		c.send(outFrame{f: frame.New(frame.RECEIPT, "receipt-id", id)})
+	}
+}
+
+// protocolError tells the client what it did wrong in an ERROR frame (with
+// the receipt-id of the offending frame, STOMP 1.2 "ERROR"), then closes.
+// cause, when set, is logged but not sent: the client learns what it did,
+// the log says why.
+func (c *conn) protocolError(f *frame.Frame, msg string, cause error) {
+	e := frame.New(frame.ERROR, "message", msg, "content-type", "text/plain")
+	if f != nil {
+		if id, ok := f.Get("receipt"); ok {
+			e.Set("receipt-id", id)
+		}
+		e.Body = []byte("The frame\n-----\n" + f.String() + "\n-----\n" + msg + "\n")
+	} else {
+		e.Body = []byte(msg + "\n")
+	}
+	l := c.log.WithField("error", msg)
+	if cause != nil {
+		l = l.WithField("cause", cause.Error())
+	}
+	l.Info("protocol error; closing connection")
+	c.s.metrics.protocolErrors.Inc()
+	c.send(outFrame{f: e, closeAfter: true, reason: "protocol error"})
+}
+
+// deliver queues a MESSAGE for subscription s. It is called with the
+// destination's lock held, so it must not block.
+func (c *conn) deliver(s *subscription, m *message) {
+	f := &frame.Frame{Command: frame.MESSAGE, Body: m.frame.Body}
+	f.Headers = make([]frame.Header, 0, len(m.frame.Headers)+3)
+	f.Headers = append(f.Headers, frame.Header{Key: "subscription", Value: s.id})
+	f.Headers = append(f.Headers, m.frame.Headers...)
+	if m.redelivered {
+		f.Headers = append(f.Headers, frame.Header{Key: "redelivered", Value: "true"})
+	}
+	var onWritten func()
+	if s.ack == ackAuto {
+		if s.q != nil {
+			onWritten = func() { c.autoAck(s, m) }
+		}
+	} else {
+		f.Headers = append(f.Headers, frame.Header{Key: "ack", Value: m.id})
+		c.mu.Lock()
+		c.acks[m.id] = s
+		c.mu.Unlock()
+	}
+	if !c.send(outFrame{f: f, onWritten: onWritten}) {
+		return
+	}
+	c.s.metrics.delivered.Inc()
+}
+
+// autoAck acknowledges a message of an auto-ack subscription once written.
+func (c *conn) autoAck(s *subscription, m *message) {
+	acked, err := s.q.ack(s, m.id, false)
+	if err != nil {
+		return // the subscription ended first and requeued it
+	}
+	for _, a := range acked {
+		if a.persistent {
+			c.s.journal.Append([]journal.Record{{Kind: journal.KindAck, ID: a.id, Queue: a.dest}}, func(error) {})
+		}
+	}
+}
+
+// forget drops delivery bookkeeping for acknowledged or requeued messages.
+func (c *conn) forget(ms []*message) {
+	c.mu.Lock()
+	for _, m := range ms {
+		delete(c.acks, m.id)
+	}
+	c.mu.Unlock()
+}
+
+// send queues a frame for writeLoop; false if the connection is closing.
+// A client that lets MaxPendingFrames pile up is dropped as a slow consumer
+// rather than letting it grow the broker's memory without bound.
+func (c *conn) send(o outFrame) bool {
+	c.outMu.Lock()
+	if c.closing {
+		c.outMu.Unlock()
+		return false
+	}
+	if o.closeAfter {
+		c.closing = true
+	}
+	if len(c.outq) >= c.s.opts.MaxPendingFrames {
+		c.closing = true
+		c.outMu.Unlock()
+		c.log.WithField("pending", len(c.outq)).Warn("dropping slow consumer: too many frames waiting to be written")
+		go c.close("slow consumer")
+		return false
+	}
+	c.outq = append(c.outq, o)
+	c.outMu.Unlock()
+	select {
+	case c.outWake <- struct{}{}:
+	default:
+	}
+	return true
+}
+
+// queueClose closes the connection once everything queued has been written.
+// If the connection is already closing, whoever set that closes it: a queued
+// ERROR must still reach the client first.
+func (c *conn) queueClose(reason string) {
+	c.send(outFrame{closeAfter: true, reason: reason})
+}
+
+func (c *conn) writeLoop() {
+	w := frame.NewWriter(c.nc)
+	var batch []outFrame
+	var hb *time.Ticker
+	var hbC <-chan time.Time
+	lastWrite := time.Now()
+	for {
+		select {
+		case <-c.outWake:
+		case <-hbC:
+			if time.Since(lastWrite) < c.writeHB {
+				continue
+			}
+			c.nc.SetWriteDeadline(time.Now().Add(writeTimeout))
+			if err := w.WriteHeartbeat(); err == nil {
+				err = w.Flush()
+			}
+			lastWrite = time.Now()
+			continue
+		case <-c.closed:
+			if hb != nil {
+				hb.Stop()
+			}
+			c.abandon(batch)
+			return
+		}
+		c.outMu.Lock()
+		batch, c.outq = c.outq, batch[:0]
+		c.outMu.Unlock()
+		var err error
+		closeAfter, reason := false, ""
+		w.SetVersion(c.ver())
+		for _, o := range batch {
+			if o.f != nil && err == nil {
+				err = w.Write(o.f)
+			}
+			if o.closeAfter {
+				closeAfter, reason = true, o.reason
+				break
+			}
+		}
+		if err == nil {
+			c.nc.SetWriteDeadline(time.Now().Add(writeTimeout))
+			err = w.Flush()
+		}
+		if err != nil {
+			c.log.WithError(err).Debug("write failed")
+			c.abandon(batch)
+			c.close("write failed")
+			continue
+		}
+		lastWrite = time.Now()
+		for i, o := range batch {
+			if o.onWritten != nil {
+				o.onWritten()
+			}
+			batch[i] = outFrame{}
+		}
+		if closeAfter {
+			c.close(reason)
+			continue
+		}
+		if hb == nil && c.writeHB > 0 {
+			hb = time.NewTicker(c.writeHB / 2)
+			hbC = hb.C
+		}
+	}
+}
+
+// writeTimeout bounds one flush; a client that stops reading for this long
+// is treated as dead.
+const writeTimeout = 30 * time.Second
+
+// abandon releases frames that will never be written. Nothing is lost:
+// unwritten queue messages are still in their subscription's inflight list
+// and go back to the queue when the connection's subscriptions are dropped.
+func (c *conn) abandon(batch []outFrame) {
+	for i := range batch {
+		batch[i] = outFrame{}
+	}
+}
+
+// close ends the connection: the socket is closed, subscriptions are dropped
+// (their unacknowledged messages return to their queues) and open
+// transactions are discarded. Safe to call more than once.
+func (c *conn) close(reason string) {
+	c.closeOnce.Do(func() {
+		c.outMu.Lock()
+		c.closing = true
+		c.outq = nil
+		c.outMu.Unlock()
+		c.reason = reason
+		c.nc.Close()
+		close(c.closed)
+		c.mu.Lock()
+		subs := make([]*subscription, 0, len(c.subs))
+		for _, s := range c.subs {
+			subs = append(subs, s)
+		}
+		c.subs = map[string]*subscription{}
+		c.txs = map[string][]*frame.Frame{}
+		c.mu.Unlock()
+		for _, s := range subs {
+			c.dropSubscription(s)
+		}
+		c.s.metrics.closes.WithLabelValues(reason).Inc()
+		c.log.WithField("reason", reason).Debug("connection closed")
+	})
+}

@@ -1,0 +1,299 @@
+package brokerd
+
+import (
+	"fmt"
+	"strings"
+	"sync"
+
+	"handover/frame"
+)
+
+// Destination prefixes, as ActiveMQ names them for STOMP clients.
+const (
+	queuePrefix = "/queue/"
+	topicPrefix = "/topic/"
+)
+
+// message is one message held by a destination. Its frame is the MESSAGE
+// frame every delivery starts from; deliveries add subscription, ack and
+// redelivered headers to a copy of the header list and share the body.
+type message struct {
+	id          string
+	dest        string
+	frame       *frame.Frame
+	persistent  bool // journaled: its acknowledgement must be journaled too
+	redelivered bool
+}
+
+// ackMode is a subscription's acknowledgement mode (STOMP 1.2 "SUBSCRIBE ack
+// Header").
+type ackMode string
+
+const (
+	ackAuto             ackMode = "auto"
+	ackClient           ackMode = "client" // cumulative
+	ackClientIndividual ackMode = "client-individual"
+)
+
+// subscription is one SUBSCRIBE of one connection.
+type subscription struct {
+	id       string
+	dest     string
+	ack      ackMode
+	prefetch int
+	c        *conn
+	q        *queue // nil for a topic subscription
+	t        *topic
+	// inflight holds the queue messages delivered to this subscription and
+	// not yet acknowledged, in delivery order. Guarded by q.mu.
+	inflight []*message
+}
+
+// splitDestination checks a destination header and says whether it names a
+// queue or a topic.
+func splitDestination(dest string) (isQueue bool, err error) {
+	switch {
+	case strings.HasPrefix(dest, queuePrefix) && len(dest) > len(queuePrefix):
+		return true, nil
+	case strings.HasPrefix(dest, topicPrefix) && len(dest) > len(topicPrefix):
+		return false, nil
+	case dest == "":
+		return false, fmt.Errorf("missing destination header")
+	default:
+		return false, fmt.Errorf("destination %q must be /queue/NAME or /topic/NAME", dest)
+	}
+}
+
+// queue delivers each message to exactly one subscriber, round-robin among
+// those with room under their prefetch limit.
+type queue struct {
+	name string
+
+	mu       sync.Mutex
+	pending  []*message // pending[head:] wait for a subscriber, oldest first
+	head     int
+	subs     []*subscription
+	next     int // round-robin cursor into subs
+	inflight int // delivered, not acknowledged, over all subscriptions
+	enqueued uint64
+	dequeued uint64
+}
+
+// queueStats is a snapshot for /status and /metrics.
+type queueStats struct {
+	Name      string `json:"name"`
+	Depth     int    `json:"depth"`
+	Inflight  int    `json:"inflight"`
+	Consumers int    `json:"consumers"`
+	Enqueued  uint64 `json:"enqueued"`
+	Dequeued  uint64 `json:"dequeued"`
+}
+
+func (q *queue) stats() queueStats {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return queueStats{
+		Name:      q.name,
+		Depth:     len(q.pending) - q.head + q.inflight,
+		Inflight:  q.inflight,
+		Consumers: len(q.subs),
+		Enqueued:  q.enqueued,
+		Dequeued:  q.dequeued,
+	}
+}
+
+// enqueue adds messages at the tail and delivers what it can.
+func (q *queue) enqueue(ms ...*message) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.pending = append(q.pending, ms...)
+	q.enqueued += uint64(len(ms))
+	q.dispatchLocked()
+}
+
+// requeueLocked puts messages back at the head, in their original order,
+// marked redelivered, so a consumer that failed does not reorder the queue.
+func (q *queue) requeueLocked(ms []*message) {
+	if len(ms) == 0 {
+		return
+	}
+	for _, m := range ms {
+		m.redelivered = true
+	}
+	if q.head >= len(ms) {
+		q.head -= len(ms)
+		copy(q.pending[q.head:], ms)
+		return
+	}
+	rest := q.pending[q.head:]
+	p := make([]*message, 0, len(ms)+len(rest))
+	p = append(append(p, ms...), rest...)
+	q.pending, q.head = p, 0
+}
+
+func (q *queue) popLocked() *message {
+	m := q.pending[q.head]
+	q.pending[q.head] = nil
+	q.head++
+	if q.head == len(q.pending) {
+		q.pending, q.head = q.pending[:0], 0
+	} else if q.head > 1024 && q.head > len(q.pending)/2 {
+		n := copy(q.pending, q.pending[q.head:])
+		clear(q.pending[n:])
+		q.pending, q.head = q.pending[:n], 0
+	}
+	return m
+}
+
+// dispatchLocked hands pending messages to subscriptions with room, in
+// round-robin order, until one or the other runs out.
+func (q *queue) dispatchLocked() {
+	for q.head < len(q.pending) && len(q.subs) > 0 {
+		var s *subscription
+		for i := range q.subs {
+			c := q.subs[(q.next+i)%len(q.subs)]
+			if len(c.inflight) < c.prefetch {
+				s = c
+				q.next = (q.next + i + 1) % len(q.subs)
+				break
+			}
+		}
+		if s == nil {
+			return
+		}
+		m := q.popLocked()
+		s.inflight = append(s.inflight, m)
+		q.inflight++
+		s.c.deliver(s, m)
+	}
+}
+
+func (q *queue) subscribe(s *subscription) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.subs = append(q.subs, s)
+	q.dispatchLocked()
+}
+
+// unsubscribe removes s and gives its unacknowledged messages back to the
+// queue, marked redelivered (the consumer may have seen them).
+func (q *queue) unsubscribe(s *subscription) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for i, c := range q.subs {
+		if c == s {
+			q.subs = append(q.subs[:i], q.subs[i+1:]...)
+			if q.next > i {
+				q.next--
+			}
+			break
+		}
+	}
+	if len(q.subs) > 0 {
+		q.next %= len(q.subs)
+	} else {
+		q.next = 0
+	}
+	back := s.inflight
+	s.inflight = nil
+	q.inflight -= len(back)
+	s.c.forget(back)
+	q.requeueLocked(back)
+	q.dispatchLocked()
+}
+
+// ack acknowledges the delivery of message id to s: only it, or (cumulative,
+// for ack mode client) it and every earlier delivery to s. It returns the
+// acknowledged messages, or an error when s holds no such delivery.
+func (q *queue) ack(s *subscription, id string, cumulative bool) ([]*message, error) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	i := indexOf(s.inflight, id)
+	if i < 0 {
+		return nil, fmt.Errorf("message %q is not awaiting acknowledgement on subscription %q", id, s.id)
+	}
+	var acked []*message
+	if cumulative {
+		acked = append(acked, s.inflight[:i+1]...)
+		s.inflight = append(s.inflight[:0], s.inflight[i+1:]...)
+	} else {
+		acked = []*message{s.inflight[i]}
+		s.inflight = append(s.inflight[:i], s.inflight[i+1:]...)
+	}
+	q.inflight -= len(acked)
+	q.dequeued += uint64(len(acked))
+	s.c.forget(acked)
+	q.dispatchLocked()
+	return acked, nil
+}
+
+// nack gives the delivery of id back to the queue for redelivery.
+func (q *queue) nack(s *subscription, id string) error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	i := indexOf(s.inflight, id)
+	if i < 0 {
+		return fmt.Errorf("message %q is not awaiting acknowledgement on subscription %q", id, s.id)
+	}
+	m := s.inflight[i]
+	s.inflight = append(s.inflight[:i], s.inflight[i+1:]...)
+	q.inflight--
+	s.c.forget([]*message{m})
+	q.requeueLocked([]*message{m})
+	q.dispatchLocked()
+	return nil
+}
+
+func indexOf(ms []*message, id string) int {
+	for i, m := range ms {
+		if m.id == id {
+			return i
+		}
+	}
+	return -1
+}
+
+// topic delivers each message to every current subscriber. Topic messages
+// are not journaled: like ActiveMQ's non-durable topic subscriptions, a
+// subscriber only sees what is published while it is subscribed.
+type topic struct {
+	name string
+
+	mu       sync.Mutex
+	subs     []*subscription
+	enqueued uint64
+	dequeued uint64
+}
+
+func (t *topic) publish(m *message) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.enqueued++
+	for _, s := range t.subs {
+		s.c.deliver(s, m)
+		t.dequeued++
+	}
+}
+
+func (t *topic) subscribe(s *subscription) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.subs = append(t.subs, s)
+}
+
+func (t *topic) unsubscribe(s *subscription) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for i, c := range t.subs {
+		if c == s {
+			t.subs = append(t.subs[:i], t.subs[i+1:]...)
+			return
+		}
+	}
+}
+
+func (t *topic) stats() queueStats {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return queueStats{Name: t.name, Consumers: len(t.subs), Enqueued: t.enqueued, Dequeued: t.dequeued}
+}

@@ -1,0 +1,84 @@
+package brokerd
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// metrics are the server's Prometheus series. Each Server has its own
+// registry, so several servers can live in one test process.
+type metrics struct {
+	reg            *prometheus.Registry
+	accepted       prometheus.Counter
+	received       prometheus.Counter
+	delivered      prometheus.Counter
+	protocolErrors prometheus.Counter
+	closes         *prometheus.CounterVec
+}
+
+func newMetrics(s *Server) *metrics {
+	m := &metrics{
+		reg: prometheus.NewRegistry(),
+		accepted: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "brokerd_connections_accepted_total", Help: "Client connections accepted."}),
+		received: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "brokerd_messages_received_total", Help: "Messages accepted from producers (after journaling, for persistent ones)."}),
+		delivered: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "brokerd_messages_delivered_total", Help: "MESSAGE frames queued to consumers, redeliveries included."}),
+		protocolErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "brokerd_protocol_errors_total", Help: "ERROR frames sent to clients for bad input."}),
+		closes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "brokerd_connections_closed_total", Help: "Client connections closed, by reason."}, []string{"reason"}),
+	}
+	m.reg.MustRegister(m.accepted, m.received, m.delivered, m.protocolErrors, m.closes,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		stateCollector{s})
+	return m
+}
+
+// stateCollector reads gauges from the server's state at scrape time, so the
+// data path keeps no extra counters for them.
+type stateCollector struct{ s *Server }
+
+var (
+	descMaster   = prometheus.NewDesc("brokerd_master", "1 while this broker is master and serving.", nil, nil)
+	descEpoch    = prometheus.NewDesc("brokerd_epoch", "Fencing epoch of the held master lock (0 if none).", nil, nil)
+	descConns    = prometheus.NewDesc("brokerd_connections", "Open client connections.", nil, nil)
+	descDepth    = prometheus.NewDesc("brokerd_queue_depth", "Messages in a queue, unacknowledged deliveries included.", []string{"queue"}, nil)
+	descInflight = prometheus.NewDesc("brokerd_queue_inflight", "Messages delivered and not yet acknowledged.", []string{"queue"}, nil)
+	descConsumer = prometheus.NewDesc("brokerd_destination_consumers", "Subscriptions on a destination.", []string{"destination"}, nil)
+	descEnq      = prometheus.NewDesc("brokerd_destination_enqueued_total", "Messages sent to a destination.", []string{"destination"}, nil)
+	descDeq      = prometheus.NewDesc("brokerd_destination_dequeued_total", "Messages acknowledged (queues) or delivered (topics).", []string{"destination"}, nil)
+	descJSyncs   = prometheus.NewDesc("brokerd_journal_syncs_total", "fsyncs of the journal; with group commit, far fewer than records.", nil, nil)
+	descJRecords = prometheus.NewDesc("brokerd_journal_records_total", "Records written to the journal.", nil, nil)
+	descJBytes   = prometheus.NewDesc("brokerd_journal_bytes", "Bytes of journal segments on disk.", nil, nil)
+	descJSegs    = prometheus.NewDesc("brokerd_journal_segments", "Journal segment files on disk.", nil, nil)
+)
+
+func (c stateCollector) Describe(ch chan<- *prometheus.Desc) { prometheus.DescribeByCollect(c, ch) }
+
+func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
+	st := c.s.Status()
+	master := 0.0
+	if st.Ready {
+		master = 1
+	}
+	ch <- prometheus.MustNewConstMetric(descMaster, prometheus.GaugeValue, master)
+	ch <- prometheus.MustNewConstMetric(descEpoch, prometheus.GaugeValue, float64(st.Epoch))
+	ch <- prometheus.MustNewConstMetric(descConns, prometheus.GaugeValue, float64(st.Connections))
+	for _, q := range st.Queues {
+		ch <- prometheus.MustNewConstMetric(descDepth, prometheus.GaugeValue, float64(q.Depth), q.Name)
+		ch <- prometheus.MustNewConstMetric(descInflight, prometheus.GaugeValue, float64(q.Inflight), q.Name)
+	}
+	for _, d := range append(st.Queues, st.Topics...) {
+		ch <- prometheus.MustNewConstMetric(descConsumer, prometheus.GaugeValue, float64(d.Consumers), d.Name)
+		ch <- prometheus.MustNewConstMetric(descEnq, prometheus.CounterValue, float64(d.Enqueued), d.Name)
+		ch <- prometheus.MustNewConstMetric(descDeq, prometheus.CounterValue, float64(d.Dequeued), d.Name)
+	}
+	if j := st.Journal; j != nil {
+		ch <- prometheus.MustNewConstMetric(descJSyncs, prometheus.CounterValue, float64(j.Syncs))
+		ch <- prometheus.MustNewConstMetric(descJRecords, prometheus.CounterValue, float64(j.Records))
+		ch <- prometheus.MustNewConstMetric(descJBytes, prometheus.GaugeValue, float64(j.Bytes))
+		ch <- prometheus.MustNewConstMetric(descJSegs, prometheus.GaugeValue, float64(j.Segments))
+	}
+}

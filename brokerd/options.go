@@ -1,0 +1,118 @@
+package brokerd
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"handover/frame"
+	"handover/internal/conf"
+	"handover/lockstore"
+)
+
+// Options configure a Server. NewOptions returns the defaults; the zero value
+// is not valid on its own. The toml tags are the keys of brokerd's config
+// file; command-line flags override them.
+type Options struct {
+	// Listen is the STOMP address, opened only while this broker is master
+	// (a slave's port stays closed, as ActiveMQ's does, so that clients and
+	// TCP health checks can tell master from slave).
+	Listen string `toml:"listen"`
+	// Admin is the HTTP address of /status, /readyz, /healthz and /metrics.
+	// It answers in every role, so a slave can be monitored.
+	Admin string `toml:"admin"`
+	// Data is the data directory: the journal lives in Data/journal and the
+	// file lock beside it (Data/lock, Data/epoch).
+	Data string `toml:"data"`
+
+	// MaxBody, MaxHeaders and MaxHeaderLine bound each client frame.
+	MaxBody       int `toml:"max_body"`
+	MaxHeaders    int `toml:"max_headers"`
+	MaxHeaderLine int `toml:"max_header_line"`
+	// MaxConnections caps concurrent client connections; 0 means no cap.
+	MaxConnections int `toml:"max_connections"`
+
+	// HeartBeat is what the broker offers in CONNECTED: it can send every
+	// HeartBeat and wants to hear from the client every HeartBeat. The
+	// interval used is negotiated with the client's own offer (STOMP 1.2
+	// "Heart-beating"); zero disables heart-beats from the broker side.
+	HeartBeat conf.Duration `toml:"heart_beat"`
+	// ConnectTimeout drops a connection that has not sent CONNECT in time.
+	ConnectTimeout conf.Duration `toml:"connect_timeout"`
+	// Prefetch is the default number of unacknowledged messages a queue
+	// subscription may hold; a SUBSCRIBE may lower or raise it with the
+	// header activemq.prefetchSize, as ActiveMQ clients do.
+	Prefetch int `toml:"prefetch"`
+	// MaxPendingFrames is how many frames may wait to be written to one
+	// client before it is dropped as a slow consumer (topics can't push back).
+	MaxPendingFrames int `toml:"max_pending_frames"`
+	// ShutdownGrace bounds how long SIGTERM waits for connections to finish
+	// in-flight work before they are cut.
+	ShutdownGrace conf.Duration `toml:"shutdown_grace"`
+	// SegmentSize is the journal segment size in bytes.
+	SegmentSize int64 `toml:"segment_size"`
+
+	// Locker overrides the master lock; nil means the file lock in Data.
+	// Not settable from the config file.
+	Locker lockstore.Locker `toml:"-"`
+	// Log receives the server's events; nil discards them.
+	Log *logrus.Entry `toml:"-"`
+}
+
+// NewOptions returns the defaults documented on each field.
+func NewOptions() Options {
+	return Options{
+		Listen:           "127.0.0.1:61613",
+		Admin:            "127.0.0.1:8161",
+		Data:             "./data",
+		MaxBody:          frame.DefaultLimits.MaxBody,
+		MaxHeaders:       frame.DefaultLimits.MaxHeaders,
+		MaxHeaderLine:    frame.DefaultLimits.MaxLine,
+		HeartBeat:        conf.Duration(10 * time.Second),
+		ConnectTimeout:   conf.Duration(10 * time.Second),
+		Prefetch:         1000,
+		MaxPendingFrames: 100000,
+		ShutdownGrace:    conf.Duration(5 * time.Second),
+		SegmentSize:      64 << 20,
+	}
+}
+
+// Validate reports every problem with o at once.
+func (o *Options) Validate() error {
+	var errs []error
+	if o.Listen == "" {
+		errs = append(errs, errors.New("listen: must not be empty"))
+	}
+	if o.Admin == "" {
+		errs = append(errs, errors.New("admin: must not be empty"))
+	}
+	if o.Data == "" {
+		errs = append(errs, errors.New("data: must not be empty"))
+	}
+	positive := []struct {
+		name string
+		v    int64
+	}{
+		{"max_body", int64(o.MaxBody)},
+		{"max_headers", int64(o.MaxHeaders)},
+		{"max_header_line", int64(o.MaxHeaderLine)},
+		{"prefetch", int64(o.Prefetch)},
+		{"max_pending_frames", int64(o.MaxPendingFrames)},
+		{"segment_size", o.SegmentSize},
+		{"connect_timeout", int64(o.ConnectTimeout)},
+	}
+	for _, p := range positive {
+		if p.v <= 0 {
+			errs = append(errs, fmt.Errorf("%s: must be positive, got %d", p.name, p.v))
+		}
+	}
+	if o.MaxConnections < 0 {
+		errs = append(errs, fmt.Errorf("max_connections: must be 0 (no cap) or positive, got %d", o.MaxConnections))
+	}
+	if o.HeartBeat < 0 || o.ShutdownGrace < 0 {
+		errs = append(errs, errors.New("heart_beat and shutdown_grace must not be negative"))
+	}
+	return errors.Join(errs...)
+}

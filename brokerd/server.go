@@ -1,0 +1,408 @@
+// Package brokerd is a small, durable STOMP 1.0/1.1/1.2 broker with
+// master/slave locking.
+//
+// A Server first takes the master lock (lockstore). While it waits it is a
+// slave: its STOMP port stays closed and only its admin port answers. Once
+// master it replays the journal, opens the STOMP port and serves until it is
+// told to stop or loses the lock; a lost lock stops it at once, because two
+// brokers writing one journal would corrupt it.
+//
+// Reading order for one client connection: server.go (accept), conn.go (the
+// frame pipeline), destination.go (queues and topics), store.go (journal
+// records).
+package brokerd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	"golang.org/x/net/netutil"
+
+	"handover/brokerd/journal"
+	"handover/frame"
+	"handover/lockstore"
+)
+
+// Version is brokerd's version, sent in CONNECTED's server header.
+var Version = "0.1.0"
+
+// ErrLeaseLost is returned by Run when the master lock was lost while
+// serving. The process must exit: it can no longer be trusted to write.
+var ErrLeaseLost = errors.New("master lock lost")
+
+// Roles reported by /status.
+const (
+	RoleSlave   = "slave"
+	RoleMaster  = "master"
+	RoleStopped = "stopped"
+)
+
+// Server is one brokerd instance.
+type Server struct {
+	opts    Options
+	log     *logrus.Entry
+	locker  lockstore.Locker
+	metrics *metrics
+
+	adminLn  net.Listener
+	admin    *http.Server
+	stopping chan struct{} // closed when shutdown begins
+
+	mu      sync.Mutex
+	role    string
+	since   time.Time
+	epoch   uint64
+	ready   chan struct{} // closed once serving as master
+	isReady bool
+	ln      net.Listener
+	conns   map[*conn]struct{}
+	connWG  sync.WaitGroup
+
+	destMu  sync.Mutex
+	queues  map[string]*queue
+	topics  map[string]*topic
+	journal *journal.Journal
+	seq     atomic.Uint64
+	connSeq atomic.Uint64
+}
+
+// New validates opts and binds the admin port, so that a slave can be
+// monitored from the start and tests learn the real address.
+func New(opts Options) (*Server, error) {
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
+	log := opts.Log
+	if log == nil {
+		l := logrus.New()
+		l.Out = discard{}
+		log = logrus.NewEntry(l)
+	}
+	locker := opts.Locker
+	if locker == nil {
+		var err error
+		locker, err = lockstore.NewFile(lockstore.FileOptions{Dir: opts.Data, Log: log.WithField("component", "lockstore")})
+		if err != nil {
+			return nil, fmt.Errorf("master lock: %w", err)
+		}
+	}
+	ln, err := net.Listen("tcp", opts.Admin)
+	if err != nil {
+		return nil, fmt.Errorf("admin listener: %w", err)
+	}
+	s := &Server{
+		opts:     opts,
+		log:      log,
+		locker:   locker,
+		adminLn:  ln,
+		stopping: make(chan struct{}),
+		role:     RoleSlave,
+		since:    time.Now(),
+		ready:    make(chan struct{}),
+		conns:    map[*conn]struct{}{},
+		queues:   map[string]*queue{},
+		topics:   map[string]*topic{},
+	}
+	s.metrics = newMetrics(s)
+	s.admin = &http.Server{Handler: s.adminHandler(), ReadHeaderTimeout: 5 * time.Second}
+	return s, nil
+}
+
+// AdminAddr is the bound admin address.
+func (s *Server) AdminAddr() string { return s.adminLn.Addr().String() }
+
+// Addr is the bound STOMP address while master, else "".
+func (s *Server) Addr() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ln == nil {
+		return ""
+	}
+	return s.ln.Addr().String()
+}
+
+// Ready is closed once the server is master and accepting clients.
+func (s *Server) Ready() <-chan struct{} { return s.ready }
+
+// Run serves until ctx is cancelled (a clean shutdown: stop accepting, let
+// connections finish in-flight work, flush the journal, release the lock,
+// return nil) or the lock is lost (stop at once, return ErrLeaseLost).
+func (s *Server) Run(ctx context.Context) error {
+	adminDone := make(chan struct{})
+	go func() {
+		defer close(adminDone)
+		if err := s.admin.Serve(s.adminLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.log.WithError(err).Error("admin server failed")
+		}
+	}()
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		s.admin.Shutdown(sctx)
+		<-adminDone
+	}()
+
+	s.log.WithFields(logrus.Fields{"lock": s.locker.String(), "admin": s.AdminAddr()}).Info("slave: waiting for the master lock")
+	lease, err := s.locker.Acquire(ctx)
+	if err != nil {
+		s.setRole(RoleStopped, 0)
+		if ctx.Err() != nil {
+			s.log.Info("stopped while slave")
+			return nil
+		}
+		return fmt.Errorf("acquiring the master lock: %w", err)
+	}
+	log := s.log.WithField("epoch", lease.Epoch())
+	log.Info("master: acquired the lock")
+	s.setRole(RoleMaster, lease.Epoch())
+
+	if err := s.startMaster(lease); err != nil {
+		s.closeJournal()
+		lease.Release()
+		s.setRole(RoleStopped, lease.Epoch())
+		return err
+	}
+
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down: stop accepting, drain connections, flush, release the lock")
+		s.shutdown(false)
+		if err := lease.Release(); err != nil {
+			log.WithError(err).Warn("releasing the master lock")
+		}
+		s.setRole(RoleStopped, lease.Epoch())
+		log.Info("stopped")
+		return nil
+	case <-lease.Done():
+		log.WithError(lease.Err()).Error("master lock lost: stopping at once")
+		s.shutdown(true)
+		lease.Release()
+		s.setRole(RoleStopped, lease.Epoch())
+		return fmt.Errorf("%w: %v", ErrLeaseLost, lease.Err())
+	}
+}
+
+// startMaster replays the journal, then opens the STOMP port.
+func (s *Server) startMaster(lease lockstore.Lease) error {
+	start := time.Now()
+	j, live, err := journal.Open(journal.Options{
+		Dir:         filepath.Join(s.opts.Data, "journal"),
+		SegmentSize: s.opts.SegmentSize,
+		Log:         s.log.WithField("component", "journal"),
+		Fence: func() error {
+			select {
+			case <-lease.Done():
+				return fmt.Errorf("%w: %v", ErrLeaseLost, lease.Err())
+			default:
+				return nil
+			}
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("opening the journal: %w", err)
+	}
+	s.destMu.Lock()
+	s.journal = j
+	s.destMu.Unlock()
+	if err := s.recover(live); err != nil {
+		return err
+	}
+	s.log.WithFields(logrus.Fields{"messages": len(live), "took": time.Since(start).Round(time.Millisecond)}).Info("journal replayed")
+
+	ln, err := net.Listen("tcp", s.opts.Listen)
+	if err != nil {
+		return fmt.Errorf("STOMP listener: %w", err)
+	}
+	if s.opts.MaxConnections > 0 {
+		ln = netutil.LimitListener(ln, s.opts.MaxConnections)
+	}
+	s.mu.Lock()
+	s.ln = ln
+	s.isReady = true
+	close(s.ready)
+	s.mu.Unlock()
+	s.log.WithFields(logrus.Fields{"listen": ln.Addr().String(), "epoch": lease.Epoch()}).Info("master: serving STOMP")
+	go s.acceptLoop(ln)
+	return nil
+}
+
+func (s *Server) acceptLoop(ln net.Listener) {
+	var delay time.Duration
+	for {
+		nc, err := ln.Accept()
+		if err != nil {
+			select {
+			case <-s.stopping:
+				return
+			default:
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// Out of file descriptors and the like: back off rather than
+			// spin, as net/http does.
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			s.log.WithError(err).WithField("retry_in", delay).Warn("accept failed")
+			time.Sleep(delay)
+			continue
+		}
+		delay = 0
+		if tc, ok := nc.(*net.TCPConn); ok {
+			tc.SetKeepAlivePeriod(30 * time.Second)
+		}
+		c := newConn(s, nc, "c"+strconv.FormatUint(s.connSeq.Add(1), 10))
+		s.mu.Lock()
+		select {
+		case <-s.stopping:
+			s.mu.Unlock()
+			nc.Close()
+			return
+		default:
+		}
+		s.conns[c] = struct{}{}
+		s.connWG.Add(1)
+		s.mu.Unlock()
+		s.metrics.accepted.Inc()
+		go func() {
+			defer s.connWG.Done()
+			c.serve()
+			s.mu.Lock()
+			delete(s.conns, c)
+			s.mu.Unlock()
+		}()
+	}
+}
+
+// shutdown stops serving. Gracefully, connections stop reading, finish what
+// they started (journal writes and their receipts) and close; abruptly (the
+// lock is lost), sockets close at once and the journal refuses further writes.
+func (s *Server) shutdown(abrupt bool) {
+	s.mu.Lock()
+	close(s.stopping)
+	s.isReady = false
+	if s.ln != nil {
+		s.ln.Close()
+	}
+	conns := make([]*conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	for _, c := range conns {
+		if abrupt {
+			c.close("master lock lost")
+		} else {
+			c.nc.SetReadDeadline(time.Now()) // readLoop ends; serve drains
+		}
+	}
+	done := make(chan struct{})
+	go func() {
+		s.connWG.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(s.opts.ShutdownGrace.D() + 2*time.Second):
+		s.log.Warn("connections did not drain in time; closing them")
+		for _, c := range conns {
+			c.close("shutdown")
+		}
+		<-done
+	}
+	s.closeJournal()
+}
+
+func (s *Server) closeJournal() {
+	s.destMu.Lock()
+	j := s.journal
+	s.destMu.Unlock()
+	if j != nil {
+		if err := j.Close(); err != nil {
+			s.log.WithError(err).Error("closing the journal")
+		}
+	}
+}
+
+func (s *Server) setRole(role string, epoch uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.role, s.epoch, s.since = role, epoch, time.Now()
+}
+
+func (s *Server) queue(name string) *queue {
+	s.destMu.Lock()
+	defer s.destMu.Unlock()
+	q := s.queues[name]
+	if q == nil {
+		q = &queue{name: name}
+		s.queues[name] = q
+	}
+	return q
+}
+
+func (s *Server) topic(name string) *topic {
+	s.destMu.Lock()
+	defer s.destMu.Unlock()
+	t := s.topics[name]
+	if t == nil {
+		t = &topic{name: name}
+		s.topics[name] = t
+	}
+	return t
+}
+
+// newMessage turns a SEND into a message with a fresh id. Message ids embed
+// the lock epoch, which no other master has had or will have, so they stay
+// unique across restarts and failovers without any shared counter.
+func (s *Server) newMessage(f *frame.Frame) (*message, error) {
+	dest := f.Value("destination")
+	isQueue, err := splitDestination(dest)
+	if err != nil {
+		return nil, fmt.Errorf("SEND: %w", err)
+	}
+	s.mu.Lock()
+	epoch := s.epoch
+	s.mu.Unlock()
+	id := "ID:" + strconv.FormatUint(epoch, 10) + "-" + strconv.FormatUint(s.seq.Add(1), 10)
+	mf := &frame.Frame{Command: frame.MESSAGE, Body: f.Body}
+	mf.Headers = make([]frame.Header, 0, len(f.Headers)+2)
+	mf.Headers = append(mf.Headers, frame.Header{Key: "destination", Value: dest}, frame.Header{Key: "message-id", Value: id})
+	for _, h := range f.Headers {
+		switch h.Key {
+		case "destination", "message-id", "receipt", "transaction", "content-length", "subscription", "ack", "redelivered":
+			continue
+		}
+		mf.Headers = append(mf.Headers, h)
+	}
+	return &message{
+		id:    id,
+		dest:  dest,
+		frame: mf,
+		// Topic messages are never journaled: a topic keeps nothing for
+		// absent subscribers, so there is nothing to recover.
+		persistent: isQueue && f.Value("persistent") == "true",
+	}, nil
+}
+
+// route hands a message to its destination.
+func (s *Server) route(m *message) {
+	s.metrics.received.Inc()
+	if isQueue, _ := splitDestination(m.dest); isQueue {
+		s.queue(m.dest).enqueue(m)
+	} else {
+		s.topic(m.dest).publish(m)
+	}
+}
+
+type discard struct{}
+
+func (discard) Write(p []byte) (int, error) { return len(p), nil }

@@ -1,0 +1,279 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"handover/frame"
+	"handover/internal/testutil"
+	"handover/stompclient"
+)
+
+type broker struct {
+	listen, admin string
+	p             *testutil.Process
+}
+
+func startBroker(t *testing.T, name, data string) *broker {
+	t.Helper()
+	b := &broker{listen: testutil.FreePort(t), admin: testutil.FreePort(t)}
+	b.p = testutil.Start(t, name, testutil.Binary(t, "handover/cmd/brokerd"),
+		"-listen", b.listen, "-admin", b.admin, "-data", data, "-log-level", "debug")
+	return b
+}
+
+func (b *broker) status() (map[string]any, error) {
+	resp, err := http.Get("http://" + b.admin + "/status")
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	var st map[string]any
+	return st, json.NewDecoder(resp.Body).Decode(&st)
+}
+
+func (b *broker) waitRole(t *testing.T, role string) {
+	t.Helper()
+	testutil.Eventually(t, 10*time.Second, func() error {
+		st, err := b.status()
+		if err != nil {
+			return err
+		}
+		if st["role"] != role || (role == "master" && st["ready"] != true) {
+			return fmt.Errorf("%s is %v", b.p.Name, st["role"])
+		}
+		return nil
+	})
+}
+
+func TestFlagsAndConfig(t *testing.T) {
+	bin := testutil.Binary(t, "handover/cmd/brokerd")
+	cfg := t.TempDir() + "/b.toml"
+	tests := []struct {
+		name     string
+		config   string
+		args     []string
+		wantCode int
+		wantOut  string
+	}{
+		{"version", "", []string{"-version"}, 0, "brokerd "},
+		{"unknown flag", "", []string{"-bogus"}, 2, "flag provided but not defined"},
+		{"unknown config key", "listen = \"127.0.0.1:0\"\nlisen = 1\n", nil, 2, `b.toml:2: unknown key "lisen"`},
+		{"bad duration", "heart_beat = \"10\"\n", nil, 2, "bad duration"},
+		{"invalid value", "prefetch = 0\n", nil, 2, "prefetch: must be positive"},
+		{"bad log level", "", []string{"-log-level", "loud"}, 2, "log level"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			args := tt.args
+			if tt.config != "" {
+				os.WriteFile(cfg, []byte(tt.config), 0o644)
+				args = append([]string{"-config", cfg, "-admin", "127.0.0.1:0", "-data", t.TempDir()}, args...)
+			}
+			out, err := exec.Command(bin, args...).CombinedOutput()
+			code := 0
+			if ee, ok := err.(*exec.ExitError); ok {
+				code = ee.ExitCode()
+			}
+			if code != tt.wantCode || !strings.Contains(string(out), tt.wantOut) {
+				t.Fatalf("exit %d output %q; want exit %d containing %q", code, out, tt.wantCode, tt.wantOut)
+			}
+		})
+	}
+}
+
+// TestKill9MasterUnderLoad is the master/slave promise with real processes:
+// two brokerd share a data directory; the master is killed with SIGKILL in
+// the middle of a stream of receipted persistent sends; the slave serves
+// within a second; every message that got a RECEIPT is delivered afterwards.
+func TestKill9MasterUnderLoad(t *testing.T) {
+	data := t.TempDir()
+	a := startBroker(t, "brokerd-a", data)
+	a.waitRole(t, "master")
+	b := startBroker(t, "brokerd-b", data)
+	b.waitRole(t, "slave")
+
+	const queue = "/queue/orders"
+	var mu sync.Mutex
+	receipted := map[int]bool{}
+	var killedAt time.Time
+	var firstAfterKill time.Duration
+
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	stop := make(chan struct{})
+	producerDone := make(chan error, 1)
+	go func() {
+		// A failover-aware producer: on any error it reconnects to
+		// whichever of the two brokers answers.
+		addrs := []string{a.listen, b.listen}
+		seq := 0
+		var c *stompclient.Conn
+		defer func() {
+			if c != nil {
+				c.Close()
+			}
+		}()
+		for {
+			select {
+			case <-stop:
+				producerDone <- nil
+				return
+			default:
+			}
+			if c == nil {
+				for _, addr := range addrs {
+					dctx, dcancel := context.WithTimeout(ctx, 200*time.Millisecond)
+					cc, err := stompclient.Dial(dctx, addr, stompclient.Options{})
+					dcancel()
+					if err == nil {
+						c = cc
+						break
+					}
+				}
+				if c == nil {
+					if ctx.Err() != nil {
+						producerDone <- ctx.Err()
+						return
+					}
+					time.Sleep(5 * time.Millisecond)
+					continue
+				}
+			}
+			sctx, scancel := context.WithTimeout(ctx, 2*time.Second)
+			err := c.SendReceipt(sctx, queue, []byte("order "+strconv.Itoa(seq)),
+				frame.Header{Key: "persistent", Value: "true"}, frame.Header{Key: "seq", Value: strconv.Itoa(seq)})
+			scancel()
+			if err != nil {
+				c.Close()
+				c = nil
+				seq++ // the unreceipted one may or may not exist; never reuse its number
+				continue
+			}
+			mu.Lock()
+			receipted[seq] = true
+			if !killedAt.IsZero() && firstAfterKill == 0 {
+				firstAfterKill = time.Since(killedAt)
+			}
+			mu.Unlock()
+			seq++
+		}
+	}()
+
+	testutil.Eventually(t, 20*time.Second, func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(receipted) < 300 {
+			return fmt.Errorf("%d receipted", len(receipted))
+		}
+		return nil
+	})
+	mu.Lock()
+	killedAt = time.Now()
+	mu.Unlock()
+	a.p.Cmd.Process.Signal(syscall.SIGKILL)
+	b.waitRole(t, "master")
+	servedAfter := time.Since(killedAt)
+	testutil.Eventually(t, 20*time.Second, func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		if firstAfterKill == 0 {
+			return fmt.Errorf("no receipt since the kill")
+		}
+		return nil
+	})
+	close(stop)
+	if err := <-producerDone; err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	t.Logf("slave serving %v after kill -9; first receipt after the kill: %v; %d receipted", servedAfter, firstAfterKill, len(receipted))
+	if servedAfter > time.Second {
+		t.Errorf("slave took %v to serve, want under 1s", servedAfter)
+	}
+	mu.Unlock()
+
+	c, err := stompclient.Dial(ctx, b.listen, stompclient.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	sub, err := c.Subscribe(queue, stompclient.AckClientIndividual)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[int]bool{}
+	missing := func() int {
+		n := 0
+		for seq := range receipted {
+			if !got[seq] {
+				n++
+			}
+		}
+		return n
+	}
+	for missing() > 0 {
+		select {
+		case m := <-sub.C():
+			n, _ := strconv.Atoi(m.Value("seq"))
+			got[n] = true
+			c.Ack(m)
+		case <-time.After(5 * time.Second):
+			var lost []int
+			for n := range receipted {
+				if !got[n] {
+					lost = append(lost, n)
+				}
+			}
+			t.Fatalf("%d receipted messages never delivered: %v", len(lost), lost)
+		}
+	}
+	for n := range receipted {
+		if !got[n] {
+			t.Fatalf("receipted message %d lost", n)
+		}
+	}
+}
+
+func TestSIGTERMReleasesLock(t *testing.T) {
+	data := t.TempDir()
+	a := startBroker(t, "brokerd-a", data)
+	a.waitRole(t, "master")
+	b := startBroker(t, "brokerd-b", data)
+	b.waitRole(t, "slave")
+	a.p.Signal(syscall.SIGTERM)
+	if err := a.p.Wait(10 * time.Second); err != nil {
+		t.Fatalf("SIGTERM: %v (exit %d)", err, a.p.ExitCode())
+	}
+	b.waitRole(t, "master")
+	st, _ := b.status()
+	if st["epoch"].(float64) != 2 {
+		t.Fatalf("epoch %v", st["epoch"])
+	}
+}
+
+// TestStompPy runs Debian's python3-stomp against brokerd.
+func TestStompPy(t *testing.T) {
+	py := "/usr/bin/python3"
+	if err := exec.Command(py, "-c", "import stomp").Run(); err != nil {
+		t.Fatalf("Debian's python3-stomp is required (apt-get install python3-stomp): %v", err)
+	}
+	a := startBroker(t, "brokerd", t.TempDir())
+	a.waitRole(t, "master")
+	host, port, _ := strings.Cut(a.listen, ":")
+	out, err := exec.Command(py, "testdata/stomppy_roundtrip.py", host, port, "20").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "ok 1.2 20") {
+		t.Fatalf("stomp.py: %v\n%s", err, out)
+	}
+	t.Logf("%s", out)
+}
