@@ -71,31 +71,112 @@ func Decode(name, text string, v any) (toml.MetaData, error) {
 // TOML decoder reports positions of syntax errors only. It returns 0 when it
 // cannot tell.
 func keyLine(text string, key toml.Key) int {
-	if len(key) == 0 {
-		return 0
+	return KeyPositions(text).first(strings.Join(key, "."))
+}
+
+// Positions maps a key path such as "service[1].check.interval" to the line
+// that sets it, so that a validation error can name its line.
+type Positions map[string]int
+
+// Line returns the line of path, or of its nearest enclosing table, or 0.
+func (p Positions) Line(path string) int {
+	for path != "" {
+		if l, ok := p[path]; ok {
+			return l
+		}
+		i := strings.LastIndexAny(path, ".[")
+		if i < 0 {
+			return 0
+		}
+		path = path[:i]
 	}
-	table := strings.Join(key[:len(key)-1], ".")
-	last := key[len(key)-1]
+	return 0
+}
+
+func (p Positions) first(plain string) int {
+	best := 0
+	for path, l := range p {
+		if stripIndexes(path) == plain && (best == 0 || l < best) {
+			best = l
+		}
+	}
+	return best
+}
+
+func stripIndexes(path string) string {
+	var b strings.Builder
+	skip := false
+	for _, r := range path {
+		switch {
+		case r == '[':
+			skip = true
+		case r == ']':
+			skip = false
+		case !skip:
+			b.WriteRune(r)
+		}
+	}
+	return b.String()
+}
+
+// KeyPositions scans TOML text for table headers and keys. It understands
+// what handover's files use (tables, arrays of tables, dotted headers, bare
+// and quoted keys), not every corner of TOML; unknown lines are skipped.
+func KeyPositions(text string) Positions {
+	pos := Positions{}
+	counts := map[string]int{} // array-of-tables path (indexed prefix) -> count
 	current := ""
 	for i, line := range strings.Split(text, "\n") {
 		t := strings.TrimSpace(line)
+		if t == "" || strings.HasPrefix(t, "#") {
+			continue
+		}
+		if strings.HasPrefix(t, "[[") {
+			name := strings.TrimSpace(strings.Trim(strings.SplitN(t, "]]", 2)[0], "[ "))
+			base := name
+			if j := strings.LastIndexByte(name, '.'); j >= 0 {
+				base = indexed(name[:j], counts) + name[j:]
+			}
+			counts[base]++
+			current = fmt.Sprintf("%s[%d]", base, counts[base]-1)
+			pos[current] = i + 1
+			continue
+		}
 		if strings.HasPrefix(t, "[") {
-			h := strings.Trim(t, "[] \t")
-			if j := strings.IndexByte(h, ']'); j >= 0 {
-				h = h[:j]
-			}
-			current = strings.TrimSpace(h)
-			if current == strings.Join(key, ".") {
-				return i + 1 // an unknown table
-			}
+			name := strings.TrimSpace(strings.Trim(strings.SplitN(t, "]", 2)[0], "[ "))
+			current = indexed(name, counts)
+			pos[current] = i + 1
 			continue
 		}
-		if current != table {
+		k, _, ok := strings.Cut(t, "=")
+		if !ok {
 			continue
 		}
-		if k, _, ok := strings.Cut(t, "="); ok && strings.Trim(strings.TrimSpace(k), `"'`) == last {
-			return i + 1
+		k = strings.Trim(strings.TrimSpace(k), `"'`)
+		path := k
+		if current != "" {
+			path = current + "." + k
+		}
+		if _, seen := pos[path]; !seen {
+			pos[path] = i + 1
 		}
 	}
-	return 0
+	return pos
+}
+
+// indexed turns a dotted header such as "service.check" into its indexed
+// path ("service[2].check") using the arrays of tables seen so far.
+func indexed(name string, counts map[string]int) string {
+	parts := strings.Split(name, ".")
+	out := ""
+	for _, p := range parts {
+		if out != "" {
+			out += "."
+		}
+		out += strings.TrimSpace(p)
+		if n, ok := counts[out]; ok && n > 0 {
+			out = fmt.Sprintf("%s[%d]", out, n-1)
+		}
+	}
+	return out
 }

@@ -51,3 +51,36 @@ func TestDecode(t *testing.T) {
 		})
 	}
 }
+
+func TestKeyPositions(t *testing.T) {
+	text := `# comment
+[log]
+level = "info"
+
+[[service]]
+name = "a"
+[service.check]
+interval = "1s"
+
+[[service]]
+name = "b"
+listen = "x"
+[service.check]
+kind = "tcp"
+`
+	p := KeyPositions(text)
+	for path, want := range map[string]int{
+		"log.level":                  3,
+		"service[0].name":            6,
+		"service[0].check.interval":  8,
+		"service[1]":                 10,
+		"service[1].listen":          12,
+		"service[1].check.kind":      14,
+		"service[1].check.timeout":   13, // unset: its table's line
+		"service[1].backends[2].url": 10,
+	} {
+		if got := p.Line(path); got != want {
+			t.Errorf("Line(%q) = %d, want %d", path, got, want)
+		}
+	}
+}

@@ -1,0 +1,205 @@
+package health
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"time"
+
+	"handover/stompclient"
+)
+
+// Backend is one server a service's clients can be sent to.
+type Backend struct {
+	// Addr is the host:port that client connections are sent to. It also
+	// identifies the backend: SetBackends keeps the state of an unchanged
+	// Addr.
+	Addr string
+	// CheckURL is, for checks of kind "http", the URL to GET, for example
+	// "http://127.0.0.1:8161/readyz". Other kinds ignore it.
+	CheckURL string
+	// Priority breaks election ties: lower first. Zero is the default.
+	Priority int
+	// Weight is reserved for weighted balancing in ModeAny; zero is the
+	// default and nothing reads it yet.
+	Weight int
+}
+
+// Result is the outcome of one check.
+type Result struct {
+	// OK is true when the backend passed.
+	OK bool
+	// Epoch is the backend's master epoch when the check learned it (the
+	// "http" kind reads it from the body), else 0, meaning unknown. A
+	// higher epoch is a newer master: the election prefers it.
+	Epoch uint64
+	// Latency is how long the check took. Zero lets the Monitor measure it.
+	Latency time.Duration
+	// Err says why the check failed; nil when OK.
+	Err error
+}
+
+// Checker probes one backend once.
+type Checker interface {
+	// Check probes b and reports the outcome. It must return by ctx's
+	// deadline (the Monitor gives every check one) and soon after ctx is
+	// cancelled, because Monitor.Run waits for running checks to end. It
+	// is called concurrently, for different backends and, across time, for
+	// the same one.
+	Check(ctx context.Context, b Backend) Result
+}
+
+// Check kinds accepted by NewChecker.
+const (
+	KindTCP   = "tcp"
+	KindSTOMP = "stomp"
+	KindHTTP  = "http"
+)
+
+// NewChecker returns the checker of a kind:
+//
+//   - "tcp" (also ""): connect to Addr, then close. Enough for brokers that,
+//     like ActiveMQ and brokerd, open their client port only while master.
+//   - "stomp": connect to Addr and complete a STOMP CONNECT/CONNECTED
+//     exchange, then DISCONNECT. Proves the broker serves, not only that a
+//     socket accepts (a hung process or a foreign server fails it).
+//   - "http": GET CheckURL; healthy on 200 only. When the body is a JSON
+//     object with a numeric "epoch" field (brokerd's /readyz), that is the
+//     Result's Epoch.
+func NewChecker(kind string) (Checker, error) {
+	switch kind {
+	case "", KindTCP:
+		return tcpChecker{}, nil
+	case KindSTOMP:
+		return stompChecker{}, nil
+	case KindHTTP:
+		return newHTTPChecker(), nil
+	default:
+		return nil, fmt.Errorf("health: unknown check kind %q (want %q, %q or %q)", kind, KindTCP, KindSTOMP, KindHTTP)
+	}
+}
+
+type tcpChecker struct{}
+
+func (tcpChecker) Check(ctx context.Context, b Backend) Result {
+	start := time.Now()
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", b.Addr)
+	lat := time.Since(start)
+	if err != nil {
+		return Result{Err: err, Latency: lat}
+	}
+	c.Close()
+	return Result{OK: true, Latency: lat}
+}
+
+type stompChecker struct{}
+
+func (stompChecker) Check(ctx context.Context, b Backend) Result {
+	start := time.Now()
+	// ctx's deadline is shorter than stompclient's default connect timeout
+	// and bounds both the dial and waiting for CONNECTED.
+	c, err := stompclient.Dial(ctx, b.Addr, stompclient.Options{})
+	lat := time.Since(start)
+	if err != nil {
+		return Result{Err: err, Latency: lat}
+	}
+	// The check has passed; DISCONNECT (rather than a bare close) only
+	// keeps the broker from logging every check as a dropped client, so its
+	// error does not matter.
+	c.Disconnect(ctx)
+	return Result{OK: true, Latency: lat}
+}
+
+// maxHTTPBody bounds how much of a check response is read: /readyz answers
+// in a few dozen bytes, and a misconfigured URL must not make us read a page.
+const maxHTTPBody = 64 << 10
+
+type httpChecker struct{ client *http.Client }
+
+func newHTTPChecker() *httpChecker {
+	return &httpChecker{client: &http.Client{
+		Transport: &http.Transport{
+			// Backends are neighbours; an HTTP_PROXY meant for the
+			// application must not sit between us and them.
+			Proxy:       nil,
+			DialContext: (&net.Dialer{}).DialContext,
+			// A fresh connection per check, as HAProxy's httpchk does:
+			// it proves the admin port still accepts, and no idle
+			// connection outlives the Monitor that made it.
+			DisableKeepAlives:      true,
+			MaxResponseHeaderBytes: maxHTTPBody,
+		},
+		// A redirect is not "200 OK" from the backend asked.
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}}
+}
+
+func (h *httpChecker) Check(ctx context.Context, b Backend) Result {
+	if b.CheckURL == "" {
+		return Result{Err: errors.New("http check: backend has no check URL")}
+	}
+	start := time.Now()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, b.CheckURL, nil)
+	if err != nil {
+		return Result{Err: fmt.Errorf("http check: %w", err)}
+	}
+	req.Header.Set("User-Agent", "handover-health")
+	resp, err := h.client.Do(req)
+	if err != nil {
+		return Result{Err: err, Latency: time.Since(start)}
+	}
+	defer resp.Body.Close()
+	// Read the body within the deadline too: a backend that sends headers
+	// and then hangs is not healthy.
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxHTTPBody))
+	lat := time.Since(start)
+	if err != nil {
+		return Result{Err: fmt.Errorf("GET %s: reading body: %w", b.CheckURL, err), Latency: lat}
+	}
+	if resp.StatusCode != http.StatusOK {
+		return Result{Err: fmt.Errorf("GET %s: %s: %s", b.CheckURL, resp.Status, snippet(body)), Latency: lat}
+	}
+	return Result{OK: true, Epoch: parseEpoch(body), Latency: lat}
+}
+
+// parseEpoch returns the top-level "epoch" of a JSON object body when it is
+// a non-negative integer, else 0 (unknown): a body that is not JSON still
+// passes the check, it just says nothing about the epoch.
+func parseEpoch(body []byte) uint64 {
+	var doc struct {
+		Epoch json.RawMessage `json:"epoch"`
+	}
+	if json.Unmarshal(body, &doc) != nil || len(doc.Epoch) == 0 {
+		return 0
+	}
+	e, err := strconv.ParseUint(string(doc.Epoch), 10, 64)
+	if err != nil {
+		return 0
+	}
+	return e
+}
+
+// snippet shortens a response body for an error message.
+func snippet(body []byte) string {
+	body = bytes.TrimSpace(body)
+	if len(body) > 200 {
+		return strconv.Quote(string(body[:200])) + "…"
+	}
+	return strconv.Quote(string(body))
+}
+
+// isTimeout tells a check that ran out of time from one that was refused,
+// for the result label of the check duration metric.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) ||
+		errors.As(err, &ne) && ne.Timeout()
+}

@@ -1,0 +1,51 @@
+// Package health checks backends and elects where a service's clients go.
+//
+// A Monitor checks every backend of one service with a Checker ("tcp",
+// "stomp" or "http") and turns the results into targets: in ModeMaster the
+// one master of a master/slave broker pair (brokers that, like ActiveMQ and
+// brokerd, open their client port only while master); in ModeAny every
+// healthy backend. The proxy asks Targets for where to dial, and calls
+// Recheck when a dial or a connection fails, so that a dead master is
+// noticed from client traffic instead of at the next periodic check.
+//
+// # Backend states
+//
+// A backend is "up" or "down". It starts down, and after that:
+//
+//   - Rise consecutive passed checks bring it up and Fall consecutive failed
+//     checks take it down (HAProxy's rise/fall, defaults 2 and 3), which
+//     damps a flapping backend while another one serves.
+//   - Start-up: a backend's very first check, if it passes, brings it up at
+//     once. Waiting Rise*Interval before serving anything when the sidecar
+//     starts would be an outage of our own making.
+//   - Nothing serving: while there is no master (ModeAny: no backend up), one
+//     passed check brings a backend up. After a failover the new master must
+//     be used the moment it is seen; flap damping only matters when there is
+//     something better to keep using.
+//   - Recheck fast path: a check started by Recheck that fails takes a
+//     current target (the master; ModeAny: any up backend) down at once,
+//     without waiting for Fall failures. Recheck means a client just failed
+//     to reach a backend; a check agreeing with it is confirmation enough,
+//     and waiting Fall*Interval would keep sending clients to a dead broker.
+//
+// # Check schedule
+//
+// Every backend is checked every Interval, concurrently, each check bounded
+// by Timeout, so a hung backend delays nobody else. A backend whose previous
+// check still runs skips a round. While there is no master (ModeAny: no
+// backend up) the schedule tightens to NoMasterInterval, so that the slave
+// opening its port after a failover is seen within tens of milliseconds.
+// Recheck checks every backend at once; calls made before those checks start
+// share them.
+//
+// # Election (ModeMaster)
+//
+// Among the up backends the master is the one with the highest Epoch (a
+// newer master, as brokerd's /readyz reports it), then the lowest Priority,
+// then the first in list order. Once every backend has been checked once, the
+// current master stays master while it is up, unless another up backend
+// reports a strictly higher epoch: equal candidates never take over, so
+// clients are not bounced between brokers. (Before that, during the first
+// round, the ranking alone decides, so the start-up answer does not depend on
+// which check returned first.)
+package health
