@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strconv"
 	"sync"
@@ -89,6 +90,9 @@ func New(opts Options) (*Server, error) {
 	}
 	locker := opts.Locker
 	if locker == nil {
+		if err := os.MkdirAll(opts.Data, 0o755); err != nil {
+			return nil, fmt.Errorf("data directory: %w", err)
+		}
 		var err error
 		locker, err = lockstore.NewFile(lockstore.FileOptions{Dir: opts.Data, Log: log.WithField("component", "lockstore")})
 		if err != nil {

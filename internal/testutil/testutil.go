@@ -164,4 +164,3 @@ func (p *Process) ExitCode() int {
 		return -1
 	}
 }
-
