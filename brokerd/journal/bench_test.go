@@ -2,9 +2,25 @@ package journal
 
 import (
 	"fmt"
+	"os"
+	"strconv"
 	"sync/atomic"
 	"testing"
 )
+
+// benchOptions honours JOURNAL_BENCH_SEGSIZE (bytes), to measure with
+// segments small enough that the benchmark rolls through many of them.
+func benchOptions(b *testing.B, mode preallocMode) Options {
+	opts := Options{Dir: b.TempDir(), prealloc: mode}
+	if v := os.Getenv("JOURNAL_BENCH_SEGSIZE"); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			b.Fatal(err)
+		}
+		opts.SegmentSize = n
+	}
+	return opts
+}
 
 var benchModes = []struct {
 	name string
@@ -20,7 +36,7 @@ var benchModes = []struct {
 func BenchmarkAppend1KiB(b *testing.B) {
 	for _, m := range benchModes {
 		b.Run(m.name, func(b *testing.B) {
-			j, _ := open(b, Options{Dir: b.TempDir(), prealloc: m.mode})
+			j, _ := open(b, benchOptions(b, m.mode))
 			data := make([]byte, 1024)
 			b.SetBytes(int64(len(data)))
 			b.ResetTimer()
@@ -39,7 +55,7 @@ func BenchmarkAppend1KiB(b *testing.B) {
 func BenchmarkAppend1KiBParallel(b *testing.B) {
 	for _, m := range benchModes {
 		b.Run(m.name, func(b *testing.B) {
-			j, _ := open(b, Options{Dir: b.TempDir(), prealloc: m.mode})
+			j, _ := open(b, benchOptions(b, m.mode))
 			data := make([]byte, 1024)
 			var n atomic.Int64
 			b.SetBytes(int64(len(data)))
