@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"syscall"
 	"time"
 
 	"handover/stompclient"
@@ -44,7 +45,18 @@ type Result struct {
 	Latency time.Duration
 	// Err says why the check failed; nil when OK.
 	Err error
+	// Definitive marks a failure that proves the backend is not serving,
+	// rather than one that may pass on the next try: the connection was
+	// refused (nothing listens: the process died, or it is a slave whose
+	// port stays closed) or a readiness URL answered 503. A master that
+	// fails definitively is taken down at once instead of after Fall
+	// checks: waiting Fall intervals to believe a closed port only delays
+	// the failover. Timeouts and other errors are never definitive.
+	Definitive bool
 }
+
+// refused reports whether err is a refused connection.
+func refused(err error) bool { return errors.Is(err, syscall.ECONNREFUSED) }
 
 // Checker probes one backend once.
 type Checker interface {
@@ -94,7 +106,7 @@ func (tcpChecker) Check(ctx context.Context, b Backend) Result {
 	c, err := d.DialContext(ctx, "tcp", b.Addr)
 	lat := time.Since(start)
 	if err != nil {
-		return Result{Err: err, Latency: lat}
+		return Result{Err: err, Latency: lat, Definitive: refused(err)}
 	}
 	c.Close()
 	return Result{OK: true, Latency: lat}
@@ -109,7 +121,7 @@ func (stompChecker) Check(ctx context.Context, b Backend) Result {
 	c, err := stompclient.Dial(ctx, b.Addr, stompclient.Options{})
 	lat := time.Since(start)
 	if err != nil {
-		return Result{Err: err, Latency: lat}
+		return Result{Err: err, Latency: lat, Definitive: refused(err)}
 	}
 	// The check has passed; DISCONNECT (rather than a bare close) only
 	// keeps the broker from logging every check as a dropped client, so its
@@ -154,7 +166,7 @@ func (h *httpChecker) Check(ctx context.Context, b Backend) Result {
 	req.Header.Set("User-Agent", "handover-health")
 	resp, err := h.client.Do(req)
 	if err != nil {
-		return Result{Err: err, Latency: time.Since(start)}
+		return Result{Err: err, Latency: time.Since(start), Definitive: refused(err)}
 	}
 	defer resp.Body.Close()
 	// Read the body within the deadline too: a backend that sends headers
@@ -165,7 +177,8 @@ func (h *httpChecker) Check(ctx context.Context, b Backend) Result {
 		return Result{Err: fmt.Errorf("GET %s: reading body: %w", b.CheckURL, err), Latency: lat}
 	}
 	if resp.StatusCode != http.StatusOK {
-		return Result{Err: fmt.Errorf("GET %s: %s: %s", b.CheckURL, resp.Status, snippet(body)), Latency: lat}
+		return Result{Err: fmt.Errorf("GET %s: %s: %s", b.CheckURL, resp.Status, snippet(body)), Latency: lat,
+			Definitive: resp.StatusCode == http.StatusServiceUnavailable}
 	}
 	return Result{OK: true, Epoch: parseEpoch(body), Latency: lat}
 }

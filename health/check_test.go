@@ -120,6 +120,9 @@ type checkCase struct {
 	timedOut  bool   // the error must be a timeout
 	errSubstr string // the error must contain this
 	noLatency bool   // the check fails before probing anything
+	// definitive: the failure proves the backend is not serving
+	// (refused, 503), so a master is taken down at once.
+	definitive bool
 }
 
 func runCheckCases(t *testing.T, kind string, tests []checkCase) {
@@ -145,6 +148,9 @@ func runCheckCases(t *testing.T, kind string, tests []checkCase) {
 			}
 			if r.OK != (r.Err == nil) {
 				t.Errorf("OK %v with error %v", r.OK, r.Err)
+			}
+			if r.Definitive != tt.definitive {
+				t.Errorf("Definitive = %v, want %v (error %v)", r.Definitive, tt.definitive, r.Err)
 			}
 			if tt.timedOut && !isTimeout(r.Err) {
 				t.Errorf("error %v is not a timeout", r.Err)
@@ -176,7 +182,7 @@ func TestTCPChecker(t *testing.T) {
 			t.Cleanup(func() { ln.Close() })
 			return Backend{Addr: ln.Addr().String()}
 		}},
-		{name: "closed port", errSubstr: "refused", backend: func(t *testing.T) Backend {
+		{name: "closed port", errSubstr: "refused", definitive: true, backend: func(t *testing.T) Backend {
 			return Backend{Addr: closedAddr(t)}
 		}},
 	})
@@ -200,7 +206,7 @@ func TestHTTPChecker(t *testing.T) {
 		{name: "200 with an epoch", ok: true, epoch: 3, backend: reply(200, `{"ready":true,"role":"master","epoch":3}`)},
 		{name: "200 without JSON", ok: true, backend: reply(200, "ok\n")},
 		{name: "200 with a garbage body", ok: true, backend: reply(200, "\x00\xff{\"epoch\":")},
-		{name: "503", errSubstr: "503", backend: reply(503, `{"ready":false,"role":"slave","epoch":0}`)},
+		{name: "503", errSubstr: "503", definitive: true, backend: reply(503, `{"ready":false,"role":"slave","epoch":0}`)},
 		{name: "204 is not 200", errSubstr: "204", backend: reply(204, "")},
 		{name: "redirect is not followed", errSubstr: "302", backend: serve(func(w http.ResponseWriter, r *http.Request) {
 			http.Redirect(w, r, "/elsewhere", http.StatusFound)
@@ -214,7 +220,7 @@ func TestHTTPChecker(t *testing.T) {
 			w.(http.Flusher).Flush()
 			<-r.Context().Done()
 		})},
-		{name: "closed port", errSubstr: "refused", backend: func(t *testing.T) Backend {
+		{name: "closed port", errSubstr: "refused", definitive: true, backend: func(t *testing.T) Backend {
 			return Backend{CheckURL: "http://" + closedAddr(t) + "/readyz"}
 		}},
 		{name: "no URL", noLatency: true, errSubstr: "no check URL", backend: func(t *testing.T) Backend { return Backend{Addr: "x:1"} }},
@@ -261,7 +267,7 @@ func TestSTOMPChecker(t *testing.T) {
 			t.Cleanup(srv.Close)
 			return Backend{Addr: strings.TrimPrefix(srv.URL, "http://")}
 		}},
-		{name: "closed port", errSubstr: "refused", backend: func(t *testing.T) Backend {
+		{name: "closed port", errSubstr: "refused", definitive: true, backend: func(t *testing.T) Backend {
 			return Backend{Addr: closedAddr(t)}
 		}},
 	})

@@ -165,6 +165,8 @@ func (f *fakeChecker) set(t testing.TB, spec string) {
 			}
 		case "fail":
 			r.Err = errScripted
+		case "refused":
+			r.Err, r.Definitive = errScripted, true
 		default:
 			t.Fatalf("bad script item %q", item)
 		}

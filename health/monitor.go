@@ -267,6 +267,8 @@ func (m *Monitor) apply(o outcome) {
 			switch {
 			case o.passive && slices.Contains(m.targets, b.Addr):
 				m.setState(b, false, "failed a recheck: "+r.Err.Error(), now)
+			case r.Definitive && slices.Contains(m.targets, b.Addr):
+				m.setState(b, false, "not serving: "+r.Err.Error(), now)
 			case b.failures >= m.cfg.Fall:
 				m.setState(b, false, fmt.Sprintf("%d checks failed in a row, last: %v", b.failures, r.Err), now)
 			}

@@ -67,6 +67,22 @@ func TestStateMachineAndElection(t *testing.T) {
 			},
 		},
 		{
+			name: "definitive failure of the master: down at once, no fall wait", backends: backends("a", "b"),
+			steps: []step{
+				{set: "a=ok b=refused", do: "start", want: "a", up: "a"},
+				{set: "a=refused b=ok", do: "tick", want: "b", up: "b", usage: "a refused: down on the first failure, b elected"},
+			},
+		},
+		{
+			name: "inconclusive failure of the master still waits for fall", backends: backends("a", "b"),
+			steps: []step{
+				{set: "a=ok b=refused", do: "start", want: "a", up: "a"},
+				{set: "a=fail b=ok", do: "tick", want: "a", up: "a"},
+				{do: "tick", want: "a", up: "a,b"},
+				{do: "tick", want: "b", up: "b", usage: "third failure in a row"},
+			},
+		},
+		{
 			name: "rise counts consecutive passes only", cfg: Config{Rise: 3}, backends: backends("a", "b"),
 			steps: []step{
 				{set: "a=ok b=fail", do: "start", want: "a", up: "a"},
