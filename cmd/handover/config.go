@@ -1,0 +1,309 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"handover/internal/conf"
+)
+
+// Config is the sidecar's TOML file (proxy.toml). Every field has a default,
+// set by defaults(); the sample proxy.toml at the repository root documents
+// each key.
+type Config struct {
+	Log           LogConfig       `toml:"log"`
+	Admin         AdminConfig     `toml:"admin"`
+	ShutdownGrace conf.Duration   `toml:"shutdown_grace"`
+	Services      []ServiceConfig `toml:"service"`
+}
+
+// LogConfig is the [log] table.
+type LogConfig struct {
+	Level  string `toml:"level"`  // debug, info, warn, error; default info
+	Format string `toml:"format"` // text or json; default text
+}
+
+// AdminConfig is the [admin] table.
+type AdminConfig struct {
+	// Listen is the admin HTTP address (/status, /healthz, /metrics);
+	// default 127.0.0.1:9090, an empty string after defaults disables it.
+	Listen string `toml:"listen"`
+}
+
+// ServiceConfig is one [[service]]: a local listener and the brokers behind it.
+type ServiceConfig struct {
+	Name     string    `toml:"name"`
+	Listen   string    `toml:"listen"` // default bind is loopback
+	Backends []Backend `toml:"backends"`
+	Mode     string    `toml:"mode"`      // "master" (default) or "any"
+	Random   bool      `toml:"randomize"` // mode any: shuffle
+
+	// Failover behaviour, named as ActiveMQ's failover transport names it.
+	Timeout               conf.Duration `toml:"timeout"`                 // hold a new client this long waiting for a master; default 30s
+	InitialReconnectDelay conf.Duration `toml:"initial_reconnect_delay"` // default 10ms
+	MaxReconnectDelay     conf.Duration `toml:"max_reconnect_delay"`     // default 1s
+	BackoffMultiplier     float64       `toml:"backoff_multiplier"`      // default 2
+	MaxReconnectAttempts  int           `toml:"max_reconnect_attempts"`  // 0: unlimited within timeout
+	OnFailover            string        `toml:"on_failover"`             // "close" (default) or "keep"
+
+	DialTimeout    conf.Duration `toml:"dial_timeout"`    // default 2s
+	IdleTimeout    conf.Duration `toml:"idle_timeout"`    // default 0: none
+	KeepAlive      conf.Duration `toml:"keepalive"`       // default 15s
+	MaxConnections int           `toml:"max_connections"` // default 0: unlimited
+
+	Check CheckConfig `toml:"check"`
+}
+
+// CheckConfig is a service's [service.check] table.
+type CheckConfig struct {
+	Kind             string        `toml:"kind"`               // tcp (default), stomp or http
+	Interval         conf.Duration `toml:"interval"`           // default 1s
+	Timeout          conf.Duration `toml:"timeout"`            // default: interval
+	Rise             int           `toml:"rise"`               // default 2
+	Fall             int           `toml:"fall"`               // default 3
+	NoMasterInterval conf.Duration `toml:"no_master_interval"` // default 50ms
+}
+
+// Backend is one broker: "host:port", or a table {addr = "host:port",
+// check_url = "http://…/readyz"} when the check is http.
+type Backend struct {
+	Addr     string `toml:"addr"`
+	CheckURL string `toml:"check_url"`
+}
+
+// UnmarshalTOML accepts both spellings of a backend.
+func (b *Backend) UnmarshalTOML(v any) error {
+	switch v := v.(type) {
+	case string:
+		b.Addr = v
+		return nil
+	case map[string]any:
+		for k, x := range v {
+			s, ok := x.(string)
+			if !ok {
+				return fmt.Errorf("backend key %q must be a string", k)
+			}
+			switch k {
+			case "addr":
+				b.Addr = s
+			case "check_url":
+				b.CheckURL = s
+			default:
+				return fmt.Errorf("unknown backend key %q (want addr, check_url)", k)
+			}
+		}
+		return nil
+	default:
+		return fmt.Errorf("a backend is \"host:port\" or {addr = \"host:port\", check_url = \"http://…\"}, not %T", v)
+	}
+}
+
+func (c *Config) defaults() {
+	if c.Log.Level == "" {
+		c.Log.Level = "info"
+	}
+	if c.Log.Format == "" {
+		c.Log.Format = "text"
+	}
+	if c.ShutdownGrace == 0 {
+		c.ShutdownGrace = conf.Duration(10 * time.Second)
+	}
+	for i := range c.Services {
+		s := &c.Services[i]
+		setDefault := func(d *conf.Duration, v time.Duration) {
+			if *d == 0 {
+				*d = conf.Duration(v)
+			}
+		}
+		if s.Mode == "" {
+			s.Mode = "master"
+		}
+		if s.OnFailover == "" {
+			s.OnFailover = "close"
+		}
+		setDefault(&s.Timeout, 30*time.Second)
+		setDefault(&s.InitialReconnectDelay, 10*time.Millisecond)
+		setDefault(&s.MaxReconnectDelay, time.Second)
+		setDefault(&s.DialTimeout, 2*time.Second)
+		setDefault(&s.KeepAlive, 15*time.Second)
+		if s.BackoffMultiplier == 0 {
+			s.BackoffMultiplier = 2
+		}
+		if s.Check.Kind == "" {
+			s.Check.Kind = "tcp"
+		}
+		setDefault(&s.Check.Interval, time.Second)
+		setDefault(&s.Check.Timeout, s.Check.Interval.D())
+		setDefault(&s.Check.NoMasterInterval, 50*time.Millisecond)
+		if s.Check.Rise == 0 {
+			s.Check.Rise = 2
+		}
+		if s.Check.Fall == 0 {
+			s.Check.Fall = 3
+		}
+	}
+}
+
+// LoadConfig reads, defaults and validates a config file. The error lists
+// every problem, each with its key and line, so an operator fixes them all
+// in one pass.
+func LoadConfig(path string) (*Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var c Config
+	c.Admin.Listen = "127.0.0.1:9090"
+	if _, err := conf.Decode(path, string(b), &c); err != nil {
+		return nil, err
+	}
+	c.defaults()
+	if err := c.validate(path, conf.KeyPositions(string(b))); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+func (c *Config) validate(name string, pos conf.Positions) error {
+	var errs []error
+	bad := func(path, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s:%d: %s: %s", name, pos.Line(path), path, fmt.Sprintf(format, args...)))
+	}
+	if _, err := conf.NewLogger(os.Stderr, c.Log.Level, c.Log.Format); err != nil {
+		bad("log", "%v", err)
+	}
+	if c.Admin.Listen != "" {
+		if err := checkAddr(c.Admin.Listen); err != nil {
+			bad("admin.listen", "%v", err)
+		}
+	}
+	if c.ShutdownGrace < 0 {
+		bad("shutdown_grace", "must not be negative")
+	}
+	if len(c.Services) == 0 {
+		bad("service", "at least one [[service]] is required")
+	}
+	names := map[string]bool{}
+	listens := map[string]string{}
+	for i, s := range c.Services {
+		p := fmt.Sprintf("service[%d]", i)
+		if s.Name == "" {
+			bad(p+".name", "required")
+		} else if names[s.Name] {
+			bad(p+".name", "%q is used by another service", s.Name)
+		}
+		names[s.Name] = true
+		if s.Listen == "" {
+			bad(p+".listen", "required (for example \"127.0.0.1:61600\")")
+		} else if err := checkAddr(s.Listen); err != nil {
+			bad(p+".listen", "%v", err)
+		} else if other, dup := listens[s.Listen]; dup {
+			bad(p+".listen", "%s is also the listen address of service %q", s.Listen, other)
+		}
+		listens[s.Listen] = s.Name
+		if len(s.Backends) == 0 {
+			bad(p+".backends", "at least one backend is required")
+		}
+		seen := map[string]bool{}
+		for j, b := range s.Backends {
+			if _, _, err := net.SplitHostPort(b.Addr); err != nil || b.Addr == "" {
+				bad(p+".backends", "backend %d %q: want host:port", j, b.Addr)
+			}
+			if seen[b.Addr] {
+				bad(p+".backends", "backend %q is listed twice", b.Addr)
+			}
+			seen[b.Addr] = true
+			if s.Check.Kind == "http" {
+				if b.CheckURL == "" {
+					bad(p+".backends", "backend %q needs a check_url for the http check", b.Addr)
+				} else if u, err := url.Parse(b.CheckURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+					bad(p+".backends", "backend %q: check_url %q is not an http(s) URL", b.Addr, b.CheckURL)
+				}
+			}
+		}
+		switch s.Mode {
+		case "master", "any":
+		default:
+			bad(p+".mode", "%q: want master or any", s.Mode)
+		}
+		switch s.OnFailover {
+		case "close", "keep":
+		default:
+			bad(p+".on_failover", "%q: want close or keep", s.OnFailover)
+		}
+		if s.InitialReconnectDelay <= 0 {
+			bad(p+".initial_reconnect_delay", "must be positive")
+		}
+		if s.MaxReconnectDelay < s.InitialReconnectDelay {
+			bad(p+".max_reconnect_delay", "must be at least initial_reconnect_delay (%s)", s.InitialReconnectDelay)
+		}
+		if s.BackoffMultiplier < 1 {
+			bad(p+".backoff_multiplier", "must be at least 1, got %g", s.BackoffMultiplier)
+		}
+		if s.MaxReconnectAttempts < 0 {
+			bad(p+".max_reconnect_attempts", "must be 0 (unlimited) or positive")
+		}
+		if s.DialTimeout <= 0 {
+			bad(p+".dial_timeout", "must be positive")
+		}
+		if s.IdleTimeout < 0 || s.KeepAlive < 0 {
+			bad(p, "idle_timeout and keepalive must not be negative")
+		}
+		if s.MaxConnections < 0 {
+			bad(p+".max_connections", "must be 0 (unlimited) or positive")
+		}
+		ck := p + ".check"
+		switch s.Check.Kind {
+		case "tcp", "stomp", "http":
+		default:
+			bad(ck+".kind", "%q: want tcp, stomp or http", s.Check.Kind)
+		}
+		if s.Check.Interval <= 0 {
+			bad(ck+".interval", "must be positive")
+		}
+		if s.Check.Timeout <= 0 || s.Check.Timeout > s.Check.Interval {
+			bad(ck+".timeout", "must be positive and at most the interval (%s)", s.Check.Interval)
+		}
+		if s.Check.NoMasterInterval <= 0 {
+			bad(ck+".no_master_interval", "must be positive")
+		}
+		if s.Check.Rise < 1 {
+			bad(ck+".rise", "must be at least 1")
+		}
+		if s.Check.Fall < 1 {
+			bad(ck+".fall", "must be at least 1")
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// checkAddr validates a listen address, rendering go-sockaddr templates.
+func checkAddr(addr string) error {
+	a, err := conf.ResolveAddr(addr)
+	if err != nil {
+		return err
+	}
+	if _, _, err := net.SplitHostPort(a); err != nil {
+		return fmt.Errorf("%q: want host:port: %v", a, err)
+	}
+	return nil
+}
+
+// listenAddr resolves a service's listen address. A bare ":port" binds
+// loopback, not every interface: a sidecar serves the application beside it
+// and must not be reachable from the network unless told so explicitly.
+func listenAddr(addr string) (string, error) {
+	a, err := conf.ResolveAddr(addr)
+	if err != nil {
+		return "", err
+	}
+	if strings.HasPrefix(a, ":") {
+		a = "127.0.0.1" + a
+	}
+	return a, nil
+}

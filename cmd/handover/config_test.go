@@ -1,0 +1,87 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestSampleConfigIsValid(t *testing.T) {
+	c, err := LoadConfig("../../proxy.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := c.Services[0]
+	if s.Name != "stomp" || len(s.Backends) != 2 || s.Backends[1].CheckURL != "http://127.0.0.1:8162/readyz" || s.Check.Kind != "http" {
+		t.Fatalf("sample decoded as %+v", s)
+	}
+}
+
+func TestConfigValidation(t *testing.T) {
+	tests := []struct {
+		name string
+		text string
+		want []string // each must appear in the error; nil means valid
+	}{
+		{"minimal", "[[service]]\nname = \"a\"\nlisten = \":1\"\nbackends = [\"127.0.0.1:2\"]\n", nil},
+		{"no services", "[log]\nlevel = \"info\"\n", []string{"at least one [[service]]"}},
+		{"unknown key", "[[service]]\nname = \"a\"\nlisten = \":1\"\nbackends = [\"h:2\"]\nbackend = 3\n", []string{`:5: unknown key "service.backend"`}},
+		{"unknown backend key", "[[service]]\nname = \"a\"\nlisten = \":1\"\nbackends = [{adr = \"h:2\"}]\n", []string{`unknown backend key "adr"`}},
+		{"every problem listed with lines", `[log]
+level = "loud"
+
+[[service]]
+name = "a"
+listen = "127.0.0.1:1"
+backends = ["h:2"]
+
+[[service]]
+name = "a"
+listen = "nonsense"
+backends = ["nohost", "h:3", "h:3"]
+mode = "leader"
+on_failover = "pray"
+backoff_multiplier = 0.5
+[service.check]
+kind = "http"
+interval = "1s"
+timeout = "2s"
+rise = -1
+`, []string{
+			"f.toml:1: log:", "log level",
+			"f.toml:10: service[1].name: \"a\" is used by another service",
+			"f.toml:11: service[1].listen",
+			"f.toml:12: service[1].backends: backend 0 \"nohost\": want host:port",
+			`backend "h:3" is listed twice`,
+			`needs a check_url for the http check`,
+			"f.toml:13: service[1].mode: \"leader\"",
+			"f.toml:14: service[1].on_failover",
+			"f.toml:15: service[1].backoff_multiplier",
+			"f.toml:19: service[1].check.timeout: must be positive and at most the interval",
+			"f.toml:20: service[1].check.rise",
+		}},
+		{"bad duration", "[[service]]\nname = \"a\"\nlisten = \":1\"\nbackends = [\"h:2\"]\ntimeout = \"forever\"\n", []string{"bad duration"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "f.toml")
+			os.WriteFile(path, []byte(tt.text), 0o644)
+			_, err := LoadConfig(path)
+			if tt.want == nil {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatal("want errors")
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error lacks %q:\n%v", w, err)
+				}
+			}
+		})
+	}
+}

@@ -1,0 +1,60 @@
+// Command handover is the failover sidecar: it runs beside an application,
+// listens on localhost, health-checks a list of brokers and sends every
+// client connection to whichever broker is master now. Clients need no
+// change and no knowledge of failover.
+//
+//	handover -config proxy.toml        run
+//	handover -check -config proxy.toml validate the file, list every problem
+//	handover -version
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+// Version is the sidecar's version.
+var Version = "0.1.0"
+
+func main() {
+	os.Exit(run(os.Args[1:]))
+}
+
+func run(args []string) int {
+	fs := flag.NewFlagSet("handover", flag.ContinueOnError)
+	path := fs.String("config", "proxy.toml", "TOML config file")
+	check := fs.Bool("check", false, "validate the config file and exit: 0 if valid, 1 with every problem listed")
+	version := fs.Bool("version", false, "print the version and exit")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if *version {
+		fmt.Println("handover", Version)
+		return 0
+	}
+	cfg, err := LoadConfig(*path)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "handover: %s is not valid:\n%v\n", *path, err)
+		return 1
+	}
+	if *check {
+		fmt.Printf("%s: ok (%d services)\n", *path, len(cfg.Services))
+		return 0
+	}
+	sc, err := newSidecar(cfg, os.Stderr)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "handover:", err)
+		return 1
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := sc.run(ctx); err != nil {
+		sc.log.WithError(err).Error("exiting")
+		return 1
+	}
+	return 0
+}

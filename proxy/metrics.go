@@ -1,0 +1,126 @@
+package proxy
+
+import (
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics are the proxy's Prometheus series, shared by every Service of a
+// process and labelled by service (Options.Name) and backend (the dialed
+// address). A nil *Metrics given to New is replaced by an unregistered one.
+type Metrics struct {
+	accepted   *prometheus.CounterVec // service
+	held       *prometheus.GaugeVec   // service
+	failed     *prometheus.CounterVec // service, reason
+	active     *prometheus.GaugeVec   // service, backend
+	connected  *prometheus.CounterVec // service, backend
+	dialErrors *prometheus.CounterVec // service, backend
+	closed     *prometheus.CounterVec // service, backend, reason
+
+	// Byte counters are read at scrape time rather than incremented by the
+	// data path, which never sees the bytes it moves (splice(2)): finished
+	// pairs leave their totals in done; live pairs are sampled (meter.go).
+	mu   sync.Mutex
+	done map[bytesKey]float64
+	live map[*pair]struct{}
+}
+
+type bytesKey struct{ service, backend, direction string }
+
+var descBytes = prometheus.NewDesc("handover_proxy_bytes_total",
+	"Bytes proxied, by direction: up is client to backend, down is backend to client. "+
+		"Live connections are included (sampled from the kernel where it keeps count, see proxy/meter.go).",
+	[]string{"service", "backend", "direction"}, nil)
+
+// NewMetrics creates the proxy's series and registers them with reg, if
+// reg is not nil.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		accepted: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "handover_proxy_connections_accepted_total",
+			Help: "Client connections accepted."}, []string{"service"}),
+		held: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "handover_proxy_connections_held",
+			Help: "Client connections accepted and still looking for a backend: no master yet, or dials failing."}, []string{"service"}),
+		failed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "handover_proxy_connections_failed_total",
+			Help: "Client connections closed without ever reaching a backend, by reason: " +
+				"timeout (held for Timeout), attempts (MaxReconnectAttempts used up), " +
+				"no_target and unreachable (negative Timeout: refused at once), shutdown."}, []string{"service", "reason"}),
+		active: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "handover_proxy_connections_active",
+			Help: "Client connections being proxied to a backend now."}, []string{"service", "backend"}),
+		connected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "handover_proxy_connections_total",
+			Help: "Client connections that reached a backend."}, []string{"service", "backend"}),
+		dialErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "handover_proxy_dial_errors_total",
+			Help: "Failed dials to a backend (each one also asks for a health re-check)."}, []string{"service", "backend"}),
+		closed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "handover_proxy_connections_closed_total",
+			Help: "Proxied connections that ended, by reason: eof (both sides finished), client_error, " +
+				"upstream_error, failover (backend no longer a target), idle, shutdown."}, []string{"service", "backend", "reason"}),
+		done: map[bytesKey]float64{},
+		live: map[*pair]struct{}{},
+	}
+	if reg != nil {
+		reg.MustRegister(m)
+	}
+	return m
+}
+
+// Describe implements prometheus.Collector.
+func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
+	for _, c := range m.vecs() {
+		c.Describe(ch)
+	}
+	ch <- descBytes
+}
+
+// Collect implements prometheus.Collector.
+func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
+	for _, c := range m.vecs() {
+		c.Collect(ch)
+	}
+	m.mu.Lock()
+	totals := make(map[bytesKey]float64, len(m.done)+len(m.live))
+	for k, v := range m.done {
+		totals[k] += v
+	}
+	for p := range m.live {
+		up, down := p.sample()
+		totals[bytesKey{p.service, p.backend, "up"}] += float64(up)
+		totals[bytesKey{p.service, p.backend, "down"}] += float64(down)
+	}
+	m.mu.Unlock()
+	for k, v := range totals {
+		ch <- prometheus.MustNewConstMetric(descBytes, prometheus.CounterValue, v, k.service, k.backend, k.direction)
+	}
+}
+
+func (m *Metrics) vecs() []prometheus.Collector {
+	return []prometheus.Collector{m.accepted, m.held, m.failed, m.active, m.connected, m.dialErrors, m.closed}
+}
+
+// pairStarted counts p as connected and live.
+func (m *Metrics) pairStarted(p *pair) {
+	m.mu.Lock()
+	m.live[p] = struct{}{}
+	m.mu.Unlock()
+	m.connected.WithLabelValues(p.service, p.backend).Inc()
+	m.active.WithLabelValues(p.service, p.backend).Inc()
+}
+
+// pairEnded moves p's bytes from the live samples to the finished totals,
+// under one lock so that no scrape sees them twice or not at all.
+func (m *Metrics) pairEnded(p *pair, reason string) {
+	m.mu.Lock()
+	delete(m.live, p)
+	up, down := p.sample()
+	m.done[bytesKey{p.service, p.backend, "up"}] += float64(up)
+	m.done[bytesKey{p.service, p.backend, "down"}] += float64(down)
+	m.mu.Unlock()
+	m.active.WithLabelValues(p.service, p.backend).Dec()
+	m.closed.WithLabelValues(p.service, p.backend, reason).Inc()
+}

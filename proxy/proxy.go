@@ -1,0 +1,489 @@
+// Package proxy is handover's data path: it listens where unchanged legacy
+// clients (STOMP or any TCP protocol) expect their broker, and sends each
+// connection to whichever broker is master now, as a Picker says.
+//
+// A Service is one listener. For each client it accepts, it holds the
+// connection until there is a target, dials it (retrying with backoff, like
+// ActiveMQ's failover transport), then copies bytes both ways until either
+// side is done. When the Picker's answer changes, connections to a backend
+// that is no longer a target are closed (Options.OnFailover), so clients
+// reconnect, through the proxy, to the new master.
+//
+// Reading order for one client connection: proxy.go (accept, failover,
+// shutdown), connect.go (hold, dial, back off), pair.go (the two copiers),
+// meter.go (counting bytes and idleness without touching the bytes).
+package proxy
+
+import (
+	"context"
+	"errors"
+	"net"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sirupsen/logrus"
+)
+
+// Picker says where new connections go. health.Monitor implements it.
+type Picker interface {
+	// Targets returns the addresses to dial, in preference order (empty:
+	// no master now), and a channel closed the next time the answer
+	// changes. Callers must not modify the slice. It must not block: it is
+	// called for every new connection.
+	Targets() ([]string, <-chan struct{})
+	// Recheck asks for an immediate health re-check of every backend
+	// (passive health: a failed dial or an upstream reset on a live
+	// connection). It must not block, and should coalesce bursts: a broker
+	// dying under a thousand clients brings a thousand calls at once.
+	Recheck()
+}
+
+// Service proxies one listener's connections. Create it with New, run it
+// with Serve, stop it with Shutdown (or by cancelling Serve's context).
+type Service struct {
+	opts    Options
+	picker  Picker
+	log     *logrus.Entry
+	metrics *Metrics
+	ln      *net.TCPListener
+	dialer  net.Dialer
+	// sem holds one token per client connection when MaxConnections caps
+	// them; nil when uncapped.
+	sem chan struct{}
+	// ctx is cancelled when shutdown begins: it wakes held clients and
+	// aborts dials in flight.
+	ctx    context.Context
+	cancel context.CancelFunc
+	// stopping is closed when shutdown begins; drained once, after that,
+	// no connection goroutine is left.
+	stopping chan struct{}
+	drained  chan struct{}
+	// loops tracks the accept loop and the failover watcher.
+	loops sync.WaitGroup
+
+	accepted atomic.Uint64
+	held     atomic.Int64
+	// forceCounting makes every pair count bytes itself, as on systems
+	// without TCP_INFO; tests and benchmarks use it to cover and measure
+	// that path on Linux.
+	forceCounting bool
+
+	mu      sync.Mutex
+	serving bool
+	stopped bool
+	conns   int // connection goroutines, held clients included
+	pairs   map[*pair]struct{}
+}
+
+// ServiceStatus is a snapshot of a Service, for /status pages.
+type ServiceStatus struct {
+	Name string `json:"name"`
+	// Listen is the bound address.
+	Listen string `json:"listen"`
+	// Active counts connections being proxied now; Backends splits them by
+	// backend address.
+	Active   int            `json:"active"`
+	Backends map[string]int `json:"backends"`
+	// Held counts clients accepted and still looking for a backend.
+	Held int `json:"held"`
+	// Accepted counts every client connection accepted so far.
+	Accepted uint64 `json:"accepted"`
+}
+
+// New validates opts, applies the defaults and binds the listener, so that
+// the caller (and a test) learns the real address before Serve. picker is
+// required; log may be nil (events are discarded) and so may m (series are
+// kept but not registered).
+func New(opts Options, picker Picker, log *logrus.Entry, m *Metrics) (*Service, error) {
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
+	if picker == nil {
+		return nil, errors.New("proxy: a Picker is required")
+	}
+	opts = opts.withDefaults()
+	if log == nil {
+		l := logrus.New()
+		l.Out = discard{}
+		log = logrus.NewEntry(l)
+	}
+	if m == nil {
+		m = NewMetrics(nil)
+	}
+	// ListenConfig turns keepalive on for every accepted socket; the
+	// Dialer does the same for backend sockets. TCP_NODELAY stays on, as
+	// Go sets it: STOMP frames are small, and a proxy that batched them
+	// would add Nagle's delay to every hop.
+	lc := net.ListenConfig{KeepAlive: opts.KeepAlive}
+	ln, err := lc.Listen(context.Background(), "tcp", opts.Listen)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &Service{
+		opts:     opts,
+		picker:   picker,
+		log:      log.WithField("service", opts.Name),
+		metrics:  m,
+		ln:       ln.(*net.TCPListener),
+		dialer:   net.Dialer{KeepAlive: opts.KeepAlive},
+		ctx:      ctx,
+		cancel:   cancel,
+		stopping: make(chan struct{}),
+		drained:  make(chan struct{}),
+		pairs:    map[*pair]struct{}{},
+	}
+	if opts.MaxConnections > 0 {
+		s.sem = make(chan struct{}, opts.MaxConnections)
+	}
+	return s, nil
+}
+
+// Addr is the bound listen address.
+func (s *Service) Addr() net.Addr { return s.ln.Addr() }
+
+// Serve accepts connections until ctx is done or Shutdown is called. When
+// ctx ends, Serve shuts down itself, with ShutdownGrace for live connections
+// to finish. Either way it returns once every goroutine it started has
+// ended: nil on a clean stop. Serve may be called once.
+func (s *Service) Serve(ctx context.Context) error {
+	var changed <-chan struct{}
+	watch := s.opts.OnFailover == OnFailoverClose
+	if watch {
+		// Taken before the first accept: any change from here on wakes
+		// the watcher.
+		_, changed = s.picker.Targets()
+	}
+	s.mu.Lock()
+	if s.serving {
+		s.mu.Unlock()
+		return errors.New("proxy: Serve called more than once")
+	}
+	s.serving = true
+	if s.stopped {
+		s.mu.Unlock()
+		return nil
+	}
+	if watch {
+		s.loops.Add(1)
+		go s.watchTargets(changed)
+	}
+	s.loops.Add(1)
+	go s.acceptLoop()
+	s.mu.Unlock()
+	s.log.WithField("listen", s.Addr().String()).Info("listening")
+
+	select {
+	case <-ctx.Done():
+		s.Shutdown(context.Background())
+	case <-s.stopping:
+	}
+	s.loops.Wait()
+	<-s.drained
+	return nil
+}
+
+// Shutdown stops accepting, closes clients still waiting for a backend, and
+// lets live connections finish until ctx is done or ShutdownGrace has
+// passed, whichever comes first; then it closes them. It returns once every
+// connection is gone: nil if they all finished or the grace ran out, ctx's
+// error if ctx ended first. It may be called any number of times, from any
+// goroutine; each call waits.
+func (s *Service) Shutdown(ctx context.Context) error {
+	s.beginShutdown()
+	grace := time.NewTimer(s.opts.ShutdownGrace)
+	defer grace.Stop()
+	select {
+	case <-s.drained:
+		return nil
+	case <-grace.C:
+	case <-ctx.Done():
+	}
+	if n := s.closeAll(reasonShutdown); n > 0 {
+		s.log.WithField("closed", n).Warn("shutdown grace over: closing live connections")
+	}
+	<-s.drained
+	return ctx.Err()
+}
+
+// beginShutdown is the idempotent first half of Shutdown. Order matters:
+// stopped is set under mu before the listener closes, so no connection
+// goroutine starts after it (track refuses) and none slips into pairs
+// (register refuses); cancelling ctx then wakes every held client.
+func (s *Service) beginShutdown() {
+	s.mu.Lock()
+	if s.stopped {
+		s.mu.Unlock()
+		return
+	}
+	s.stopped = true
+	close(s.stopping)
+	live, waiting := len(s.pairs), s.conns-len(s.pairs)
+	if s.conns == 0 {
+		close(s.drained)
+	}
+	s.mu.Unlock()
+	s.ln.Close()
+	s.cancel()
+	s.log.WithFields(logrus.Fields{"live": live, "waiting": waiting}).Info("shutting down: not accepting; draining live connections")
+}
+
+// Status returns a snapshot of the service.
+func (s *Service) Status() ServiceStatus {
+	st := ServiceStatus{
+		Name:     s.opts.Name,
+		Listen:   s.Addr().String(),
+		Backends: map[string]int{},
+		Held:     int(s.held.Load()),
+		Accepted: s.accepted.Load(),
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st.Active = len(s.pairs)
+	for p := range s.pairs {
+		st.Backends[p.backend]++
+	}
+	return st
+}
+
+// acceptLoop accepts until shutdown. With MaxConnections it takes a slot
+// before accepting, so beyond the cap clients wait in the kernel's listen
+// backlog rather than being accepted and then left hanging. (We don't use
+// netutil.LimitListener: it wraps each *net.TCPConn, and io.Copy can only
+// splice between bare *net.TCPConns.)
+func (s *Service) acceptLoop() {
+	defer s.loops.Done()
+	var delay time.Duration
+	for {
+		if s.sem != nil {
+			select {
+			case s.sem <- struct{}{}:
+			case <-s.stopping:
+				return
+			}
+		}
+		c, err := s.ln.AcceptTCP()
+		if err != nil {
+			s.release()
+			select {
+			case <-s.stopping:
+				return
+			default:
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// Out of file descriptors and the like: back off rather
+			// than spin, as net/http does.
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			s.log.WithError(err).WithField("retry_in", delay).Warn("accept failed")
+			select {
+			case <-time.After(delay):
+			case <-s.stopping:
+				return
+			}
+			continue
+		}
+		delay = 0
+		if !s.track() {
+			c.Close()
+			s.release()
+			return
+		}
+		s.accepted.Add(1)
+		s.metrics.accepted.WithLabelValues(s.opts.Name).Inc()
+		go s.serveConn(c)
+	}
+}
+
+// track counts a new connection goroutine, unless shutdown has begun.
+func (s *Service) track() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stopped {
+		return false
+	}
+	s.conns++
+	return true
+}
+
+// connDone is the last thing a connection goroutine does, after its client
+// socket is closed: it frees the MaxConnections slot and, when it is the
+// last one during shutdown, reports the service drained.
+func (s *Service) connDone() {
+	s.release()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.conns--
+	if s.stopped && s.conns == 0 {
+		close(s.drained)
+	}
+}
+
+// release frees a MaxConnections slot.
+func (s *Service) release() {
+	if s.sem != nil {
+		<-s.sem
+	}
+}
+
+// serveConn owns one client connection from accept to close.
+func (s *Service) serveConn(client *net.TCPConn) {
+	defer s.connDone()
+	log := s.log.WithField("client", client.RemoteAddr().String())
+	log.Debug("accepted")
+
+	var end time.Time // zero: negative Timeout, never hold
+	if s.opts.Timeout > 0 {
+		end = time.Now().Add(s.opts.Timeout)
+	}
+	s.held.Add(1)
+	s.metrics.held.WithLabelValues(s.opts.Name).Inc()
+	start := time.Now()
+	p, err := s.reach(client, log, end)
+	s.held.Add(-1)
+	s.metrics.held.WithLabelValues(s.opts.Name).Dec()
+	if err != nil {
+		client.Close()
+		reason := failReason(err)
+		s.metrics.failed.WithLabelValues(s.opts.Name, reason).Inc()
+		l := log.WithError(err).WithFields(logrus.Fields{"reason": reason, "waited": time.Since(start).Round(time.Millisecond)})
+		if errors.Is(err, errShutdown) {
+			l.Debug("closing client: shutting down before a backend was reached")
+		} else {
+			l.Warn("closing client: gave up looking for a backend")
+		}
+		return
+	}
+
+	s.metrics.pairStarted(p)
+	p.log.WithField("waited", time.Since(start).Round(time.Millisecond)).Debug("proxying")
+	reason := p.run()
+	s.mu.Lock()
+	delete(s.pairs, p)
+	s.mu.Unlock()
+	s.metrics.pairEnded(p, reason)
+	p.log.WithFields(logrus.Fields{
+		"reason": reason,
+		"up":     p.up.final.Load(),
+		"down":   p.down.final.Load(),
+		"took":   time.Since(p.start).Round(time.Millisecond),
+	}).Debug("closed")
+}
+
+// errStale means the backend just dialed stopped being a target while it
+// was being dialed.
+var errStale = errors.New("backend is no longer a target")
+
+// reach connects the client to a backend and registers the pair. A backend
+// that stopped being a target while it was dialed is dropped and the search
+// goes on: the sweep for that change may have run already, so a pair
+// registered now would outlive the failover it should have followed.
+// Nothing has been read from the client yet, so starting over loses nothing.
+func (s *Service) reach(client *net.TCPConn, log *logrus.Entry, end time.Time) (*pair, error) {
+	for {
+		up, backend, err := s.connect(log, end)
+		if err != nil {
+			return nil, err
+		}
+		p := newPair(s, client, up, backend, log.WithField("backend", backend))
+		err = s.register(p)
+		if err == nil {
+			return p, nil
+		}
+		up.Close()
+		if !errors.Is(err, errStale) {
+			return nil, err
+		}
+		log.WithField("backend", backend).Debug("backend stopped being a target while being dialed: looking again")
+	}
+}
+
+// register adds p to the live pairs, unless shutdown has begun or (with
+// OnFailoverClose) p's backend is not among the current targets.
+//
+// Both register and closeStale read the Picker's answer under mu, so each
+// sees the latest: a pair registered after a sweep was checked against an
+// answer at least as new as the sweep's, and a later change wakes the
+// watcher for another sweep. No pair can slip past a failover.
+func (s *Service) register(p *pair) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stopped {
+		return errShutdown
+	}
+	if s.opts.OnFailover == OnFailoverClose {
+		targets, _ := s.picker.Targets()
+		if !slices.Contains(targets, p.backend) {
+			return errStale
+		}
+	}
+	s.pairs[p] = struct{}{}
+	return nil
+}
+
+// watchTargets follows the Picker's answer and closes connections to
+// backends that left it (OnFailoverClose). With mode master, that is every
+// connection to the old master: its clients reconnect, are held while there
+// is no master, and reach the new one.
+func (s *Service) watchTargets(changed <-chan struct{}) {
+	defer s.loops.Done()
+	for {
+		select {
+		case <-changed:
+		case <-s.stopping:
+			return
+		}
+		changed = s.closeStale()
+	}
+}
+
+// closeStale reads the Picker's current answer, closes every pair whose
+// backend is not in it, and returns the channel that announces the next
+// change.
+func (s *Service) closeStale() <-chan struct{} {
+	s.mu.Lock()
+	targets, changed := s.picker.Targets()
+	current := make(map[string]bool, len(targets))
+	for _, t := range targets {
+		current[t] = true
+	}
+	var stale []*pair
+	for p := range s.pairs {
+		if !current[p.backend] {
+			stale = append(stale, p)
+		}
+	}
+	s.mu.Unlock()
+	if len(stale) == 0 {
+		return changed
+	}
+	s.log.WithFields(logrus.Fields{"targets": targets, "closing": len(stale)}).
+		Warn("targets changed: closing connections to backends no longer targeted, so their clients reconnect")
+	for _, p := range stale {
+		p.log.Debug("closing: backend is no longer a target")
+		p.close(reasonFailover)
+	}
+	return changed
+}
+
+// closeAll closes every live pair and returns how many there were.
+func (s *Service) closeAll(reason string) int {
+	s.mu.Lock()
+	pairs := make([]*pair, 0, len(s.pairs))
+	for p := range s.pairs {
+		pairs = append(pairs, p)
+	}
+	s.mu.Unlock()
+	for _, p := range pairs {
+		p.close(reason)
+	}
+	return len(pairs)
+}
+
+// discard is where a nil logger's events go.
+type discard struct{}
+
+func (discard) Write(p []byte) (int, error) { return len(p), nil }
