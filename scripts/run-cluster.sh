@@ -11,17 +11,19 @@ mkdir -p run/data
 pids=()
 start() { # name, command...
   local name=$1; shift
-  ( exec "$@" 2>&1 ) | sed -u "s/^/[$name] /" &
+  # Process substitution keeps $! the command's own pid (a pipeline's
+  # would be sed's), so stop() signals the real processes.
+  "$@" > >(sed -u "s/^/[$name] /") 2>&1 &
   pids+=($!)
 }
 
 stop() {
   trap - INT TERM
-  echo "[run] stopping..."
-  pkill -TERM -P $$ -f 'bin/(brokerd|handover)' 2>/dev/null || true
-  for p in $(jobs -p); do pkill -TERM -P "$p" 2>/dev/null || true; done
-  wait
+  echo "[run] stopping (SIGTERM: brokers flush and release the lock, the sidecar drains)..."
+  kill -TERM "${pids[@]}" 2>/dev/null || true
+  wait "${pids[@]}" 2>/dev/null || true
   echo "[run] stopped"
+  exit 0
 }
 trap stop INT TERM
 
