@@ -733,10 +733,11 @@ type replay struct {
 func (j *Journal) replaySegment(seq uint64, last bool, rp *replay) error {
 	name := segName(seq)
 	path := filepath.Join(j.dir, name)
-	data, err := os.ReadFile(path)
+	data, unmap, err := mapSegment(path)
 	if err != nil {
 		return fmt.Errorf("journal: read segment: %w", err)
 	}
+	defer unmap()
 	if err := checkSegHeader(data, seq); err != nil {
 		return fmt.Errorf("%w: segment %s offset 0: %v", ErrCorrupt, path, err)
 	}
