@@ -45,7 +45,7 @@ func (s *Server) Status() Status {
 		Listen:      s.opts.Listen,
 		Admin:       s.AdminAddr(),
 		Lock:        s.locker.String(),
-		Store:       "journal:" + s.opts.Data,
+		Store:       s.storeName(),
 		Ready:       s.isReady,
 		Connections: len(s.conns),
 		Version:     Version,
@@ -108,4 +108,11 @@ func (s *Server) adminHandler() http.Handler {
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{}))
 	return mux
+}
+
+func (s *Server) storeName() string {
+	if s.opts.StoreName != "" {
+		return s.opts.StoreName
+	}
+	return "journal:" + s.opts.Data
 }

@@ -55,8 +55,15 @@ type Options struct {
 	SegmentSize int64 `toml:"segment_size"`
 
 	// Locker overrides the master lock; nil means the file lock in Data.
-	// Not settable from the config file.
+	// Not settable from the config file (cmd/brokerd builds it from -lock).
 	Locker lockstore.Locker `toml:"-"`
+	// Store overrides where persistent messages live; nil means the file
+	// journal in Data/journal. Not settable from the config file
+	// (cmd/brokerd builds it from -store).
+	Store StoreOpener `toml:"-"`
+	// StoreName describes Store for /status, without secrets; "" means
+	// "journal:" + Data.
+	StoreName string `toml:"-"`
 	// Log receives the server's events; nil discards them.
 	Log *logrus.Entry `toml:"-"`
 }

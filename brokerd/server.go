@@ -71,7 +71,7 @@ type Server struct {
 	destMu  sync.Mutex
 	queues  map[string]*queue
 	topics  map[string]*topic
-	journal *journal.Journal
+	journal Store
 	seq     atomic.Uint64
 	connSeq atomic.Uint64
 }
@@ -195,13 +195,13 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 }
 
-// startMaster replays the journal, then opens the STOMP port.
-func (s *Server) startMaster(lease lockstore.Lease) error {
-	start := time.Now()
-	j, live, err := journal.Open(journal.Options{
+// openJournal is the default StoreOpener: the file journal in Data, its
+// writes fenced by the lease (a batch is refused once the lease is lost).
+func (s *Server) openJournal(lease lockstore.Lease, log *logrus.Entry) (Store, []journal.Record, error) {
+	return journal.Open(journal.Options{
 		Dir:         filepath.Join(s.opts.Data, "journal"),
 		SegmentSize: s.opts.SegmentSize,
-		Log:         s.log.WithField("component", "journal"),
+		Log:         log.WithField("component", "journal"),
 		Fence: func() error {
 			select {
 			case <-lease.Done():
@@ -211,8 +211,18 @@ func (s *Server) startMaster(lease lockstore.Lease) error {
 			}
 		},
 	})
+}
+
+// startMaster replays the journal, then opens the STOMP port.
+func (s *Server) startMaster(lease lockstore.Lease) error {
+	start := time.Now()
+	open := s.opts.Store
+	if open == nil {
+		open = s.openJournal
+	}
+	j, live, err := open(lease, s.log)
 	if err != nil {
-		return fmt.Errorf("opening the journal: %w", err)
+		return fmt.Errorf("opening the store: %w", err)
 	}
 	s.destMu.Lock()
 	s.journal = j

@@ -4,9 +4,33 @@ import (
 	"bytes"
 	"fmt"
 
+	"github.com/sirupsen/logrus"
+
 	"handover/brokerd/journal"
 	"handover/frame"
+	"handover/lockstore"
 )
+
+// Store keeps the records of persistent messages: the file journal
+// (handover/brokerd/journal, the default) or PostgreSQL. The broker needs
+// three things of it, which the journal's own methods already are.
+type Store interface {
+	// Append makes recs durable, then calls done exactly once, in Append
+	// order (group commit: concurrent Appends may share one flush). done
+	// runs on the store's goroutine and must not block. An Append with no
+	// records is a barrier: its done runs after every earlier Append's.
+	Append(recs []journal.Record, done func(error))
+	// Close flushes pending Appends and releases the store; idempotent.
+	Close() error
+	// Stats reports the store's size and activity for /status and /metrics.
+	Stats() journal.Stats
+}
+
+// StoreOpener opens the store once this broker is master, given the lease
+// it holds (a store that can fence its writes by the lease's epoch must).
+// It returns the store and the live (unacknowledged) Put records to
+// recover, in the order they were appended.
+type StoreOpener func(lease lockstore.Lease, log *logrus.Entry) (Store, []journal.Record, error)
 
 // putRecord is the journal record of a persistent message: its MESSAGE frame
 // encoded as STOMP 1.2, so the journal stores exactly what will be delivered.
