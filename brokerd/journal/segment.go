@@ -27,6 +27,24 @@ func (j *Journal) startSpare(seq uint64) {
 	}()
 }
 
+// spareReady reports whether the active segment should be left early for a
+// finished spare: only a segment made on the spot (not zero-filled) is, so
+// that the slow fallocate'd file made at Open serves just until the first
+// zero-filled one is ready.
+func (j *Journal) spareReady() bool {
+	if j.active.zeroed || j.spare == nil {
+		return false
+	}
+	select {
+	case sp := <-j.spare:
+		j.spare = make(chan spare, 1)
+		j.spare <- sp
+		return sp.err == nil
+	default:
+		return false
+	}
+}
+
 // takeSpare waits for the background file, if one was started, and returns
 // it if it is for seq.
 func (j *Journal) takeSpare(seq uint64) *os.File {
@@ -67,6 +85,7 @@ func (j *Journal) discard(sp spare) {
 // replay never has to guess about a half-created one.
 func (j *Journal) createSegment(seq uint64) (*segment, *os.File, error) {
 	f := j.takeSpare(seq)
+	zeroed := f != nil
 	if f == nil {
 		mode := j.prealloc
 		if mode == preallocZero {
@@ -89,7 +108,7 @@ func (j *Journal) createSegment(seq uint64) (*segment, *os.File, error) {
 		os.Remove(path)
 		return nil, nil, fmt.Errorf("install segment %s: fsync directory: %w", path, err)
 	}
-	return &segment{seq: seq, name: name, size: segHeaderSize, refs: make(map[uint64]int)}, f, nil
+	return &segment{seq: seq, name: name, size: segHeaderSize, refs: make(map[uint64]int), zeroed: zeroed}, f, nil
 }
 
 // newSegmentFile writes the temporary file for segment seq: header, reserved
