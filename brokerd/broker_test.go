@@ -3,6 +3,7 @@ package brokerd
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -11,8 +12,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sirupsen/logrus"
+
+	"handover/brokerd/journal"
 	"handover/frame"
 	"handover/internal/testutil"
+	"handover/lockstore"
 	"handover/stompclient"
 )
 
@@ -368,5 +373,50 @@ func readAll(resp *http.Response) string {
 		if err != nil {
 			return b.String()
 		}
+	}
+}
+
+// failingStore refuses every write, as a full disk does.
+type failingStore struct{}
+
+func (failingStore) Append(recs []journal.Record, done func(error)) {
+	if len(recs) == 0 {
+		done(nil)
+		return
+	}
+	done(errors.New("write /data/journal/00000001.log: no space left on device"))
+}
+func (failingStore) Close() error         { return nil }
+func (failingStore) Stats() journal.Stats { return journal.Stats{} }
+
+// TestStoreFailure: when the store cannot persist (a full disk), the
+// producer gets an ERROR instead of a RECEIPT, the message is not delivered
+// (it was never accepted), and other clients keep working.
+func TestStoreFailure(t *testing.T) {
+	s := startServer(t, t.TempDir(), func(o *Options) {
+		o.Store = func(lockstore.Lease, *logrus.Entry) (Store, []journal.Record, error) {
+			return failingStore{}, nil, nil
+		}
+	})
+	s.waitReady(t)
+	c := dial(t, s.Addr())
+	sub, err := c.SubscribeReceipt(ctx5(t), "/queue/full", stompclient.AckAuto)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := dial(t, s.Addr())
+	err = p.SendReceipt(ctx5(t), "/queue/full", []byte("x"), frame.Header{Key: "persistent", Value: "true"})
+	var se *stompclient.ServerError
+	if !errors.As(err, &se) || !strings.Contains(se.Message, "could not persist") {
+		t.Fatalf("want an ERROR saying the frame was not persisted, got %v", err)
+	}
+	expectNone(t, sub, 100*time.Millisecond)
+	// Non-persistent traffic and other connections are unaffected.
+	p2 := dial(t, s.Addr())
+	if err := p2.SendReceipt(ctx5(t), "/queue/full", []byte("y")); err != nil {
+		t.Fatal(err)
+	}
+	if string(recv(t, sub).Body) != "y" {
+		t.Fatal("wrong message")
 	}
 }

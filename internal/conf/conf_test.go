@@ -84,3 +84,22 @@ kind = "tcp"
 		}
 	}
 }
+
+func TestResolveAddr(t *testing.T) {
+	tests := []struct {
+		in, want string
+		wantErr  bool
+	}{
+		{"127.0.0.1:61613", "127.0.0.1:61613", false},
+		{`{{ GetAllInterfaces | include "name" "lo" | include "type" "IPv4" | attr "address" }}:61613`, "127.0.0.1:61613", false},
+		{`{{ "fd00::2" }}:61613`, "[fd00::2]:61613", false},
+		{`{{ GetAllInterfaces | include "name" "no-such-if0" | attr "address" }}:61613`, "", true},
+		{`{{ Bogus }}:1`, "", true},
+	}
+	for _, tt := range tests {
+		got, err := ResolveAddr(tt.in)
+		if (err != nil) != tt.wantErr || got != tt.want {
+			t.Errorf("ResolveAddr(%q) = %q, %v; want %q (error %v)", tt.in, got, err, tt.want, tt.wantErr)
+		}
+	}
+}

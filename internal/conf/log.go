@@ -3,6 +3,7 @@ package conf
 import (
 	"fmt"
 	"io"
+	"net"
 	"strings"
 
 	"github.com/hashicorp/go-sockaddr/template"
@@ -33,18 +34,29 @@ func NewLogger(w io.Writer, level, format string) (*logrus.Logger, error) {
 
 // ResolveAddr renders a go-sockaddr template in a listen address, such as
 // "{{ GetPrivateIP }}:61613", so one config file serves every host. Plain
-// addresses pass through unchanged.
+// addresses pass through unchanged. When the template is the host part,
+// the port is joined with net.JoinHostPort, so an IPv6 result is bracketed
+// ("[fd00::2]:61613") rather than made ambiguous.
 func ResolveAddr(addr string) (string, error) {
 	if !strings.Contains(addr, "{{") {
 		return addr, nil
 	}
-	out, err := template.Parse(addr)
+	tmpl, port := addr, ""
+	if i := strings.LastIndex(addr, "}}"); i >= 0 {
+		if rest := addr[i+2:]; strings.HasPrefix(rest, ":") {
+			tmpl, port = addr[:i+2], rest[1:]
+		}
+	}
+	out, err := template.Parse(tmpl)
 	if err != nil {
 		return "", fmt.Errorf("address template %q: %w", addr, err)
 	}
-	out = strings.TrimSpace(out)
-	if out == "" || strings.HasPrefix(out, ":") && strings.Count(addr, "{{") > 0 && !strings.HasPrefix(addr, ":") {
+	host := strings.TrimSpace(out)
+	if host == "" {
 		return "", fmt.Errorf("address template %q matched no address", addr)
 	}
-	return out, nil
+	if port == "" {
+		return host, nil
+	}
+	return net.JoinHostPort(host, port), nil
 }
