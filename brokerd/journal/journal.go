@@ -93,6 +93,9 @@ type Options struct {
 
 	// prealloc overrides the preallocation strategy (tests and benchmarks).
 	prealloc preallocMode
+	// noEarlyRoll keeps writing the segment made at Open until it is full
+	// (tests that need every record in one segment).
+	noEarlyRoll bool
 	// hooks replaces file operations to inject faults (tests).
 	hooks *hooks
 }
@@ -191,6 +194,9 @@ type Journal struct {
 	log      *logrus.Entry
 	prealloc preallocMode
 	hooks    hooks
+	// earlyRoll: leave a segment made on the spot for a zero-filled spare
+	// as soon as one is ready (see spareReady).
+	earlyRoll bool
 
 	mu       sync.Mutex
 	cond     sync.Cond
@@ -231,14 +237,15 @@ func Open(opts Options) (*Journal, []Record, error) {
 		return nil, nil, errors.New("journal: Options.Dir is empty")
 	}
 	j := &Journal{
-		dir:      opts.Dir,
-		segSize:  opts.SegmentSize,
-		fence:    opts.Fence,
-		log:      opts.Log,
-		prealloc: opts.prealloc,
-		exited:   make(chan struct{}),
-		segs:     make(map[uint64]*segment),
-		live:     make(map[string]uint64),
+		dir:       opts.Dir,
+		segSize:   opts.SegmentSize,
+		fence:     opts.Fence,
+		log:       opts.Log,
+		prealloc:  opts.prealloc,
+		earlyRoll: !opts.noEarlyRoll,
+		exited:    make(chan struct{}),
+		segs:      make(map[uint64]*segment),
+		live:      make(map[string]uint64),
 	}
 	j.cond.L = &j.mu
 	if j.segSize <= 0 {

@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/sirupsen/logrus"
 	"github.com/sirupsen/logrus/hooks/test"
@@ -178,7 +179,7 @@ func checkLive(t testing.TB, got, want []Record) {
 // the records and the file offset of each record's batch in segment 1.
 func buildJournal(t *testing.T, dir string, n int, mode preallocMode) ([]Record, []int64) {
 	t.Helper()
-	j, _ := open(t, Options{Dir: dir, prealloc: mode, SegmentSize: 64 << 10})
+	j, _ := open(t, Options{Dir: dir, prealloc: mode, SegmentSize: 64 << 10, noEarlyRoll: true})
 	var recs []Record
 	var offs []int64
 	off := int64(segHeaderSize)
@@ -806,4 +807,36 @@ func TestPreallocModes(t *testing.T) {
 			checkLive(t, live, want)
 		})
 	}
+}
+
+// TestEarlyRollToZeroedSegment: the segment made at Open is fallocate'd
+// (slow to fdatasync into); the journal moves to a zero-filled spare as soon
+// as one is ready, and nothing is lost across the move.
+func TestEarlyRollToZeroedSegment(t *testing.T) {
+	dir := t.TempDir()
+	j, _ := open(t, Options{Dir: dir, prealloc: preallocZero, SegmentSize: 1 << 20})
+	var recs []Record
+	deadline := time.Now().Add(10 * time.Second)
+	for i := 0; ; i++ {
+		r := put(fmt.Sprintf("m-%04d", i), "q", []byte("body"))
+		mustWrite(t, j, r)
+		recs = append(recs, r)
+		if j.Stats().Segments >= 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("still in the segment made at Open after %d records", i+1)
+		}
+		time.Sleep(time.Millisecond) // pace writes while the spare is zero-filled
+	}
+	for i := 0; i < 5; i++ { // a few more into the zeroed segment
+		r := put(fmt.Sprintf("z-%04d", i), "q", []byte("body"))
+		mustWrite(t, j, r)
+		recs = append(recs, r)
+	}
+	if err := j.Close(); err != nil {
+		t.Fatal(err)
+	}
+	_, live := open(t, Options{Dir: dir})
+	checkLive(t, live, recs)
 }

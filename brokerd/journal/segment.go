@@ -32,7 +32,7 @@ func (j *Journal) startSpare(seq uint64) {
 // that the slow fallocate'd file made at Open serves just until the first
 // zero-filled one is ready.
 func (j *Journal) spareReady() bool {
-	if j.active.zeroed || j.spare == nil {
+	if !j.earlyRoll || j.active.zeroed || j.spare == nil {
 		return false
 	}
 	select {
