@@ -130,11 +130,13 @@ func (m *Monitor) Run(ctx context.Context) {
 		}
 		running++
 		target := b.Backend
+		// Read under m.mu: SetConfig may replace both on a reload.
+		timeout, checker := m.cfg.Timeout, m.checker
 		go func() {
-			cctx, cancel := context.WithTimeout(ctx, m.cfg.Timeout)
+			cctx, cancel := context.WithTimeout(ctx, timeout)
 			defer cancel()
 			start := m.clock.Now()
-			r := m.checker.Check(cctx, target)
+			r := checker.Check(cctx, target)
 			if r.Latency <= 0 {
 				r.Latency = m.clock.Now().Sub(start)
 			}
@@ -151,8 +153,11 @@ func (m *Monitor) Run(ctx context.Context) {
 	m.startChecks(launch, true)
 	fast := len(m.targets) == 0
 	m.mu.Unlock()
-	m.log.WithFields(logrus.Fields{"mode": m.cfg.Mode, "interval": m.cfg.Interval, "timeout": m.cfg.Timeout,
-		"rise": m.cfg.Rise, "fall": m.cfg.Fall}).Info("health checks started")
+	m.mu.Lock()
+	cfg := m.cfg
+	m.mu.Unlock()
+	m.log.WithFields(logrus.Fields{"mode": cfg.Mode, "interval": cfg.Interval, "timeout": cfg.Timeout,
+		"rise": cfg.Rise, "fall": cfg.Fall}).Info("health checks started")
 	timer := m.clock.NewTimer(m.interval(fast))
 	defer timer.Stop()
 
@@ -206,8 +211,10 @@ func (m *Monitor) Run(ctx context.Context) {
 	}
 }
 
-// interval is the time to the next periodic round.
+// interval is the time to the next periodic round. m.mu must not be held.
 func (m *Monitor) interval(noTargets bool) time.Duration {
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	if noTargets {
 		return m.cfg.NoMasterInterval
 	}
@@ -429,6 +436,25 @@ func (m *Monitor) poke() {
 	case m.wake <- struct{}{}:
 	default: // a wake-up is already pending, and it will see our request
 	}
+}
+
+// SetConfig replaces the check settings and, if checker is not nil, the
+// checker: a configuration reload. Backend states (up or down, counts,
+// epochs) are kept, so a master that still passes stays master and its
+// clients' connections live on. The new timeout applies to the next checks
+// started, the new interval from the next round; a new mode re-elects now.
+func (m *Monitor) SetConfig(cfg Config, checker Checker) {
+	if err := cfg.Validate(); err != nil {
+		m.log.WithError(err).Error("invalid health check config; using defaults for the invalid fields")
+	}
+	m.mu.Lock()
+	m.cfg = cfg.withDefaults()
+	if checker != nil {
+		m.checker = checker
+	}
+	m.elect(m.clock.Now())
+	m.mu.Unlock()
+	m.poke()
 }
 
 // SetBackends replaces the backend list. A backend whose Addr was already

@@ -615,3 +615,43 @@ func TestConfig(t *testing.T) {
 		})
 	}
 }
+
+// TestSetConfigKeepsState: a reload that changes the check settings keeps
+// the elected master and the backends' states.
+func TestSetConfigKeepsState(t *testing.T) {
+	chk := newFakeChecker()
+	chk.set(t, "a=ok b=fail")
+	m := NewMonitor("svc", Config{Interval: time.Hour, NoMasterInterval: time.Hour}, backends("a", "b"), chk, nil, nil, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { m.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	waitFor(t, func() bool { ts, _ := m.Targets(); return len(ts) == 1 && ts[0] == "a" })
+	_, changed := m.Targets()
+	other := newFakeChecker()
+	other.set(t, "a=ok b=ok")
+	m.SetConfig(Config{Interval: time.Hour, NoMasterInterval: time.Hour, Rise: 5, Fall: 5, Mode: ModeMaster}, other)
+	select {
+	case <-changed:
+		t.Fatal("targets changed on a reload that keeps the master")
+	default:
+	}
+	if st := m.Status(); st.Master != "a" || st.Backends[0].State != StateUp {
+		t.Fatalf("after SetConfig: %+v", st)
+	}
+	m.SetConfig(Config{Interval: time.Hour, NoMasterInterval: time.Hour, Mode: ModeAny}, nil)
+	waitFor(t, func() bool { ts, _ := m.Targets(); return len(ts) == 1 }) // mode any: still only a is up
+	m.Recheck()
+	waitFor(t, func() bool { return other.callCount("b") > 0 })
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met in 5s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
