@@ -45,13 +45,27 @@ func run(args []string) int {
 		fmt.Printf("%s: ok (%d services)\n", *path, len(cfg.Services))
 		return 0
 	}
-	sc, err := newSidecar(cfg, os.Stderr)
+	sc, err := newSidecar(cfg, *path, os.Stderr)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "handover:", err)
 		return 1
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	// SIGHUP reloads the config file, as nginx and HAProxy do.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for {
+			select {
+			case <-hup:
+				sc.requestReload(ctx) // outcome is logged and shown in /status
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
 	if err := sc.run(ctx); err != nil {
 		sc.log.WithError(err).Error("exiting")
 		return 1

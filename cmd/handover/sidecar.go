@@ -8,6 +8,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"reflect"
+	"sort"
 	"sync"
 	"time"
 
@@ -21,41 +23,76 @@ import (
 	"handover/proxy"
 )
 
-// sidecar is one running handover: a health monitor and a proxy service per
-// [[service]], and the admin HTTP server.
+// sidecar is one running handover: per [[service]] a health monitor and a
+// proxy service, and the admin HTTP server. Its configuration can be
+// reloaded while it runs (SIGHUP or POST /reload).
 type sidecar struct {
-	cfg      *Config
-	log      *logrus.Entry
-	reg      *prometheus.Registry
-	services []*service
-	adminLn  net.Listener
-	started  time.Time
+	path    string // the config file, re-read on reload
+	logger  *logrus.Logger
+	log     *logrus.Entry
+	reg     *prometheus.Registry
+	hm      *health.Metrics
+	pm      *proxy.Metrics
+	adminLn net.Listener
+	started time.Time
+	reloads chan reloadRequest
+
+	mu         sync.Mutex
+	cfg        *Config
+	services   map[string]*service
+	generation int
+	lastReload ReloadStatus
+	drains     sync.WaitGroup // services being stopped in the background
 }
 
 // service pairs a listener with the monitor that tells it where to go.
+// Each has its own lifetime, so one can be added, rebound or removed by a
+// reload while the others serve.
 type service struct {
-	name    string
+	cfg     ServiceConfig
 	monitor *health.Monitor
 	proxy   *proxy.Service
+
+	stopMonitor context.CancelFunc
+	monitorDone chan struct{}
+	proxyDone   chan struct{}
 }
 
+// ReloadStatus is the outcome of the last reload, for /status.
+type ReloadStatus struct {
+	Time  time.Time `json:"time"`
+	OK    bool      `json:"ok"`
+	Error string    `json:"error,omitempty"`
+}
+
+type reloadRequest struct{ reply chan error }
+
 // newSidecar builds everything and binds every listener, so a bad address
-// fails at start, not at the first client.
-func newSidecar(cfg *Config, logOut io.Writer) (*sidecar, error) {
+// fails at start, not at the first client. path is re-read on reload.
+func newSidecar(cfg *Config, path string, logOut io.Writer) (*sidecar, error) {
 	logger, err := conf.NewLogger(logOut, cfg.Log.Level, cfg.Log.Format)
 	if err != nil {
 		return nil, err
 	}
-	sc := &sidecar{cfg: cfg, log: logger.WithField("component", "handover"), reg: prometheus.NewRegistry(), started: time.Now()}
+	sc := &sidecar{
+		path:     path,
+		logger:   logger,
+		log:      logger.WithField("component", "handover"),
+		reg:      prometheus.NewRegistry(),
+		started:  time.Now(),
+		reloads:  make(chan reloadRequest),
+		cfg:      cfg,
+		services: map[string]*service{},
+	}
 	sc.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	hm, pm := health.NewMetrics(sc.reg), proxy.NewMetrics(sc.reg)
+	sc.hm, sc.pm = health.NewMetrics(sc.reg), proxy.NewMetrics(sc.reg)
 	for _, s := range cfg.Services {
-		svc, err := sc.newService(s, hm, pm)
+		svc, err := sc.newService(s, nil)
 		if err != nil {
 			sc.closeListeners()
 			return nil, fmt.Errorf("service %q: %w", s.Name, err)
 		}
-		sc.services = append(sc.services, svc)
+		sc.services[s.Name] = svc
 	}
 	if cfg.Admin.Listen != "" {
 		addr, err := conf.ResolveAddr(cfg.Admin.Listen)
@@ -70,17 +107,8 @@ func newSidecar(cfg *Config, logOut io.Writer) (*sidecar, error) {
 	return sc, nil
 }
 
-func (sc *sidecar) newService(s ServiceConfig, hm *health.Metrics, pm *proxy.Metrics) (*service, error) {
-	checker, err := health.NewChecker(s.Check.Kind)
-	if err != nil {
-		return nil, err
-	}
-	backends := make([]health.Backend, len(s.Backends))
-	for i, b := range s.Backends {
-		backends[i] = health.Backend{Addr: b.Addr, CheckURL: b.CheckURL}
-	}
-	log := sc.log.WithField("service", s.Name)
-	mon := health.NewMonitor(s.Name, health.Config{
+func healthConfig(s ServiceConfig) health.Config {
+	return health.Config{
 		Interval:         s.Check.Interval.D(),
 		Timeout:          s.Check.Timeout.D(),
 		Rise:             s.Check.Rise,
@@ -88,12 +116,24 @@ func (sc *sidecar) newService(s ServiceConfig, hm *health.Metrics, pm *proxy.Met
 		Mode:             s.Mode,
 		Randomize:        s.Random,
 		NoMasterInterval: s.Check.NoMasterInterval.D(),
-	}, backends, checker, nil, log.WithField("component", "health"), hm)
+	}
+}
+
+func healthBackends(s ServiceConfig) []health.Backend {
+	bs := make([]health.Backend, len(s.Backends))
+	for i, b := range s.Backends {
+		bs[i] = health.Backend{Addr: b.Addr, CheckURL: b.CheckURL}
+	}
+	return bs
+}
+
+// proxyOptions is everything of s that the data path uses.
+func (sc *sidecar) proxyOptions(s ServiceConfig) (proxy.Options, error) {
 	listen, err := listenAddr(s.Listen)
 	if err != nil {
-		return nil, err
+		return proxy.Options{}, err
 	}
-	p, err := proxy.New(proxy.Options{
+	return proxy.Options{
 		Name:                  s.Name,
 		Listen:                listen,
 		Timeout:               s.Timeout.D(),
@@ -107,11 +147,68 @@ func (sc *sidecar) newService(s ServiceConfig, hm *health.Metrics, pm *proxy.Met
 		MaxConnections:        s.MaxConnections,
 		OnFailover:            s.OnFailover,
 		ShutdownGrace:         sc.cfg.ShutdownGrace.D(),
-	}, mon, log.WithField("component", "proxy"), pm)
+	}, nil
+}
+
+// newService builds (and binds) a service. With mon set, the new listener
+// shares that monitor: a rebind keeps the health state and the master.
+func (sc *sidecar) newService(s ServiceConfig, mon *health.Monitor) (*service, error) {
+	log := sc.log.WithField("service", s.Name)
+	if mon == nil {
+		checker, err := health.NewChecker(s.Check.Kind)
+		if err != nil {
+			return nil, err
+		}
+		mon = health.NewMonitor(s.Name, healthConfig(s), healthBackends(s), checker, nil, log.WithField("component", "health"), sc.hm)
+	}
+	opts, err := sc.proxyOptions(s)
 	if err != nil {
 		return nil, err
 	}
-	return &service{name: s.Name, monitor: mon, proxy: p}, nil
+	p, err := proxy.New(opts, mon, log.WithField("component", "proxy"), sc.pm)
+	if err != nil {
+		return nil, err
+	}
+	return &service{cfg: s, monitor: mon, proxy: p}, nil
+}
+
+// start runs the service's monitor (unless it is already running, shared
+// with the listener this one replaces) and proxy.
+func (sc *sidecar) start(s *service, monitorRunning *service) {
+	if monitorRunning != nil {
+		s.stopMonitor, s.monitorDone = monitorRunning.stopMonitor, monitorRunning.monitorDone
+	} else {
+		ctx, cancel := context.WithCancel(context.Background())
+		s.stopMonitor, s.monitorDone = cancel, make(chan struct{})
+		go func() {
+			defer close(s.monitorDone)
+			s.monitor.Run(ctx)
+		}()
+	}
+	s.proxyDone = make(chan struct{})
+	go func() {
+		defer close(s.proxyDone)
+		if err := s.proxy.Serve(context.Background()); err != nil {
+			sc.log.WithError(err).WithField("service", s.cfg.Name).Error("service stopped serving")
+		}
+	}()
+	sc.log.WithFields(logrus.Fields{"service": s.cfg.Name, "listen": s.proxy.Addr().String()}).Info("listening")
+}
+
+// drain stops accepting and lets live connections finish within grace;
+// with stopMonitor it then stops the health checks too (the drain still
+// needs them: on a failover the connections to the old master close).
+func (sc *sidecar) drain(s *service, grace time.Duration, stopMonitor bool) {
+	ctx, cancel := context.WithTimeout(context.Background(), grace)
+	defer cancel()
+	s.proxy.Shutdown(ctx)
+	if s.proxyDone != nil {
+		<-s.proxyDone
+	}
+	if stopMonitor && s.stopMonitor != nil {
+		s.stopMonitor()
+		<-s.monitorDone
+	}
 }
 
 func (sc *sidecar) closeListeners() {
@@ -123,30 +220,15 @@ func (sc *sidecar) closeListeners() {
 	}
 }
 
-// run serves until ctx is cancelled, then shuts down in order: stop
-// accepting and drain client connections (for shutdown_grace), then stop the
-// health checks (the drain still needs them to close connections on a
-// failover), then the admin server.
+// run serves until ctx is cancelled, applying reloads as they come, then
+// shuts down in order: stop accepting and drain client connections (for
+// shutdown_grace), stop the health checks, stop the admin server.
 func (sc *sidecar) run(ctx context.Context) error {
-	monCtx, stopMonitors := context.WithCancel(context.Background())
-	defer stopMonitors()
-	var monWG, svcWG sync.WaitGroup
-	errs := make(chan error, len(sc.services))
+	sc.mu.Lock()
 	for _, s := range sc.services {
-		monWG.Add(1)
-		go func() {
-			defer monWG.Done()
-			s.monitor.Run(monCtx)
-		}()
-		svcWG.Add(1)
-		go func() {
-			defer svcWG.Done()
-			if err := s.proxy.Serve(ctx); err != nil {
-				errs <- fmt.Errorf("service %q: %w", s.name, err)
-			}
-		}()
-		sc.log.WithFields(logrus.Fields{"service": s.name, "listen": s.proxy.Addr().String()}).Info("listening")
+		sc.start(s, nil)
 	}
+	sc.mu.Unlock()
 	var admin *http.Server
 	adminDone := make(chan struct{})
 	if sc.adminLn != nil {
@@ -162,27 +244,33 @@ func (sc *sidecar) run(ctx context.Context) error {
 		close(adminDone)
 	}
 
-	var runErr error
-	select {
-	case <-ctx.Done():
-		sc.log.WithField("grace", sc.cfg.ShutdownGrace.D()).Info("shutting down: stop accepting, drain connections")
-	case runErr = <-errs:
-		sc.log.WithError(runErr).Error("a service failed; shutting down")
+	for done := false; !done; {
+		select {
+		case <-ctx.Done():
+			done = true
+		case req := <-sc.reloads:
+			req.reply <- sc.reload()
+		}
 	}
-	grace, cancel := context.WithTimeout(context.Background(), sc.cfg.ShutdownGrace.D())
-	var wg sync.WaitGroup
+
+	sc.mu.Lock()
+	grace := sc.cfg.ShutdownGrace.D()
+	services := make([]*service, 0, len(sc.services))
 	for _, s := range sc.services {
+		services = append(services, s)
+	}
+	sc.mu.Unlock()
+	sc.log.WithField("grace", grace).Info("shutting down: stop accepting, drain connections")
+	var wg sync.WaitGroup
+	for _, s := range services {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			s.proxy.Shutdown(grace)
+			sc.drain(s, grace, true)
 		}()
 	}
 	wg.Wait()
-	cancel()
-	svcWG.Wait()
-	stopMonitors()
-	monWG.Wait()
+	sc.drains.Wait()
 	if admin != nil {
 		actx, acancel := context.WithTimeout(context.Background(), time.Second)
 		admin.Shutdown(actx)
@@ -190,34 +278,263 @@ func (sc *sidecar) run(ctx context.Context) error {
 	}
 	<-adminDone
 	sc.log.Info("stopped")
-	return runErr
+	return nil
+}
+
+// requestReload asks run to reload the config file and waits for the
+// outcome. It is what SIGHUP and POST /reload do.
+func (sc *sidecar) requestReload(ctx context.Context) error {
+	req := reloadRequest{reply: make(chan error, 1)}
+	select {
+	case sc.reloads <- req:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case err := <-req.reply:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// reload re-reads the config file and applies it. A file that fails
+// validation, or a new listen address that cannot be bound, rejects the
+// reload as a whole: the running configuration stays, and the error names
+// every problem. Otherwise:
+//   - changed backends and checks apply in place, keeping every backend's
+//     state, so live connections to a master still in the list live on;
+//   - a service whose listen address or data-path options changed gets a new
+//     listener sharing its monitor; the old one stops accepting and drains;
+//   - a new service starts; a removed one stops accepting and drains.
+//
+// Only run's goroutine calls it.
+func (sc *sidecar) reload() (err error) {
+	start := time.Now()
+	defer func() {
+		sc.mu.Lock()
+		sc.lastReload = ReloadStatus{Time: start, OK: err == nil}
+		if err != nil {
+			sc.lastReload.Error = err.Error()
+		} else {
+			sc.generation++
+		}
+		gen := sc.generation
+		sc.mu.Unlock()
+		if err != nil {
+			sc.log.WithError(err).Error("reload rejected; the running configuration stays")
+		} else {
+			sc.log.WithField("generation", gen).Info("configuration reloaded")
+		}
+	}()
+	next, err := LoadConfig(sc.path)
+	if err != nil {
+		return err
+	}
+	sc.mu.Lock()
+	cur := sc.cfg
+	sc.mu.Unlock()
+	if next.Admin.Listen != cur.Admin.Listen {
+		sc.log.WithFields(logrus.Fields{"old": cur.Admin.Listen, "new": next.Admin.Listen}).Warn("admin.listen changes take effect at the next restart")
+	}
+
+	// Bind every new listener first: if one fails, nothing has changed yet.
+	type change struct {
+		cfg      ServiceConfig
+		old, new *service // old nil: added; new nil with rebind: same address
+		rebind   bool
+	}
+	var changes []change
+	fail := func(err error) error {
+		for _, c := range changes {
+			if c.new != nil && c.new != c.old {
+				c.new.proxy.Shutdown(context.Background())
+			}
+		}
+		return err
+	}
+	for _, s := range next.Services {
+		old := sc.services[s.Name]
+		c := change{cfg: s, old: old, new: old}
+		switch {
+		case old == nil:
+			svc, err := sc.newService(s, nil)
+			if err != nil {
+				return fail(fmt.Errorf("service %q: %w", s.Name, err))
+			}
+			c.new = svc
+		case sc.needsRebind(old.cfg, s, cur, next) && sameListen(old.cfg, s):
+			// The address is ours already: the new listener can only
+			// bind once the old one is closed, below.
+			c.new, c.rebind = nil, true
+		case sc.needsRebind(old.cfg, s, cur, next):
+			svc, err := sc.newService(s, old.monitor)
+			if err != nil {
+				return fail(fmt.Errorf("service %q: %w", s.Name, err))
+			}
+			c.new = svc
+		}
+		changes = append(changes, c)
+	}
+
+	// Commit.
+	if lv, err := logrus.ParseLevel(next.Log.Level); err == nil {
+		sc.logger.SetLevel(lv)
+	}
+	grace := next.ShutdownGrace.D()
+	services := map[string]*service{}
+	for _, c := range changes {
+		log := sc.log.WithField("service", c.cfg.Name)
+		switch {
+		case c.old == nil:
+			sc.start(c.new, nil)
+			log.Info("service added")
+		case c.rebind:
+			sc.applyHealth(c.old, c.cfg)
+			nw, err := sc.rebindSameAddress(c.old, c.cfg, grace)
+			if err != nil {
+				// The old listener is closed already. Keep the old
+				// service (its monitor, its draining connections) so
+				// shutdown still stops it, and say so loudly.
+				log.WithError(err).Error("rebinding the listener failed; the service no longer accepts connections")
+				nw = c.old
+			}
+			c.new = nw
+		case c.new != c.old:
+			sc.applyHealth(c.old, c.cfg)
+			sc.start(c.new, c.old)
+			sc.drainInBackground(c.old, grace, false)
+			log.WithField("listen", c.new.proxy.Addr().String()).Info("service rebound")
+		default:
+			sc.applyHealth(c.old, c.cfg)
+		}
+		services[c.cfg.Name] = c.new
+	}
+	for name, old := range sc.services {
+		if _, ok := services[name]; !ok {
+			sc.log.WithField("service", name).Info("service removed: stop accepting, drain")
+			sc.drainInBackground(old, grace, true)
+		}
+	}
+	sc.mu.Lock()
+	sc.cfg = next
+	for _, c := range changes {
+		if svc := services[c.cfg.Name]; svc != nil {
+			svc.cfg = c.cfg
+		}
+	}
+	sc.services = services
+	sc.mu.Unlock()
+	return nil
+}
+
+// applyHealth gives a running service's monitor the new backends and checks.
+func (sc *sidecar) applyHealth(old *service, s ServiceConfig) {
+	if !reflect.DeepEqual(old.cfg.Backends, s.Backends) {
+		old.monitor.SetBackends(healthBackends(s))
+		sc.log.WithField("service", s.Name).Info("backends reloaded")
+	}
+	if !reflect.DeepEqual(old.cfg.Check, s.Check) || old.cfg.Mode != s.Mode || old.cfg.Random != s.Random {
+		var checker health.Checker
+		if old.cfg.Check.Kind != s.Check.Kind {
+			checker, _ = health.NewChecker(s.Check.Kind) // validated already
+		}
+		old.monitor.SetConfig(healthConfig(s), checker)
+		sc.log.WithField("service", s.Name).Info("health checks reloaded")
+	}
+}
+
+// rebindSameAddress replaces a listener whose address stays the same but
+// whose data-path options changed: the old listener must close before the
+// new one can bind, so connection attempts in that instant are refused;
+// live connections are not touched (they drain on the old service).
+func (sc *sidecar) rebindSameAddress(old *service, s ServiceConfig, grace time.Duration) (*service, error) {
+	sc.drainInBackground(old, grace, false) // closes the listener at once, then drains
+	var svc *service
+	var err error
+	for deadline := time.Now().Add(time.Second); ; {
+		if svc, err = sc.newService(s, old.monitor); err == nil || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err != nil {
+		return nil, err
+	}
+	sc.start(svc, old)
+	sc.log.WithField("service", s.Name).Info("service options reloaded (listener replaced)")
+	return svc, nil
+}
+
+func (sc *sidecar) drainInBackground(s *service, grace time.Duration, stopMonitor bool) {
+	sc.drains.Add(1)
+	go func() {
+		defer sc.drains.Done()
+		sc.drain(s, grace, stopMonitor)
+	}()
+}
+
+// needsRebind reports whether the data-path options of a service changed
+// (its listener must be replaced), as opposed to health settings only.
+func (sc *sidecar) needsRebind(a, b ServiceConfig, ca, cb *Config) bool {
+	oa, _ := sc.proxyOptionsFor(a, ca)
+	ob, _ := sc.proxyOptionsFor(b, cb)
+	return oa != ob
+}
+
+func (sc *sidecar) proxyOptionsFor(s ServiceConfig, c *Config) (proxy.Options, error) {
+	o, err := sc.proxyOptions(s)
+	o.ShutdownGrace = c.ShutdownGrace.D()
+	return o, err
+}
+
+func sameListen(a, b ServiceConfig) bool {
+	la, _ := listenAddr(a.Listen)
+	lb, _ := listenAddr(b.Listen)
+	return la == lb
 }
 
 // Status is the JSON document served at GET /status.
 type Status struct {
-	Version  string          `json:"version"`
-	Started  time.Time       `json:"started"`
-	Services []ServiceStatus `json:"services"`
+	Version    string          `json:"version"`
+	Started    time.Time       `json:"started"`
+	Generation int             `json:"generation"` // successful reloads so far
+	LastReload *ReloadStatus   `json:"last_reload,omitempty"`
+	Services   []ServiceStatus `json:"services"`
 }
 
 // ServiceStatus is one service in Status: where it listens, what the health
 // checks see and which master it routes to, and its connections.
 type ServiceStatus struct {
-	Name        string                 `json:"name"`
-	Listen      string                 `json:"listen"`
-	Master      string                 `json:"master"`
-	MasterSince time.Time              `json:"master_since"`
-	Health      health.ServiceStatus   `json:"health"`
-	Connections proxy.ServiceStatus    `json:"connections"`
-	Backends    []health.BackendStatus `json:"backends"`
+	Name        string               `json:"name"`
+	Listen      string               `json:"listen"`
+	Master      string               `json:"master"`
+	MasterSince time.Time            `json:"master_since"`
+	Health      health.ServiceStatus `json:"health"`
+	Connections proxy.ServiceStatus  `json:"connections"`
 }
 
 func (sc *sidecar) status() Status {
-	st := Status{Version: Version, Started: sc.started}
-	for _, s := range sc.services {
+	sc.mu.Lock()
+	st := Status{Version: Version, Started: sc.started, Generation: sc.generation}
+	if !sc.lastReload.Time.IsZero() {
+		lr := sc.lastReload
+		st.LastReload = &lr
+	}
+	names := make([]string, 0, len(sc.services))
+	for name := range sc.services {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	services := make([]*service, len(names))
+	for i, name := range names {
+		services[i] = sc.services[name]
+	}
+	sc.mu.Unlock()
+	for i, s := range services {
 		h := s.monitor.Status()
 		st.Services = append(st.Services, ServiceStatus{
-			Name:        s.name,
+			Name:        names[i],
 			Listen:      s.proxy.Addr().String(),
 			Master:      h.Master,
 			MasterSince: h.MasterSince,
@@ -238,6 +555,18 @@ func (sc *sidecar) adminHandler() http.Handler {
 	})
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Write([]byte("ok\n"))
+	})
+	// POST /reload re-reads the config file, as SIGHUP does, and answers
+	// with the outcome: 200, or 400 with every problem of a rejected file.
+	mux.HandleFunc("POST /reload", func(w http.ResponseWriter, r *http.Request) {
+		if err := sc.requestReload(r.Context()); err != nil {
+			http.Error(w, "reload rejected: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		sc.mu.Lock()
+		gen := sc.generation
+		sc.mu.Unlock()
+		fmt.Fprintf(w, "reloaded: generation %d\n", gen)
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(sc.reg, promhttp.HandlerOpts{}))
 	return mux
