@@ -40,8 +40,20 @@ type ServiceConfig struct {
 	Name     string    `toml:"name"`
 	Listen   string    `toml:"listen"` // default bind is loopback
 	Backends []Backend `toml:"backends"`
-	Mode     string    `toml:"mode"`      // "master" (default) or "any"
-	Random   bool      `toml:"randomize"` // mode any: shuffle
+
+	// Discovery adds the brokers named by DNS: "dns-srv:_stomp._tcp.brokers.example."
+	// (instead of, or as well as, backends).
+	Discovery  string        `toml:"discovery"`
+	Resolver   string        `toml:"resolver"`    // "host:port"; default: /etc/resolv.conf
+	MinRefresh conf.Duration `toml:"min_refresh"` // default 1s
+	MaxRefresh conf.Duration `toml:"max_refresh"` // default 60s
+	AllowEmpty bool          `toml:"allow_empty"` // an empty answer may empty the discovered list
+	// CheckURL is, for discovered backends and check kind http, the URL
+	// template: {host} and {port} are the backend's, e.g.
+	// "http://{host}:8161/readyz".
+	CheckURL string `toml:"check_url"`
+	Mode     string `toml:"mode"`      // "master" (default) or "any"
+	Random   bool   `toml:"randomize"` // mode any: shuffle
 
 	// Failover behaviour, named as ActiveMQ's failover transport names it.
 	Timeout               conf.Duration `toml:"timeout"`                 // hold a new client this long waiting for a master; default 30s
@@ -206,8 +218,24 @@ func (c *Config) validate(name string, pos conf.Positions) error {
 			bad(p+".listen", "%s is also the listen address of service %q", s.Listen, other)
 		}
 		listens[s.Listen] = s.Name
-		if len(s.Backends) == 0 {
-			bad(p+".backends", "at least one backend is required")
+		if len(s.Backends) == 0 && s.Discovery == "" {
+			bad(p+".backends", "at least one backend, or a discovery, is required")
+		}
+		if s.Discovery != "" {
+			if name, ok := strings.CutPrefix(s.Discovery, "dns-srv:"); !ok || name == "" {
+				bad(p+".discovery", "%q: want dns-srv:NAME, e.g. dns-srv:_stomp._tcp.brokers.example.", s.Discovery)
+			}
+			if s.Resolver != "" {
+				if _, _, err := net.SplitHostPort(s.Resolver); err != nil {
+					bad(p+".resolver", "%q: want host:port", s.Resolver)
+				}
+			}
+			if s.MinRefresh < 0 || s.MaxRefresh < 0 || (s.MaxRefresh > 0 && s.MaxRefresh < s.MinRefresh) {
+				bad(p+".max_refresh", "min_refresh and max_refresh must be positive, max at least min")
+			}
+			if s.Check.Kind == "http" && s.CheckURL == "" {
+				bad(p+".check_url", "discovered backends need a check_url template for the http check, e.g. \"http://{host}:8161/readyz\"")
+			}
 		}
 		seen := map[string]bool{}
 		for j, b := range s.Backends {

@@ -98,6 +98,15 @@ func stream(t *testing.T, addr string) (stop func() error) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// One round trip before returning: the connection is then proxied,
+	// not still being dialled, when the test goes on to reload.
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.WriteString(c, "hello"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(c, make([]byte, 5)); err != nil {
+		t.Fatalf("first round trip through %s: %v", addr, err)
+	}
 	quit := make(chan struct{})
 	errc := make(chan error, 1)
 	go func() {

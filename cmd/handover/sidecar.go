@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"reflect"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -18,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/sirupsen/logrus"
 
+	"handover/discovery"
 	"handover/health"
 	"handover/internal/conf"
 	"handover/proxy"
@@ -33,6 +35,7 @@ type sidecar struct {
 	reg     *prometheus.Registry
 	hm      *health.Metrics
 	pm      *proxy.Metrics
+	dm      *discovery.Metrics
 	adminLn net.Listener
 	started time.Time
 	reloads chan reloadRequest
@@ -45,17 +48,149 @@ type sidecar struct {
 	drains     sync.WaitGroup // services being stopped in the background
 }
 
-// service pairs a listener with the monitor that tells it where to go.
-// Each has its own lifetime, so one can be added, rebound or removed by a
-// reload while the others serve.
+// service pairs a listener with the pool of backends that tells it where
+// to go. Each has its own lifetime, so one can be added, rebound or removed
+// by a reload while the others serve; a rebound service shares its pool, so
+// the health state and the master carry over.
 type service struct {
-	cfg     ServiceConfig
+	cfg       ServiceConfig
+	pool      *pool
+	proxy     *proxy.Service
+	proxyDone chan struct{}
+}
+
+// pool is a service's backends, static and discovered, and the monitor
+// that checks them and elects the master.
+type pool struct {
+	name    string
 	monitor *health.Monitor
-	proxy   *proxy.Service
+	log     *logrus.Entry
 
 	stopMonitor context.CancelFunc
 	monitorDone chan struct{}
-	proxyDone   chan struct{}
+
+	mu         sync.Mutex
+	static     []health.Backend
+	discovered []health.Backend
+	discovery  discoverySettings
+	stopDisc   context.CancelFunc
+	discDone   chan struct{}
+	disc       *discovery.Discoverer
+}
+
+// discoverySettings are the keys of a service that configure DNS discovery.
+type discoverySettings struct {
+	Name, Resolver, CheckURL string
+	MinRefresh, MaxRefresh   time.Duration
+	AllowEmpty               bool
+}
+
+func discoveryOf(s ServiceConfig) discoverySettings {
+	return discoverySettings{
+		Name:       strings.TrimPrefix(s.Discovery, "dns-srv:"),
+		Resolver:   s.Resolver,
+		CheckURL:   s.CheckURL,
+		MinRefresh: s.MinRefresh.D(),
+		MaxRefresh: s.MaxRefresh.D(),
+		AllowEmpty: s.AllowEmpty,
+	}
+}
+
+// setStatic replaces the backends from the config file.
+func (p *pool) setStatic(bs []health.Backend) {
+	p.mu.Lock()
+	p.static = bs
+	p.mu.Unlock()
+	p.apply()
+}
+
+// setDiscovered replaces the backends found in DNS.
+func (p *pool) setDiscovered(bs []health.Backend) {
+	p.mu.Lock()
+	p.discovered = bs
+	p.mu.Unlock()
+	p.apply()
+}
+
+// apply gives the monitor the union: static backends first (list order is
+// the election's last tie-break), then discovered ones by SRV priority.
+func (p *pool) apply() {
+	p.mu.Lock()
+	all := append(append([]health.Backend(nil), p.static...), p.discovered...)
+	p.mu.Unlock()
+	p.monitor.SetBackends(all)
+}
+
+// startDiscovery (re)starts DNS discovery with the given settings; an empty
+// name stops it and forgets what it found.
+func (p *pool) startDiscovery(d discoverySettings, m *discovery.Metrics) error {
+	p.stopDiscovery()
+	p.mu.Lock()
+	p.discovery = d
+	p.mu.Unlock()
+	if d.Name == "" {
+		p.setDiscovered(nil)
+		return nil
+	}
+	disc, err := discovery.New(discovery.Options{
+		Name: d.Name, Resolver: d.Resolver, CheckURL: d.CheckURL,
+		MinRefresh: d.MinRefresh, MaxRefresh: d.MaxRefresh, AllowEmpty: d.AllowEmpty,
+		Log: p.log.WithField("component", "discovery"), Metrics: m,
+	})
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	p.mu.Lock()
+	p.stopDisc, p.discDone, p.disc = cancel, done, disc
+	p.mu.Unlock()
+	go func() {
+		defer close(done)
+		disc.Run(ctx, p.setDiscovered)
+	}()
+	return nil
+}
+
+func (p *pool) stopDiscovery() {
+	p.mu.Lock()
+	stop, done := p.stopDisc, p.discDone
+	p.stopDisc, p.discDone, p.disc = nil, nil, nil
+	p.mu.Unlock()
+	if stop != nil {
+		stop()
+		<-done
+	}
+}
+
+// discoveryStatus is the discovery part of /status, nil without discovery.
+func (p *pool) discoveryStatus() *discovery.Status {
+	p.mu.Lock()
+	d := p.disc
+	p.mu.Unlock()
+	if d == nil {
+		return nil
+	}
+	st := d.Status()
+	return &st
+}
+
+// run starts the monitor; stop ends discovery and the monitor.
+func (p *pool) run() {
+	ctx, cancel := context.WithCancel(context.Background())
+	p.stopMonitor, p.monitorDone = cancel, make(chan struct{})
+	go func() {
+		defer close(p.monitorDone)
+		p.monitor.Run(ctx)
+	}()
+}
+
+func (p *pool) stop() {
+	p.stopDiscovery()
+	if p.stopMonitor != nil {
+		p.stopMonitor()
+		<-p.monitorDone
+	}
 }
 
 // ReloadStatus is the outcome of the last reload, for /status.
@@ -85,7 +220,7 @@ func newSidecar(cfg *Config, path string, logOut io.Writer) (*sidecar, error) {
 		services: map[string]*service{},
 	}
 	sc.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	sc.hm, sc.pm = health.NewMetrics(sc.reg), proxy.NewMetrics(sc.reg)
+	sc.hm, sc.pm, sc.dm = health.NewMetrics(sc.reg), proxy.NewMetrics(sc.reg), discovery.NewMetrics(sc.reg)
 	for _, s := range cfg.Services {
 		svc, err := sc.newService(s, nil)
 		if err != nil {
@@ -150,40 +285,37 @@ func (sc *sidecar) proxyOptions(s ServiceConfig) (proxy.Options, error) {
 	}, nil
 }
 
-// newService builds (and binds) a service. With mon set, the new listener
-// shares that monitor: a rebind keeps the health state and the master.
-func (sc *sidecar) newService(s ServiceConfig, mon *health.Monitor) (*service, error) {
+// newService builds (and binds) a service. With pl set, the new listener
+// shares that pool: a rebind keeps the health state and the master.
+func (sc *sidecar) newService(s ServiceConfig, pl *pool) (*service, error) {
 	log := sc.log.WithField("service", s.Name)
-	if mon == nil {
+	if pl == nil {
 		checker, err := health.NewChecker(s.Check.Kind)
 		if err != nil {
 			return nil, err
 		}
-		mon = health.NewMonitor(s.Name, healthConfig(s), healthBackends(s), checker, nil, log.WithField("component", "health"), sc.hm)
+		pl = &pool{name: s.Name, log: log, static: healthBackends(s)}
+		pl.monitor = health.NewMonitor(s.Name, healthConfig(s), pl.static, checker, nil, log.WithField("component", "health"), sc.hm)
 	}
 	opts, err := sc.proxyOptions(s)
 	if err != nil {
 		return nil, err
 	}
-	p, err := proxy.New(opts, mon, log.WithField("component", "proxy"), sc.pm)
+	p, err := proxy.New(opts, pl.monitor, log.WithField("component", "proxy"), sc.pm)
 	if err != nil {
 		return nil, err
 	}
-	return &service{cfg: s, monitor: mon, proxy: p}, nil
+	return &service{cfg: s, pool: pl, proxy: p}, nil
 }
 
-// start runs the service's monitor (unless it is already running, shared
-// with the listener this one replaces) and proxy.
-func (sc *sidecar) start(s *service, monitorRunning *service) {
-	if monitorRunning != nil {
-		s.stopMonitor, s.monitorDone = monitorRunning.stopMonitor, monitorRunning.monitorDone
-	} else {
-		ctx, cancel := context.WithCancel(context.Background())
-		s.stopMonitor, s.monitorDone = cancel, make(chan struct{})
-		go func() {
-			defer close(s.monitorDone)
-			s.monitor.Run(ctx)
-		}()
+// start runs the service's pool (unless it already runs, shared with the
+// listener this one replaces) and proxy.
+func (sc *sidecar) start(s *service, poolRunning *service) {
+	if poolRunning == nil {
+		s.pool.run()
+		if err := s.pool.startDiscovery(discoveryOf(s.cfg), sc.dm); err != nil {
+			sc.log.WithError(err).WithField("service", s.cfg.Name).Error("DNS discovery not started")
+		}
 	}
 	s.proxyDone = make(chan struct{})
 	go func() {
@@ -205,9 +337,8 @@ func (sc *sidecar) drain(s *service, grace time.Duration, stopMonitor bool) {
 	if s.proxyDone != nil {
 		<-s.proxyDone
 	}
-	if stopMonitor && s.stopMonitor != nil {
-		s.stopMonitor()
-		<-s.monitorDone
+	if stopMonitor {
+		s.pool.stop()
 	}
 }
 
@@ -368,7 +499,7 @@ func (sc *sidecar) reload() (err error) {
 			// bind once the old one is closed, below.
 			c.new, c.rebind = nil, true
 		case sc.needsRebind(old.cfg, s, cur, next):
-			svc, err := sc.newService(s, old.monitor)
+			svc, err := sc.newService(s, old.pool)
 			if err != nil {
 				return fail(fmt.Errorf("service %q: %w", s.Name, err))
 			}
@@ -428,18 +559,26 @@ func (sc *sidecar) reload() (err error) {
 	return nil
 }
 
-// applyHealth gives a running service's monitor the new backends and checks.
+// applyHealth gives a running service's pool the new backends, discovery
+// and checks.
 func (sc *sidecar) applyHealth(old *service, s ServiceConfig) {
 	if !reflect.DeepEqual(old.cfg.Backends, s.Backends) {
-		old.monitor.SetBackends(healthBackends(s))
+		old.pool.setStatic(healthBackends(s))
 		sc.log.WithField("service", s.Name).Info("backends reloaded")
+	}
+	if discoveryOf(old.cfg) != discoveryOf(s) {
+		if err := old.pool.startDiscovery(discoveryOf(s), sc.dm); err != nil {
+			sc.log.WithError(err).WithField("service", s.Name).Error("DNS discovery not restarted")
+		} else {
+			sc.log.WithField("service", s.Name).Info("discovery reloaded")
+		}
 	}
 	if !reflect.DeepEqual(old.cfg.Check, s.Check) || old.cfg.Mode != s.Mode || old.cfg.Random != s.Random {
 		var checker health.Checker
 		if old.cfg.Check.Kind != s.Check.Kind {
 			checker, _ = health.NewChecker(s.Check.Kind) // validated already
 		}
-		old.monitor.SetConfig(healthConfig(s), checker)
+		old.pool.monitor.SetConfig(healthConfig(s), checker)
 		sc.log.WithField("service", s.Name).Info("health checks reloaded")
 	}
 }
@@ -453,7 +592,7 @@ func (sc *sidecar) rebindSameAddress(old *service, s ServiceConfig, grace time.D
 	var svc *service
 	var err error
 	for deadline := time.Now().Add(time.Second); ; {
-		if svc, err = sc.newService(s, old.monitor); err == nil || time.Now().After(deadline) {
+		if svc, err = sc.newService(s, old.pool); err == nil || time.Now().After(deadline) {
 			break
 		}
 		time.Sleep(10 * time.Millisecond)
@@ -512,6 +651,7 @@ type ServiceStatus struct {
 	MasterSince time.Time            `json:"master_since"`
 	Health      health.ServiceStatus `json:"health"`
 	Connections proxy.ServiceStatus  `json:"connections"`
+	Discovery   *discovery.Status    `json:"discovery,omitempty"`
 }
 
 func (sc *sidecar) status() Status {
@@ -532,7 +672,7 @@ func (sc *sidecar) status() Status {
 	}
 	sc.mu.Unlock()
 	for i, s := range services {
-		h := s.monitor.Status()
+		h := s.pool.monitor.Status()
 		st.Services = append(st.Services, ServiceStatus{
 			Name:        names[i],
 			Listen:      s.proxy.Addr().String(),
@@ -540,6 +680,7 @@ func (sc *sidecar) status() Status {
 			MasterSince: h.MasterSince,
 			Health:      h,
 			Connections: s.proxy.Status(),
+			Discovery:   s.pool.discoveryStatus(),
 		})
 	}
 	return st
