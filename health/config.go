@@ -52,6 +52,13 @@ type Config struct {
 	// Zero means DefaultNoMasterInterval; a value above Interval is cut to
 	// Interval.
 	NoMasterInterval time.Duration
+	// MinRecheckInterval spaces passive re-checks of one backend: a
+	// Recheck less than this after the backend's last passive check
+	// started is deferred until the interval has passed. Without it, a
+	// backend that keeps resetting connections under load would be
+	// checked back to back, a storm of probes against a broker already in
+	// trouble. Zero means no spacing (every Recheck may start a check).
+	MinRecheckInterval time.Duration
 }
 
 // Validate reports every problem with c at once. Zero values are fine (they
@@ -63,7 +70,7 @@ func (c Config) Validate() error {
 	for _, d := range []struct {
 		name string
 		v    time.Duration
-	}{{"interval", c.Interval}, {"timeout", c.Timeout}, {"no_master_interval", c.NoMasterInterval}} {
+	}{{"interval", c.Interval}, {"timeout", c.Timeout}, {"no_master_interval", c.NoMasterInterval}, {"min_recheck_interval", c.MinRecheckInterval}} {
 		if d.v < 0 {
 			errs = append(errs, fmt.Errorf("%s: must not be negative, got %v", d.name, d.v))
 		}

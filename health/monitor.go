@@ -34,6 +34,10 @@ type Monitor struct {
 	// SetBackends). Capacity one: a wake-up already pending covers any
 	// number of later requests, because what to do is read from the state.
 	wake chan struct{}
+	// recheckTimer defers passive checks spaced by MinRecheckInterval;
+	// only Run's goroutine touches it.
+	recheckTimer Timer
+	recheckArmed bool
 	// recheckGen counts Recheck calls. A backend owes a passive check while
 	// its passiveGen is lower: level-triggered, so bursts coalesce and no
 	// request is lost whatever the timing.
@@ -69,6 +73,7 @@ type backend struct {
 	lastErr     error
 	running     bool   // a check is in flight
 	passiveGen  uint64 // the recheckGen the latest passive check answers
+	lastPassive time.Time // when the latest passive check started
 	removed     bool   // dropped by SetBackends; results are ignored
 }
 
@@ -127,6 +132,7 @@ func (m *Monitor) Run(ctx context.Context) {
 		b.running = true
 		if passive {
 			b.passiveGen = m.recheckGen.Load()
+			b.lastPassive = m.clock.Now()
 		}
 		running++
 		target := b.Backend
@@ -160,6 +166,11 @@ func (m *Monitor) Run(ctx context.Context) {
 		"rise": cfg.Rise, "fall": cfg.Fall}).Info("health checks started")
 	timer := m.clock.NewTimer(m.interval(fast))
 	defer timer.Stop()
+	defer func() {
+		if m.recheckTimer != nil {
+			m.recheckTimer.Stop()
+		}
+	}()
 
 	for {
 		if running == 0 && m.idle != nil && len(m.wake) == 0 {
@@ -187,6 +198,13 @@ func (m *Monitor) Run(ctx context.Context) {
 			m.mu.Unlock()
 			timer.Reset(m.interval(fast))
 			continue
+		case <-m.recheckC():
+			m.recheckArmed = false
+			m.mu.Lock()
+			m.account(m.clock.Now())
+			m.startChecks(launch, false)
+			none = len(m.targets) == 0
+			m.mu.Unlock()
 		case <-m.wake:
 			m.mu.Lock()
 			m.account(m.clock.Now())
@@ -228,15 +246,45 @@ func (m *Monitor) interval(noTargets bool) time.Duration {
 // held.
 func (m *Monitor) startChecks(launch func(*backend, bool), periodic bool) {
 	gen := m.recheckGen.Load()
+	now := m.clock.Now()
 	for _, b := range m.backends {
 		if b.running {
 			continue
 		}
 		passive := b.passiveGen < gen
+		if passive && !periodic && m.cfg.MinRecheckInterval > 0 && !b.lastPassive.IsZero() {
+			if wait := b.lastPassive.Add(m.cfg.MinRecheckInterval).Sub(now); wait > 0 {
+				m.armRecheck(wait) // still owed: started when the timer fires
+				continue
+			}
+		}
 		if periodic || passive || b.checks == 0 {
 			launch(b, passive)
 		}
 	}
+}
+
+// armRecheck makes Run look for owed passive checks again after d. Only
+// Run's goroutine calls it (through startChecks).
+func (m *Monitor) armRecheck(d time.Duration) {
+	if m.recheckArmed {
+		return
+	}
+	m.recheckArmed = true
+	if m.recheckTimer == nil {
+		m.recheckTimer = m.clock.NewTimer(d)
+		return
+	}
+	m.recheckTimer.Reset(d)
+}
+
+// recheckC is the deferred-recheck timer's channel, nil (never ready) when
+// none is armed.
+func (m *Monitor) recheckC() <-chan time.Time {
+	if !m.recheckArmed {
+		return nil
+	}
+	return m.recheckTimer.C()
 }
 
 // apply runs one result through the backend's state machine (see the

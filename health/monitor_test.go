@@ -655,3 +655,36 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// TestRecheckSpacing: passive re-checks of one backend are spaced by
+// MinRecheckInterval; one asked for too soon is deferred, not dropped.
+func TestRecheckSpacing(t *testing.T) {
+	h := newHarness(t, Config{MinRecheckInterval: 100 * time.Millisecond}, backends("a"), nil)
+	h.chk.set(t, "a=ok")
+	h.start() // first check
+	h.recheck()
+	if n := h.chk.callCount("a"); n != 2 {
+		t.Fatalf("first recheck: %d checks, want 2 (immediate)", n)
+	}
+	for range 10 {
+		h.recheck() // a storm of resets, at the same instant
+	}
+	if n := h.chk.callCount("a"); n != 2 {
+		t.Fatalf("rechecks within the spacing started %d checks, want none yet", n-2)
+	}
+	// The owed check runs by the end of the spacing (or earlier, with a
+	// periodic round that comes first), once for the whole storm.
+	var waited time.Duration
+	for h.chk.callCount("a") < 3 {
+		waited += h.tick()
+	}
+	if waited > 100*time.Millisecond {
+		t.Fatalf("deferred recheck ran after %v, want at most 100ms", waited)
+	}
+	for waited < 100*time.Millisecond {
+		waited += h.tick() // the deferred-recheck timer fires: nothing owed now
+	}
+	if n := h.chk.callCount("a"); n != 3 {
+		t.Fatalf("%d checks by the end of the spacing, want 3: the storm costs one", n)
+	}
+}

@@ -79,6 +79,9 @@ type CheckConfig struct {
 	Rise             int           `toml:"rise"`               // default 2
 	Fall             int           `toml:"fall"`               // default 3
 	NoMasterInterval conf.Duration `toml:"no_master_interval"` // default 50ms
+	// MinRecheckInterval spaces the passive re-checks of one backend that
+	// failed dials and upstream resets ask for; default 20ms.
+	MinRecheckInterval conf.Duration `toml:"min_recheck_interval"`
 }
 
 // Backend is one broker: "host:port", or a table {addr = "host:port",
@@ -152,6 +155,7 @@ func (c *Config) defaults() {
 		setDefault(&s.Check.Interval, time.Second)
 		setDefault(&s.Check.Timeout, s.Check.Interval.D())
 		setDefault(&s.Check.NoMasterInterval, 50*time.Millisecond)
+		setDefault(&s.Check.MinRecheckInterval, 20*time.Millisecond)
 		if s.Check.Rise == 0 {
 			s.Check.Rise = 2
 		}
@@ -299,6 +303,9 @@ func (c *Config) validate(name string, pos conf.Positions) error {
 		}
 		if s.Check.NoMasterInterval <= 0 {
 			bad(ck+".no_master_interval", "must be positive")
+		}
+		if s.Check.MinRecheckInterval < 0 {
+			bad(ck+".min_recheck_interval", "must not be negative")
 		}
 		if s.Check.Rise < 1 {
 			bad(ck+".rise", "must be at least 1")

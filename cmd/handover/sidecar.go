@@ -244,13 +244,14 @@ func newSidecar(cfg *Config, path string, logOut io.Writer) (*sidecar, error) {
 
 func healthConfig(s ServiceConfig) health.Config {
 	return health.Config{
-		Interval:         s.Check.Interval.D(),
-		Timeout:          s.Check.Timeout.D(),
-		Rise:             s.Check.Rise,
-		Fall:             s.Check.Fall,
-		Mode:             s.Mode,
-		Randomize:        s.Random,
-		NoMasterInterval: s.Check.NoMasterInterval.D(),
+		Interval:           s.Check.Interval.D(),
+		Timeout:            s.Check.Timeout.D(),
+		Rise:               s.Check.Rise,
+		Fall:               s.Check.Fall,
+		Mode:               s.Mode,
+		Randomize:          s.Random,
+		NoMasterInterval:   s.Check.NoMasterInterval.D(),
+		MinRecheckInterval: s.Check.MinRecheckInterval.D(),
 	}
 }
 
