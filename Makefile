@@ -7,7 +7,7 @@ BIN      := bin
 PKGS     := ./...
 FUZZTIME ?= 5s
 
-.PHONY: all build test test-short fuzz bench lint run clean deps
+.PHONY: all build test test-short fuzz bench lint run clean deps chaos
 
 all: build
 
@@ -31,6 +31,16 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
 	$(GO) vet $(PKGS)
+
+# The long chaos schedule (e2e/), without -race so the timing figures are
+# realistic: CHAOS_KILLS faults, drawn from CHAOS_FAULTS (default every
+# broker fault) by CHAOS_SEED (printed; set it to replay a run);
+# CHAOS_PACE, CHAOS_FREEZE, CHAOS_BROKERS and E2E_LOGDIR (keep the logs)
+# are documented on TestChaosLong.
+CHAOS_KILLS ?= 100
+
+chaos:
+	CHAOS_KILLS=$(CHAOS_KILLS) $(GO) test -count=1 -run '^TestChaosLong$$' -v -timeout 60m ./e2e/
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 3s ./bench/ ./brokerd/journal/
