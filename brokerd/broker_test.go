@@ -255,6 +255,9 @@ func TestDurableAcrossRestart(t *testing.T) {
 		if string(m.Body) != fmt.Sprint(i) {
 			t.Fatalf("got %q, want %d", m.Body, i)
 		}
+		if m.Value("redelivered") != "true" {
+			t.Fatalf("recovered message %d not marked redelivered: %v", i, m)
+		}
 		c2.Ack(m)
 	}
 	expectNone(t, sub2, 100*time.Millisecond)

@@ -39,7 +39,11 @@ func putRecord(m *message) journal.Record {
 }
 
 // recover rebuilds the queues from the journal's unacknowledged messages, in
-// the order they were sent.
+// the order they were sent. Each is marked redelivered: the store does not
+// record deliveries, so any of them may have reached a consumer of the
+// previous master before it died, and a consumer that de-duplicates must
+// be told to check. Over-marking a message never delivered costs that
+// consumer a look-up; under-marking one that was would hide a duplicate.
 func (s *Server) recover(live []journal.Record) error {
 	byQueue := map[string][]*message{}
 	var order []string
@@ -51,7 +55,7 @@ func (s *Server) recover(live []journal.Record) error {
 		if _, ok := byQueue[r.Queue]; !ok {
 			order = append(order, r.Queue)
 		}
-		byQueue[r.Queue] = append(byQueue[r.Queue], &message{id: r.ID, dest: r.Queue, frame: f, persistent: true})
+		byQueue[r.Queue] = append(byQueue[r.Queue], &message{id: r.ID, dest: r.Queue, frame: f, persistent: true, redelivered: true})
 	}
 	for _, name := range order {
 		s.queue(name).enqueue(byQueue[name]...)
