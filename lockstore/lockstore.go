@@ -23,8 +23,9 @@ import (
 	"github.com/sirupsen/logrus"
 )
 
-// Locker acquires the master lock. Implementations: File (this package);
-// a PostgreSQL one will come later.
+// Locker acquires the master lock. Implementations: File (an OFD lock
+// beside the journal) and Postgres (an advisory lock held by one database
+// session, with the epoch in a table).
 type Locker interface {
 	// Acquire blocks until this process holds the lock or ctx is done (then
 	// returns ctx.Err()). On success the returned Lease is held and its

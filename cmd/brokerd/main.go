@@ -3,6 +3,22 @@
 // file lock; the others wait as slaves with their STOMP port closed.
 //
 //	brokerd -listen 127.0.0.1:61613 -admin 127.0.0.1:8161 -data ./data
+//
+// Or they share one PostgreSQL database, which then holds both the lock and
+// the messages (-data is not used):
+//
+//	brokerd -listen 127.0.0.1:61613 -admin 127.0.0.1:8161 \
+//	        -store postgres://brokerd@db:5432/brokerd [-lock-retry 500ms]
+//
+// -lock postgres://… alone keeps the journal in -data but takes the lock in
+// the database, for sites whose file system cannot be trusted with locks.
+//
+// Exit status: 0 after SIGTERM/SIGINT, 2 for bad flags or configuration, 3
+// when the master lock was lost, 1 otherwise. After 3 the process has
+// stopped writing; a supervisor may restart it at once: it comes back as a
+// slave, or as master if no other broker took the lock. With PostgreSQL
+// this is also how a master rides out a database restart: its lock session
+// ends with the server, so it steps down rather than re-acquire in-process.
 package main
 
 import (
@@ -12,18 +28,46 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/sirupsen/logrus"
 
 	"handover/brokerd"
+	"handover/brokerd/journal"
+	"handover/brokerd/pgstore"
 	"handover/internal/conf"
+	"handover/lockstore"
 )
 
-// fileConfig is brokerd's TOML config file: the broker options plus logging.
+// fileConfig is brokerd's TOML config file: the broker options plus logging
+// and the lock and store backends (which brokerd.Options takes as built
+// objects, not as URLs).
 type fileConfig struct {
 	brokerd.Options
 	LogLevel  string `toml:"log_level"`
 	LogFormat string `toml:"log_format"`
+	// StoreURL is where persistent messages live: "" for the journal in
+	// Data/journal, or a postgres:// URL (then Data is not used, and the
+	// lock defaults to the same database).
+	StoreURL string `toml:"store"`
+	// LockURL is the master lock: "" for the default (the store's database
+	// if StoreURL is PostgreSQL, else the file lock in Data), or a
+	// postgres:// URL. A PostgreSQL store needs its lock in the same
+	// database: its writes are fenced by the lock's epoch row.
+	LockURL string `toml:"lock"`
+	// LockRetry is how often a slave asks a PostgreSQL lock for the lock,
+	// and how often the master re-verifies it (so a master that lost its
+	// database session stops within about twice this). Unused by the file
+	// lock, whose slaves wait in the kernel.
+	LockRetry conf.Duration `toml:"lock_retry"`
 }
+
+// storeOpenTimeout bounds connecting to PostgreSQL, migrating and loading
+// the backlog when a broker becomes master.
+const storeOpenTimeout = 60 * time.Second
 
 func main() {
 	os.Exit(run(os.Args[1:]))
@@ -31,11 +75,19 @@ func main() {
 
 func run(args []string) int {
 	fs := flag.NewFlagSet("brokerd", flag.ContinueOnError)
-	cfg := fileConfig{Options: brokerd.NewOptions(), LogLevel: "info", LogFormat: "text"}
+	cfg := fileConfig{
+		Options:   brokerd.NewOptions(),
+		LogLevel:  "info",
+		LogFormat: "text",
+		LockRetry: conf.Duration(lockstore.DefaultPostgresRetry),
+	}
 	configPath := fs.String("config", "", "TOML config file; flags given on the command line override it")
 	listen := fs.String("listen", cfg.Listen, "STOMP listen address (go-sockaddr templates allowed), opened only while master")
 	admin := fs.String("admin", cfg.Admin, "admin HTTP address for /status, /readyz, /healthz, /metrics")
-	data := fs.String("data", cfg.Data, "data directory shared by master and slaves (journal and lock)")
+	data := fs.String("data", cfg.Data, "data directory shared by master and slaves (journal and lock); unused with a postgres -store")
+	store := fs.String("store", "", "where persistent messages live: empty for the journal in -data, or postgres://USER@HOST:PORT/DB?...")
+	lock := fs.String("lock", "", "master lock: empty for the store's database with a postgres -store, else the file lock in -data; or postgres://...")
+	lockRetry := fs.Duration("lock-retry", cfg.LockRetry.D(), "how often slaves poll a postgres lock and the master re-verifies it")
 	level := fs.String("log-level", cfg.LogLevel, "log level: debug, info, warn, error")
 	format := fs.String("log-format", cfg.LogFormat, "log format: text or json")
 	version := fs.Bool("version", false, "print the version and exit")
@@ -60,6 +112,12 @@ func run(args []string) int {
 			cfg.Admin = *admin
 		case "data":
 			cfg.Data = *data
+		case "store":
+			cfg.StoreURL = *store
+		case "lock":
+			cfg.LockURL = *lock
+		case "lock-retry":
+			cfg.LockRetry = conf.Duration(*lockRetry)
 		case "log-level":
 			cfg.LogLevel = *level
 		case "log-format":
@@ -79,6 +137,10 @@ func run(args []string) int {
 	}
 	opts := cfg.Options
 	opts.Log = logger.WithField("component", "brokerd")
+	if err := backends(&cfg, &opts, logger); err != nil {
+		fmt.Fprintln(os.Stderr, "brokerd:", err)
+		return 2
+	}
 	srv, err := brokerd.New(opts)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "brokerd:", err)
@@ -94,4 +156,107 @@ func run(args []string) int {
 		return 1
 	}
 	return 0
+}
+
+// backends builds opts.Locker, opts.Store and opts.StoreName from the
+// store, lock and lock_retry settings; the file lock and journal are
+// brokerd's defaults and need nothing here.
+func backends(cfg *fileConfig, opts *brokerd.Options, logger *logrus.Logger) error {
+	if cfg.LockRetry <= 0 {
+		return fmt.Errorf("lock_retry: must be positive, got %v", cfg.LockRetry)
+	}
+	pgStore := cfg.StoreURL != ""
+	if pgStore && !isPostgresURL(cfg.StoreURL) {
+		return errors.New("store: want empty (the journal in the data directory) or a postgres:// URL")
+	}
+	lockURL := cfg.LockURL
+	if lockURL == "" && pgStore {
+		lockURL = cfg.StoreURL
+	}
+	if lockURL == "" {
+		return nil // file lock and journal in Data
+	}
+	if !isPostgresURL(lockURL) {
+		return errors.New("lock: want empty (the default) or a postgres:// URL")
+	}
+	const lockName = lockstore.DefaultPostgresName
+	locker, err := lockstore.NewPostgres(lockstore.PostgresOptions{
+		DSN:   lockURL,
+		Name:  lockName,
+		Retry: cfg.LockRetry.D(),
+		Log:   logger.WithField("component", "lockstore"),
+	})
+	if err != nil {
+		return fmt.Errorf("lock: %w", err)
+	}
+	opts.Locker = locker
+	if !pgStore {
+		return nil
+	}
+	if err := sameDatabase(cfg.StoreURL, lockURL); err != nil {
+		return err
+	}
+	name, err := lockstore.DescribeDSN(cfg.StoreURL)
+	if err != nil {
+		return fmt.Errorf("store: %w", err)
+	}
+	dsn := cfg.StoreURL
+	opts.StoreName = name
+	opts.Store = func(lease lockstore.Lease, log *logrus.Entry) (brokerd.Store, []journal.Record, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), storeOpenTimeout)
+		defer cancel()
+		// Losing the lease while opening makes the store useless: stop.
+		go func() {
+			select {
+			case <-lease.Done():
+				cancel()
+			case <-ctx.Done():
+			}
+		}()
+		st, live, err := pgstore.Open(ctx, pgstore.Options{
+			DSN:      dsn,
+			Epoch:    lease.Epoch(),
+			LockName: lockName,
+			Log:      log.WithField("component", "pgstore"),
+			Fence: func() error {
+				select {
+				case <-lease.Done():
+					return lease.Err()
+				default:
+					return nil
+				}
+			},
+		})
+		if err != nil {
+			return nil, nil, err // not st: a nil *Store in a Store is not nil
+		}
+		return st, live, nil
+	}
+	return nil
+}
+
+func isPostgresURL(s string) bool {
+	return strings.HasPrefix(s, "postgres://") || strings.HasPrefix(s, "postgresql://")
+}
+
+// sameDatabase checks that store and lock name one database: the store's
+// writes are fenced by reading the lock's epoch row in the same
+// transaction, which only works within one database.
+func sameDatabase(store, lock string) error {
+	s, err := pgconn.ParseConfig(store)
+	if err != nil {
+		_, err = lockstore.DescribeDSN(store) // an error that never quotes the password
+		return fmt.Errorf("store: %w", err)
+	}
+	l, err := pgconn.ParseConfig(lock)
+	if err != nil {
+		_, err = lockstore.DescribeDSN(lock)
+		return fmt.Errorf("lock: %w", err)
+	}
+	if s.Host != l.Host || s.Port != l.Port || s.Database != l.Database {
+		sd, _ := lockstore.DescribeDSN(store)
+		ld, _ := lockstore.DescribeDSN(lock)
+		return fmt.Errorf("lock %s and store %s must be the same database: the store fences its writes with the lock's epoch row", ld, sd)
+	}
+	return nil
 }
