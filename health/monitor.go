@@ -71,10 +71,10 @@ type backend struct {
 	lastCheck   time.Time
 	lastLatency time.Duration
 	lastErr     error
-	running     bool   // a check is in flight
-	passiveGen  uint64 // the recheckGen the latest passive check answers
+	running     bool      // a check is in flight
+	passiveGen  uint64    // the recheckGen the latest passive check answers
 	lastPassive time.Time // when the latest passive check started
-	removed     bool   // dropped by SetBackends; results are ignored
+	removed     bool      // dropped by SetBackends; results are ignored
 }
 
 // outcome is a finished check on its way to Run.
