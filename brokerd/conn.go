@@ -242,6 +242,10 @@ func (c *conn) handle(f *frame.Frame) bool {
 	switch f.Command {
 	case frame.SEND, frame.ACK, frame.NACK:
 		recs, apply, err := c.prepare(f)
+		if err == errDuplicate {
+			c.duplicate(f)
+			return true
+		}
 		if err != nil {
 			c.protocolError(f, err.Error(), nil)
 			return false
@@ -284,6 +288,27 @@ func (c *conn) handle(f *frame.Frame) bool {
 	return true
 }
 
+// errDuplicate marks a stamped SEND whose sequence was already accepted.
+var errDuplicate = errors.New("duplicate SEND")
+
+// duplicate answers a SEND the sidecar replayed after a failover although
+// this broker had already taken it in. Its RECEIPT must not overtake the
+// original's durability, which may still be on its way to the disk on
+// another connection: an empty store Append is a barrier behind every
+// earlier one, after which the original is either applied (receipt) or
+// failed (ERROR: the client must not think it is stored).
+func (c *conn) duplicate(f *frame.Frame) {
+	st, _ := stampOf(f)
+	c.s.metrics.duplicates.Inc()
+	c.submitBarrier(func(error) {
+		if c.s.dedup.isPersisted(st) {
+			c.receipt(f)
+			return
+		}
+		c.protocolError(f, "this SEND repeats one that the broker could not persist; it was not accepted", nil)
+	})
+}
+
 // applied runs apply after the step's records were made durable, or reports
 // the journal's failure to the client. It returns whether it succeeded.
 func (c *conn) applied(f *frame.Frame, apply func(), err error) bool {
@@ -309,11 +334,27 @@ func (c *conn) prepare(f *frame.Frame) ([]journal.Record, func(), error) {
 		if err != nil {
 			return nil, nil, err
 		}
+		st, stamped := stampOf(f)
 		var recs []journal.Record
-		if m.persistent {
-			recs = []journal.Record{putRecord(m)}
+		if stamped {
+			fresh, evicted := c.s.dedup.accept(st)
+			if !fresh {
+				return nil, nil, errDuplicate
+			}
+			recs = append(recs, evicted...)
 		}
-		return recs, func() { c.s.route(m) }, nil
+		if m.persistent {
+			recs = append(recs, putRecord(m))
+			if stamped {
+				recs = append(recs, dedupRecord(st))
+			}
+		}
+		return recs, func() {
+			c.s.route(m)
+			if stamped {
+				c.s.dedup.persisted(st)
+			}
+		}, nil
 	case frame.ACK, frame.NACK:
 		id := f.Value("id") // STOMP 1.2: the MESSAGE's ack header
 		if id == "" {
@@ -458,6 +499,9 @@ func (c *conn) transaction(f *frame.Frame) bool {
 	var applies []func()
 	for _, tf := range frames {
 		r, apply, err := c.prepare(tf)
+		if err == errDuplicate {
+			continue // replayed by the sidecar; taken in already
+		}
 		if err != nil {
 			c.protocolError(f, fmt.Sprintf("transaction %q aborted: %v", tx, err), nil)
 			return false
@@ -495,6 +539,16 @@ func (c *conn) submit(recs []journal.Record, apply func(error)) {
 		return
 	}
 	c.s.journal.Append(recs, func(err error) { c.complete(st, err) })
+}
+
+// submitBarrier queues a step that completes only after every store Append
+// made so far, by any connection, has completed.
+func (c *conn) submitBarrier(apply func(error)) {
+	st := &step{apply: apply}
+	c.pmu.Lock()
+	c.steps = append(c.steps, st)
+	c.pmu.Unlock()
+	c.s.journal.Append(nil, func(err error) { c.complete(st, err) })
 }
 
 // complete marks st done and applies every done step at the head of the

@@ -13,6 +13,7 @@ type metrics struct {
 	received       prometheus.Counter
 	delivered      prometheus.Counter
 	protocolErrors prometheus.Counter
+	duplicates     prometheus.Counter
 	closes         *prometheus.CounterVec
 }
 
@@ -27,10 +28,12 @@ func newMetrics(s *Server) *metrics {
 			Name: "brokerd_messages_delivered_total", Help: "MESSAGE frames queued to consumers, redeliveries included."}),
 		protocolErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "brokerd_protocol_errors_total", Help: "ERROR frames sent to clients for bad input."}),
+		duplicates: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "brokerd_duplicate_sends_dropped_total", Help: "SENDs dropped because their (handover-producer, handover-seq) was already accepted."}),
 		closes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "brokerd_connections_closed_total", Help: "Client connections closed, by reason."}, []string{"reason"}),
 	}
-	m.reg.MustRegister(m.accepted, m.received, m.delivered, m.protocolErrors, m.closes,
+	m.reg.MustRegister(m.accepted, m.received, m.delivered, m.protocolErrors, m.duplicates, m.closes,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		stateCollector{s})
 	return m

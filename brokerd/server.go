@@ -72,6 +72,7 @@ type Server struct {
 	queues  map[string]*queue
 	topics  map[string]*topic
 	journal Store
+	dedup   *dedup
 	seq     atomic.Uint64
 	connSeq atomic.Uint64
 }
@@ -115,6 +116,7 @@ func New(opts Options) (*Server, error) {
 		conns:    map[*conn]struct{}{},
 		queues:   map[string]*queue{},
 		topics:   map[string]*topic{},
+		dedup:    newDedup(),
 	}
 	s.metrics = newMetrics(s)
 	s.admin = &http.Server{Handler: s.adminHandler(), ReadHeaderTimeout: 5 * time.Second}
@@ -392,7 +394,8 @@ func (s *Server) newMessage(f *frame.Frame) (*message, error) {
 	mf.Headers = append(mf.Headers, frame.Header{Key: "destination", Value: dest}, frame.Header{Key: "message-id", Value: id})
 	for _, h := range f.Headers {
 		switch h.Key {
-		case "destination", "message-id", "receipt", "transaction", "content-length", "subscription", "ack", "redelivered":
+		case "destination", "message-id", "receipt", "transaction", "content-length", "subscription", "ack", "redelivered",
+			HeaderProducer, HeaderSeq:
 			continue
 		}
 		mf.Headers = append(mf.Headers, h)

@@ -48,6 +48,10 @@ func (s *Server) recover(live []journal.Record) error {
 	byQueue := map[string][]*message{}
 	var order []string
 	for _, r := range live {
+		if r.Queue == dedupQueue {
+			s.dedup.restore(r)
+			continue
+		}
 		f, err := frame.NewReader(bytes.NewReader(r.Data), frame.Limits{MaxBody: -1, MaxHeaders: -1, MaxLine: -1}).Read()
 		if err != nil {
 			return fmt.Errorf("journal record %s: %w", r.ID, err)
