@@ -38,6 +38,8 @@ type Monitor struct {
 	// only Run's goroutine touches it.
 	recheckTimer Timer
 	recheckArmed bool
+	// retired is a master removed from the list while serving; see Keep.
+	retired string
 	// recheckGen counts Recheck calls. A backend owes a passive check while
 	// its passiveGen is lower: level-triggered, so bursts coalesce and no
 	// request is lost whatever the timing.
@@ -389,6 +391,9 @@ func (m *Monitor) elect(now time.Time) {
 	}
 	old := m.targets
 	m.targets = next
+	if master != nil && master.Addr != m.retired {
+		m.retired = "" // a new master: the removed one's clients must move
+	}
 	close(m.changed)
 	m.changed = make(chan struct{})
 
@@ -536,7 +541,20 @@ func (m *Monitor) SetBackends(bs []Backend) {
 	for _, b := range old {
 		b.removed = true
 		m.metrics.forget(m.name, b.Addr)
-		m.log.WithField("backend", b.Addr).Info("backend removed")
+		log := m.log.WithField("backend", b.Addr)
+		if m.cfg.Mode == ModeMaster && m.master == b {
+			// New connections stop going to it, but a master dropped from
+			// the list (DNS moved on, an operator edited the file) is
+			// still the master until it dies: its clients keep their
+			// connections (Keep) until another master is elected.
+			m.retired = b.Addr
+			log.Info("backend removed while master: no new connections; live ones kept")
+		} else {
+			log.Info("backend removed")
+		}
+	}
+	if seen[m.retired] {
+		m.retired = "" // listed again: an ordinary backend
 	}
 	m.backends = next
 	now := m.clock.Now()
@@ -544,6 +562,16 @@ func (m *Monitor) SetBackends(bs []Backend) {
 	m.elect(now)
 	m.mu.Unlock()
 	m.poke()
+}
+
+// Keep reports whether live connections to addr should be kept although
+// addr is not among the Targets: it is a master that was removed from the
+// backend list and no other master has been elected since. The proxy asks
+// it before closing connections on a change of targets.
+func (m *Monitor) Keep(addr string) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return addr != "" && addr == m.retired
 }
 
 // ServiceStatus is a Monitor's state, for the sidecar's /status.

@@ -688,3 +688,33 @@ func TestRecheckSpacing(t *testing.T) {
 		t.Fatalf("%d checks by the end of the spacing, want 3: the storm costs one", n)
 	}
 }
+
+// TestRemovedMasterIsKept: a master removed from the list gets no new
+// connections (not a target) but its live ones are kept (Keep) until
+// another master is elected.
+func TestRemovedMasterIsKept(t *testing.T) {
+	h := newHarness(t, Config{}, backends("a", "b"), nil)
+	h.chk.set(t, "a=ok b=refused")
+	h.start()
+	if h.targets() != "a" {
+		t.Fatalf("targets %q", h.targets())
+	}
+	h.mon.SetBackends(backends("b"))
+	h.waitIdle()
+	if h.targets() != "" || !h.mon.Keep("a") || h.mon.Keep("b") {
+		t.Fatalf("after removing the master: targets %q keep(a) %v", h.targets(), h.mon.Keep("a"))
+	}
+	h.chk.set(t, "b=ok")
+	h.tick()
+	if h.targets() != "b" || h.mon.Keep("a") {
+		t.Fatalf("after b became master: targets %q keep(a) %v", h.targets(), h.mon.Keep("a"))
+	}
+	// A removed non-master is never kept.
+	h.mon.SetBackends(backends("b", "c"))
+	h.waitIdle()
+	h.mon.SetBackends(backends("b"))
+	h.waitIdle()
+	if h.mon.Keep("c") {
+		t.Fatal("a removed non-master is kept")
+	}
+}
