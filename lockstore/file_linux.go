@@ -172,14 +172,11 @@ func (f *File) Acquire(ctx context.Context) (Lease, error) {
 			return nil, err
 		}
 		l := &fileLease{
-			f:      f,
-			epoch:  epoch,
-			fd:     w.fd,
-			dev:    st.Dev,
-			ino:    st.Ino,
-			done:   make(chan struct{}),
-			stop:   make(chan struct{}),
-			exited: make(chan struct{}),
+			f:         f,
+			fd:        w.fd,
+			dev:       st.Dev,
+			ino:       st.Ino,
+			leaseCore: newLeaseCore(epoch, f.lockPath),
 		}
 		go l.watch()
 		f.log.WithFields(logrus.Fields{
@@ -373,55 +370,11 @@ func writeFileDurable(dir, path string, data []byte) (err error) {
 // watch goroutine, which alone closes it; this avoids closing it under a
 // concurrent fcntl/fstat (the number could be reused by another open).
 type fileLease struct {
-	f     *File
-	epoch uint64
-	fd    int
-	dev   uint64
-	ino   uint64
-
-	done     chan struct{} // closed after the descriptor was closed
-	stop     chan struct{} // closed by the first Release
-	stopOnce sync.Once
-	exited   chan struct{} // closed when watch returned
-
-	mu       sync.Mutex
-	err      error // nil while held
-	closeErr error // error closing the descriptor on Release
-}
-
-// Epoch returns the fencing epoch recorded by this acquisition.
-func (l *fileLease) Epoch() uint64 { return l.epoch }
-
-// Done is closed after the lease was lost or released; by then the
-// descriptor is closed, i.e. this process no longer holds the lock.
-func (l *fileLease) Done() <-chan struct{} { return l.done }
-
-// Err is nil while held, then ErrReleased or an error wrapping ErrLost.
-func (l *fileLease) Err() error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.err
-}
-
-// Release stops the watcher, which closes the descriptor (dropping the
-// lock) and then closes Done. It returns once the lock is released. Only
-// the first call can return an error (from closing the descriptor).
-func (l *fileLease) Release() error {
-	first := false
-	l.stopOnce.Do(func() {
-		first = true
-		close(l.stop)
-	})
-	<-l.exited
-	if !first {
-		return nil
-	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.closeErr != nil {
-		return fmt.Errorf("lockstore: releasing %s: %w", l.f.lockPath, l.closeErr)
-	}
-	return nil
+	f   *File
+	fd  int
+	dev uint64
+	ino uint64
+	leaseCore
 }
 
 // watch verifies the lease every CheckInterval until it is released or lost.
@@ -447,14 +400,6 @@ func (l *fileLease) watch() {
 			}
 		}
 	}
-}
-
-func (l *fileLease) finish(err, closeErr error) {
-	l.mu.Lock()
-	l.err = err
-	l.closeErr = closeErr
-	l.mu.Unlock()
-	close(l.done)
 }
 
 // check returns why the lease is no longer valid, or "" if it still is.

@@ -18,6 +18,8 @@ package lockstore
 import (
 	"context"
 	"errors"
+	"fmt"
+	"sync"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -81,4 +83,70 @@ type FileOptions struct {
 	CheckInterval time.Duration
 	// Log receives lock events; nil discards them.
 	Log *logrus.Entry
+}
+
+// leaseCore is what every backend's Lease shares: the epoch, Done and Err,
+// and an idempotent Release that stops the backend's watcher goroutine and
+// waits for it. The watcher alone owns the backend's handle (a descriptor,
+// a database session) and, when it ends, calls finish.
+type leaseCore struct {
+	epoch uint64
+	desc  string // names the lock in Release's error
+
+	done     chan struct{} // closed by finish, after the handle was let go
+	stop     chan struct{} // closed by the first Release
+	stopOnce sync.Once
+	exited   chan struct{} // closed when the watcher returned
+
+	mu       sync.Mutex
+	err      error // nil while held
+	closeErr error // error letting the handle go on Release
+}
+
+func newLeaseCore(epoch uint64, desc string) leaseCore {
+	return leaseCore{epoch: epoch, desc: desc, done: make(chan struct{}), stop: make(chan struct{}), exited: make(chan struct{})}
+}
+
+// Epoch returns the fencing epoch recorded by this acquisition.
+func (l *leaseCore) Epoch() uint64 { return l.epoch }
+
+// Done is closed once the lease was lost or released; by then this process
+// no longer holds the lock.
+func (l *leaseCore) Done() <-chan struct{} { return l.done }
+
+// Err is nil while held, then ErrReleased or an error wrapping ErrLost.
+func (l *leaseCore) Err() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.err
+}
+
+// Release stops the watcher, which lets the lock go and closes Done; it
+// returns once that is done. Only the first call can return an error.
+func (l *leaseCore) Release() error {
+	first := false
+	l.stopOnce.Do(func() {
+		first = true
+		close(l.stop)
+	})
+	<-l.exited
+	if !first {
+		return nil
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closeErr != nil {
+		return fmt.Errorf("lockstore: releasing %s: %w", l.desc, l.closeErr)
+	}
+	return nil
+}
+
+// finish records why the lease ended and closes Done. The watcher calls it
+// once, after letting the handle go.
+func (l *leaseCore) finish(err, closeErr error) {
+	l.mu.Lock()
+	l.err = err
+	l.closeErr = closeErr
+	l.mu.Unlock()
+	close(l.done)
 }

@@ -11,7 +11,6 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -232,12 +231,9 @@ func (p *Postgres) Acquire(ctx context.Context) (Lease, error) {
 			continue
 		}
 		l := &pgLease{
-			p:      p,
-			s:      s,
-			epoch:  epoch,
-			done:   make(chan struct{}),
-			stop:   make(chan struct{}),
-			exited: make(chan struct{}),
+			p:         p,
+			s:         s,
+			leaseCore: newLeaseCore(epoch, p.desc),
 		}
 		s = nil // owned by the lease now
 		go l.watch()
@@ -382,52 +378,9 @@ func (s *pgSession) close() error {
 // pgLease is one holding of a Postgres lock. Its session is owned by the
 // watch goroutine, which alone uses and closes it.
 type pgLease struct {
-	p     *Postgres
-	s     *pgSession
-	epoch uint64
-
-	done     chan struct{} // closed after the session was closed
-	stop     chan struct{} // closed by the first Release
-	stopOnce sync.Once
-	exited   chan struct{} // closed when watch returned
-
-	mu       sync.Mutex
-	err      error
-	closeErr error
-}
-
-// Epoch returns the fencing epoch recorded by this acquisition.
-func (l *pgLease) Epoch() uint64 { return l.epoch }
-
-// Done is closed once the lease was lost or released; by then the session,
-// and so the advisory lock, is gone as far as this process is concerned.
-func (l *pgLease) Done() <-chan struct{} { return l.done }
-
-// Err is nil while held, then ErrReleased or an error wrapping ErrLost.
-func (l *pgLease) Err() error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.err
-}
-
-// Release unlocks, closes the session and closes Done; it returns once
-// that is done. Only the first call can return an error.
-func (l *pgLease) Release() error {
-	first := false
-	l.stopOnce.Do(func() {
-		first = true
-		close(l.stop)
-	})
-	<-l.exited
-	if !first {
-		return nil
-	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.closeErr != nil {
-		return fmt.Errorf("lockstore: releasing %s: %w", l.p.desc, l.closeErr)
-	}
-	return nil
+	p *Postgres
+	s *pgSession
+	leaseCore
 }
 
 // watch verifies the session every Retry until the lease is released or
@@ -461,14 +414,6 @@ func (l *pgLease) watch() {
 			}
 		}
 	}
-}
-
-func (l *pgLease) finish(err, closeErr error) {
-	l.mu.Lock()
-	l.err = err
-	l.closeErr = closeErr
-	l.mu.Unlock()
-	close(l.done)
 }
 
 // PostgresConnConfig parses dsn and applies the session settings that
