@@ -12,22 +12,10 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"handover/frame"
+	"handover/internal/testutil"
 )
 
-// testLog sends a server's logs to t.Log.
-func testLog(t testing.TB) *logrus.Entry {
-	l := logrus.New()
-	l.Out = tWriter{t}
-	l.SetLevel(logrus.DebugLevel)
-	return logrus.NewEntry(l)
-}
-
-type tWriter struct{ t testing.TB }
-
-func (w tWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}
+func testLog(t testing.TB) *logrus.Entry { return testutil.Logger(t) }
 
 type testServer struct {
 	*Server

@@ -3,28 +3,16 @@ package discovery
 import (
 	"net"
 	"net/netip"
-	"strings"
 	"sync"
 	"testing"
 
 	"github.com/miekg/dns"
 	"github.com/sirupsen/logrus"
+
+	"handover/internal/testutil"
 )
 
-// testLog sends logs to t.Log.
-func testLog(t testing.TB) *logrus.Entry {
-	l := logrus.New()
-	l.Out = tWriter{t}
-	l.SetLevel(logrus.DebugLevel)
-	return logrus.NewEntry(l).WithField("component", "discovery")
-}
-
-type tWriter struct{ t testing.TB }
-
-func (w tWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}
+func testLog(t testing.TB) *logrus.Entry { return testutil.Logger(t) }
 
 // srvRec is one SRV record of the test zone.
 type srvRec struct {

@@ -10,22 +10,11 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+
+	"handover/internal/testutil"
 )
 
-// testLog sends logs to t.Log.
-func testLog(t testing.TB) *logrus.Entry {
-	l := logrus.New()
-	l.Out = tWriter{t}
-	l.SetLevel(logrus.DebugLevel)
-	return logrus.NewEntry(l)
-}
-
-type tWriter struct{ t testing.TB }
-
-func (w tWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}
+func testLog(t testing.TB) *logrus.Entry { return testutil.Logger(t) }
 
 // fakeClock is a Clock whose time moves only when the test says so. Its
 // timers fire (a buffered send, as a real timer's) when Advance passes their
