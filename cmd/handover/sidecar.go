@@ -232,7 +232,9 @@ func newSidecar(cfg *Config, path string, logOut io.Writer) (*sidecar, error) {
 	if cfg.Admin.Listen != "" {
 		addr, err := conf.ResolveAddr(cfg.Admin.Listen)
 		if err == nil {
-			sc.adminLn, err = net.Listen("tcp", addr)
+			// SO_REUSEPORT: a replacement sidecar can start while this one
+			// drains after SIGTERM, instead of failing to bind.
+			sc.adminLn, err = conf.ListenReusePort(context.Background(), addr)
 		}
 		if err != nil {
 			sc.closeListeners()

@@ -1,6 +1,8 @@
 package conf
 
 import (
+	"context"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -101,5 +103,23 @@ func TestResolveAddr(t *testing.T) {
 		if (err != nil) != tt.wantErr || got != tt.want {
 			t.Errorf("ResolveAddr(%q) = %q, %v; want %q (error %v)", tt.in, got, err, tt.want, tt.wantErr)
 		}
+	}
+}
+
+func TestListenReusePort(t *testing.T) {
+	a, err := ListenReusePort(context.Background(), "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	// A second process (here: a second socket) binds the same address while
+	// the first still listens, as a replacement sidecar does.
+	b, err := ListenReusePort(context.Background(), a.Addr().String())
+	if err != nil {
+		t.Fatalf("second bind: %v", err)
+	}
+	b.Close()
+	if _, err := net.Listen("tcp", a.Addr().String()); err == nil {
+		t.Fatal("a listener without SO_REUSEPORT could bind too")
 	}
 }
