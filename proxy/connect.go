@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"net"
 	"time"
-
-	"github.com/sirupsen/logrus"
 )
 
 // Why a client connection was closed without reaching a backend. Each maps
@@ -51,12 +49,21 @@ func failReason(err error) string {
 // and closes while held is not noticed (its FIN looks like a half-close)
 // until a backend is reached, when its pair ends at once, or Timeout.
 // Keep Timeout near the clients' own connect timeout.
-func (s *Service) connect(log *logrus.Entry, end time.Time) (*net.TCPConn, string, error) {
+func (s *Service) connect(log *connLog, end time.Time) (*net.TCPConn, string, error) {
+	// The timer for end is made the first time there is something to wait
+	// for: most connections dial their first target at once.
 	var deadline <-chan time.Time
-	if !end.IsZero() {
-		t := time.NewTimer(time.Until(end))
-		defer t.Stop()
-		deadline = t.C
+	var timer *time.Timer
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	armDeadline := func() {
+		if timer == nil && !end.IsZero() {
+			timer = time.NewTimer(time.Until(end))
+			deadline = timer.C
+		}
 	}
 	delay := s.opts.InitialReconnectDelay
 	var lastErr error
@@ -74,7 +81,10 @@ func (s *Service) connect(log *logrus.Entry, end time.Time) (*net.TCPConn, strin
 			if end.IsZero() {
 				return nil, "", giveUp(errNoTarget)
 			}
-			log.Debug("no target: holding the connection until there is one")
+			if s.debugging() {
+				log.get().Debug("no target: holding the connection until there is one")
+			}
+			armDeadline()
 		}
 		for len(targets) == 0 {
 			select {
@@ -97,7 +107,9 @@ func (s *Service) connect(log *logrus.Entry, end time.Time) (*net.TCPConn, strin
 			}
 			lastErr = err
 			s.metrics.dialErrors.WithLabelValues(s.opts.Name, addr).Inc()
-			log.WithField("backend", addr).WithError(err).Debug("dial failed")
+			if s.debugging() {
+				log.get().WithField("backend", addr).WithError(err).Debug("dial failed")
+			}
 		}
 		// Passive health: a refused or timed-out dial may be news the
 		// periodic checks have not caught yet. The re-check changes the
@@ -110,6 +122,7 @@ func (s *Service) connect(log *logrus.Entry, end time.Time) (*net.TCPConn, strin
 		if n := s.opts.MaxReconnectAttempts; n > 0 && round >= n {
 			return nil, "", giveUp(errAttempts)
 		}
+		armDeadline()
 		pause := time.NewTimer(delay)
 		select {
 		case <-pause.C:

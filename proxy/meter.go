@@ -9,13 +9,13 @@ import (
 
 // Counting bytes without touching them.
 //
-// On Linux, io.Copy between two bare *net.TCPConns uses splice(2): bytes
-// move socket to pipe to socket inside the kernel and the copier never sees
-// them. A reader or writer wrapped around a socket to count them would turn
-// that back into read(2) and write(2) through a 32 KiB user-space buffer
-// (BenchmarkThroughput/proxy-counting measures the cost). And io.Copy reports
-// its count only when it returns: at connection end, hours away for a STOMP
-// client.
+// The copiers (relay.go) hand bulk data to splice(2): bytes move socket to
+// pipe to socket inside the kernel and the copier never sees them. A reader
+// or writer wrapped around a socket to count them would turn that back into
+// read(2) and write(2) through a user-space buffer
+// (BenchmarkThroughput/proxy-counting measures the cost). And a copier
+// reports its count only when it returns: at connection end, hours away for
+// a STOMP client.
 //
 // The kernel counts anyway. TCP_INFO's tcpi_bytes_acked on each destination
 // socket is the bytes its peer has acknowledged (RFC 4898's
@@ -25,7 +25,7 @@ import (
 // lives, lagging by the bytes in flight; IdleTimeout looks at the second
 // (pair.checkIdle). Nothing runs per chunk of data, and nothing runs at all
 // unless someone scrapes or IdleTimeout is set. When a copier returns, its
-// io.Copy count (bytes written to the socket) becomes the final figure.
+// count (bytes written to the socket) becomes the final figure.
 //
 // Where TCP_INFO is missing (not Linux, where io.Copy cannot splice
 // anyway; a sandbox that refuses the getsockopt) the copiers write through a
@@ -33,7 +33,7 @@ import (
 
 // flow is one direction of a pair, as metrics and idle checks see it.
 type flow struct {
-	// final is io.Copy's count once the copier has returned, -1 before.
+	// final is the copier's count once it has returned, -1 before.
 	final atomic.Int64
 	// written counts bytes as they are written, in counting mode only.
 	written atomic.Int64
@@ -67,13 +67,14 @@ func (p *pair) startMeter(forceCounting bool) {
 	p.up.base = u.acked
 }
 
-// writer is what a copier writes to dst through: dst itself when the
-// kernel counts, so that io.Copy can splice; a countingWriter otherwise.
-func (p *pair) writer(dst *net.TCPConn, f *flow) io.Writer {
+// copy copies src to dst for one direction of the pair and returns the
+// bytes written: with relay, which splices bulk data, when the kernel
+// counts; through a countingWriter otherwise.
+func (p *pair) copy(dst, src *net.TCPConn, f *flow) (int64, error) {
 	if !p.counting {
-		return dst
+		return relay(dst, src)
 	}
-	return &countingWriter{dst: dst, f: f, p: p}
+	return io.Copy(&countingWriter{dst: dst, f: f, p: p}, src)
 }
 
 // sample returns the bytes moved so far, up and down, for a scrape or, once
@@ -81,7 +82,10 @@ func (p *pair) writer(dst *net.TCPConn, f *flow) io.Writer {
 func (p *pair) sample() (up, down int64) {
 	var c, u kernelInfo
 	var cok, uok bool
-	if !p.counting {
+	// Once both copiers have returned (always so for the final sample, at
+	// connection end) the kernel has nothing to add: spare two getsockopt
+	// calls per connection.
+	if !p.counting && (p.up.final.Load() < 0 || p.down.final.Load() < 0) {
 		c, cok = kernelInfoOf(p.client)
 		u, uok = kernelInfoOf(p.upstream)
 	}
@@ -94,7 +98,7 @@ func (p *pair) sample() (up, down int64) {
 // The kernel was read before final is, here: a copier stores final before
 // it half-closes, so while final is still -1 the kernel's count can't yet
 // include our FIN (which takes a sequence number of its own) and is at most
-// what io.Copy will return. Counters therefore never run ahead of the final
+// what the copier will return. Counters therefore never run ahead of the final
 // figure, and never go back.
 func (f *flow) current(counting bool, acked uint64, ok bool) int64 {
 	v := f.final.Load()

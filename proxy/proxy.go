@@ -11,7 +11,9 @@
 //
 // Reading order for one client connection: proxy.go (accept, failover,
 // shutdown), connect.go (hold, dial, back off), pair.go (the two copiers),
-// meter.go (counting bytes and idleness without touching the bytes).
+// relay.go (how a copier moves bytes: small messages through a buffer, bulk
+// data spliced), meter.go (counting bytes and idleness without touching the
+// bytes).
 package proxy
 
 import (
@@ -112,11 +114,11 @@ func New(opts Options, picker Picker, log *logrus.Entry, m *Metrics) (*Service, 
 	if m == nil {
 		m = NewMetrics(nil)
 	}
-	// ListenConfig turns keepalive on for every accepted socket; the
-	// Dialer does the same for backend sockets. TCP_NODELAY stays on, as
-	// Go sets it: STOMP frames are small, and a proxy that batched them
-	// would add Nagle's delay to every hop.
-	lc := net.ListenConfig{KeepAlive: opts.KeepAlive}
+	// The listener turns keepalive on for every accepted socket
+	// (sockopt_*.go); the Dialer does the same for backend sockets.
+	// TCP_NODELAY stays on, as Go sets it: STOMP frames are small, and a
+	// proxy that batched them would add Nagle's delay to every hop.
+	lc := listenConfig(opts.KeepAlive)
 	ln, err := lc.Listen(context.Background(), "tcp", opts.Listen)
 	if err != nil {
 		return nil, err
@@ -329,11 +331,36 @@ func (s *Service) release() {
 	}
 }
 
+// connLog is a client connection's log entry until it has a backend, built
+// on first use: at the default level most connections log nothing, and an
+// entry's fields cost allocations for every connection. Only the
+// connection's goroutine uses it; the pair has its own (pair.logger).
+type connLog struct {
+	s      *Service
+	client *net.TCPConn
+	entry  *logrus.Entry
+}
+
+// get returns the entry, with the client's address.
+func (l *connLog) get() *logrus.Entry {
+	if l.entry == nil {
+		l.entry = l.s.log.WithField("client", l.client.RemoteAddr().String())
+	}
+	return l.entry
+}
+
+// debugging reports whether debug events are written at all, so that
+// callers build them only then.
+func (s *Service) debugging() bool { return s.log.Logger.IsLevelEnabled(logrus.DebugLevel) }
+
 // serveConn owns one client connection from accept to close.
 func (s *Service) serveConn(client *net.TCPConn) {
 	defer s.connDone()
-	log := s.log.WithField("client", client.RemoteAddr().String())
-	log.Debug("accepted")
+	log := &connLog{s: s, client: client}
+	debug := s.debugging()
+	if debug {
+		log.get().Debug("accepted")
+	}
 
 	var end time.Time // zero: negative Timeout, never hold
 	if s.opts.Timeout > 0 {
@@ -349,7 +376,7 @@ func (s *Service) serveConn(client *net.TCPConn) {
 		client.Close()
 		reason := failReason(err)
 		s.metrics.failed.WithLabelValues(s.opts.Name, reason).Inc()
-		l := log.WithError(err).WithFields(logrus.Fields{"reason": reason, "waited": time.Since(start).Round(time.Millisecond)})
+		l := log.get().WithError(err).WithFields(logrus.Fields{"reason": reason, "waited": time.Since(start).Round(time.Millisecond)})
 		if errors.Is(err, errShutdown) {
 			l.Debug("closing client: shutting down before a backend was reached")
 		} else {
@@ -359,18 +386,22 @@ func (s *Service) serveConn(client *net.TCPConn) {
 	}
 
 	s.metrics.pairStarted(p)
-	p.log.WithField("waited", time.Since(start).Round(time.Millisecond)).Debug("proxying")
+	if debug {
+		p.logger().WithField("waited", time.Since(start).Round(time.Millisecond)).Debug("proxying")
+	}
 	reason := p.run()
 	s.mu.Lock()
 	delete(s.pairs, p)
 	s.mu.Unlock()
 	s.metrics.pairEnded(p, reason)
-	p.log.WithFields(logrus.Fields{
-		"reason": reason,
-		"up":     p.up.final.Load(),
-		"down":   p.down.final.Load(),
-		"took":   time.Since(p.start).Round(time.Millisecond),
-	}).Debug("closed")
+	if debug {
+		p.logger().WithFields(logrus.Fields{
+			"reason": reason,
+			"up":     p.up.final.Load(),
+			"down":   p.down.final.Load(),
+			"took":   time.Since(p.start).Round(time.Millisecond),
+		}).Debug("closed")
+	}
 }
 
 // errStale means the backend just dialed stopped being a target while it
@@ -382,13 +413,13 @@ var errStale = errors.New("backend is no longer a target")
 // goes on: the sweep for that change may have run already, so a pair
 // registered now would outlive the failover it should have followed.
 // Nothing has been read from the client yet, so starting over loses nothing.
-func (s *Service) reach(client *net.TCPConn, log *logrus.Entry, end time.Time) (*pair, error) {
+func (s *Service) reach(client *net.TCPConn, log *connLog, end time.Time) (*pair, error) {
 	for {
 		up, backend, err := s.connect(log, end)
 		if err != nil {
 			return nil, err
 		}
-		p := newPair(s, client, up, backend, log.WithField("backend", backend))
+		p := newPair(s, client, up, backend)
 		err = s.register(p)
 		if err == nil {
 			return p, nil
@@ -397,7 +428,9 @@ func (s *Service) reach(client *net.TCPConn, log *logrus.Entry, end time.Time) (
 		if !errors.Is(err, errStale) {
 			return nil, err
 		}
-		log.WithField("backend", backend).Debug("backend stopped being a target while being dialed: looking again")
+		if s.debugging() {
+			log.get().WithField("backend", backend).Debug("backend stopped being a target while being dialed: looking again")
+		}
 	}
 }
 
@@ -462,8 +495,11 @@ func (s *Service) closeStale() <-chan struct{} {
 	}
 	s.log.WithFields(logrus.Fields{"targets": targets, "closing": len(stale)}).
 		Warn("targets changed: closing connections to backends no longer targeted, so their clients reconnect")
+	debug := s.debugging()
 	for _, p := range stale {
-		p.log.Debug("closing: backend is no longer a target")
+		if debug {
+			p.logger().Debug("closing: backend is no longer a target")
+		}
 		p.close(reasonFailover)
 	}
 	return changed

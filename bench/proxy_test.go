@@ -1,0 +1,278 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"handover/internal/testutil"
+)
+
+// The sidecar's data path against a direct connection and against HAProxy,
+// in one run (issue 3, "Benchmark"). Every benchmark starts its own backend
+// and proxies (loadgen_test.go); sub-benchmarks are named
+// …/conns=N/{direct,handover,haproxy} so the three figures of a row sit on
+// adjacent lines. Read the ratios, not the absolute numbers: the client,
+// the backend and the proxy share two cores.
+
+// lgConnCounts are the concurrency levels every figure is measured at.
+var lgConnCounts = []int{1, 100}
+
+// lgDialN opens n connections to addr, closed when the returned func is
+// called.
+func lgDialN(b *testing.B, addr string, n int) ([]*net.TCPConn, func()) {
+	b.Helper()
+	cs := make([]*net.TCPConn, 0, n)
+	closeAll := func() {
+		for _, c := range cs {
+			c.Close()
+		}
+	}
+	for range n {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		c, err := lgDial(ctx, addr)
+		cancel()
+		if err != nil {
+			closeAll()
+			b.Fatal(err)
+		}
+		cs = append(cs, c)
+	}
+	return cs, closeAll
+}
+
+// BenchmarkProxyThroughput sends bulk data one way, to the sink, over 1 and
+// 100 connections at once, and reports the total in MB/s. The clock runs
+// until the sink has every byte.
+func BenchmarkProxyThroughput(b *testing.B) {
+	ts := lgStartTargets(b)
+	const chunk = 256 << 10
+	buf := make([]byte, chunk)
+	for _, conns := range lgConnCounts {
+		for _, t := range ts.targets {
+			b.Run(fmt.Sprintf("conns=%d/%s", conns, t.name), func(b *testing.B) {
+				cs, closeAll := lgDialN(b, t.sink, conns)
+				defer closeAll()
+				reached := ts.be.expect(int64(b.N) * chunk)
+				b.SetBytes(chunk)
+				cpu := lgCPU(b, t.pid)
+				b.ResetTimer()
+				lgRun(b, conns, func(i, ops int) error {
+					for range ops {
+						if _, err := cs[i].Write(buf); err != nil {
+							return err
+						}
+					}
+					return nil
+				})
+				select {
+				case <-reached:
+				case <-time.After(time.Minute):
+					b.Fatal("the sink did not get every byte within a minute")
+				}
+				b.StopTimer()
+				lgReportCPU(b, t, cpu)
+			})
+		}
+	}
+}
+
+// BenchmarkProxyRoundTrip measures echo round trips of 64 bytes and 1 KiB,
+// one at a time on each of 1 and 100 connections, and reports their p50 and
+// p99 in microseconds (ns/op is the inverse of the total round-trip rate).
+func BenchmarkProxyRoundTrip(b *testing.B) {
+	ts := lgStartTargets(b)
+	for _, size := range []int{64, 1024} {
+		for _, conns := range lgConnCounts {
+			for _, t := range ts.targets {
+				b.Run(fmt.Sprintf("size=%d/conns=%d/%s", size, conns, t.name), func(b *testing.B) {
+					cs, closeAll := lgDialN(b, t.echo, conns)
+					defer closeAll()
+					lat := make([][]time.Duration, conns)
+					cpu := lgCPU(b, t.pid)
+					b.ResetTimer()
+					lgRun(b, conns, func(i, ops int) error {
+						msg, reply := make([]byte, size), make([]byte, size)
+						l := make([]time.Duration, 0, ops)
+						for range ops {
+							start := time.Now()
+							if _, err := cs[i].Write(msg); err != nil {
+								return err
+							}
+							if _, err := io.ReadFull(cs[i], reply); err != nil {
+								return err
+							}
+							l = append(l, time.Since(start))
+						}
+						lat[i] = l
+						return nil
+					})
+					b.StopTimer()
+					lgReportCPU(b, t, cpu)
+					all := slices.Concat(lat...)
+					slices.Sort(all)
+					b.ReportMetric(float64(lgPercentile(all, 50))/1e3, "p50-us")
+					b.ReportMetric(float64(lgPercentile(all, 99))/1e3, "p99-us")
+				})
+			}
+		}
+	}
+}
+
+// BenchmarkProxyConnect measures new connections per second from 1 and 100
+// clients at once. Each operation is a new connection, one 64-byte round
+// trip (through a proxy, the only proof that the backend was reached) and a
+// close.
+func BenchmarkProxyConnect(b *testing.B) {
+	ts := lgStartTargets(b)
+	for _, conns := range lgConnCounts {
+		for _, t := range ts.targets {
+			b.Run(fmt.Sprintf("conns=%d/%s", conns, t.name), func(b *testing.B) {
+				cpu := lgCPU(b, t.pid)
+				b.ResetTimer()
+				lgRun(b, conns, func(i, ops int) error {
+					msg, reply := make([]byte, 64), make([]byte, 64)
+					for range ops {
+						ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+						c, err := lgDial(ctx, t.echo)
+						cancel()
+						if err != nil {
+							return err
+						}
+						_, err = c.Write(msg)
+						if err == nil {
+							_, err = io.ReadFull(c, reply)
+						}
+						c.Close()
+						if err != nil {
+							return err
+						}
+					}
+					return nil
+				})
+				b.StopTimer()
+				lgReportCPU(b, t, cpu)
+				b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "conns/s")
+			})
+		}
+	}
+}
+
+// lgIdleFor is how long the idle proxies sit before their RSS is read:
+// long enough for start-up garbage to be collected and a few rounds of
+// health checks to run, short enough for `make bench`.
+const lgIdleFor = 2 * time.Second
+
+// BenchmarkProxyIdleRSS reports the resident memory (VmRSS) of a sidecar
+// started with the sample proxy.toml (its addresses changed: a master that
+// answers /readyz and a slave whose port is closed, as brokerd pairs do)
+// and of HAProxy with the benchmark config, after lgIdleFor without
+// clients. The measurement is made once, in the parent; the sub-benchmarks
+// only report it (ns/op means nothing here).
+func BenchmarkProxyIdleRSS(b *testing.B) {
+	be := lgStartBackend(b)
+	readyz := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/master/readyz" {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprint(w, `{"ready":false,"role":"slave","epoch":0}`)
+			return
+		}
+		fmt.Fprint(w, `{"ready":true,"role":"master","epoch":1}`)
+	}))
+	b.Cleanup(readyz.Close)
+	admin := testutil.FreePort(b)
+	cfg := lgSampleConfig(b, lgSampleAddrs{
+		listen:   testutil.FreePort(b),
+		admin:    admin,
+		backends: [2]string{be.echoAddr(), testutil.FreePort(b)},
+		checks:   [2]string{readyz.URL + "/master/readyz", readyz.URL + "/slave/readyz"},
+	}, false)
+	path := filepath.Join(b.TempDir(), "proxy.toml")
+	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	ho := testutil.Start(b, "handover", testutil.Binary(b, "handover/cmd/handover"), "-config", path)
+	procs := []struct {
+		name string
+		proc *testutil.Process
+	}{{"handover", ho}}
+	testutil.Eventually(b, 10*time.Second, func() error {
+		masters, err := lgSidecarMasters(admin)
+		if err == nil && (len(masters) != 1 || masters[0] != be.echoAddr()) {
+			err = fmt.Errorf("sidecar masters %q, want [%s]", masters, be.echoAddr())
+		}
+		return err
+	})
+	if bin := lgHAProxyBinary(); bin != "" {
+		procs = append(procs, struct {
+			name string
+			proc *testutil.Process
+		}{"haproxy", lgStartHAProxy(b, bin, be).proc})
+	}
+	time.Sleep(lgIdleFor)
+	rss := make([]float64, len(procs))
+	for i, p := range procs {
+		if p.proc.ExitCode() >= 0 {
+			b.Fatalf("%s exited while idle:\n%s", p.name, p.proc.Out.String())
+		}
+		var err error
+		if rss[i], err = lgRSS(p.proc.Cmd.Process.Pid); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for i, p := range procs {
+		b.Run(p.name, func(b *testing.B) {
+			b.ReportMetric(rss[i], "RSS-MB")
+			b.ReportMetric(0, "ns/op")
+		})
+	}
+}
+
+// lgSampleAddrs are the addresses that replace the sample proxy.toml's.
+type lgSampleAddrs struct {
+	listen, admin string
+	backends      [2]string // the brokers' STOMP addresses
+	checks        [2]string // their check URLs
+}
+
+// lgSampleConfig returns the repository's proxy.toml with its addresses
+// replaced, and with JSON logs when jsonLogs is set (the failover benchmark
+// reads the events' timestamps). Every other setting is the sample's: that
+// is the default configuration the figures are about.
+func lgSampleConfig(b *testing.B, a lgSampleAddrs, jsonLogs bool) string {
+	b.Helper()
+	raw, err := os.ReadFile("../proxy.toml")
+	if err != nil {
+		b.Fatal(err)
+	}
+	cfg := string(raw)
+	subst := [][2]string{
+		{`listen = "127.0.0.1:9090"`, fmt.Sprintf("listen = %q", a.admin)},
+		{`listen = "127.0.0.1:61600"`, fmt.Sprintf("listen = %q", a.listen)},
+		{`"127.0.0.1:61613"`, fmt.Sprintf("%q", a.backends[0])},
+		{`"127.0.0.1:61614"`, fmt.Sprintf("%q", a.backends[1])},
+		{`"http://127.0.0.1:8161/readyz"`, fmt.Sprintf("%q", a.checks[0])},
+		{`"http://127.0.0.1:8162/readyz"`, fmt.Sprintf("%q", a.checks[1])},
+	}
+	if jsonLogs {
+		subst = append(subst, [2]string{`format = "text"`, `format = "json"`})
+	}
+	for _, s := range subst {
+		// The sample changed shape: the figures would no longer be about
+		// the default configuration, so say so rather than guess.
+		if n := strings.Count(cfg, s[0]); n != 1 {
+			b.Fatalf("../proxy.toml: want %s once, found it %d times", s[0], n)
+		}
+		cfg = strings.Replace(cfg, s[0], s[1], 1)
+	}
+	return cfg
+}

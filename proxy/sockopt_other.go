@@ -1,0 +1,14 @@
+//go:build !linux
+
+package proxy
+
+import (
+	"net"
+	"time"
+)
+
+// listenConfig is the ListenConfig of a service's listener: net turns TCP
+// keepalive on for each accepted socket. See sockopt_linux.go.
+func listenConfig(keepAlive time.Duration) net.ListenConfig {
+	return net.ListenConfig{KeepAlive: keepAlive}
+}
