@@ -297,7 +297,12 @@ func scanSegment(data []byte, path string, last bool, fn func(rawRecord)) (end i
 		if len(data)-pos < 4 || le.Uint32(data[pos:]) == 0 {
 			// End of data: preallocated space is zero. Anything non-zero
 			// beyond is either the torn final batch or damage.
-			if z := firstNonZero(data[pos:]); z >= 0 {
+			// Only a window after the end is read: a torn batch is at most
+			// one batch long, and scanning a whole preallocated segment of
+			// zeros would delay a new master. (A run of zeros longer than
+			// the window followed by valid batches, which no crash makes,
+			// would go unnoticed.)
+			if z := firstNonZero(data[pos:min(len(data), pos+zeroScanWindow)]); z >= 0 {
 				return bad(pos, pos+z, "non-zero bytes after end of data", false)
 			}
 			return pos, nil, nil
@@ -315,6 +320,9 @@ func scanSegment(data []byte, path string, last bool, fn func(rawRecord)) (end i
 	}
 	return pos, nil, nil
 }
+
+// zeroScanWindow bounds the check for non-zero bytes after the end of data.
+const zeroScanWindow = 8 << 20
 
 // zeroBlock is compared against, so that checking a long preallocated tail
 // runs at memcmp speed.

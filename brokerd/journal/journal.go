@@ -194,6 +194,10 @@ type Journal struct {
 	log      *logrus.Entry
 	prealloc preallocMode
 	hooks    hooks
+
+	trash     chan struct{} // wakes removeTrash; closed by Close
+	trashDone chan struct{}
+	closeOnce sync.Once
 	// earlyRoll: leave a segment made on the spot for a zero-filled spare
 	// as soon as one is ready (see spareReady).
 	earlyRoll bool
@@ -299,7 +303,9 @@ func Open(opts Options) (*Journal, []Record, error) {
 	}
 	j.f, j.active = f, seg
 	j.addSegment(seg)
-	j.compact()
+	// Compaction deletes files, which takes time a new master should spend
+	// serving: it runs after the first batch (or at Close).
+	j.compactDue = true
 
 	live := make([]liveRecord, 0, len(rp.recs))
 	for _, r := range rp.recs {
@@ -314,8 +320,44 @@ func Open(opts Options) (*Journal, []Record, error) {
 		"segment": seg.name, "segments": len(j.segs), "live": len(out),
 	}).Info("journal: opened")
 
+	j.trash = make(chan struct{}, 1)
+	j.trashDone = make(chan struct{})
+	go j.removeTrash()
+	j.trash <- struct{}{} // what listSegments set aside
 	go j.run()
 	return j, out, nil
+}
+
+// trashSuffix marks files that replay ignores and the background remover
+// deletes: segments compaction retired and leftovers of a crash. Renaming
+// (then fsyncing the directory) retires a file as durably as unlinking it,
+// at once; the slow part, freeing its blocks, happens off the write path.
+const trashSuffix = ".trash"
+
+// removeTrash deletes trash files whenever signalled, until Close.
+func (j *Journal) removeTrash() {
+	defer close(j.trashDone)
+	for range j.trash {
+		ents, err := os.ReadDir(j.dir)
+		if err != nil {
+			j.log.WithError(err).Warn("journal: listing trash")
+			continue
+		}
+		for _, e := range ents {
+			if strings.HasSuffix(e.Name(), trashSuffix) {
+				if err := os.Remove(filepath.Join(j.dir, e.Name())); err != nil && !errors.Is(err, fs.ErrNotExist) {
+					j.log.WithError(err).WithField("file", e.Name()).Warn("journal: deleting retired file")
+				}
+			}
+		}
+	}
+}
+
+func (j *Journal) signalTrash() {
+	select {
+	case j.trash <- struct{}{}:
+	default:
+	}
 }
 
 // Append queues recs to be written and fsync'd, then calls done exactly once.
@@ -359,6 +401,10 @@ func (j *Journal) Close() error {
 	j.mu.Unlock()
 	j.cond.Signal()
 	<-j.exited
+	j.closeOnce.Do(func() {
+		close(j.trash)
+		<-j.trashDone
+	})
 	return j.closeErr
 }
 
@@ -628,7 +674,7 @@ func (j *Journal) compact() {
 			continue
 		}
 		path := filepath.Join(j.dir, s.name)
-		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		if err := os.Rename(path, path+trashSuffix); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			j.log.WithField("segment", s.name).WithError(err).Warn("journal: cannot delete segment")
 			kept = append(kept, seq)
 			stop, j.compactDue = true, true
@@ -645,6 +691,7 @@ func (j *Journal) compact() {
 	}
 	clear(j.order[len(kept):])
 	j.order = kept
+	j.signalTrash()
 }
 
 // dependsOnExisting reports whether s retired Puts of a segment that still
@@ -710,10 +757,16 @@ func (j *Journal) listSegments() ([]uint64, error) {
 	for _, e := range ents {
 		name := e.Name()
 		if strings.HasSuffix(name, ".log.tmp") {
-			if err := os.Remove(filepath.Join(j.dir, name)); err != nil {
-				return nil, fmt.Errorf("journal: remove leftover %s: %w", name, err)
+			// A spare or a segment being created when the last owner
+			// died. Renaming is instant; unlinking a 64 MiB file is not,
+			// and this runs before a new master may serve.
+			if err := os.Rename(filepath.Join(j.dir, name), filepath.Join(j.dir, name+trashSuffix)); err != nil {
+				return nil, fmt.Errorf("journal: set aside leftover %s: %w", name, err)
 			}
-			j.log.WithField("segment", name).Warn("journal: removed unfinished segment file")
+			j.log.WithField("segment", name).Info("journal: set aside unfinished segment file")
+			continue
+		}
+		if strings.HasSuffix(name, trashSuffix) {
 			continue
 		}
 		stem, ok := strings.CutSuffix(name, ".log")
@@ -780,7 +833,11 @@ func (j *Journal) replaySegment(seq uint64, last bool, rp *replay) error {
 	}
 	seg.size = int64(end)
 	j.nBytes.Add(seg.size)
-	if t == nil && end == len(data) {
+	if t == nil {
+		// Clean: the data ends where the zeros of preallocated space (if
+		// any) begin. Those zeros stay: replay reads them as the end, and
+		// cutting them would cost the new master a truncate and an fsync
+		// before it serves. Compaction deletes the file in time.
 		return nil
 	}
 	if t != nil {
