@@ -20,7 +20,7 @@ const (
 	DefaultInterval         = time.Second
 	DefaultRise             = 2
 	DefaultFall             = 3
-	DefaultNoMasterInterval = 50 * time.Millisecond
+	DefaultNoMasterInterval = 20 * time.Millisecond
 )
 
 // Config tunes a Monitor. The zero value is valid: every zero field takes

@@ -32,7 +32,7 @@ func TestStateMachineAndElection(t *testing.T) {
 		}
 		return bs
 	}
-	const fast, slow = 50 * time.Millisecond, time.Second
+	const fast, slow = DefaultNoMasterInterval, time.Second
 	tests := []struct {
 		name     string
 		cfg      Config
@@ -462,7 +462,8 @@ func TestStatus(t *testing.T) {
 
 func TestMasterChangeLogAndMetrics(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	h := newHarness(t, Config{}, backends("a", "b"), NewMetrics(reg))
+	// The figures below are in steps of a 50ms no-master poll.
+	h := newHarness(t, Config{NoMasterInterval: 50 * time.Millisecond}, backends("a", "b"), NewMetrics(reg))
 	hook := test.NewLocal(h.mon.log.Logger)
 	NewMetrics(reg) // registering again reuses the series
 
@@ -594,15 +595,15 @@ func TestConfig(t *testing.T) {
 		invalid bool
 	}{
 		{name: "zero", in: Config{},
-			want: Config{Interval: time.Second, Timeout: time.Second, Rise: 2, Fall: 3, Mode: ModeMaster, NoMasterInterval: 50 * time.Millisecond}},
+			want: Config{Interval: time.Second, Timeout: time.Second, Rise: 2, Fall: 3, Mode: ModeMaster, NoMasterInterval: 20 * time.Millisecond}},
 		{name: "timeout and no-master interval capped at interval", in: Config{Interval: 20 * time.Millisecond, Timeout: time.Second, Mode: ModeAny},
 			want: Config{Interval: 20 * time.Millisecond, Timeout: 20 * time.Millisecond, Rise: 2, Fall: 3, Mode: ModeAny, NoMasterInterval: 20 * time.Millisecond}},
 		{name: "explicit", in: Config{Interval: 2 * time.Second, Timeout: time.Second, Rise: 1, Fall: 1, NoMasterInterval: 10 * time.Millisecond},
 			want: Config{Interval: 2 * time.Second, Timeout: time.Second, Rise: 1, Fall: 1, Mode: ModeMaster, NoMasterInterval: 10 * time.Millisecond}},
 		{name: "negative", in: Config{Interval: -1, Rise: -1}, invalid: true,
-			want: Config{Interval: time.Second, Timeout: time.Second, Rise: 2, Fall: 3, Mode: ModeMaster, NoMasterInterval: 50 * time.Millisecond}},
+			want: Config{Interval: time.Second, Timeout: time.Second, Rise: 2, Fall: 3, Mode: ModeMaster, NoMasterInterval: 20 * time.Millisecond}},
 		{name: "unknown mode", in: Config{Mode: "round-robin"}, invalid: true,
-			want: Config{Interval: time.Second, Timeout: time.Second, Rise: 2, Fall: 3, Mode: ModeMaster, NoMasterInterval: 50 * time.Millisecond}},
+			want: Config{Interval: time.Second, Timeout: time.Second, Rise: 2, Fall: 3, Mode: ModeMaster, NoMasterInterval: 20 * time.Millisecond}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

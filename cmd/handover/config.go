@@ -78,7 +78,7 @@ type CheckConfig struct {
 	Timeout          conf.Duration `toml:"timeout"`            // default: interval
 	Rise             int           `toml:"rise"`               // default 2
 	Fall             int           `toml:"fall"`               // default 3
-	NoMasterInterval conf.Duration `toml:"no_master_interval"` // default 50ms
+	NoMasterInterval conf.Duration `toml:"no_master_interval"` // default 20ms
 	// MinRecheckInterval spaces the passive re-checks of one backend that
 	// failed dials and upstream resets ask for; default 20ms.
 	MinRecheckInterval conf.Duration `toml:"min_recheck_interval"`
@@ -154,7 +154,7 @@ func (c *Config) defaults() {
 		}
 		setDefault(&s.Check.Interval, time.Second)
 		setDefault(&s.Check.Timeout, s.Check.Interval.D())
-		setDefault(&s.Check.NoMasterInterval, 50*time.Millisecond)
+		setDefault(&s.Check.NoMasterInterval, 20*time.Millisecond)
 		setDefault(&s.Check.MinRecheckInterval, 20*time.Millisecond)
 		if s.Check.Rise == 0 {
 			s.Check.Rise = 2
