@@ -1,0 +1,840 @@
+package stompproxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"handover/frame"
+)
+
+// Why a session ended: the reason label of
+// handover_stomp_sessions_closed_total and the reason field of the "closed"
+// event. The first five are also the reason label of
+// handover_stomp_sessions_unresumable_total.
+const (
+	reasonOverLimit     = "over_limit"       // MaxReplayBytes exceeded, then the upstream was lost
+	reasonCommitUnknown = "commit_unknown"   // a COMMIT was in flight when the upstream was lost
+	reasonNoMaster      = "no_master"        // no backend reached within Timeout
+	reasonVersion       = "version_mismatch" // the new master negotiated another STOMP version
+	reasonRejected      = "connect_rejected" // a broker answered CONNECT with ERROR
+	reasonClientClosed  = "client_closed"    // the client closed its connection
+	reasonClientError   = "client_error"     // the client's socket failed
+	reasonClientTimeout = "client_timeout"   // the client sent nothing, not even a heart-beat, in time
+	reasonProtocol      = "protocol_error"   // the client broke the protocol (or the frame limits)
+	reasonBrokerError   = "broker_error"     // the broker sent ERROR, which ends a STOMP connection
+	reasonDisconnect    = "disconnect"       // the client said DISCONNECT and the broker hung up
+	reasonShutdown      = "shutdown"         // the service shut down
+)
+
+// writeTimeout bounds one write to a broker: one that stops reading for
+// this long is treated as dead, and the session resumes elsewhere.
+const writeTimeout = 30 * time.Second
+
+// maxKeeperTick bounds the keeper's sleep, which is how late an expired
+// hold (see tracker.expire) can be noticed.
+const maxKeeperTick = 500 * time.Millisecond
+
+// session is one client connection in STOMP mode. Its goroutines:
+//
+//   - run (the session's own) reads the broker: it passes frames to the
+//     client and, when the broker connection is lost, resumes on a new
+//     master before reading on;
+//   - clientLoop reads the client and forwards its frames, or buffers them
+//     while the session is paused;
+//   - keeper sends heart-beats both ways and expires holds.
+//
+// mu guards the tracker and the upstream state. Frames go to the broker in
+// the order the tracker produced them: whoever has frames to send locks the
+// upstream's write lock before releasing mu (mu, then wmu; never the other
+// way), because brokerd takes a SEND stamped with a sequence lower than one
+// it already saw for a replay.
+type session struct {
+	svc    *Service
+	id     string
+	log    *logrus.Entry
+	client *net.TCPConn
+	cdr    *deadlineReader
+	cr     *frame.Reader // read by run until CONNECTED, then by clientLoop only
+
+	cmu       sync.Mutex
+	cw        *frame.Writer
+	lastWrite atomic.Int64 // unix nanos of the last flush to the client
+
+	// Fixed by the first CONNECTED: the client keeps these for its life.
+	clientHB time.Duration // how often we must send the client something
+
+	ctx    context.Context // ends with the session: aborts a wait for a master
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu        sync.Mutex
+	cond      *sync.Cond // signalled when a pause ends or the session closes
+	t         *tracker
+	up        *upstream // nil while paused
+	paused    bool
+	buf       []*frame.Frame // client frames received during a pause
+	bufBytes  int
+	clientEOF bool
+	closing   bool
+	reason    string
+	closeOnce sync.Once
+}
+
+func (s *Service) newSession(c *net.TCPConn) *session {
+	id := s.newSessionID()
+	ctx, cancel := context.WithCancel(s.ctx)
+	ss := &session{
+		svc:    s,
+		id:     id,
+		log:    s.log.WithFields(logrus.Fields{"session": id, "client": c.RemoteAddr().String()}),
+		client: c,
+		cdr:    &deadlineReader{nc: c},
+		cw:     frame.NewWriter(c),
+		ctx:    ctx,
+		cancel: cancel,
+		t:      newTracker(id, s.opts.MaxReplayBytes, s.opts.holdTimeout()),
+	}
+	ss.cdr.beforeRead = ss.flushUpstream
+	ss.cr = frame.NewReader(ss.cdr, s.opts.Limits)
+	ss.cond = sync.NewCond(&ss.mu)
+	return ss
+}
+
+// deadlineReader renews the read deadline before each read from the
+// network, so a peer silent for longer than its heart-beat allowance is
+// noticed. bufio calls it only when it has no whole frame buffered, that
+// is, when the reader is about to wait: beforeRead then flushes what the
+// frames read so far produced for the other side. Flushing there, rather
+// than after each frame, costs one write per burst, and never leaves a
+// frame unflushed behind a partial one (or behind the EOL many clients put
+// after each frame's NUL).
+type deadlineReader struct {
+	nc         net.Conn
+	timeout    atomic.Int64 // time.Duration; zero leaves the deadline alone
+	beforeRead func()       // set before the reader's first use
+}
+
+func (d *deadlineReader) Read(p []byte) (int, error) {
+	if d.beforeRead != nil {
+		d.beforeRead()
+	}
+	if t := time.Duration(d.timeout.Load()); t > 0 {
+		d.nc.SetReadDeadline(time.Now().Add(t))
+	}
+	return d.nc.Read(p)
+}
+
+func (d *deadlineReader) setTimeout(t time.Duration) {
+	d.timeout.Store(int64(t))
+	if t <= 0 {
+		d.nc.SetReadDeadline(time.Time{})
+	}
+}
+
+// upstream is one connection to a broker, CONNECTED.
+type upstream struct {
+	nc        *net.TCPConn
+	backend   string
+	dr        *deadlineReader
+	r         *frame.Reader // read by run only
+	sendHB    time.Duration
+	wmu       sync.Mutex
+	w         *frame.Writer
+	renewAt   time.Time    // when to move the write deadline on; guarded by wmu
+	lastWrite atomic.Int64 // unix nanos of the last flush
+}
+
+func newUpstream(nc *net.TCPConn, backend string, lim frame.Limits) *upstream {
+	u := &upstream{nc: nc, backend: backend, dr: &deadlineReader{nc: nc}, w: frame.NewWriter(nc)}
+	u.r = frame.NewReader(u.dr, lim)
+	return u
+}
+
+// handshake sends CONNECT and returns the broker's reply.
+func (u *upstream) handshake(connect *frame.Frame, timeout time.Duration) (*frame.Frame, error) {
+	u.nc.SetDeadline(time.Now().Add(timeout))
+	err := u.w.Write(connect)
+	if err == nil {
+		err = u.w.Flush()
+	}
+	var reply *frame.Frame
+	if err == nil {
+		reply, err = u.r.Read()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("CONNECT: %w", err)
+	}
+	u.nc.SetDeadline(time.Time{})
+	return reply, nil
+}
+
+// send writes frames, flushing if asked. The caller holds wmu.
+func (u *upstream) send(frames []*frame.Frame, flush bool) error {
+	// Moving the deadline costs a timer update; once a second is plenty
+	// for a 30s bound.
+	if now := time.Now(); now.After(u.renewAt) {
+		u.nc.SetWriteDeadline(now.Add(writeTimeout))
+		u.renewAt = now.Add(time.Second)
+	}
+	for _, f := range frames {
+		if err := u.w.Write(f); err != nil {
+			return err
+		}
+	}
+	if !flush {
+		return nil
+	}
+	if err := u.w.Flush(); err != nil {
+		return err
+	}
+	u.lastWrite.Store(time.Now().UnixNano())
+	return nil
+}
+
+// run owns the session from accept to close and returns why it ended.
+func (s *session) run() string {
+	s.log.Debug("accepted")
+	s.serve()
+	s.wg.Wait()
+	s.mu.Lock()
+	reason := s.reason
+	s.mu.Unlock()
+	s.log.WithField("reason", reason).Debug("closed")
+	return reason
+}
+
+// serve runs the session until it closes.
+func (s *session) serve() {
+	// The client speaks first (STOMP 1.2 "Connecting"); a silent one is
+	// dropped as brokerd would drop it.
+	s.cdr.setTimeout(s.svc.opts.holdTimeout())
+	f, err := s.cr.Read()
+	if err != nil {
+		s.clientReadFailed(err)
+		s.close(reasonClientError) // no-op unless the failure closed nothing
+		return
+	}
+	if f.Command != frame.CONNECT && f.Command != frame.STOMP {
+		s.protocolError("the first frame must be CONNECT or STOMP, got " + f.Command)
+		return
+	}
+	s.cdr.setTimeout(0)
+	s.t.fromClient(f, time.Now()) // no goroutine shares t yet
+
+	var end time.Time
+	if s.svc.opts.Timeout > 0 {
+		end = time.Now().Add(s.svc.opts.Timeout)
+	}
+	u, reply, err := s.establish(end)
+	if err != nil {
+		s.gaveUp(err, reply, false)
+		return
+	}
+	s.mu.Lock()
+	s.t.fromBroker(reply, time.Now())
+	v := s.t.version
+	s.mu.Unlock()
+	s.setupClient(v, reply)
+	s.setupUpstream(u, reply)
+	if err := s.toClient([]*frame.Frame{reply}, true); err != nil {
+		u.nc.Close()
+		s.close(reasonClientError)
+		return
+	}
+	if !s.install(u) {
+		return
+	}
+	s.log.WithFields(logrus.Fields{"backend": u.backend, "version": v}).Debug("connected")
+
+	s.wg.Add(2)
+	go s.clientLoop()
+	go s.keeper()
+	for {
+		err := s.pump(u)
+		if s.ended() {
+			return
+		}
+		if u = s.resume(u, err); u == nil {
+			return
+		}
+	}
+}
+
+// establish finds a master and completes the CONNECT handshake with it,
+// sending the client's own CONNECT frame. It returns the broker's reply:
+// CONNECTED, or (with an error) the ERROR a broker refused it with.
+func (s *session) establish(end time.Time) (*upstream, *frame.Frame, error) {
+	connect := s.t.connect // set once, before any goroutine starts
+	var u *upstream
+	var reply *frame.Frame
+	_, err := s.svc.connect(s.ctx, s.log, end, func(nc *net.TCPConn, backend string) error {
+		c := newUpstream(nc, backend, s.svc.opts.Limits)
+		c.dr.beforeRead = s.flushClient
+		r, err := c.handshake(connect, s.svc.opts.DialTimeout)
+		switch {
+		case err != nil:
+			return err
+		case r.Command == frame.ERROR:
+			reply = r
+			return fmt.Errorf("%w: the broker refused CONNECT: %s", errFinal, r.Value("message"))
+		case r.Command != frame.CONNECTED:
+			return fmt.Errorf("%s in reply to CONNECT", r.Command)
+		}
+		u, reply = c, r
+		return nil
+	})
+	if err != nil {
+		return nil, reply, err
+	}
+	return u, reply, nil
+}
+
+// gaveUp ends a session that found no master, or was refused by one.
+func (s *session) gaveUp(err error, reply *frame.Frame, resuming bool) {
+	switch {
+	case s.isClosed():
+		return
+	case errors.Is(err, errShutdown):
+		s.close(reasonShutdown)
+	case reply != nil:
+		// The broker said why: the client hears it as if connected
+		// directly (a bad login, say).
+		s.log.WithError(err).Warn("broker refused the session's CONNECT: closing the client")
+		s.toClient([]*frame.Frame{reply}, true)
+		s.closeUnresumable(reasonRejected, resuming)
+	default:
+		s.log.WithError(err).Warn("no master reached: closing the client")
+		s.closeUnresumable(reasonNoMaster, resuming)
+	}
+}
+
+// closeUnresumable closes the session for why, counted as unresumable if
+// it was resuming.
+func (s *session) closeUnresumable(why string, resuming bool) {
+	if resuming {
+		s.svc.unresumable.Add(1)
+		s.svc.metrics.unresumable.WithLabelValues(s.svc.opts.Name, why).Inc()
+	}
+	s.close(why)
+}
+
+// setupClient applies what the first CONNECTED negotiated to the client
+// side: the version, and the heart-beats (STOMP 1.2 "Heart-beating": each
+// direction runs at the slower of what the sender offers and the receiver
+// wants). These stay for the session's life, whatever later masters say:
+// the client negotiated once.
+func (s *session) setupClient(v frame.Version, connected *frame.Frame) {
+	s.cr.SetVersion(v)
+	s.cmu.Lock()
+	s.cw.SetVersion(v)
+	s.cmu.Unlock()
+	if v == frame.V10 {
+		return
+	}
+	cx, cy, _ := frame.ParseHeartBeat(s.t.connect.Value("heart-beat"))
+	sx, sy, _ := frame.ParseHeartBeat(connected.Value("heart-beat"))
+	if cy > 0 && sx > 0 {
+		s.clientHB = max(cy, sx)
+	}
+	if cx > 0 && sy > 0 {
+		// Twice the interval, as brokerd and the spec's advice allow.
+		s.cdr.setTimeout(2 * max(cx, sy))
+	}
+}
+
+// setupUpstream applies a CONNECTED to its connection: we send heart-beats
+// for the client (whose own EOLs the frame reader swallows) at the rate
+// the client promised, and expect the broker's.
+func (s *session) setupUpstream(u *upstream, connected *frame.Frame) {
+	v := s.t.version
+	u.r.SetVersion(v)
+	u.w.SetVersion(v)
+	u.lastWrite.Store(time.Now().UnixNano())
+	if v == frame.V10 {
+		return
+	}
+	cx, cy, _ := frame.ParseHeartBeat(s.t.connect.Value("heart-beat"))
+	sx, sy, _ := frame.ParseHeartBeat(connected.Value("heart-beat"))
+	if cx > 0 && sy > 0 {
+		u.sendHB = max(cx, sy)
+	}
+	if cy > 0 && sx > 0 {
+		u.dr.setTimeout(2 * max(cy, sx))
+	}
+}
+
+// install makes u the session's upstream, unless the session closed
+// meanwhile, then makes sure its backend is still a target (see
+// checkTarget).
+func (s *session) install(u *upstream) bool {
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		u.nc.Close()
+		return false
+	}
+	s.up = u
+	s.mu.Unlock()
+	s.checkTarget(u)
+	return true
+}
+
+// checkTarget drops u if its backend stopped being a target while it was
+// being reached. watchTargets reads the targets before the sessions, and
+// this reads them after setting s.up, so any change is caught by one or
+// the other.
+func (s *session) checkTarget(u *upstream) {
+	targets, _ := s.svc.picker.Targets()
+	if !slices.Contains(targets, u.backend) {
+		s.dropUpstream("backend stopped being a target while being reached")
+	}
+}
+
+// pump passes the broker's frames to the client until the connection
+// fails or the broker ends the session.
+func (s *session) pump(u *upstream) error {
+	for {
+		f, err := u.r.Read()
+		if err != nil {
+			return err
+		}
+		s.mu.Lock()
+		a := s.t.fromBroker(f, time.Now())
+		if len(a.up) > 0 {
+			u.wmu.Lock()
+		}
+		s.mu.Unlock()
+		if len(a.up) > 0 {
+			err := u.send(a.up, true)
+			u.wmu.Unlock()
+			if err != nil {
+				u.nc.Close() // the read above will report it
+			}
+		}
+		s.count(a)
+		if a.pass != nil || len(a.client) > 0 {
+			// Flushed before the next wait for the broker (flushClient).
+			if err := s.passToClient(a.pass, a.client, f.Command == frame.ERROR); err != nil {
+				s.close(reasonClientError)
+				return err
+			}
+		}
+		if f.Command == frame.ERROR {
+			return errors.New("broker sent ERROR: " + f.Value("message"))
+		}
+	}
+}
+
+// ended decides, after the upstream connection ended, whether the session
+// ends too rather than resuming, and if so closes it.
+func (s *session) ended() bool {
+	s.mu.Lock()
+	closing, errored, eof, disc := s.closing, s.t.errored, s.clientEOF, s.t.disconnected()
+	s.mu.Unlock()
+	switch {
+	case closing:
+	case errored:
+		s.close(reasonBrokerError)
+	case disc:
+		s.close(reasonDisconnect)
+	case eof:
+		s.close(reasonClientClosed)
+	default:
+		return false
+	}
+	return true
+}
+
+// resume carries the session over to a new master after old was lost, and
+// returns the new upstream, or nil if the session had to close.
+func (s *session) resume(old *upstream, cause error) *upstream {
+	start := time.Now()
+	s.mu.Lock()
+	s.up, s.paused = nil, true
+	fatal, why := s.t.lost(start)
+	s.mu.Unlock()
+	old.nc.Close()
+	name := s.svc.opts.Name
+	s.svc.metrics.paused.WithLabelValues(name).Inc()
+	defer s.svc.metrics.paused.WithLabelValues(name).Dec()
+	log := s.log.WithField("backend", old.backend)
+	if why != "" {
+		log.WithError(cause).WithField("reason", why).Warn("upstream lost and the session cannot be resumed: closing the client")
+		if fatal != nil {
+			s.toClient([]*frame.Frame{fatal}, true)
+		}
+		s.closeUnresumable(why, true)
+		return nil
+	}
+	log.WithError(cause).Info("upstream lost: holding the session for a master")
+	s.svc.picker.Recheck()
+
+	var end time.Time
+	if s.svc.opts.Timeout > 0 {
+		end = start.Add(s.svc.opts.Timeout)
+	}
+	u, reply, err := s.establish(end)
+	if err != nil {
+		s.gaveUp(err, reply, true)
+		return nil
+	}
+	log = s.log.WithField("backend", u.backend)
+	if v := versionOf(reply); v != s.t.version {
+		u.nc.Close()
+		msg := fmt.Sprintf("the broker connection was lost and the new master speaks STOMP %s, not %s: the session cannot go on", v, s.t.version)
+		log.Warn(msg)
+		s.toClient([]*frame.Frame{errorFrame(msg)}, true)
+		s.closeUnresumable(reasonVersion, true)
+		return nil
+	}
+	s.setupUpstream(u, reply)
+
+	now := time.Now()
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		u.nc.Close()
+		return nil
+	}
+	plan := s.t.replay(now)
+	for _, f := range s.buf {
+		a := s.t.fromClient(f, now)
+		plan.up = append(plan.up, a.up...)
+		plan.client = append(plan.client, a.client...)
+	}
+	buffered := len(s.buf)
+	s.buf, s.bufBytes = nil, 0
+	u.wmu.Lock()
+	s.up, s.paused = u, false
+	s.cond.Broadcast()
+	s.mu.Unlock()
+	err = u.send(plan.up, true)
+	u.wmu.Unlock()
+	if err != nil {
+		u.nc.Close() // pump's first read reports it, and we resume again
+	}
+	if len(plan.client) > 0 {
+		if err := s.toClient(plan.client, true); err != nil {
+			s.close(reasonClientError)
+		}
+	}
+	paused := time.Since(start)
+	s.svc.resumed.Add(1)
+	s.svc.replayed.Add(uint64(plan.replayed))
+	s.svc.metrics.resumed.WithLabelValues(name).Inc()
+	s.svc.metrics.replayed.WithLabelValues(name).Add(float64(plan.replayed))
+	s.svc.metrics.pause.WithLabelValues(name).Observe(paused.Seconds())
+	log.WithFields(logrus.Fields{"from": old.backend, "paused": paused.Round(time.Millisecond),
+		"replayed": plan.replayed, "buffered": buffered}).Info("session resumed on a new master")
+	s.checkTarget(u)
+	return u
+}
+
+func versionOf(connected *frame.Frame) frame.Version {
+	if v := connected.Value("version"); v != "" {
+		return frame.Version(v)
+	}
+	return frame.V10 // 1.0 brokers send no version header
+}
+
+func errorFrame(msg string) *frame.Frame {
+	e := frame.New(frame.ERROR, "message", msg, "content-type", "text/plain")
+	e.Body = []byte(msg + "\n")
+	return e
+}
+
+// clientLoop reads the client's frames until it goes away.
+func (s *session) clientLoop() {
+	defer s.wg.Done()
+	for {
+		f, err := s.cr.Read()
+		if err != nil {
+			s.clientReadFailed(err)
+			return
+		}
+		if !s.fromClient(f) {
+			return
+		}
+	}
+}
+
+// fromClient forwards one client frame, or buffers it during a pause.
+// When the buffer is full it waits, which stops reading the client and
+// lets TCP push back on it.
+func (s *session) fromClient(f *frame.Frame) bool {
+	s.mu.Lock()
+	for s.paused && s.bufBytes >= s.svc.opts.MaxReplayBytes && !s.closing {
+		s.cond.Wait()
+	}
+	if s.closing {
+		s.mu.Unlock()
+		return false
+	}
+	if s.paused {
+		s.buf = append(s.buf, f)
+		s.bufBytes += frameSize(f)
+		s.mu.Unlock()
+		return true
+	}
+	a := s.t.fromClient(f, time.Now())
+	u := s.up
+	if len(a.up) > 0 {
+		u.wmu.Lock()
+	}
+	s.mu.Unlock()
+	if len(a.up) > 0 {
+		// Flushed before the next wait for the client (flushUpstream).
+		err := u.send(a.up, false)
+		u.wmu.Unlock()
+		if err != nil {
+			u.nc.Close() // run's read reports it, and the session resumes
+		}
+	}
+	if len(a.client) > 0 {
+		if err := s.toClient(a.client, true); err != nil {
+			s.close(reasonClientError)
+			return false
+		}
+	}
+	return true
+}
+
+// clientReadFailed handles the end of the client's stream.
+func (s *session) clientReadFailed(err error) {
+	var ne net.Error
+	switch {
+	case s.isClosed():
+	case errors.Is(err, io.EOF):
+		// A half-close: pass it on, as TCP mode does, so the broker
+		// finishes what it was sent (receipts included) and hangs up.
+		s.mu.Lock()
+		s.clientEOF = true
+		u := s.up
+		s.mu.Unlock()
+		if u == nil {
+			s.close(reasonClientClosed)
+			return
+		}
+		u.wmu.Lock()
+		u.w.Flush()
+		u.nc.CloseWrite()
+		u.wmu.Unlock()
+		// A broker that never hangs up must not keep the session forever.
+		u.dr.setTimeout(s.svc.opts.ShutdownGrace)
+		u.nc.SetReadDeadline(time.Now().Add(s.svc.opts.ShutdownGrace))
+	case errors.Is(err, frame.ErrMalformed), errors.Is(err, frame.ErrBodyTooLarge),
+		errors.Is(err, frame.ErrTooManyHeaders), errors.Is(err, frame.ErrLineTooLong):
+		s.protocolError(err.Error())
+	case errors.Is(err, os.ErrDeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
+		s.log.Info("dropping silent client: no frame or heart-beat in time")
+		s.close(reasonClientTimeout)
+	default:
+		s.log.WithError(err).Debug("client connection failed")
+		s.close(reasonClientError)
+	}
+}
+
+// protocolError tells the client what it did wrong, then closes, as
+// brokerd does (STOMP 1.2 "ERROR").
+func (s *session) protocolError(msg string) {
+	s.log.WithField("error", msg).Info("client protocol error; closing")
+	s.toClient([]*frame.Frame{errorFrame(msg)}, true)
+	s.close(reasonProtocol)
+}
+
+// toClient writes frames to the client.
+func (s *session) toClient(frames []*frame.Frame, flush bool) error {
+	return s.passToClient(nil, frames, flush)
+}
+
+// passToClient writes pass, if not nil, then frames to the client.
+func (s *session) passToClient(pass *frame.Frame, frames []*frame.Frame, flush bool) error {
+	s.cmu.Lock()
+	defer s.cmu.Unlock()
+	if pass != nil {
+		if err := s.cw.Write(pass); err != nil {
+			return err
+		}
+	}
+	for _, f := range frames {
+		if err := s.cw.Write(f); err != nil {
+			return err
+		}
+	}
+	if !flush {
+		return nil
+	}
+	if err := s.cw.Flush(); err != nil {
+		return err
+	}
+	s.lastWrite.Store(time.Now().UnixNano())
+	return nil
+}
+
+// flushUpstream pushes out what the client's frames produced for the
+// broker; see deadlineReader.
+func (s *session) flushUpstream() {
+	s.mu.Lock()
+	u := s.up
+	s.mu.Unlock()
+	if u == nil {
+		return
+	}
+	u.wmu.Lock()
+	defer u.wmu.Unlock()
+	if u.w.Buffered() == 0 {
+		return
+	}
+	if err := u.w.Flush(); err != nil {
+		u.nc.Close() // run's read reports it, and the session resumes
+		return
+	}
+	u.lastWrite.Store(time.Now().UnixNano())
+}
+
+// flushClient pushes out what the broker's frames produced for the client;
+// see deadlineReader. A failure shows in the client's read loop.
+func (s *session) flushClient() {
+	s.cmu.Lock()
+	defer s.cmu.Unlock()
+	if s.cw.Buffered() > 0 && s.cw.Flush() == nil {
+		s.lastWrite.Store(time.Now().UnixNano())
+	}
+}
+
+// keeper sends heart-beats to the client (all through a pause, which is
+// what keeps the client from timing the session out) and to the broker,
+// and settles holds that waited too long for a redelivery.
+func (s *session) keeper() {
+	defer s.wg.Done()
+	timer := time.NewTimer(s.tick())
+	defer timer.Stop()
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-timer.C:
+		}
+		now := time.Now()
+		s.mu.Lock()
+		u := s.up
+		var a actions
+		if u != nil && s.t.waiting() {
+			a = s.t.expire(now)
+		}
+		if len(a.up) > 0 {
+			u.wmu.Lock()
+		}
+		s.mu.Unlock()
+		if len(a.up) > 0 {
+			if err := u.send(a.up, true); err != nil {
+				u.nc.Close()
+			}
+			u.wmu.Unlock()
+		}
+		if len(a.client) > 0 {
+			s.toClient(a.client, true)
+		}
+		// TryLock: a writer holding the lock is sending something, which
+		// serves as a heart-beat; waiting behind a blocked write would stall
+		// the other direction's heart-beats.
+		if u != nil && u.sendHB > 0 && now.Sub(time.Unix(0, u.lastWrite.Load())) >= u.sendHB/2 && u.wmu.TryLock() {
+			u.nc.SetWriteDeadline(time.Now().Add(writeTimeout))
+			u.renewAt = time.Now().Add(time.Second)
+			if err := u.w.WriteHeartbeat(); err == nil && u.w.Flush() == nil {
+				u.lastWrite.Store(time.Now().UnixNano())
+			}
+			u.wmu.Unlock()
+		}
+		if hb := s.clientHB; hb > 0 && now.Sub(time.Unix(0, s.lastWrite.Load())) >= hb/2 && s.cmu.TryLock() {
+			if err := s.cw.WriteHeartbeat(); err == nil && s.cw.Flush() == nil {
+				s.lastWrite.Store(time.Now().UnixNano())
+			}
+			s.cmu.Unlock()
+		}
+		timer.Reset(s.tick())
+	}
+}
+
+// tick is the keeper's sleep: short enough that neither side goes more
+// than its interval without hearing from us.
+func (s *session) tick() time.Duration {
+	d := maxKeeperTick
+	if s.clientHB > 0 {
+		d = min(d, s.clientHB/4)
+	}
+	s.mu.Lock()
+	if s.up != nil && s.up.sendHB > 0 {
+		d = min(d, s.up.sendHB/4)
+	}
+	s.mu.Unlock()
+	return max(d, time.Millisecond)
+}
+
+// count adds a tracker's counters to the service's.
+func (s *session) count(a actions) {
+	name := s.svc.opts.Name
+	if a.suppressed > 0 {
+		s.svc.suppressed.Add(uint64(a.suppressed))
+		s.svc.metrics.suppressed.WithLabelValues(name).Add(float64(a.suppressed))
+	}
+	if a.confirmed > 0 {
+		s.svc.duplicates.Add(uint64(a.confirmed))
+		s.svc.metrics.duplicates.WithLabelValues(name).Add(float64(a.confirmed))
+	}
+}
+
+// backend is the current upstream's address, "" while paused.
+func (s *session) backend() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.up == nil {
+		return ""
+	}
+	return s.up.backend
+}
+
+// dropUpstream closes the current upstream connection; run notices and
+// resumes on a new master.
+func (s *session) dropUpstream(why string) {
+	s.mu.Lock()
+	u := s.up
+	s.mu.Unlock()
+	if u != nil {
+		s.log.WithField("backend", u.backend).Info("dropping the broker connection: " + why)
+		u.nc.Close()
+	}
+}
+
+func (s *session) isClosed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closing
+}
+
+// close ends the session: both sockets close, which ends every goroutine,
+// and a wait for a master is abandoned. The first reason sticks.
+func (s *session) close(reason string) {
+	s.closeOnce.Do(func() {
+		s.mu.Lock()
+		s.closing, s.reason = true, reason
+		u := s.up
+		s.cond.Broadcast()
+		s.mu.Unlock()
+		s.cancel()
+		s.client.Close()
+		if u != nil {
+			u.nc.Close()
+		}
+	})
+}
