@@ -52,8 +52,16 @@ type ServiceConfig struct {
 	// template: {host} and {port} are the backend's, e.g.
 	// "http://{host}:8161/readyz".
 	CheckURL string `toml:"check_url"`
-	Mode     string `toml:"mode"`      // "master" (default) or "any"
-	Random   bool   `toml:"randomize"` // mode any: shuffle
+	Mode     string `toml:"mode"` // "master" (default) or "any"
+	// Protocol is "tcp" (default: bytes are copied, any protocol) or
+	// "stomp": the sidecar keeps each client's STOMP session and resumes it
+	// on the new master, so a client that never reconnects survives a
+	// failover.
+	Protocol string `toml:"protocol"`
+	// MaxReplayBytes bounds what a STOMP session keeps to resume (default
+	// 4 MiB); a session over it is closed at the next failover instead.
+	MaxReplayBytes int  `toml:"max_replay_bytes"`
+	Random         bool `toml:"randomize"` // mode any: shuffle
 
 	// Failover behaviour, named as ActiveMQ's failover transport names it.
 	Timeout               conf.Duration `toml:"timeout"`                 // hold a new client this long waiting for a master; default 30s
@@ -137,6 +145,12 @@ func (c *Config) defaults() {
 		}
 		if s.Mode == "" {
 			s.Mode = "master"
+		}
+		if s.Protocol == "" {
+			s.Protocol = "tcp"
+		}
+		if s.MaxReplayBytes == 0 {
+			s.MaxReplayBytes = 4 << 20
 		}
 		if s.OnFailover == "" {
 			s.OnFailover = "close"
@@ -262,6 +276,14 @@ func (c *Config) validate(name string, pos conf.Positions) error {
 		case "master", "any":
 		default:
 			bad(p+".mode", "%q: want master or any", s.Mode)
+		}
+		switch s.Protocol {
+		case "tcp", "stomp":
+		default:
+			bad(p+".protocol", "%q: want tcp or stomp", s.Protocol)
+		}
+		if s.MaxReplayBytes < 0 {
+			bad(p+".max_replay_bytes", "must be positive")
 		}
 		switch s.OnFailover {
 		case "close", "keep":

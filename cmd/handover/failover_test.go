@@ -34,7 +34,10 @@ type cluster struct {
 
 // startCluster starts n brokerd on one data directory and the sidecar in
 // front of them, with the default config but for addresses.
-func startCluster(t *testing.T, n int) *cluster {
+func startCluster(t *testing.T, n int) *cluster { return startClusterWith(t, n, "") }
+
+// startClusterWith is startCluster with extra keys for the [[service]].
+func startClusterWith(t *testing.T, n int, serviceKeys string) *cluster {
 	t.Helper()
 	c := &cluster{t: t, data: t.TempDir(), listen: testutil.FreePort(t), admin: testutil.FreePort(t)}
 	bin := testutil.Binary(t, "handover/cmd/brokerd")
@@ -57,11 +60,12 @@ listen = %q
 name = "stomp"
 listen = %q
 backends = [%s]
+%s
 [service.check]
 kind = "http"
 interval = "1s"
 timeout = "500ms"
-`, c.admin, c.listen, strings.Join(backends, ", "))
+`, c.admin, c.listen, strings.Join(backends, ", "), serviceKeys)
 	path := filepath.Join(t.TempDir(), "proxy.toml")
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
@@ -244,5 +248,74 @@ func TestCheckFlag(t *testing.T) {
 				t.Errorf("%v: output lacks %q:\n%s", tt.args, w, out)
 			}
 		}
+	}
+}
+
+// TestStompModeSessionSurvivesFailover: with protocol = "stomp", a client
+// that never reconnects keeps its one connection through a kill -9 of the
+// master: its pending and later receipted SENDs succeed, its subscription
+// goes on, nothing is lost or delivered twice.
+func TestStompModeSessionSurvivesFailover(t *testing.T) {
+	c := startClusterWith(t, 2, `protocol = "stomp"`)
+	c.waitSidecarMaster(c.brokers[0].listen)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cl, err := stompclient.Dial(ctx, c.listen, stompclient.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	sub, err := cl.SubscribeReceipt(ctx, "/queue/session", stompclient.AckClientIndividual)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const total = 200
+	got := map[string]int{}
+	var pauseMax time.Duration
+	for i := 0; i < total; i++ {
+		if i == total/2 {
+			c.brokers[0].p.Cmd.Process.Signal(syscall.SIGKILL)
+		}
+		start := time.Now()
+		if err := cl.SendReceipt(ctx, "/queue/session", []byte(fmt.Sprint(i)), frame.Header{Key: "persistent", Value: "true"}); err != nil {
+			t.Fatalf("send %d on the original connection: %v", i, err)
+		}
+		pauseMax = max(pauseMax, time.Since(start))
+	drain:
+		for {
+			select {
+			case m := <-sub.C():
+				got[string(m.Body)]++
+				if err := cl.Ack(m); err != nil {
+					t.Fatalf("ack: %v", err)
+				}
+			default:
+				break drain
+			}
+		}
+	}
+	deadline := time.After(15 * time.Second)
+	for len(got) < total {
+		select {
+		case m := <-sub.C():
+			got[string(m.Body)]++
+			cl.Ack(m)
+		case <-deadline:
+			t.Fatalf("received %d of %d", len(got), total)
+		case <-cl.Done():
+			t.Fatalf("client connection ended: %v", cl.Err())
+		}
+	}
+	for body, n := range got {
+		if n > 1 {
+			t.Errorf("message %s delivered %d times", body, n)
+		}
+	}
+	t.Logf("longest SendReceipt across the failover: %v", pauseMax)
+	c.waitSidecarMaster(c.brokers[1].listen) // the session really moved
+	select {
+	case <-cl.Done():
+		t.Fatalf("client connection ended: %v", cl.Err())
+	default:
 	}
 }

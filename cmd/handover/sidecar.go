@@ -23,6 +23,7 @@ import (
 	"handover/health"
 	"handover/internal/conf"
 	"handover/proxy"
+	"handover/stompproxy"
 )
 
 // sidecar is one running handover: per [[service]] a health monitor and a
@@ -36,6 +37,7 @@ type sidecar struct {
 	hm      *health.Metrics
 	pm      *proxy.Metrics
 	dm      *discovery.Metrics
+	sm      *stompproxy.Metrics
 	adminLn net.Listener
 	started time.Time
 	reloads chan reloadRequest
@@ -55,8 +57,28 @@ type sidecar struct {
 type service struct {
 	cfg       ServiceConfig
 	pool      *pool
-	proxy     *proxy.Service
+	proxy     dataPath
 	proxyDone chan struct{}
+}
+
+// dataPath is a service's listener and what it does with each client
+// connection: copy bytes (proxy, protocol "tcp") or keep a STOMP session
+// that survives a failover (stompproxy, protocol "stomp").
+type dataPath interface {
+	Addr() net.Addr
+	Serve(ctx context.Context) error
+	Shutdown(ctx context.Context) error
+}
+
+// connectionsStatus is the data path's part of /status.
+func connectionsStatus(d dataPath) any {
+	switch d := d.(type) {
+	case *proxy.Service:
+		return d.Status()
+	case *stompproxy.Service:
+		return d.Status()
+	}
+	return nil
 }
 
 // pool is a service's backends, static and discovered, and the monitor
@@ -221,6 +243,7 @@ func newSidecar(cfg *Config, path string, logOut io.Writer) (*sidecar, error) {
 	}
 	sc.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	sc.hm, sc.pm, sc.dm = health.NewMetrics(sc.reg), proxy.NewMetrics(sc.reg), discovery.NewMetrics(sc.reg)
+	sc.sm = stompproxy.NewMetrics(sc.reg)
 	for _, s := range cfg.Services {
 		svc, err := sc.newService(s, nil)
 		if err != nil {
@@ -304,7 +327,25 @@ func (sc *sidecar) newService(s ServiceConfig, pl *pool) (*service, error) {
 	if err != nil {
 		return nil, err
 	}
-	p, err := proxy.New(opts, pl.monitor, log.WithField("component", "proxy"), sc.pm)
+	var p dataPath
+	if s.Protocol == "stomp" {
+		p, err = stompproxy.New(stompproxy.Options{
+			Name:                  opts.Name,
+			Listen:                opts.Listen,
+			Timeout:               opts.Timeout,
+			InitialReconnectDelay: opts.InitialReconnectDelay,
+			MaxReconnectDelay:     opts.MaxReconnectDelay,
+			BackoffMultiplier:     opts.BackoffMultiplier,
+			MaxReconnectAttempts:  opts.MaxReconnectAttempts,
+			DialTimeout:           opts.DialTimeout,
+			KeepAlive:             opts.KeepAlive,
+			MaxConnections:        opts.MaxConnections,
+			ShutdownGrace:         opts.ShutdownGrace,
+			MaxReplayBytes:        s.MaxReplayBytes,
+		}, pl.monitor, log.WithField("component", "stompproxy"), sc.sm)
+	} else {
+		p, err = proxy.New(opts, pl.monitor, log.WithField("component", "proxy"), sc.pm)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -621,7 +662,7 @@ func (sc *sidecar) drainInBackground(s *service, grace time.Duration, stopMonito
 func (sc *sidecar) needsRebind(a, b ServiceConfig, ca, cb *Config) bool {
 	oa, _ := sc.proxyOptionsFor(a, ca)
 	ob, _ := sc.proxyOptionsFor(b, cb)
-	return oa != ob
+	return oa != ob || a.Protocol != b.Protocol || a.MaxReplayBytes != b.MaxReplayBytes
 }
 
 func (sc *sidecar) proxyOptionsFor(s ServiceConfig, c *Config) (proxy.Options, error) {
@@ -653,7 +694,7 @@ type ServiceStatus struct {
 	Master      string               `json:"master"`
 	MasterSince time.Time            `json:"master_since"`
 	Health      health.ServiceStatus `json:"health"`
-	Connections proxy.ServiceStatus  `json:"connections"`
+	Connections any                  `json:"connections"` // proxy.ServiceStatus or stompproxy.Status
 	Discovery   *discovery.Status    `json:"discovery,omitempty"`
 }
 
@@ -682,7 +723,7 @@ func (sc *sidecar) status() Status {
 			Master:      h.Master,
 			MasterSince: h.MasterSince,
 			Health:      h,
-			Connections: s.proxy.Status(),
+			Connections: connectionsStatus(s.proxy),
 			Discovery:   s.pool.discoveryStatus(),
 		})
 	}
