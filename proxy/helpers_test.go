@@ -44,6 +44,14 @@ type fakePicker struct {
 	changed  chan struct{}
 	flipTo   []string // see flipAfterNextRead
 	rechecks atomic.Int64
+	kept     string // Keep answers true for it (a removed master)
+}
+
+// Keep implements Keeper.
+func (f *fakePicker) Keep(addr string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return addr != "" && addr == f.kept
 }
 
 func newPicker(targets ...string) *fakePicker {

@@ -42,6 +42,14 @@ type Picker interface {
 	Recheck()
 }
 
+// Keeper is implemented by a Picker that wants live connections to some
+// addresses kept although new connections no longer go there: a master
+// removed from the backend list (health.Monitor.Keep). Without it, a change
+// of targets closes every connection to an address no longer targeted.
+type Keeper interface {
+	Keep(addr string) bool
+}
+
 // Service proxies one listener's connections. Create it with New, run it
 // with Serve, stop it with Shutdown (or by cancelling Serve's context).
 type Service struct {
@@ -483,9 +491,10 @@ func (s *Service) closeStale() <-chan struct{} {
 	for _, t := range targets {
 		current[t] = true
 	}
+	keeper, _ := s.picker.(Keeper)
 	var stale []*pair
 	for p := range s.pairs {
-		if !current[p.backend] {
+		if !current[p.backend] && (keeper == nil || !keeper.Keep(p.backend)) {
 			stale = append(stale, p)
 		}
 	}

@@ -369,16 +369,21 @@ func TestOnFailover(t *testing.T) {
 	tests := []struct {
 		mode      string
 		toNewOne  bool // switch to B; otherwise to no target at all
+		keepA     bool // the picker asks to keep A's connections (a removed master)
 		wantClose bool
 	}{
-		{OnFailoverClose, true, true},
-		{OnFailoverClose, false, true},
-		{OnFailoverKeep, true, false},
+		{OnFailoverClose, true, false, true},
+		{OnFailoverClose, false, false, true},
+		{OnFailoverKeep, true, false, false},
+		{OnFailoverClose, false, true, false},
 	}
 	for _, tt := range tests {
 		name := tt.mode + "/to B"
 		if !tt.toNewOne {
 			name = tt.mode + "/to none"
+		}
+		if tt.keepA {
+			name += "/A kept"
 		}
 		t.Run(name, func(t *testing.T) {
 			checkLeaks(t)
@@ -387,6 +392,11 @@ func TestOnFailover(t *testing.T) {
 			ts := startService(t, newPicker(a.addr), func(o *Options) { o.OnFailover = tt.mode })
 			c1 := ts.dial(t)
 			roundTrip(t, c1, "to A")
+			if tt.keepA {
+				ts.picker.mu.Lock()
+				ts.picker.kept = a.addr
+				ts.picker.mu.Unlock()
+			}
 
 			if tt.toNewOne {
 				ts.picker.set(b.addr)
@@ -406,7 +416,11 @@ func TestOnFailover(t *testing.T) {
 			}
 			if !tt.wantClose {
 				roundTrip(t, c1, "still to A")
-				if st := ts.Status(); st.Backends[a.addr] != 1 || st.Backends[b.addr] != 1 {
+				wantB := 0
+				if tt.toNewOne {
+					wantB = 1
+				}
+				if st := ts.Status(); st.Backends[a.addr] != 1 || st.Backends[b.addr] != wantB {
 					t.Errorf("status: %+v", st)
 				}
 			}
