@@ -126,7 +126,7 @@ func New(opts Options, picker Picker, log *logrus.Entry, m *Metrics) (*Service, 
 	// (sockopt_*.go); the Dialer does the same for backend sockets.
 	// TCP_NODELAY stays on, as Go sets it: STOMP frames are small, and a
 	// proxy that batched them would add Nagle's delay to every hop.
-	lc := listenConfig(opts.KeepAlive)
+	lc := ListenConfig(opts.KeepAlive)
 	ln, err := lc.Listen(context.Background(), "tcp", opts.Listen)
 	if err != nil {
 		return nil, err
@@ -222,6 +222,11 @@ func (s *Service) Shutdown(ctx context.Context) error {
 // stopped is set under mu before the listener closes, so no connection
 // goroutine starts after it (track refuses) and none slips into pairs
 // (register refuses); cancelling ctx then wakes every held client.
+// StopAccepting closes the listener at once, the first step of Shutdown,
+// and leaves live connections to finish; Shutdown then waits for them. A
+// reload uses it to free the address for a replacement listener first.
+func (s *Service) StopAccepting() { s.beginShutdown() }
+
 func (s *Service) beginShutdown() {
 	s.mu.Lock()
 	if s.stopped {

@@ -19,25 +19,28 @@ const (
 	keepAliveCount    = 9
 )
 
-// listenConfig is the ListenConfig of a service's listener, with TCP
-// keepalive every keepAlive (negative: off). Linux copies the listening
+// ListenConfig is the ListenConfig of a service's listener (stompproxy's
+// too), with TCP keepalive every keepAlive (negative: off) and
+// SO_REUSEPORT, so that a replacement sidecar, or a reload that changes a
+// service's options, binds the address while the old listener still
+// accepts and then drains: a restart refuses no client. Linux copies the listening
 // socket's SO_KEEPALIVE, TCP_KEEPIDLE, TCP_KEEPINTVL and TCP_KEEPCNT into
 // every socket it accepts (and starts the keepalive timer then), so they
 // are set once here, rather than with four setsockopt calls per accepted
 // connection as net.ListenConfig.KeepAlive would.
-func listenConfig(keepAlive time.Duration) net.ListenConfig {
-	if keepAlive < 0 {
-		return net.ListenConfig{KeepAlive: -1}
-	}
-	if keepAlive == 0 {
-		keepAlive = DefaultKeepAlive
-	}
-	secs := func(d time.Duration) int { return int((d + time.Second - 1) / time.Second) }
-	opts := [...]struct{ level, opt, value int }{
-		{unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1},
-		{unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, secs(keepAlive)},
-		{unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, secs(keepAliveInterval)},
-		{unix.IPPROTO_TCP, unix.TCP_KEEPCNT, keepAliveCount},
+func ListenConfig(keepAlive time.Duration) net.ListenConfig {
+	opts := []struct{ level, opt, value int }{{unix.SOL_SOCKET, unix.SO_REUSEPORT, 1}}
+	if keepAlive >= 0 {
+		if keepAlive == 0 {
+			keepAlive = DefaultKeepAlive
+		}
+		secs := func(d time.Duration) int { return int((d + time.Second - 1) / time.Second) }
+		opts = append(opts, []struct{ level, opt, value int }{
+			{unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1},
+			{unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, secs(keepAlive)},
+			{unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, secs(keepAliveInterval)},
+			{unix.IPPROTO_TCP, unix.TCP_KEEPCNT, keepAliveCount},
+		}...)
 	}
 	return net.ListenConfig{
 		KeepAlive: -1, // inherited from the listener instead

@@ -7,8 +7,8 @@ import (
 	"time"
 )
 
-// listenConfig is the ListenConfig of a service's listener: net turns TCP
+// ListenConfig is the ListenConfig of a service's listener: net turns TCP
 // keepalive on for each accepted socket. See sockopt_linux.go.
-func listenConfig(keepAlive time.Duration) net.ListenConfig {
+func ListenConfig(keepAlive time.Duration) net.ListenConfig {
 	return net.ListenConfig{KeepAlive: keepAlive}
 }

@@ -109,7 +109,7 @@ func New(opts Options, picker proxy.Picker, log *logrus.Entry, m *Metrics) (*Ser
 	if _, err := rand.Read(id[:]); err != nil {
 		return nil, err
 	}
-	lc := net.ListenConfig{KeepAlive: opts.KeepAlive}
+	lc := proxy.ListenConfig(opts.KeepAlive)
 	ln, err := lc.Listen(context.Background(), "tcp", opts.Listen)
 	if err != nil {
 		return nil, err
@@ -198,6 +198,11 @@ func (s *Service) Shutdown(ctx context.Context) error {
 // beginShutdown is the idempotent first half of Shutdown. stopped is set
 // under mu before the listener closes, so no session starts after it;
 // cancelling ctx then wakes every session waiting for a master.
+// StopAccepting closes the listener at once, the first step of Shutdown,
+// and leaves live sessions to finish; Shutdown then waits for them. A
+// reload uses it to free the address for a replacement listener first.
+func (s *Service) StopAccepting() { s.beginShutdown() }
+
 func (s *Service) beginShutdown() {
 	s.mu.Lock()
 	if s.stopped {

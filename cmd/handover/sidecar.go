@@ -67,6 +67,7 @@ type service struct {
 type dataPath interface {
 	Addr() net.Addr
 	Serve(ctx context.Context) error
+	StopAccepting()
 	Shutdown(ctx context.Context) error
 }
 
@@ -632,7 +633,12 @@ func (sc *sidecar) applyHealth(old *service, s ServiceConfig) {
 // new one can bind, so connection attempts in that instant are refused;
 // live connections are not touched (they drain on the old service).
 func (sc *sidecar) rebindSameAddress(old *service, s ServiceConfig, grace time.Duration) (*service, error) {
-	sc.drainInBackground(old, grace, false) // closes the listener at once, then drains
+	// The listener binds with SO_REUSEPORT, so the new one could bind
+	// beside the old; but connections queued on the old one when it closes
+	// would be reset. Close first: a connection attempt in the instant
+	// between is refused instead.
+	old.proxy.StopAccepting()
+	sc.drainInBackground(old, grace, false)
 	var svc *service
 	var err error
 	for deadline := time.Now().Add(time.Second); ; {
