@@ -39,8 +39,11 @@ lint:
 # are documented on TestChaosLong.
 CHAOS_KILLS ?= 100
 
+CHAOS_STOMP_KILLS ?= 100
+
 chaos:
 	CHAOS_KILLS=$(CHAOS_KILLS) $(GO) test -count=1 -run '^TestChaosLong$$' -v -timeout 60m ./e2e/
+	CHAOS_STOMP_KILLS=$(CHAOS_STOMP_KILLS) $(GO) test -count=1 -run '^TestStompSessionLong$$' -v -timeout 60m ./e2e/
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 3s ./bench/ ./brokerd/journal/

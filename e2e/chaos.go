@@ -151,6 +151,10 @@ type Report struct {
 	// producer, Reconnects connections per client after its first.
 	ByConsumer, ReceiptedBy, Reconnects map[string]int
 
+	// Broken lists the unasked ends of connections of clients that never
+	// reconnect (WorkloadOptions.NoReconnect): must be empty.
+	Broken []string
+
 	// Health is the sidecar's and every broker's /healthz at the end;
 	// Problems are processes that ended without being told to, and logs
 	// with a race detector report (-race binaries). Both must be empty.
@@ -180,6 +184,7 @@ func (ch *Chaos) report(missing []string) *Report {
 		ByConsumer:          maps.Clone(r.byConsumer),
 		ReceiptedBy:         maps.Clone(r.byProducer),
 		Reconnects:          map[string]int{},
+		Broken:              slices.Clone(r.broken),
 	}
 	for k, v := range r.reconnects {
 		rep.Reconnects[k] = v - 1
@@ -205,6 +210,7 @@ func (ch *Chaos) report(missing []string) *Report {
 	for _, f := range ch.faults {
 		if !f.Recovered.IsZero() {
 			f.Gap = gap(ts, f.At.UnixNano(), f.Recovered.UnixNano())
+			f.Pause = longestWait(r.sentAt, r.receiptAt, f.At.UnixNano(), f.Recovered.UnixNano())
 		}
 	}
 	return rep
@@ -228,6 +234,22 @@ func gap(ts []int64, at, recovered int64) time.Duration {
 		if ts[k] >= recovered {
 			break
 		}
+	}
+	return time.Duration(longest)
+}
+
+// longestWait is the longest SEND-to-RECEIPT wait of a SEND outstanding at
+// some point in [at, recovered]: sent at or before recovered, receipted at
+// or after at. A SEND with no RECEIPT does not count (its wait has no end;
+// the verdicts deal with it).
+func longestWait(sentAt, receiptAt map[string]int64, at, recovered int64) time.Duration {
+	var longest int64
+	for seq, r := range receiptAt {
+		s, ok := sentAt[seq]
+		if !ok || s > recovered || r < at {
+			continue
+		}
+		longest = max(longest, r-s)
 	}
 	return time.Duration(longest)
 }
@@ -334,6 +356,9 @@ func (rep *Report) String() string {
 	for _, p := range rep.Problems {
 		fmt.Fprintf(&b, "  PROBLEM: %s\n", p)
 	}
+	for _, p := range rep.Broken {
+		fmt.Fprintf(&b, "  BROKEN: %s\n", p)
+	}
 	return b.String()
 }
 
@@ -377,6 +402,9 @@ func (rep *Report) Verdict() error {
 	}
 	if len(rep.Problems) > 0 {
 		errs = append(errs, "process problems: "+strings.Join(rep.Problems, "; "))
+	}
+	if len(rep.Broken) > 0 {
+		errs = append(errs, "connections of clients that never reconnect ended: "+head(rep.Broken, 20))
 	}
 	if rep.Health != nil {
 		errs = append(errs, "healthz: "+rep.Health.Error())

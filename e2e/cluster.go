@@ -21,6 +21,9 @@ import (
 type ClusterOptions struct {
 	// Brokers is how many brokerd share the data directory; zero means 3.
 	Brokers int
+	// Protocol is the sidecar service's protocol: "" (the default, tcp) or
+	// "stomp" (transparent failover: sessions survive the master's death).
+	Protocol string
 }
 
 // Broker is one brokerd of the cluster. Its addresses are fixed for the
@@ -57,7 +60,8 @@ type Cluster struct {
 
 // StartCluster builds the binaries (once per test process, with -race when
 // the test has it), starts the brokers one by one, the first as master, and
-// then the sidecar with the default configuration but for addresses: http
+// then the sidecar with the default configuration but for addresses (and
+// opts.Protocol): http
 // checks of each broker's /readyz every 1s with a 500ms timeout. It returns
 // once the sidecar routes to the master.
 func StartCluster(t testing.TB, opts ClusterOptions) *Cluster {
@@ -93,6 +97,10 @@ func StartCluster(t testing.TB, opts ClusterOptions) *Cluster {
 			t.Fatal(err)
 		}
 	}
+	protocol := ""
+	if opts.Protocol != "" {
+		protocol = fmt.Sprintf("protocol = %q\n", opts.Protocol)
+	}
 	cfg := fmt.Sprintf(`# written by the e2e harness: the defaults but for addresses
 [log]
 level = "debug"
@@ -102,11 +110,11 @@ listen = %q
 name = "stomp"
 listen = %q
 backends = [%s]
-[service.check]
+%s[service.check]
 kind = "http"
 interval = "1s"
 timeout = "500ms"
-`, c.Admin, c.Listen, strings.Join(backends, ", "))
+`, c.Admin, c.Listen, strings.Join(backends, ", "), protocol)
 	c.sidecarCfg = filepath.Join(c.logs.dir, "proxy.toml")
 	if err := os.WriteFile(c.sidecarCfg, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)

@@ -83,6 +83,10 @@ type Fault struct {
 	// producers, from the last RECEIPT before At to the first after
 	// Recovered: the outage clients saw. Computed after the run.
 	Gap time.Duration
+	// Pause is the longest wait for a RECEIPT of any SEND outstanding
+	// between At and Recovered: the pause one client saw (with protocol
+	// = "stomp", the resume of its session). Computed after the run.
+	Pause time.Duration
 }
 
 // Timeouts for the recovery steps; generous, because -race binaries on two

@@ -33,6 +33,9 @@ type Recorder struct {
 	byProducer    map[string]int   // producer → RECEIPTs
 	reconnects    map[string]int   // client → connections made
 	lastBy        map[string]int64 // client → its latest RECEIPT or delivery
+	// broken lists, for clients that never reconnect, every end of a
+	// connection the client did not ask for ("client: why").
+	broken []string
 }
 
 func newRecorder() *Recorder {
@@ -103,6 +106,13 @@ func (r *Recorder) receiptsBetween(from, to int64) int {
 	return n
 }
 
+// broke records that a client's only connection ended, or failed, unasked.
+func (r *Recorder) broke(client, why string) {
+	r.mu.Lock()
+	r.broken = append(r.broken, client+": "+why)
+	r.mu.Unlock()
+}
+
 func (r *Recorder) connected(client string) {
 	r.mu.Lock()
 	r.reconnects[client]++
@@ -134,12 +144,40 @@ type WorkloadOptions struct {
 	// Pace is how long a producer waits after a RECEIPT before its next
 	// SEND: it sets the load and the resolution of the measured gaps.
 	Pace time.Duration
+	// NoReconnect makes every client a legacy client that never reconnects
+	// (for protocol = "stomp"): one connection for the whole run, and any
+	// end of it, an ERROR or a RECEIPT that does not come is recorded as
+	// broken (Report.Broken) and ends the client. stomp.py clients run
+	// testdata/stomppy_oneconn.py instead.
+	NoReconnect bool
+	// QueuePerConsumer gives each consumer a queue of its own (Queue-0,
+	// Queue-1, … in start order: stomp.py consumers first) and spreads the
+	// producers over them round-robin (Go producers first). With one
+	// consumer per queue, a message the new master redelivers after a
+	// failover can only go back to the consumer that had it.
+	QueuePerConsumer bool
 }
 
 func (o *WorkloadOptions) defaults() {
 	if o.Queue == "" {
 		o.Queue = "/queue/chaos"
 	}
+}
+
+// consumerQueue is the queue of the k-th consumer (stomp.py ones first).
+func (o *WorkloadOptions) consumerQueue(k int) string {
+	if !o.QueuePerConsumer {
+		return o.Queue
+	}
+	return fmt.Sprintf("%s-%d", o.Queue, k)
+}
+
+// producerQueue is the queue of the k-th producer (Go ones first).
+func (o *WorkloadOptions) producerQueue(k int) string {
+	if !o.QueuePerConsumer || o.GoConsumers+o.PyConsumers == 0 {
+		return o.Queue
+	}
+	return o.consumerQueue(k % (o.GoConsumers + o.PyConsumers))
 }
 
 // Workload is the running clients.
@@ -177,8 +215,11 @@ func StartWorkload(c *Cluster, opts WorkloadOptions) (*Workload, error) {
 	for i := range opts.PyConsumers {
 		name := fmt.Sprintf("py-consumer-%d", i)
 		c.logs.add(name)
-		p, err := startProc(c.t, c.logs.dir, name, w.pyLine(name), c.exited, Python,
-			"testdata/stomppy_consumer.py", host, port, opts.Queue)
+		args := []string{"testdata/stomppy_consumer.py", host, port, opts.consumerQueue(i)}
+		if opts.NoReconnect {
+			args = []string{"testdata/stomppy_oneconn.py", "consumer", host, port, opts.consumerQueue(i)}
+		}
+		p, err := startProc(c.t, c.logs.dir, name, w.pyLine(name), c.exited, Python, args...)
 		if err != nil {
 			return nil, err
 		}
@@ -189,14 +230,17 @@ func StartWorkload(c *Cluster, opts WorkloadOptions) (*Workload, error) {
 		name := fmt.Sprintf("go-consumer-%d", i)
 		w.clients = append(w.clients, name)
 		w.consWG.Add(1)
-		go w.goConsumer(name)
+		go w.goConsumer(name, opts.consumerQueue(opts.PyConsumers+i))
 	}
 	for i := range opts.PyProducers {
 		name := fmt.Sprintf("py-producer-%d", i)
 		c.logs.add(name)
-		p, err := startProc(c.t, c.logs.dir, name, w.pyLine(name), c.exited, Python,
-			"testdata/stomppy_producer.py", host, port, opts.Queue, fmt.Sprintf("py%d", i),
-			strconv.Itoa(int(opts.Pace/time.Millisecond)))
+		args := []string{"testdata/stomppy_producer.py", host, port, opts.producerQueue(opts.GoProducers + i), fmt.Sprintf("py%d", i),
+			strconv.Itoa(int(opts.Pace / time.Millisecond))}
+		if opts.NoReconnect {
+			args = append([]string{"testdata/stomppy_oneconn.py", "producer"}, args[1:]...)
+		}
+		p, err := startProc(c.t, c.logs.dir, name, w.pyLine(name), c.exited, Python, args...)
 		if err != nil {
 			return nil, err
 		}
@@ -207,7 +251,7 @@ func StartWorkload(c *Cluster, opts WorkloadOptions) (*Workload, error) {
 		name := fmt.Sprintf("go-producer-%d", i)
 		w.clients = append(w.clients, name)
 		w.prodWG.Add(1)
-		go w.goProducer(name, fmt.Sprintf("go%d", i))
+		go w.goProducer(name, fmt.Sprintf("go%d", i), opts.producerQueue(i))
 	}
 	return w, nil
 }
@@ -248,6 +292,8 @@ func (w *Workload) pyLine(client string) func(string) {
 			w.rec.deliver(client, f[1], f[2] == "true", ns(3))
 		case f[0] == "connected":
 			w.rec.connected(client)
+		case f[0] == "broken":
+			w.rec.broke(client, strings.Join(f[1:], " "))
 		}
 	}
 }
@@ -313,6 +359,12 @@ const reconnectDelay = 20 * time.Millisecond
 // but name (a frozen broker behind it).
 const receiptTimeout = 5 * time.Second
 
+// onceReceiptTimeout bounds the wait for one RECEIPT for a client that
+// never reconnects: longer than the sidecar holds a session waiting for a
+// master (30s), so a slow resume shows in the figures rather than ending
+// the client.
+const onceReceiptTimeout = 40 * time.Second
+
 // connectTimeout is longer than the sidecar holds a client while there is
 // no master (30s), so a held client is given every chance.
 const connectTimeout = 40 * time.Second
@@ -330,8 +382,12 @@ func pause(d time.Duration, stop <-chan struct{}) {
 // goProducer is a legacy producer on stompclient: one receipted persistent
 // SEND at a time, and after any error a new connection to the same address.
 // A SEND without its RECEIPT is in doubt; its seq is never reused.
-func (w *Workload) goProducer(name, id string) {
+func (w *Workload) goProducer(name, id, queue string) {
 	defer w.prodWG.Done()
+	if w.opts.NoReconnect {
+		w.goProducerOnce(name, id, queue)
+		return
+	}
 	body := []byte(strings.Repeat("x", 100))
 	n := 0
 	for !isDone(w.stopProd) {
@@ -346,7 +402,7 @@ func (w *Workload) goProducer(name, id string) {
 			seq := id + "-" + strconv.Itoa(n)
 			w.rec.sending(seq, time.Now().UnixNano())
 			ctx, cancel := context.WithTimeout(context.Background(), receiptTimeout)
-			err := conn.SendReceipt(ctx, w.opts.Queue, body,
+			err := conn.SendReceipt(ctx, queue, body,
 				frame.Header{Key: "persistent", Value: "true"}, frame.Header{Key: "seq", Value: seq})
 			cancel()
 			if err != nil {
@@ -364,8 +420,12 @@ func (w *Workload) goProducer(name, id string) {
 // goConsumer is a legacy consumer on stompclient: a client-individual
 // subscription, an ACK per MESSAGE, and after the connection ends a new one
 // to the same address.
-func (w *Workload) goConsumer(id string) {
+func (w *Workload) goConsumer(id, queue string) {
 	defer w.consWG.Done()
+	if w.opts.NoReconnect {
+		w.goConsumerOnce(id, queue)
+		return
+	}
 	for !isDone(w.stopCons) {
 		conn, err := stompclient.Dial(w.consCtx, w.c.Listen, stompclient.Options{ConnectTimeout: connectTimeout})
 		if err != nil {
@@ -373,7 +433,7 @@ func (w *Workload) goConsumer(id string) {
 			continue
 		}
 		w.rec.connected(id)
-		sub, err := conn.Subscribe(w.opts.Queue, stompclient.AckClientIndividual)
+		sub, err := conn.Subscribe(queue, stompclient.AckClientIndividual)
 		if err != nil {
 			conn.Close()
 			continue
@@ -394,5 +454,79 @@ func (w *Workload) goConsumer(id string) {
 			}
 		}
 		conn.Close()
+	}
+}
+
+// goProducerOnce is goProducer for a client that never reconnects: one
+// Dial for the whole run. Any error (the connection ended, an ERROR, no
+// RECEIPT within receiptTimeout) is recorded as broken and ends it.
+func (w *Workload) goProducerOnce(name, id, queue string) {
+	conn, err := stompclient.Dial(w.prodCtx, w.c.Listen, stompclient.Options{ConnectTimeout: connectTimeout})
+	if err != nil {
+		w.rec.broke(name, "dial: "+err.Error())
+		return
+	}
+	defer conn.Close()
+	w.rec.connected(name)
+	body := []byte(strings.Repeat("x", 100))
+	for n := 1; !isDone(w.stopProd); n++ {
+		seq := id + "-" + strconv.Itoa(n)
+		w.rec.sending(seq, time.Now().UnixNano())
+		ctx, cancel := context.WithTimeout(context.Background(), onceReceiptTimeout)
+		err := conn.SendReceipt(ctx, queue, body,
+			frame.Header{Key: "persistent", Value: "true"}, frame.Header{Key: "seq", Value: seq})
+		cancel()
+		if err != nil {
+			w.rec.broke(name, fmt.Sprintf("SEND %s: %v", seq, err))
+			return
+		}
+		w.rec.receipted(name, seq, time.Now().UnixNano())
+		if w.opts.Pace > 0 {
+			pause(w.opts.Pace, w.stopProd)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), receiptTimeout)
+	defer cancel()
+	if err := conn.Disconnect(ctx); err != nil {
+		w.rec.broke(name, "DISCONNECT: "+err.Error())
+	}
+}
+
+// goConsumerOnce is goConsumer for a client that never reconnects: the
+// subscription ending before the consumer is stopped, or an ACK failing,
+// is recorded as broken and ends it.
+func (w *Workload) goConsumerOnce(id, queue string) {
+	conn, err := stompclient.Dial(w.consCtx, w.c.Listen, stompclient.Options{ConnectTimeout: connectTimeout})
+	if err != nil {
+		w.rec.broke(id, "dial: "+err.Error())
+		return
+	}
+	defer conn.Close()
+	w.rec.connected(id)
+	sub, err := conn.Subscribe(queue, stompclient.AckClientIndividual)
+	if err != nil {
+		w.rec.broke(id, "SUBSCRIBE: "+err.Error())
+		return
+	}
+	for {
+		select {
+		case m, ok := <-sub.C():
+			if !ok {
+				w.rec.broke(id, fmt.Sprintf("the connection ended: %v", conn.Err()))
+				return
+			}
+			w.rec.deliver(id, m.Value("seq"), m.Value("redelivered") == "true", time.Now().UnixNano())
+			if err := conn.Ack(m); err != nil {
+				w.rec.broke(id, "ACK: "+err.Error())
+				return
+			}
+		case <-w.stopCons:
+			ctx, cancel := context.WithTimeout(context.Background(), receiptTimeout)
+			defer cancel()
+			if err := conn.Disconnect(ctx); err != nil {
+				w.rec.broke(id, "DISCONNECT: "+err.Error())
+			}
+			return
+		}
 	}
 }
