@@ -7,16 +7,12 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
-	"handover/frame"
 	"handover/internal/testutil"
-	"handover/stompclient"
 )
 
 type broker struct {
@@ -104,145 +100,25 @@ func TestKill9MasterUnderLoad(t *testing.T) {
 	b.waitRole(t, "slave")
 
 	const queue = "/queue/orders"
-	var mu sync.Mutex
-	receipted := map[int]bool{}
-	var killedAt time.Time
-	var firstAfterKill time.Duration
-
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	stop := make(chan struct{})
-	producerDone := make(chan error, 1)
-	go func() {
-		// A failover-aware producer: on any error it reconnects to
-		// whichever of the two brokers answers.
-		addrs := []string{a.listen, b.listen}
-		seq := 0
-		var c *stompclient.Conn
-		defer func() {
-			if c != nil {
-				c.Close()
-			}
-		}()
-		for {
-			select {
-			case <-stop:
-				producerDone <- nil
-				return
-			default:
-			}
-			if c == nil {
-				for _, addr := range addrs {
-					dctx, dcancel := context.WithTimeout(ctx, 200*time.Millisecond)
-					cc, err := stompclient.Dial(dctx, addr, stompclient.Options{})
-					dcancel()
-					if err == nil {
-						c = cc
-						break
-					}
-				}
-				if c == nil {
-					if ctx.Err() != nil {
-						producerDone <- ctx.Err()
-						return
-					}
-					time.Sleep(5 * time.Millisecond)
-					continue
-				}
-			}
-			sctx, scancel := context.WithTimeout(ctx, 2*time.Second)
-			err := c.SendReceipt(sctx, queue, []byte("order "+strconv.Itoa(seq)),
-				frame.Header{Key: "persistent", Value: "true"}, frame.Header{Key: "seq", Value: strconv.Itoa(seq)})
-			scancel()
-			if err != nil {
-				c.Close()
-				c = nil
-				seq++ // the unreceipted one may or may not exist; never reuse its number
-				continue
-			}
-			mu.Lock()
-			receipted[seq] = true
-			if !killedAt.IsZero() && firstAfterKill == 0 {
-				firstAfterKill = time.Since(killedAt)
-			}
-			mu.Unlock()
-			seq++
-		}
-	}()
+	// A failover-aware producer: on any error it reconnects to whichever
+	// of the two brokers answers.
+	p := startProducer(ctx, queue, a.listen, b.listen)
+	p.await(t, 300, time.Time{})
 
-	testutil.Eventually(t, 20*time.Second, func() error {
-		mu.Lock()
-		defer mu.Unlock()
-		if len(receipted) < 300 {
-			return fmt.Errorf("%d receipted", len(receipted))
-		}
-		return nil
-	})
-	mu.Lock()
-	killedAt = time.Now()
-	mu.Unlock()
+	killedAt := time.Now()
 	a.p.Cmd.Process.Signal(syscall.SIGKILL)
 	b.waitRole(t, "master")
 	servedAfter := time.Since(killedAt)
-	testutil.Eventually(t, 20*time.Second, func() error {
-		mu.Lock()
-		defer mu.Unlock()
-		if firstAfterKill == 0 {
-			return fmt.Errorf("no receipt since the kill")
-		}
-		return nil
-	})
-	close(stop)
-	if err := <-producerDone; err != nil {
-		t.Fatal(err)
-	}
-	mu.Lock()
-	t.Logf("slave serving %v after kill -9; first receipt after the kill: %v; %d receipted", servedAfter, firstAfterKill, len(receipted))
+	p.await(t, 1, killedAt)
+	firstAfterKill := time.Since(killedAt)
+	receipted := p.halt(t)
+	t.Logf("slave serving %v after kill -9; first receipt after the kill within %v; %d receipted", servedAfter, firstAfterKill, len(receipted))
 	if servedAfter > time.Second {
 		t.Errorf("slave took %v to serve, want under 1s", servedAfter)
 	}
-	mu.Unlock()
-
-	c, err := stompclient.Dial(ctx, b.listen, stompclient.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	sub, err := c.Subscribe(queue, stompclient.AckClientIndividual)
-	if err != nil {
-		t.Fatal(err)
-	}
-	got := map[int]bool{}
-	missing := func() int {
-		n := 0
-		for seq := range receipted {
-			if !got[seq] {
-				n++
-			}
-		}
-		return n
-	}
-	for missing() > 0 {
-		select {
-		case m := <-sub.C():
-			n, _ := strconv.Atoi(m.Value("seq"))
-			got[n] = true
-			c.Ack(m)
-		case <-time.After(5 * time.Second):
-			var lost []int
-			for n := range receipted {
-				if !got[n] {
-					lost = append(lost, n)
-				}
-			}
-			t.Fatalf("%d receipted messages never delivered: %v", len(lost), lost)
-		}
-	}
-	for n := range receipted {
-		if !got[n] {
-			t.Fatalf("receipted message %d lost", n)
-		}
-	}
+	drain(t, b.listen, queue, receipted)
 }
 
 func TestSIGTERMReleasesLock(t *testing.T) {
