@@ -263,10 +263,11 @@ type KindStats struct {
 	NoMasterMax, RestartedMx time.Duration
 }
 
-// ByKind summarizes the faults per kind, in AllFaults order.
+// ByKind summarizes the faults per kind, in report order (AllFaults, then
+// PostgresFaults).
 func (rep *Report) ByKind() []KindStats {
 	var out []KindStats
-	for _, k := range AllFaults {
+	for _, k := range reportOrder {
 		var gaps []time.Duration
 		s := KindStats{Kind: k}
 		for _, f := range rep.Faults {
@@ -315,7 +316,7 @@ func (rep *Report) String() string {
 		kinds[f.Kind]++
 	}
 	var parts []string
-	for _, k := range AllFaults {
+	for _, k := range reportOrder {
 		if kinds[k] > 0 {
 			parts = append(parts, fmt.Sprintf("%s %d", k, kinds[k]))
 		}

@@ -112,6 +112,8 @@ func TestScenario(t *testing.T) {
 //	CHAOS_PACE     mean pause between faults (default 1s)
 //	CHAOS_FREEZE   how long sigstop-master freezes (default 6s)
 //	CHAOS_BROKERS  brokers in the cluster (default 3)
+//	CHAOS_STORE    "file" (default) or "postgres" (then db-restart may be
+//	               in CHAOS_FAULTS)
 //
 // It asserts what must hold whatever the timing (lost, phantom, crashes,
 // health) and reports the timing against the targets.
@@ -159,7 +161,7 @@ func TestChaosLong(t *testing.T) {
 		Freeze: dur("CHAOS_FREEZE", 6*time.Second),
 		Seed:   seed,
 	}
-	fmt.Printf("chaos: %d faults from %v, %d brokers, seed %d (reproduce with CHAOS_SEED=%d)\n", kills, mix, brokers, seed, seed)
+	fmt.Printf("chaos: %d faults from %v, %d brokers, store %q, seed %d (reproduce with CHAOS_SEED=%d)\n", kills, mix, brokers, os.Getenv("CHAOS_STORE"), seed, seed)
 	// The report goes to t.Log, which -v (make chaos) prints on stdout.
-	runChaos(t, ClusterOptions{Brokers: brokers}, defaultWorkload, sopts)
+	runChaos(t, ClusterOptions{Brokers: brokers, Store: os.Getenv("CHAOS_STORE")}, defaultWorkload, sopts)
 }

@@ -14,23 +14,37 @@ import (
 	"testing"
 	"time"
 
+	"handover/internal/pgtest"
 	"handover/internal/testutil"
 )
 
 // ClusterOptions shapes a cluster. The zero value is three brokers.
 type ClusterOptions struct {
-	// Brokers is how many brokerd share the data directory; zero means 3.
+	// Brokers is how many brokerd share the store; zero means 3.
 	Brokers int
 	// Protocol is the sidecar service's protocol: "" (the default, tcp) or
 	// "stomp" (transparent failover: sessions survive the master's death).
 	Protocol string
+	// Store is where the brokers keep their lock and messages: "" or
+	// StoreFile (the default: one shared data directory, an OFD lock on
+	// it) or StorePostgres (a throwaway PostgreSQL started for the test,
+	// every broker with -store DSN and a -data of its own; the lock is in
+	// the database and slaves poll it every -lock-retry, 500ms).
+	Store string
 }
+
+// The stores a cluster can run on.
+const (
+	StoreFile     = "file"
+	StorePostgres = "postgres"
+)
 
 // Broker is one brokerd of the cluster. Its addresses are fixed for the
 // test, so a restarted broker comes back where the sidecar looks for it.
 type Broker struct {
 	Name          string
 	Listen, Admin string
+	data          string // -data: the shared directory, or its own with postgres
 	proc          *proc
 	starts        int
 }
@@ -44,6 +58,9 @@ type Cluster struct {
 	brokerBin  string
 	sidecarBin string
 	sidecarCfg string
+	// pg is the database of a StorePostgres cluster (nil otherwise): its
+	// DSN is every broker's -store.
+	pg *pgtest.Server
 
 	Brokers []*Broker
 	// Listen is the sidecar's client address: the only address the
@@ -59,7 +76,8 @@ type Cluster struct {
 }
 
 // StartCluster builds the binaries (once per test process, with -race when
-// the test has it), starts the brokers one by one, the first as master, and
+// the test has it), starts PostgreSQL when opts.Store says so, starts the
+// brokers one by one, the first as master, and
 // then the sidecar with the default configuration but for addresses (and
 // opts.Protocol): http
 // checks of each broker's /readyz every 1s with a 500ms timeout. It returns
@@ -68,6 +86,11 @@ func StartCluster(t testing.TB, opts ClusterOptions) *Cluster {
 	t.Helper()
 	if opts.Brokers == 0 {
 		opts.Brokers = 3
+	}
+	switch opts.Store {
+	case "", StoreFile, StorePostgres:
+	default:
+		t.Fatalf("ClusterOptions.Store %q: want %q or %q", opts.Store, StoreFile, StorePostgres)
 	}
 	c := &Cluster{
 		t:          t,
@@ -81,9 +104,15 @@ func StartCluster(t testing.TB, opts ClusterOptions) *Cluster {
 		// holding the harness up; long enough for a busy -race process.
 		http: &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true}},
 	}
+	if opts.Store == StorePostgres {
+		c.pg = pgtest.Start(t)
+	}
 	var backends []string
 	for i := range opts.Brokers {
-		b := &Broker{Name: fmt.Sprintf("brokerd-%d", i), Listen: testutil.FreePort(t), Admin: testutil.FreePort(t)}
+		b := &Broker{Name: fmt.Sprintf("brokerd-%d", i), Listen: testutil.FreePort(t), Admin: testutil.FreePort(t), data: c.data}
+		if c.pg != nil {
+			b.data = t.TempDir()
+		}
 		c.Brokers = append(c.Brokers, b)
 		backends = append(backends, fmt.Sprintf("{ addr = %q, check_url = \"http://%s/readyz\" }", b.Listen, b.Admin))
 		if err := c.startBroker(b); err != nil {
@@ -154,8 +183,11 @@ func (c *Cluster) startBroker(b *Broker) error {
 		return fmt.Errorf("%s is still running", b.Name)
 	}
 	c.logs.add(b.Name)
-	p, err := startProc(c.t, c.logs.dir, b.Name, nil, c.exited, c.brokerBin,
-		"-listen", b.Listen, "-admin", b.Admin, "-data", c.data, "-log-level", "debug")
+	args := []string{"-listen", b.Listen, "-admin", b.Admin, "-data", b.data, "-log-level", "debug"}
+	if c.pg != nil {
+		args = append(args, "-store", c.pg.DSN())
+	}
+	p, err := startProc(c.t, c.logs.dir, b.Name, nil, c.exited, c.brokerBin, args...)
 	if err != nil {
 		return err
 	}

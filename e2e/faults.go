@@ -33,10 +33,21 @@ const (
 	// SidecarSigterm: restart the sidecar gracefully, as a supervisor
 	// would: SIGTERM, wait for it to drain and exit, start it again.
 	SidecarSigterm FaultKind = "sidecar-sigterm"
+	// DBRestart: stop PostgreSQL (fast shutdown) and start it again; only
+	// on a StorePostgres cluster. See Chaos.dbRestart.
+	DBRestart FaultKind = "db-restart"
 )
 
-// AllFaults is every kind, in the order reports list them.
+// AllFaults is every kind that applies to any store, in the order reports
+// list them.
 var AllFaults = []FaultKind{Kill9Master, SigtermMaster, Kill9Slave, SidecarRestart, SigstopMaster, SidecarSigterm}
+
+// PostgresFaults are the kinds that apply only to a StorePostgres cluster;
+// reports list them after AllFaults.
+var PostgresFaults = []FaultKind{DBRestart}
+
+// reportOrder is every kind, in the order reports list them.
+var reportOrder = slices.Concat(AllFaults, PostgresFaults)
 
 // ParseFaults parses a comma-separated list of fault kinds.
 func ParseFaults(s string) ([]FaultKind, error) {
@@ -46,8 +57,8 @@ func ParseFaults(s string) ([]FaultKind, error) {
 		if k == "" {
 			continue
 		}
-		if !slices.Contains(AllFaults, k) {
-			return nil, fmt.Errorf("unknown fault %q (want some of %v)", k, AllFaults)
+		if !slices.Contains(reportOrder, k) {
+			return nil, fmt.Errorf("unknown fault %q (want some of %v)", k, reportOrder)
 		}
 		out = append(out, k)
 	}
@@ -123,6 +134,8 @@ func (ch *Chaos) inject(kind FaultKind) (*Fault, error) {
 		err = ch.sigstopMaster(f)
 	case SidecarSigterm:
 		err = ch.sidecarSigterm(f)
+	case DBRestart:
+		err = ch.dbRestart(f)
 	default:
 		err = fmt.Errorf("unknown fault %q", kind)
 	}
@@ -381,4 +394,60 @@ func (ch *Chaos) sigstopMaster(f *Fault) error {
 		return fmt.Errorf("after SIGCONT the master is %s at epoch %d, want %s still at epoch %d", nm.Name, nst.Epoch, m.Name, st.Epoch)
 	}
 	return nil
+}
+
+// dbRestart stops PostgreSQL with a fast shutdown and starts it again.
+//
+// The master's lock is a database session's: when the session ends the
+// master cannot know whether another broker holds the lock by the time it
+// reconnects, so it steps down and exits with status 3 by design; the
+// slaves keep polling through the outage and stay slaves. Once the database
+// is back one of them takes the lock with a higher epoch, the sidecar
+// follows, and the harness starts the old master again as a slave. So this
+// fault asserts: the master exits 3 (any other end is a failure), no other
+// broker ends, and the takeover, the reroute and the restart happen.
+// Takeover and Rerouted are from the stop, so they include the outage.
+func (ch *Chaos) dbRestart(f *Fault) error {
+	c := ch.c
+	if c.pg == nil {
+		return fmt.Errorf("%s needs a cluster with Store %q", DBRestart, StorePostgres)
+	}
+	m, st, err := c.Master()
+	if err != nil {
+		return err
+	}
+	f.Target = m.Name
+	m.proc.expected.Store(true) // its exit is checked here: status 3
+	f.At = time.Now()
+	c.pg.Stop()
+	ps, err := m.proc.wait(exitTimeout)
+	if err != nil {
+		c.pg.Start()
+		return fmt.Errorf("master with its database down: %w", err)
+	}
+	if ps.ExitCode() != 3 {
+		c.pg.Start()
+		return fmt.Errorf("master with its database down exited %v, want status 3 (lock session lost)", ps)
+	}
+	for _, s := range c.Slaves(m) {
+		if sst, err := c.Status(s); err != nil || sst.Role != "slave" {
+			c.pg.Start()
+			return fmt.Errorf("%s with the database down: %+v, %v; want a slave still", s.Name, sst, err)
+		}
+	}
+	c.pg.Start()
+	nm, nst, err := c.waitMaster(m, takeoverTimeout)
+	if err != nil {
+		return fmt.Errorf("no takeover after the database came back: %w", err)
+	}
+	f.Takeover = time.Since(f.At)
+	if nst.Epoch <= st.Epoch {
+		return fmt.Errorf("%s took over with epoch %d, not above the old master's %d", nm.Name, nst.Epoch, st.Epoch)
+	}
+	if err := c.waitSidecarMaster(nm.Listen, rerouteTimeout); err != nil {
+		return fmt.Errorf("sidecar did not follow the takeover by %s: %w", nm.Name, err)
+	}
+	f.Rerouted = time.Since(f.At)
+	f.Recovered = time.Now()
+	return ch.restartBroker(f, m)
 }
