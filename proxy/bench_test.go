@@ -5,6 +5,8 @@ import (
 	"net"
 	"testing"
 	"time"
+
+	"handover/proxy/proxytest"
 )
 
 // benchTargets are the ways a benchmark client reaches its backend: straight
@@ -31,7 +33,7 @@ func benchDial(b *testing.B, handle func(*net.TCPConn), proxy bool, idle time.Du
 	be := startBackend(b, "", handle)
 	addr := be.addr
 	if proxy {
-		ts := startServiceOpts(b, newPicker(be.addr), Options{Name: "bench", Listen: "127.0.0.1:0", IdleTimeout: idle}, counting)
+		ts := startServiceOpts(b, proxytest.NewPicker(be.addr), Options{Name: "bench", Listen: "127.0.0.1:0", IdleTimeout: idle}, counting)
 		addr = ts.Addr().String()
 	}
 	c, err := net.Dial("tcp", addr)

@@ -6,42 +6,86 @@ import (
 	"fmt"
 	"net"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Why a client connection was closed without reaching a backend. Each maps
 // to a reason label of handover_proxy_connections_failed_total.
 var (
-	errTimeout     = errors.New("no backend reached within the timeout")
-	errAttempts    = errors.New("max reconnect attempts used up")
-	errNoTarget    = errors.New("no target (no master now) and timeout is negative: refused at once")
-	errUnreachable = errors.New("no target could be dialed and timeout is negative: refused at once")
-	errShutdown    = errors.New("shutting down")
+	ErrTimeout     = errors.New("no backend reached within the timeout")
+	ErrAttempts    = errors.New("max reconnect attempts used up")
+	ErrNoTarget    = errors.New("no target (no master now) and timeout is negative: refused at once")
+	ErrUnreachable = errors.New("no target could be dialed and timeout is negative: refused at once")
+	ErrShutdown    = errors.New("shutting down")
+	// ErrFinal marks an error of Connect's try that ends the search for a
+	// backend at once.
+	ErrFinal = errors.New("final")
 )
 
 // failReason is the metric label for an error returned by connect.
 func failReason(err error) string {
 	switch {
-	case errors.Is(err, errTimeout):
+	case errors.Is(err, ErrTimeout):
 		return "timeout"
-	case errors.Is(err, errAttempts):
+	case errors.Is(err, ErrAttempts):
 		return "attempts"
-	case errors.Is(err, errNoTarget):
+	case errors.Is(err, ErrNoTarget):
 		return "no_target"
-	case errors.Is(err, errUnreachable):
+	case errors.Is(err, ErrUnreachable):
 		return "unreachable"
 	default:
 		return "shutdown"
 	}
 }
 
-// connect finds a backend for a new client, the way ActiveMQ's failover
-// transport finds a broker for its application: while there is no target it
-// holds the client and waits for the Picker's answer to change; it dials the
-// targets in preference order; after a round of failed dials it asks for a
-// health re-check and pauses, the pause growing from InitialReconnectDelay
-// by BackoffMultiplier up to MaxReconnectDelay. It gives up at end (zero:
+// Connector finds backends, for both data paths: this package's for a new
+// client, stompproxy's for a session's first connection and every resume.
+type Connector struct {
+	Picker Picker
+	Dialer net.Dialer
+	// Settings are the service's, defaults applied; Connect uses Name and
+	// the reconnect fields.
+	Settings Options
+	// DialErrors counts failed attempts (labels service, backend).
+	DialErrors *prometheus.CounterVec
+}
+
+// NewConnector does for both data paths' New what they do first: it
+// returns invalid (their Options.Validate's answer) unless nil, an error
+// prefixed with pkg if picker is nil, and else the Connector of a service
+// with settings o (defaults applied), counting failed attempts in
+// dialErrors. The Dialer turns keepalive on for backend sockets, as the
+// listener does for accepted ones (sockopt_*.go). TCP_NODELAY stays on, as
+// Go sets it: STOMP frames are small, and a proxy that batched them would
+// add Nagle's delay to every hop.
+func NewConnector(pkg string, invalid error, picker Picker, o Options, dialErrors *prometheus.CounterVec) (Connector, error) {
+	switch {
+	case invalid != nil:
+		return Connector{}, invalid
+	case picker == nil:
+		return Connector{}, errors.New(pkg + ": a Picker is required")
+	}
+	return Connector{Picker: picker, Dialer: net.Dialer{KeepAlive: o.KeepAlive}, Settings: o, DialErrors: dialErrors}, nil
+}
+
+// Connect finds a backend, the way ActiveMQ's failover transport finds a
+// broker for its application: while there is no target it holds the client
+// and waits for the Picker's answer to change; it dials the targets in
+// preference order; after a round of failed attempts it asks for a health
+// re-check and pauses, the pause growing from InitialReconnectDelay by
+// BackoffMultiplier up to MaxReconnectDelay. It gives up at end (zero:
 // negative Timeout, so no waiting and a single round), after
-// MaxReconnectAttempts rounds, or at shutdown.
+// MaxReconnectAttempts rounds, or when ctx ends (ErrShutdown).
+//
+// try, unless nil, completes the attempt on a dialed connection (for a
+// STOMP session, the CONNECT handshake), so a broker that accepts and then
+// fails counts as a failed attempt like a refused dial; Connect closes the
+// connection when try fails. A try error wrapping ErrFinal ends the search
+// at once (a broker's ERROR reply to CONNECT is an answer, not an outage),
+// returned with the address. note, unless nil, is told when Connect starts
+// holding for lack of a target (addr "", err nil) and of each failed
+// attempt, for debug logs.
 //
 // The client's socket is not read meanwhile: whatever it sends waits in the
 // kernel and is proxied once a backend is reached, so a STOMP client's
@@ -49,7 +93,8 @@ func failReason(err error) string {
 // and closes while held is not noticed (its FIN looks like a half-close)
 // until a backend is reached, when its pair ends at once, or Timeout.
 // Keep Timeout near the clients' own connect timeout.
-func (s *Service) connect(log *connLog, end time.Time) (*net.TCPConn, string, error) {
+func (c *Connector) Connect(ctx context.Context, end time.Time, try func(nc *net.TCPConn, addr string) error,
+	note func(addr string, err error)) (*net.TCPConn, string, error) {
 	// The timer for end is made the first time there is something to wait
 	// for: most connections dial their first target at once.
 	var deadline <-chan time.Time
@@ -65,24 +110,29 @@ func (s *Service) connect(log *connLog, end time.Time) (*net.TCPConn, string, er
 			deadline = timer.C
 		}
 	}
-	delay := s.opts.InitialReconnectDelay
+	o := &c.Settings
+	delay := o.InitialReconnectDelay
 	var lastErr error
 	// giveUp wraps why with the last dial error, which is what an operator
-	// needs to see ("connection refused" or "i/o timeout").
+	// needs to see ("connection refused" or "i/o timeout"); with try, it
+	// may be the handshake's.
 	giveUp := func(why error) error {
-		if lastErr != nil && !errors.Is(why, errShutdown) {
+		if lastErr != nil && !errors.Is(why, ErrShutdown) {
+			if try != nil {
+				return fmt.Errorf("%w (last error: %v)", why, lastErr)
+			}
 			return fmt.Errorf("%w (last dial error: %v)", why, lastErr)
 		}
 		return why
 	}
 	for round := 1; ; round++ {
-		targets, changed := s.picker.Targets()
+		targets, changed := c.Picker.Targets()
 		if len(targets) == 0 {
 			if end.IsZero() {
-				return nil, "", giveUp(errNoTarget)
+				return nil, "", giveUp(ErrNoTarget)
 			}
-			if s.debugging() {
-				log.get().Debug("no target: holding the connection until there is one")
+			if note != nil {
+				note("", nil)
 			}
 			armDeadline()
 		}
@@ -90,37 +140,46 @@ func (s *Service) connect(log *connLog, end time.Time) (*net.TCPConn, string, er
 			select {
 			case <-changed:
 			case <-deadline:
-				return nil, "", giveUp(errTimeout)
-			case <-s.ctx.Done():
-				return nil, "", errShutdown
+				return nil, "", giveUp(ErrTimeout)
+			case <-ctx.Done():
+				return nil, "", ErrShutdown
 			}
-			targets, changed = s.picker.Targets()
+			targets, changed = c.Picker.Targets()
 		}
 
 		for _, addr := range targets {
-			c, err := s.dial(addr, end)
+			nc, err := c.dial(ctx, addr, end)
 			if err == nil {
-				return c, addr, nil
+				if try == nil {
+					return nc, addr, nil
+				}
+				if err = try(nc, addr); err == nil {
+					return nc, addr, nil
+				}
+				nc.Close()
+				if errors.Is(err, ErrFinal) {
+					return nil, addr, err
+				}
 			}
-			if s.ctx.Err() != nil {
-				return nil, "", errShutdown
+			if ctx.Err() != nil {
+				return nil, "", ErrShutdown
 			}
 			lastErr = err
-			s.metrics.dialErrors.WithLabelValues(s.opts.Name, addr).Inc()
-			if s.debugging() {
-				log.get().WithField("backend", addr).WithError(err).Debug("dial failed")
+			c.DialErrors.WithLabelValues(o.Name, addr).Inc()
+			if note != nil {
+				note(addr, err)
 			}
 		}
 		// Passive health: a refused or timed-out dial may be news the
 		// periodic checks have not caught yet. The re-check changes the
 		// answer (and closes changed) sooner than the next check would.
-		s.picker.Recheck()
+		c.Picker.Recheck()
 
 		if end.IsZero() {
-			return nil, "", giveUp(errUnreachable)
+			return nil, "", giveUp(ErrUnreachable)
 		}
-		if n := s.opts.MaxReconnectAttempts; n > 0 && round >= n {
-			return nil, "", giveUp(errAttempts)
+		if n := o.MaxReconnectAttempts; n > 0 && round >= n {
+			return nil, "", giveUp(ErrAttempts)
 		}
 		armDeadline()
 		pause := time.NewTimer(delay)
@@ -132,27 +191,27 @@ func (s *Service) connect(log *connLog, end time.Time) (*net.TCPConn, string, er
 			pause.Stop()
 		case <-deadline:
 			pause.Stop()
-			return nil, "", giveUp(errTimeout)
-		case <-s.ctx.Done():
+			return nil, "", giveUp(ErrTimeout)
+		case <-ctx.Done():
 			pause.Stop()
-			return nil, "", errShutdown
+			return nil, "", ErrShutdown
 		}
-		delay = min(time.Duration(float64(delay)*s.opts.BackoffMultiplier), s.opts.MaxReconnectDelay)
+		delay = min(time.Duration(float64(delay)*o.BackoffMultiplier), o.MaxReconnectDelay)
 	}
 }
 
 // dial makes one attempt at addr, bounded by DialTimeout, by end (unless
-// zero) and by shutdown.
-func (s *Service) dial(addr string, end time.Time) (*net.TCPConn, error) {
-	limit := time.Now().Add(s.opts.DialTimeout)
+// zero) and by ctx.
+func (c *Connector) dial(ctx context.Context, addr string, end time.Time) (*net.TCPConn, error) {
+	limit := time.Now().Add(c.Settings.DialTimeout)
 	if !end.IsZero() && end.Before(limit) {
 		limit = end
 	}
-	ctx, cancel := context.WithDeadline(s.ctx, limit)
+	ctx, cancel := context.WithDeadline(ctx, limit)
 	defer cancel()
-	c, err := s.dialer.DialContext(ctx, "tcp", addr)
+	nc, err := c.Dialer.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, err
 	}
-	return c.(*net.TCPConn), nil
+	return nc.(*net.TCPConn), nil
 }

@@ -7,88 +7,16 @@ import (
 	"io"
 	"net"
 	"runtime"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/sirupsen/logrus"
 
 	"handover/internal/testutil"
+	"handover/proxy/proxytest"
 )
-
-// testLog sends a service's logs to t.Log.
-func testLog(t testing.TB) *logrus.Entry {
-	l := logrus.New()
-	l.Out = tWriter{t}
-	l.SetLevel(logrus.DebugLevel)
-	if _, ok := t.(*testing.B); ok {
-		l.SetLevel(logrus.WarnLevel)
-	}
-	return logrus.NewEntry(l)
-}
-
-type tWriter struct{ t testing.TB }
-
-func (w tWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}
-
-// fakePicker is a Picker whose answer the test sets.
-type fakePicker struct {
-	mu       sync.Mutex
-	targets  []string
-	changed  chan struct{}
-	flipTo   []string // see flipAfterNextRead
-	rechecks atomic.Int64
-	kept     string // Keep answers true for it (a removed master)
-}
-
-// Keep implements Keeper.
-func (f *fakePicker) Keep(addr string) bool {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return addr != "" && addr == f.kept
-}
-
-func newPicker(targets ...string) *fakePicker {
-	return &fakePicker{targets: targets, changed: make(chan struct{})}
-}
-
-func (f *fakePicker) Targets() ([]string, <-chan struct{}) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	targets, changed := f.targets, f.changed
-	if f.flipTo != nil {
-		// The answer changes the moment after this caller read it.
-		f.targets, f.flipTo = f.flipTo, nil
-		close(f.changed)
-		f.changed = make(chan struct{})
-	}
-	return targets, changed
-}
-
-// flipAfterNextRead makes the next Targets call return the current answer
-// and then switch it to targets, as if a failover happened just after it.
-func (f *fakePicker) flipAfterNextRead(targets ...string) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.flipTo = targets
-}
-
-func (f *fakePicker) Recheck() { f.rechecks.Add(1) }
-
-// set changes the answer and wakes everyone waiting on the old one.
-func (f *fakePicker) set(targets ...string) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.targets = targets
-	close(f.changed)
-	f.changed = make(chan struct{})
-}
 
 // backend is an in-process TCP server running handle on each connection.
 type backend struct {
@@ -161,7 +89,7 @@ func sink(c *net.TCPConn) { io.Copy(io.Discard, c) }
 // testService is a running Service with what tests look at.
 type testService struct {
 	*Service
-	picker *fakePicker
+	picker *proxytest.Picker
 	reg    *prometheus.Registry
 	cancel context.CancelFunc // cancels Serve's context
 	served chan struct{}      // closed when Serve has returned
@@ -170,7 +98,7 @@ type testService struct {
 
 // startService runs a Service on a loopback port with picker, until test
 // cleanup shuts it down and checks that Serve returned nil.
-func startService(t testing.TB, picker *fakePicker, mod func(*Options)) *testService {
+func startService(t testing.TB, picker *proxytest.Picker, mod func(*Options)) *testService {
 	t.Helper()
 	opts := Options{Name: "test", Listen: "127.0.0.1:0"}
 	if mod != nil {
@@ -179,10 +107,10 @@ func startService(t testing.TB, picker *fakePicker, mod func(*Options)) *testSer
 	return startServiceOpts(t, picker, opts, false)
 }
 
-func startServiceOpts(t testing.TB, picker *fakePicker, opts Options, forceCounting bool) *testService {
+func startServiceOpts(t testing.TB, picker *proxytest.Picker, opts Options, forceCounting bool) *testService {
 	t.Helper()
 	reg := prometheus.NewRegistry()
-	s, err := New(opts, picker, testLog(t), NewMetrics(reg))
+	s, err := New(opts, picker, proxytest.Log(t), NewMetrics(reg))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -85,7 +85,12 @@ type Options struct {
 
 // Validate reports every problem with o at once. Zero values are valid:
 // they mean the defaults.
-func (o Options) Validate() error {
+func (o Options) Validate() error { return o.ValidateWith() }
+
+// ValidateWith is Validate, with more problems (nil ones ignored) reported
+// among o's, after those of MaxConnections and OnFailover:
+// stompproxy.Options checks its fields shared with Options so.
+func (o Options) ValidateWith(more ...error) error {
 	var errs []error
 	if o.Name == "" {
 		errs = append(errs, errors.New("name: must not be empty"))
@@ -122,6 +127,7 @@ func (o Options) Validate() error {
 	default:
 		errs = append(errs, fmt.Errorf("on_failover: want %q or %q, got %q", OnFailoverClose, OnFailoverKeep, o.OnFailover))
 	}
+	errs = append(errs, more...)
 	d := o.withDefaults()
 	if d.MaxReconnectDelay < d.InitialReconnectDelay {
 		errs = append(errs, fmt.Errorf("max_reconnect_delay (%v) must not be below initial_reconnect_delay (%v)", d.MaxReconnectDelay, d.InitialReconnectDelay))
@@ -131,22 +137,30 @@ func (o Options) Validate() error {
 
 // withDefaults returns o with every zero field set to its default.
 func (o Options) withDefaults() Options {
+	SetDefaults(&o.Timeout, &o.InitialReconnectDelay, &o.MaxReconnectDelay, &o.BackoffMultiplier,
+		&o.DialTimeout, &o.KeepAlive, &o.ShutdownGrace)
+	if o.OnFailover == "" {
+		o.OnFailover = OnFailoverClose
+	}
+	return o
+}
+
+// SetDefaults sets each of the settings both data paths have (Options and
+// stompproxy.Options) that has its zero value to its default.
+func SetDefaults(timeout, initialReconnectDelay, maxReconnectDelay *time.Duration, backoffMultiplier *float64,
+	dialTimeout, keepAlive, shutdownGrace *time.Duration) {
 	def := func(d *time.Duration, v time.Duration) {
 		if *d == 0 {
 			*d = v
 		}
 	}
-	def(&o.Timeout, DefaultTimeout)
-	def(&o.InitialReconnectDelay, DefaultInitialReconnectDelay)
-	def(&o.MaxReconnectDelay, DefaultMaxReconnectDelay)
-	def(&o.DialTimeout, DefaultDialTimeout)
-	def(&o.KeepAlive, DefaultKeepAlive)
-	def(&o.ShutdownGrace, DefaultShutdownGrace)
-	if o.BackoffMultiplier == 0 {
-		o.BackoffMultiplier = DefaultBackoffMultiplier
+	def(timeout, DefaultTimeout)
+	def(initialReconnectDelay, DefaultInitialReconnectDelay)
+	def(maxReconnectDelay, DefaultMaxReconnectDelay)
+	def(dialTimeout, DefaultDialTimeout)
+	def(keepAlive, DefaultKeepAlive)
+	def(shutdownGrace, DefaultShutdownGrace)
+	if *backoffMultiplier == 0 {
+		*backoffMultiplier = DefaultBackoffMultiplier
 	}
-	if o.OnFailover == "" {
-		o.OnFailover = OnFailoverClose
-	}
-	return o
 }

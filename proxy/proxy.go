@@ -21,7 +21,6 @@ import (
 	"errors"
 	"net"
 	"slices"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -57,34 +56,18 @@ type Service struct {
 	picker  Picker
 	log     *logrus.Entry
 	metrics *Metrics
-	ln      *net.TCPListener
-	dialer  net.Dialer
-	// sem holds one token per client connection when MaxConnections caps
-	// them; nil when uncapped.
-	sem chan struct{}
-	// ctx is cancelled when shutdown begins: it wakes held clients and
-	// aborts dials in flight.
-	ctx    context.Context
-	cancel context.CancelFunc
-	// stopping is closed when shutdown begins; drained once, after that,
-	// no connection goroutine is left.
-	stopping chan struct{}
-	drained  chan struct{}
-	// loops tracks the accept loop and the failover watcher.
-	loops sync.WaitGroup
+	// lc owns the listener and the connection goroutines; its Mu guards
+	// pairs too.
+	lc   *Lifecycle[*net.TCPConn]
+	conn Connector
 
-	accepted atomic.Uint64
-	held     atomic.Int64
+	held atomic.Int64
 	// forceCounting makes every pair count bytes itself, as on systems
 	// without TCP_INFO; tests and benchmarks use it to cover and measure
 	// that path on Linux.
 	forceCounting bool
 
-	mu      sync.Mutex
-	serving bool
-	stopped bool
-	conns   int // connection goroutines, held clients included
-	pairs   map[*pair]struct{}
+	pairs map[*pair]struct{}
 }
 
 // ServiceStatus is a snapshot of a Service, for /status pages.
@@ -107,92 +90,55 @@ type ServiceStatus struct {
 // required; log may be nil (events are discarded) and so may m (series are
 // kept but not registered).
 func New(opts Options, picker Picker, log *logrus.Entry, m *Metrics) (*Service, error) {
-	if err := opts.Validate(); err != nil {
-		return nil, err
-	}
-	if picker == nil {
-		return nil, errors.New("proxy: a Picker is required")
-	}
-	opts = opts.withDefaults()
-	if log == nil {
-		l := logrus.New()
-		l.Out = discard{}
-		log = logrus.NewEntry(l)
-	}
 	if m == nil {
 		m = NewMetrics(nil)
 	}
-	// The listener turns keepalive on for every accepted socket
-	// (sockopt_*.go); the Dialer does the same for backend sockets.
-	// TCP_NODELAY stays on, as Go sets it: STOMP frames are small, and a
-	// proxy that batched them would add Nagle's delay to every hop.
-	lc := ListenConfig(opts.KeepAlive)
-	ln, err := lc.Listen(context.Background(), "tcp", opts.Listen)
+	d := opts.withDefaults()
+	conn, err := NewConnector("proxy", opts.Validate(), picker, d, m.dialErrors)
 	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithCancel(context.Background())
+	opts = d
 	s := &Service{
-		opts:     opts,
-		picker:   picker,
-		log:      log.WithField("service", opts.Name),
-		metrics:  m,
-		ln:       ln.(*net.TCPListener),
-		dialer:   net.Dialer{KeepAlive: opts.KeepAlive},
-		ctx:      ctx,
-		cancel:   cancel,
-		stopping: make(chan struct{}),
-		drained:  make(chan struct{}),
-		pairs:    map[*pair]struct{}{},
+		opts:    opts,
+		picker:  picker,
+		log:     OrDiscard(log).WithField("service", opts.Name),
+		metrics: m,
+		conn:    conn,
+		pairs:   map[*pair]struct{}{},
 	}
-	if opts.MaxConnections > 0 {
-		s.sem = make(chan struct{}, opts.MaxConnections)
+	s.lc, err = NewLifecycle(conn.Settings, s.log, LifecycleConfig[*net.TCPConn]{
+		Pkg: "proxy", Listening: "listening", Noun: "connections",
+		Accepted: m.accepted,
+		Admit:    func(c *net.TCPConn) *net.TCPConn { return c },
+		Serve:    s.serveConn,
+		CloseAll: func() int { return s.closeAll(reasonShutdown) },
+		Draining: func(conns int) logrus.Fields {
+			return logrus.Fields{"live": len(s.pairs), "waiting": conns - len(s.pairs)}
+		},
+	})
+	if err != nil {
+		return nil, err
 	}
 	return s, nil
 }
 
 // Addr is the bound listen address.
-func (s *Service) Addr() net.Addr { return s.ln.Addr() }
+func (s *Service) Addr() net.Addr { return s.lc.Addr() }
 
 // Serve accepts connections until ctx is done or Shutdown is called. When
 // ctx ends, Serve shuts down itself, with ShutdownGrace for live connections
 // to finish. Either way it returns once every goroutine it started has
 // ended: nil on a clean stop. Serve may be called once.
 func (s *Service) Serve(ctx context.Context) error {
-	var changed <-chan struct{}
-	watch := s.opts.OnFailover == OnFailoverClose
-	if watch {
-		// Taken before the first accept: any change from here on wakes
-		// the watcher.
-		_, changed = s.picker.Targets()
+	if s.opts.OnFailover != OnFailoverClose {
+		return s.lc.Serve(ctx, nil, nil)
 	}
-	s.mu.Lock()
-	if s.serving {
-		s.mu.Unlock()
-		return errors.New("proxy: Serve called more than once")
-	}
-	s.serving = true
-	if s.stopped {
-		s.mu.Unlock()
-		return nil
-	}
-	if watch {
-		s.loops.Add(1)
-		go s.watchTargets(changed)
-	}
-	s.loops.Add(1)
-	go s.acceptLoop()
-	s.mu.Unlock()
-	s.log.WithField("listen", s.Addr().String()).Info("listening")
-
-	select {
-	case <-ctx.Done():
-		s.Shutdown(context.Background())
-	case <-s.stopping:
-	}
-	s.loops.Wait()
-	<-s.drained
-	return nil
+	// Taken before the first accept: any change from here on wakes the
+	// watcher, which closes connections to backends that left the answer
+	// (closeStale).
+	_, changed := s.picker.Targets()
+	return s.lc.Serve(ctx, changed, s.closeStale)
 }
 
 // Shutdown stops accepting, closes clients still waiting for a backend, and
@@ -201,49 +147,12 @@ func (s *Service) Serve(ctx context.Context) error {
 // connection is gone: nil if they all finished or the grace ran out, ctx's
 // error if ctx ended first. It may be called any number of times, from any
 // goroutine; each call waits.
-func (s *Service) Shutdown(ctx context.Context) error {
-	s.beginShutdown()
-	grace := time.NewTimer(s.opts.ShutdownGrace)
-	defer grace.Stop()
-	select {
-	case <-s.drained:
-		return nil
-	case <-grace.C:
-	case <-ctx.Done():
-	}
-	if n := s.closeAll(reasonShutdown); n > 0 {
-		s.log.WithField("closed", n).Warn("shutdown grace over: closing live connections")
-	}
-	<-s.drained
-	return ctx.Err()
-}
+func (s *Service) Shutdown(ctx context.Context) error { return s.lc.Shutdown(ctx) }
 
-// beginShutdown is the idempotent first half of Shutdown. Order matters:
-// stopped is set under mu before the listener closes, so no connection
-// goroutine starts after it (track refuses) and none slips into pairs
-// (register refuses); cancelling ctx then wakes every held client.
 // StopAccepting closes the listener at once, the first step of Shutdown,
 // and leaves live connections to finish; Shutdown then waits for them. A
 // reload uses it to free the address for a replacement listener first.
-func (s *Service) StopAccepting() { s.beginShutdown() }
-
-func (s *Service) beginShutdown() {
-	s.mu.Lock()
-	if s.stopped {
-		s.mu.Unlock()
-		return
-	}
-	s.stopped = true
-	close(s.stopping)
-	live, waiting := len(s.pairs), s.conns-len(s.pairs)
-	if s.conns == 0 {
-		close(s.drained)
-	}
-	s.mu.Unlock()
-	s.ln.Close()
-	s.cancel()
-	s.log.WithFields(logrus.Fields{"live": live, "waiting": waiting}).Info("shutting down: not accepting; draining live connections")
-}
+func (s *Service) StopAccepting() { s.lc.StopAccepting() }
 
 // Status returns a snapshot of the service.
 func (s *Service) Status() ServiceStatus {
@@ -252,96 +161,15 @@ func (s *Service) Status() ServiceStatus {
 		Listen:   s.Addr().String(),
 		Backends: map[string]int{},
 		Held:     int(s.held.Load()),
-		Accepted: s.accepted.Load(),
+		Accepted: s.lc.Accepted(),
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.lc.Mu.Lock()
+	defer s.lc.Mu.Unlock()
 	st.Active = len(s.pairs)
 	for p := range s.pairs {
 		st.Backends[p.backend]++
 	}
 	return st
-}
-
-// acceptLoop accepts until shutdown. With MaxConnections it takes a slot
-// before accepting, so beyond the cap clients wait in the kernel's listen
-// backlog rather than being accepted and then left hanging. (We don't use
-// netutil.LimitListener: it wraps each *net.TCPConn, and io.Copy can only
-// splice between bare *net.TCPConns.)
-func (s *Service) acceptLoop() {
-	defer s.loops.Done()
-	var delay time.Duration
-	for {
-		if s.sem != nil {
-			select {
-			case s.sem <- struct{}{}:
-			case <-s.stopping:
-				return
-			}
-		}
-		c, err := s.ln.AcceptTCP()
-		if err != nil {
-			s.release()
-			select {
-			case <-s.stopping:
-				return
-			default:
-			}
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			// Out of file descriptors and the like: back off rather
-			// than spin, as net/http does.
-			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-			s.log.WithError(err).WithField("retry_in", delay).Warn("accept failed")
-			select {
-			case <-time.After(delay):
-			case <-s.stopping:
-				return
-			}
-			continue
-		}
-		delay = 0
-		if !s.track() {
-			c.Close()
-			s.release()
-			return
-		}
-		s.accepted.Add(1)
-		s.metrics.accepted.WithLabelValues(s.opts.Name).Inc()
-		go s.serveConn(c)
-	}
-}
-
-// track counts a new connection goroutine, unless shutdown has begun.
-func (s *Service) track() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.stopped {
-		return false
-	}
-	s.conns++
-	return true
-}
-
-// connDone is the last thing a connection goroutine does, after its client
-// socket is closed: it frees the MaxConnections slot and, when it is the
-// last one during shutdown, reports the service drained.
-func (s *Service) connDone() {
-	s.release()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.conns--
-	if s.stopped && s.conns == 0 {
-		close(s.drained)
-	}
-}
-
-// release frees a MaxConnections slot.
-func (s *Service) release() {
-	if s.sem != nil {
-		<-s.sem
-	}
 }
 
 // connLog is a client connection's log entry until it has a backend, built
@@ -362,13 +190,25 @@ func (l *connLog) get() *logrus.Entry {
 	return l.entry
 }
 
+// note logs, at debug level, what Connect tells it: holding for lack of a
+// target (addr ""), or a failed dial.
+func (l *connLog) note(addr string, err error) {
+	if !l.s.debugging() {
+		return
+	}
+	if addr == "" {
+		l.get().Debug("no target: holding the connection until there is one")
+		return
+	}
+	l.get().WithField("backend", addr).WithError(err).Debug("dial failed")
+}
+
 // debugging reports whether debug events are written at all, so that
 // callers build them only then.
 func (s *Service) debugging() bool { return s.log.Logger.IsLevelEnabled(logrus.DebugLevel) }
 
 // serveConn owns one client connection from accept to close.
 func (s *Service) serveConn(client *net.TCPConn) {
-	defer s.connDone()
 	log := &connLog{s: s, client: client}
 	debug := s.debugging()
 	if debug {
@@ -390,7 +230,7 @@ func (s *Service) serveConn(client *net.TCPConn) {
 		reason := failReason(err)
 		s.metrics.failed.WithLabelValues(s.opts.Name, reason).Inc()
 		l := log.get().WithError(err).WithFields(logrus.Fields{"reason": reason, "waited": time.Since(start).Round(time.Millisecond)})
-		if errors.Is(err, errShutdown) {
+		if errors.Is(err, ErrShutdown) {
 			l.Debug("closing client: shutting down before a backend was reached")
 		} else {
 			l.Warn("closing client: gave up looking for a backend")
@@ -403,9 +243,9 @@ func (s *Service) serveConn(client *net.TCPConn) {
 		p.logger().WithField("waited", time.Since(start).Round(time.Millisecond)).Debug("proxying")
 	}
 	reason := p.run()
-	s.mu.Lock()
+	s.lc.Mu.Lock()
 	delete(s.pairs, p)
-	s.mu.Unlock()
+	s.lc.Mu.Unlock()
 	s.metrics.pairEnded(p, reason)
 	if debug {
 		p.logger().WithFields(logrus.Fields{
@@ -428,7 +268,7 @@ var errStale = errors.New("backend is no longer a target")
 // Nothing has been read from the client yet, so starting over loses nothing.
 func (s *Service) reach(client *net.TCPConn, log *connLog, end time.Time) (*pair, error) {
 	for {
-		up, backend, err := s.connect(log, end)
+		up, backend, err := s.conn.Connect(s.lc.Context(), end, nil, log.note)
 		if err != nil {
 			return nil, err
 		}
@@ -455,10 +295,10 @@ func (s *Service) reach(client *net.TCPConn, log *connLog, end time.Time) (*pair
 // answer at least as new as the sweep's, and a later change wakes the
 // watcher for another sweep. No pair can slip past a failover.
 func (s *Service) register(p *pair) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.stopped {
-		return errShutdown
+	s.lc.Mu.Lock()
+	defer s.lc.Mu.Unlock()
+	if s.lc.Stopped() {
+		return ErrShutdown
 	}
 	if s.opts.OnFailover == OnFailoverClose {
 		targets, _ := s.picker.Targets()
@@ -470,27 +310,13 @@ func (s *Service) register(p *pair) error {
 	return nil
 }
 
-// watchTargets follows the Picker's answer and closes connections to
-// backends that left it (OnFailoverClose). With mode master, that is every
-// connection to the old master: its clients reconnect, are held while there
-// is no master, and reach the new one.
-func (s *Service) watchTargets(changed <-chan struct{}) {
-	defer s.loops.Done()
-	for {
-		select {
-		case <-changed:
-		case <-s.stopping:
-			return
-		}
-		changed = s.closeStale()
-	}
-}
-
 // closeStale reads the Picker's current answer, closes every pair whose
 // backend is not in it, and returns the channel that announces the next
-// change.
+// change. It runs after every change (OnFailoverClose). With mode master,
+// that closes every connection to the old master: its clients reconnect,
+// are held while there is no master, and reach the new one.
 func (s *Service) closeStale() <-chan struct{} {
-	s.mu.Lock()
+	s.lc.Mu.Lock()
 	targets, changed := s.picker.Targets()
 	current := make(map[string]bool, len(targets))
 	for _, t := range targets {
@@ -503,7 +329,7 @@ func (s *Service) closeStale() <-chan struct{} {
 			stale = append(stale, p)
 		}
 	}
-	s.mu.Unlock()
+	s.lc.Mu.Unlock()
 	if len(stale) == 0 {
 		return changed
 	}
@@ -521,19 +347,14 @@ func (s *Service) closeStale() <-chan struct{} {
 
 // closeAll closes every live pair and returns how many there were.
 func (s *Service) closeAll(reason string) int {
-	s.mu.Lock()
+	s.lc.Mu.Lock()
 	pairs := make([]*pair, 0, len(s.pairs))
 	for p := range s.pairs {
 		pairs = append(pairs, p)
 	}
-	s.mu.Unlock()
+	s.lc.Mu.Unlock()
 	for _, p := range pairs {
 		p.close(reason)
 	}
 	return len(pairs)
 }
-
-// discard is where a nil logger's events go.
-type discard struct{}
-
-func (discard) Write(p []byte) (int, error) { return len(p), nil }

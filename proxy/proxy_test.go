@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"handover/internal/testutil"
+	"handover/proxy/proxytest"
 )
 
 func TestOptionsValidate(t *testing.T) {
@@ -54,7 +55,7 @@ func TestOptionsValidate(t *testing.T) {
 func TestEchoAndStatus(t *testing.T) {
 	checkLeaks(t)
 	be := startBackend(t, "", echo)
-	ts := startService(t, newPicker(be.addr), nil)
+	ts := startService(t, proxytest.NewPicker(be.addr), nil)
 	c := ts.dial(t)
 	roundTrip(t, c, "CONNECT\n\n\x00")
 	roundTrip(t, c, "SEND\ndestination:/queue/a\n\nhello\x00")
@@ -66,7 +67,7 @@ func TestEchoAndStatus(t *testing.T) {
 	c.Close()
 	ts.waitStatus(t, "connection gone", func(st ServiceStatus) bool { return st.Active == 0 })
 	ts.waitMetric(t, 1, "handover_proxy_connections_closed_total", "backend", be.addr, "reason", reasonEOF)
-	if got := ts.picker.rechecks.Load(); got != 0 {
+	if got := ts.picker.Rechecks.Load(); got != 0 {
 		t.Errorf("Recheck called %d times on a clean connection", got)
 	}
 }
@@ -87,7 +88,7 @@ func TestLargeTransfer(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			checkLeaks(t)
 			be := startBackend(t, "", echo)
-			ts := startServiceOpts(t, newPicker(be.addr), Options{Name: "test", Listen: "127.0.0.1:0"}, tt.counting)
+			ts := startServiceOpts(t, proxytest.NewPicker(be.addr), Options{Name: "test", Listen: "127.0.0.1:0"}, tt.counting)
 			c := ts.dial(t)
 
 			sent := make(chan []byte, 1)
@@ -161,7 +162,7 @@ func TestLiveByteCounts(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			checkLeaks(t)
 			be := startBackend(t, "", echo)
-			ts := startServiceOpts(t, newPicker(be.addr), Options{Name: "test", Listen: "127.0.0.1:0"}, tt.counting)
+			ts := startServiceOpts(t, proxytest.NewPicker(be.addr), Options{Name: "test", Listen: "127.0.0.1:0"}, tt.counting)
 			c := ts.dial(t)
 			msg := strings.Repeat("x", 1000)
 			roundTrip(t, c, msg)
@@ -203,7 +204,7 @@ func TestHalfClose(t *testing.T) {
 		c.CloseWrite()
 		io.ReadAll(c) // wait for the proxy to close
 	})
-	ts := startService(t, newPicker(be.addr), nil)
+	ts := startService(t, proxytest.NewPicker(be.addr), nil)
 	c := ts.dial(t)
 	io.WriteString(c, "question")
 	if err := c.CloseWrite(); err != nil {
@@ -222,13 +223,13 @@ func TestHalfClose(t *testing.T) {
 func TestHoldUntilTarget(t *testing.T) {
 	checkLeaks(t)
 	be := startBackend(t, "", echo)
-	ts := startService(t, newPicker(), func(o *Options) { o.Timeout = 10 * time.Second })
+	ts := startService(t, proxytest.NewPicker(), func(o *Options) { o.Timeout = 10 * time.Second })
 	c := ts.dial(t)
 	io.WriteString(c, "CONNECT\n\n\x00")
 	ts.waitStatus(t, "client held", func(st ServiceStatus) bool { return st.Held == 1 })
 	ts.waitMetric(t, 1, "handover_proxy_connections_held")
 	time.Sleep(200 * time.Millisecond) // the master takes a while to appear: part of the scenario, not sync
-	ts.picker.set(be.addr)
+	ts.picker.Set(be.addr)
 
 	c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	buf := make([]byte, len("CONNECT\n\n\x00"))
@@ -253,7 +254,7 @@ func TestNoTargetGivesUp(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			checkLeaks(t)
-			ts := startService(t, newPicker(), func(o *Options) { o.Timeout = tt.timeout })
+			ts := startService(t, proxytest.NewPicker(), func(o *Options) { o.Timeout = tt.timeout })
 			start := time.Now()
 			c := ts.dial(t)
 			expectClosed(t, c, 5*time.Second)
@@ -271,7 +272,7 @@ func TestNoTargetGivesUp(t *testing.T) {
 func TestDialRetry(t *testing.T) {
 	checkLeaks(t)
 	addr := testutil.FreePort(t)
-	picker := newPicker(addr)
+	picker := proxytest.NewPicker(addr)
 	ts := startService(t, picker, func(o *Options) {
 		o.Timeout = 10 * time.Second
 		o.MaxReconnectDelay = 50 * time.Millisecond
@@ -279,7 +280,7 @@ func TestDialRetry(t *testing.T) {
 	c := ts.dial(t)
 	io.WriteString(c, "ping")
 	testutil.Eventually(t, 5*time.Second, func() error {
-		if n := picker.rechecks.Load(); n < 3 {
+		if n := picker.Rechecks.Load(); n < 3 {
 			return errors.New("fewer than 3 re-checks")
 		}
 		return nil
@@ -300,7 +301,7 @@ func TestDialRetry(t *testing.T) {
 func TestMaxReconnectAttempts(t *testing.T) {
 	checkLeaks(t)
 	addr := testutil.FreePort(t)
-	picker := newPicker(addr)
+	picker := proxytest.NewPicker(addr)
 	ts := startService(t, picker, func(o *Options) {
 		o.Timeout = 10 * time.Second
 		o.MaxReconnectAttempts = 3
@@ -308,7 +309,7 @@ func TestMaxReconnectAttempts(t *testing.T) {
 	c := ts.dial(t)
 	expectClosed(t, c, 5*time.Second)
 	ts.waitMetric(t, 1, "handover_proxy_connections_failed_total", "reason", "attempts")
-	if n := picker.rechecks.Load(); n != 3 {
+	if n := picker.Rechecks.Load(); n != 3 {
 		t.Errorf("re-checks = %d, want 3", n)
 	}
 }
@@ -344,7 +345,7 @@ func TestConnectionFailures(t *testing.T) {
 					io.Copy(io.Discard, c)
 				}
 			})
-			picker := newPicker(be.addr)
+			picker := proxytest.NewPicker(be.addr)
 			ts := startService(t, picker, nil)
 			c := ts.dial(t)
 			roundTrip(t, c, "ping")
@@ -356,7 +357,7 @@ func TestConnectionFailures(t *testing.T) {
 				c.Close()
 			}
 			ts.waitMetric(t, 1, "handover_proxy_connections_closed_total", "reason", tt.reason)
-			if got := picker.rechecks.Load(); got != tt.wantRecheck {
+			if got := picker.Rechecks.Load(); got != tt.wantRecheck {
 				t.Errorf("re-checks = %d, want %d", got, tt.wantRecheck)
 			}
 		})
@@ -389,19 +390,17 @@ func TestOnFailover(t *testing.T) {
 			checkLeaks(t)
 			a := startBackend(t, "", echo)
 			b := startBackend(t, "", echo)
-			ts := startService(t, newPicker(a.addr), func(o *Options) { o.OnFailover = tt.mode })
+			ts := startService(t, proxytest.NewPicker(a.addr), func(o *Options) { o.OnFailover = tt.mode })
 			c1 := ts.dial(t)
 			roundTrip(t, c1, "to A")
 			if tt.keepA {
-				ts.picker.mu.Lock()
-				ts.picker.kept = a.addr
-				ts.picker.mu.Unlock()
+				ts.picker.SetKept(a.addr)
 			}
 
 			if tt.toNewOne {
-				ts.picker.set(b.addr)
+				ts.picker.Set(b.addr)
 			} else {
-				ts.picker.set()
+				ts.picker.Set()
 			}
 			if tt.wantClose {
 				expectClosed(t, c1, 5*time.Second)
@@ -435,11 +434,11 @@ func TestFailoverDuringDial(t *testing.T) {
 	checkLeaks(t)
 	a := startBackend(t, "", echo)
 	b := startBackend(t, "", echo)
-	ts := startService(t, newPicker(a.addr), nil)
+	ts := startService(t, proxytest.NewPicker(a.addr), nil)
 	c1 := ts.dial(t)
 	roundTrip(t, c1, "to A") // Serve is past its own first read of the targets
 
-	ts.picker.flipAfterNextRead(b.addr)
+	ts.picker.FlipAfterNextRead(b.addr)
 	c2 := ts.dial(t)
 	roundTrip(t, c2, "to B")
 	expectClosed(t, c1, 5*time.Second)
@@ -456,7 +455,7 @@ func TestFailoverDuringDial(t *testing.T) {
 func TestMaxConnections(t *testing.T) {
 	checkLeaks(t)
 	be := startBackend(t, "", echo)
-	ts := startService(t, newPicker(be.addr), func(o *Options) { o.MaxConnections = 1 })
+	ts := startService(t, proxytest.NewPicker(be.addr), func(o *Options) { o.MaxConnections = 1 })
 	c1 := ts.dial(t)
 	roundTrip(t, c1, "one")
 
@@ -492,7 +491,7 @@ func TestIdleTimeout(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			checkLeaks(t)
 			be := startBackend(t, "", echo)
-			ts := startServiceOpts(t, newPicker(be.addr), Options{Name: "test", Listen: "127.0.0.1:0", IdleTimeout: idle}, tt.counting)
+			ts := startServiceOpts(t, proxytest.NewPicker(be.addr), Options{Name: "test", Listen: "127.0.0.1:0", IdleTimeout: idle}, tt.counting)
 			c := ts.dial(t)
 			// Talk every idle/3 for twice the timeout: the pair must
 			// stay up. (The pauses are the scenario, not sync.)
@@ -519,7 +518,7 @@ func TestShutdown(t *testing.T) {
 	t.Run("live transfer finishes within grace", func(t *testing.T) {
 		checkLeaks(t)
 		be := startBackend(t, "", echo)
-		ts := startService(t, newPicker(be.addr), func(o *Options) { o.ShutdownGrace = time.Minute })
+		ts := startService(t, proxytest.NewPicker(be.addr), func(o *Options) { o.ShutdownGrace = time.Minute })
 		c := ts.dial(t)
 		roundTrip(t, c, "first half")
 
@@ -555,7 +554,7 @@ func TestShutdown(t *testing.T) {
 	t.Run("grace over closes live connections", func(t *testing.T) {
 		checkLeaks(t)
 		be := startBackend(t, "", echo)
-		ts := startService(t, newPicker(be.addr), func(o *Options) { o.ShutdownGrace = 200 * time.Millisecond })
+		ts := startService(t, proxytest.NewPicker(be.addr), func(o *Options) { o.ShutdownGrace = 200 * time.Millisecond })
 		c := ts.dial(t)
 		roundTrip(t, c, "hello")
 		start := time.Now()
@@ -572,7 +571,7 @@ func TestShutdown(t *testing.T) {
 	t.Run("ctx ends before grace", func(t *testing.T) {
 		checkLeaks(t)
 		be := startBackend(t, "", echo)
-		ts := startService(t, newPicker(be.addr), nil) // default grace: 10s
+		ts := startService(t, proxytest.NewPicker(be.addr), nil) // default grace: 10s
 		c := ts.dial(t)
 		roundTrip(t, c, "hello")
 		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
@@ -589,7 +588,7 @@ func TestShutdown(t *testing.T) {
 
 	t.Run("held clients are closed at once", func(t *testing.T) {
 		checkLeaks(t)
-		ts := startService(t, newPicker(), nil)
+		ts := startService(t, proxytest.NewPicker(), nil)
 		c := ts.dial(t)
 		ts.waitStatus(t, "client held", func(st ServiceStatus) bool { return st.Held == 1 })
 		start := time.Now()
@@ -608,7 +607,7 @@ func TestShutdown(t *testing.T) {
 		// 192.0.2.0/24 is TEST-NET-1 (RFC 5737), never routed: the
 		// dial hangs where there is a default route and fails at once
 		// where there is none; either way the client is held.
-		ts := startService(t, newPicker("192.0.2.1:61613"), func(o *Options) { o.DialTimeout = time.Minute })
+		ts := startService(t, proxytest.NewPicker("192.0.2.1:61613"), func(o *Options) { o.DialTimeout = time.Minute })
 		c := ts.dial(t)
 		ts.waitStatus(t, "client held", func(st ServiceStatus) bool { return st.Held == 1 })
 		start := time.Now()
@@ -624,7 +623,7 @@ func TestShutdown(t *testing.T) {
 	t.Run("cancelling Serve's context", func(t *testing.T) {
 		checkLeaks(t)
 		be := startBackend(t, "", echo)
-		ts := startService(t, newPicker(be.addr), func(o *Options) { o.ShutdownGrace = 100 * time.Millisecond })
+		ts := startService(t, proxytest.NewPicker(be.addr), func(o *Options) { o.ShutdownGrace = 100 * time.Millisecond })
 		c := ts.dial(t)
 		roundTrip(t, c, "hello")
 		ts.cancel()
@@ -637,7 +636,7 @@ func TestShutdown(t *testing.T) {
 
 	t.Run("before Serve", func(t *testing.T) {
 		checkLeaks(t)
-		s, err := New(Options{Name: "test", Listen: "127.0.0.1:0"}, newPicker(), testLog(t), nil)
+		s, err := New(Options{Name: "test", Listen: "127.0.0.1:0"}, proxytest.NewPicker(), proxytest.Log(t), nil)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"handover/proxy/proxytest"
 )
 
 // TestRelaySmallThenBulk: a connection that carries small messages, then a
@@ -15,7 +17,7 @@ import (
 func TestRelaySmallThenBulk(t *testing.T) {
 	checkLeaks(t)
 	be := startBackend(t, "", echo)
-	ts := startServiceOpts(t, newPicker(be.addr), Options{Name: "test", Listen: "127.0.0.1:0"}, false)
+	ts := startServiceOpts(t, proxytest.NewPicker(be.addr), Options{Name: "test", Listen: "127.0.0.1:0"}, false)
 	c := ts.dial(t)
 	var total int64
 	for range 3 {

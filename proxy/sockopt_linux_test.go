@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"handover/proxy/proxytest"
 )
 
 // TestKeepAliveOnBothSockets: the accepted client socket (whose keepalive
@@ -23,15 +25,15 @@ func TestKeepAliveOnBothSockets(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			be := startBackend(t, "", echo)
-			ts := startService(t, newPicker(be.addr), func(o *Options) { o.KeepAlive = tt.keepAlive })
+			ts := startService(t, proxytest.NewPicker(be.addr), func(o *Options) { o.KeepAlive = tt.keepAlive })
 			c := ts.dial(t)
 			roundTrip(t, c, "ping")
-			ts.mu.Lock()
+			ts.lc.Mu.Lock()
 			var p *pair
 			for q := range ts.pairs {
 				p = q
 			}
-			ts.mu.Unlock()
+			ts.lc.Mu.Unlock()
 			if p == nil {
 				t.Fatal("no live pair")
 			}

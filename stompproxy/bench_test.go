@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"handover/proxy"
+	"handover/proxy/proxytest"
 	"handover/stompclient"
 )
 
@@ -27,10 +28,10 @@ func BenchmarkThroughput(b *testing.B) {
 func benchThroughput(b *testing.B, mode string, persistentMsgs bool) {
 	br := startBroker(b, b.TempDir(), "")
 	br.waitReady(b)
-	p := newPicker(br.Addr())
+	p := proxytest.NewPicker(br.Addr())
 	var addr string
 	if mode == "tcp" {
-		ps, err := proxy.New(proxy.Options{Name: "tcp", Listen: "127.0.0.1:0"}, p, testLog(b), nil)
+		ps, err := proxy.New(proxy.Options{Name: "tcp", Listen: "127.0.0.1:0"}, p, proxytest.Log(b), nil)
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -13,6 +13,7 @@ import (
 	"handover/frame"
 	"handover/internal/conf"
 	"handover/internal/testutil"
+	"handover/proxy/proxytest"
 	"handover/stompclient"
 )
 
@@ -37,7 +38,7 @@ func TestFailoverMasterSlave(t *testing.T) {
 	slaveAddr := testutil.FreePort(t)
 	sl := startBroker(t, dir, slaveAddr)
 
-	p := newPicker(m.Addr())
+	p := proxytest.NewPicker(m.Addr())
 	svc := startService(t, p, nil)
 	addr := svc.Addr().String()
 	const q = "/queue/orders"
@@ -90,7 +91,7 @@ func TestFailoverMasterSlave(t *testing.T) {
 	// The slave takes over once the master released the lock; the
 	// health checks (here, the test) then point the sidecar at it.
 	sl.waitReady(t)
-	p.set(slaveAddr)
+	p.Set(slaveAddr)
 	wg.Wait()
 	close(errs)
 	for err := range errs {
@@ -133,7 +134,7 @@ func TestFailoverMasterSlave(t *testing.T) {
 func TestHeartbeatsWithBrokerd(t *testing.T) {
 	b := startBrokerWith(t, t.TempDir(), "", func(o *brokerd.Options) { o.HeartBeat = conf.Duration(100 * time.Millisecond) })
 	b.waitReady(t)
-	svc := startService(t, newPicker(b.Addr()), nil)
+	svc := startService(t, proxytest.NewPicker(b.Addr()), nil)
 	c := dialClient(t, svc.Addr().String(), stompclient.Options{HeartBeat: [2]time.Duration{100 * time.Millisecond, 100 * time.Millisecond}})
 	time.Sleep(time.Second)
 	if err := c.Err(); err != nil {
@@ -172,7 +173,7 @@ func TestReplayedSendNotDuplicated(t *testing.T) {
 		t.Skip("brokerd does not drop a repeated (handover-producer, handover-seq) SEND yet (brokerd/conn.go)")
 	}
 	tap := startTap(t, b.Addr())
-	p := newPicker(tap.addr())
+	p := proxytest.NewPicker(tap.addr())
 	svc := startService(t, p, nil)
 	c := dialClient(t, svc.Addr().String(), stompclient.Options{})
 	const q = "/queue/once"

@@ -4,76 +4,27 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/sirupsen/logrus"
-
 	"handover/brokerd"
 	"handover/frame"
 	"handover/internal/conf"
+	"handover/proxy/proxytest"
 	"handover/stompclient"
 )
 
-// testLog sends logs to t.Log.
-func testLog(t testing.TB) *logrus.Entry {
-	l := logrus.New()
-	l.Out = tWriter{t}
-	l.SetLevel(logrus.DebugLevel)
-	if _, ok := t.(*testing.B); ok {
-		l.SetLevel(logrus.WarnLevel)
-	}
-	return logrus.NewEntry(l)
-}
-
-type tWriter struct{ t testing.TB }
-
-func (w tWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}
-
-// fakePicker is a Picker whose answer the test sets.
-type fakePicker struct {
-	mu       sync.Mutex
-	targets  []string
-	changed  chan struct{}
-	rechecks atomic.Int64
-}
-
-func newPicker(targets ...string) *fakePicker {
-	return &fakePicker{targets: targets, changed: make(chan struct{})}
-}
-
-func (f *fakePicker) Targets() ([]string, <-chan struct{}) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.targets, f.changed
-}
-
-func (f *fakePicker) Recheck() { f.rechecks.Add(1) }
-
-// set changes the answer and wakes everyone waiting on the old one.
-func (f *fakePicker) set(targets ...string) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.targets = targets
-	close(f.changed)
-	f.changed = make(chan struct{})
-}
-
 // startService runs a Service on a loopback port until test cleanup.
-func startService(t testing.TB, p *fakePicker, mod func(*Options)) *Service {
+func startService(t testing.TB, p *proxytest.Picker, mod func(*Options)) *Service {
 	t.Helper()
 	o := Options{Name: "stomp", Listen: "127.0.0.1:0", Timeout: 10 * time.Second,
 		InitialReconnectDelay: 5 * time.Millisecond, MaxReconnectDelay: 50 * time.Millisecond, ShutdownGrace: time.Second}
 	if mod != nil {
 		mod(&o)
 	}
-	s, err := New(o, p, testLog(t).WithField("component", "stompproxy"), nil)
+	s, err := New(o, p, proxytest.Log(t).WithField("component", "stompproxy"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -159,7 +110,7 @@ func startBrokerWith(t testing.TB, dir, listen string, mod func(*brokerd.Options
 	}
 	o.Listen, o.Admin, o.Data = listen, "127.0.0.1:0", dir
 	o.ShutdownGrace = conf.Duration(time.Second)
-	o.Log = testLog(t).WithField("component", "brokerd-"+listen)
+	o.Log = proxytest.Log(t).WithField("component", "brokerd-"+listen)
 	if mod != nil {
 		mod(&o)
 	}

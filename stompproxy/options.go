@@ -1,7 +1,6 @@
 package stompproxy
 
 import (
-	"errors"
 	"fmt"
 	"time"
 
@@ -25,40 +24,23 @@ const DefaultMaxReplayBytes = 4 << 20
 // open, heart-beats flowing) while there is no master, as ActiveMQ's
 // failover transport would hold its application.
 type Options struct {
-	// Name names the service in logs and metrics (label service).
-	Name string
-	// Listen is the address to bind, already resolved.
-	Listen string
-
-	// Timeout is how long a session waits for a master, both for its first
-	// connection and after losing one; then the client is closed. It also
-	// bounds how long an acknowledgement of a pre-failover delivery waits for
-	// that message's redelivery (see the package documentation). Zero means
-	// proxy.DefaultTimeout (30s). Negative means never wait: with no target
-	// the client is closed at once.
-	Timeout time.Duration
-	// InitialReconnectDelay is the first pause between rounds of failed
-	// dials (default 10ms).
-	InitialReconnectDelay time.Duration
-	// MaxReconnectDelay caps the pause between rounds (default 1s).
-	MaxReconnectDelay time.Duration
-	// BackoffMultiplier grows the pause after each failed round (default 2).
-	BackoffMultiplier float64
-	// MaxReconnectAttempts caps the rounds of dials per wait; zero means as
-	// many as fit in Timeout.
-	MaxReconnectAttempts int
-	// DialTimeout bounds one dial plus the CONNECT→CONNECTED exchange
-	// (default 2s).
-	DialTimeout time.Duration
-	// KeepAlive is the TCP keepalive period on both sockets (default 15s;
-	// negative disables keepalives).
-	KeepAlive time.Duration
-	// MaxConnections caps concurrent client sessions; beyond it new clients
-	// wait in the listen backlog. Zero means no cap.
-	MaxConnections int
-	// ShutdownGrace is how long Shutdown lets live sessions finish before
-	// closing them (default 10s).
-	ShutdownGrace time.Duration
+	// Name, Listen, the reconnect fields (Timeout to DialTimeout),
+	// KeepAlive, MaxConnections and ShutdownGrace are proxy.Options's: see
+	// there. In STOMP mode, a connection is a client session, and:
+	//   - Timeout is how long a session waits for a master, both for its
+	//     first connection and after losing one; then the client is closed.
+	//     It also bounds how long an acknowledgement of a pre-failover
+	//     delivery waits for that message's redelivery (see the package
+	//     documentation).
+	//   - MaxReconnectAttempts caps the rounds per wait.
+	//   - DialTimeout bounds one dial plus the CONNECT→CONNECTED exchange.
+	Name, Listen                                      string
+	Timeout, InitialReconnectDelay, MaxReconnectDelay time.Duration
+	BackoffMultiplier                                 float64
+	MaxReconnectAttempts                              int
+	DialTimeout, KeepAlive                            time.Duration
+	MaxConnections                                    int
+	ShutdownGrace                                     time.Duration
 
 	// Limits bound every frame read, from the client and from the broker,
 	// as brokerd's own limits do; zero fields take frame.DefaultLimits.
@@ -75,61 +57,25 @@ type Options struct {
 // Validate reports every problem with o at once. Zero values are valid:
 // they mean the defaults.
 func (o Options) Validate() error {
-	var errs []error
-	if o.Name == "" {
-		errs = append(errs, errors.New("name: must not be empty"))
-	}
-	if o.Listen == "" {
-		errs = append(errs, errors.New("listen: must not be empty"))
-	}
-	for _, d := range []struct {
-		name string
-		v    time.Duration
-	}{
-		{"initial_reconnect_delay", o.InitialReconnectDelay},
-		{"max_reconnect_delay", o.MaxReconnectDelay},
-		{"dial_timeout", o.DialTimeout},
-		{"shutdown_grace", o.ShutdownGrace},
-	} {
-		if d.v < 0 {
-			errs = append(errs, fmt.Errorf("%s: must not be negative, got %v", d.name, d.v))
-		}
-	}
-	if o.BackoffMultiplier != 0 && o.BackoffMultiplier < 1 {
-		errs = append(errs, fmt.Errorf("backoff_multiplier: must be at least 1, got %v", o.BackoffMultiplier))
-	}
-	if o.MaxReconnectAttempts < 0 {
-		errs = append(errs, fmt.Errorf("max_reconnect_attempts: must be 0 (no cap) or positive, got %d", o.MaxReconnectAttempts))
-	}
-	if o.MaxConnections < 0 {
-		errs = append(errs, fmt.Errorf("max_connections: must be 0 (no cap) or positive, got %d", o.MaxConnections))
-	}
+	var replay error
 	if o.MaxReplayBytes < 0 {
-		errs = append(errs, fmt.Errorf("max_replay_bytes: must be 0 (the default, %d) or positive, got %d", DefaultMaxReplayBytes, o.MaxReplayBytes))
+		replay = fmt.Errorf("max_replay_bytes: must be 0 (the default, %d) or positive, got %d", DefaultMaxReplayBytes, o.MaxReplayBytes)
 	}
-	d := o.withDefaults()
-	if d.MaxReconnectDelay < d.InitialReconnectDelay {
-		errs = append(errs, fmt.Errorf("max_reconnect_delay (%v) must not be below initial_reconnect_delay (%v)", d.MaxReconnectDelay, d.InitialReconnectDelay))
-	}
-	return errors.Join(errs...)
+	return o.shared().ValidateWith(replay)
+}
+
+// shared returns the fields o shares with proxy.Options, as those.
+func (o Options) shared() proxy.Options {
+	return proxy.Options{Name: o.Name, Listen: o.Listen, Timeout: o.Timeout,
+		InitialReconnectDelay: o.InitialReconnectDelay, MaxReconnectDelay: o.MaxReconnectDelay,
+		BackoffMultiplier: o.BackoffMultiplier, MaxReconnectAttempts: o.MaxReconnectAttempts, DialTimeout: o.DialTimeout,
+		KeepAlive: o.KeepAlive, MaxConnections: o.MaxConnections, ShutdownGrace: o.ShutdownGrace}
 }
 
 // withDefaults returns o with every zero field set to its default.
 func (o Options) withDefaults() Options {
-	def := func(d *time.Duration, v time.Duration) {
-		if *d == 0 {
-			*d = v
-		}
-	}
-	def(&o.Timeout, proxy.DefaultTimeout)
-	def(&o.InitialReconnectDelay, proxy.DefaultInitialReconnectDelay)
-	def(&o.MaxReconnectDelay, proxy.DefaultMaxReconnectDelay)
-	def(&o.DialTimeout, proxy.DefaultDialTimeout)
-	def(&o.KeepAlive, proxy.DefaultKeepAlive)
-	def(&o.ShutdownGrace, proxy.DefaultShutdownGrace)
-	if o.BackoffMultiplier == 0 {
-		o.BackoffMultiplier = proxy.DefaultBackoffMultiplier
-	}
+	proxy.SetDefaults(&o.Timeout, &o.InitialReconnectDelay, &o.MaxReconnectDelay, &o.BackoffMultiplier,
+		&o.DialTimeout, &o.KeepAlive, &o.ShutdownGrace)
 	if o.MaxReplayBytes == 0 {
 		o.MaxReplayBytes = DefaultMaxReplayBytes
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"handover/frame"
+	"handover/proxy"
 )
 
 // Why a session ended: the reason label of
@@ -92,7 +93,7 @@ type session struct {
 
 func (s *Service) newSession(c *net.TCPConn) *session {
 	id := s.newSessionID()
-	ctx, cancel := context.WithCancel(s.ctx)
+	ctx, cancel := context.WithCancel(s.lc.Context())
 	ss := &session{
 		svc:    s,
 		id:     id,
@@ -277,7 +278,7 @@ func (s *session) establish(end time.Time) (*upstream, *frame.Frame, error) {
 	connect := s.t.connect // set once, before any goroutine starts
 	var u *upstream
 	var reply *frame.Frame
-	_, err := s.svc.connect(s.ctx, s.log, end, func(nc *net.TCPConn, backend string) error {
+	_, _, err := s.svc.conn.Connect(s.ctx, end, func(nc *net.TCPConn, backend string) error {
 		c := newUpstream(nc, backend, s.svc.opts.Limits)
 		c.dr.beforeRead = s.flushClient
 		r, err := c.handshake(connect, s.svc.opts.DialTimeout)
@@ -286,17 +287,24 @@ func (s *session) establish(end time.Time) (*upstream, *frame.Frame, error) {
 			return err
 		case r.Command == frame.ERROR:
 			reply = r
-			return fmt.Errorf("%w: the broker refused CONNECT: %s", errFinal, r.Value("message"))
+			return fmt.Errorf("%w: the broker refused CONNECT: %s", proxy.ErrFinal, r.Value("message"))
 		case r.Command != frame.CONNECTED:
 			return fmt.Errorf("%s in reply to CONNECT", r.Command)
 		}
 		u, reply = c, r
 		return nil
-	})
+	}, s.noteFailure)
 	if err != nil {
 		return nil, reply, err
 	}
 	return u, reply, nil
+}
+
+// noteFailure logs, at debug level, a backend Connect did not reach.
+func (s *session) noteFailure(addr string, err error) {
+	if addr != "" {
+		s.log.WithField("backend", addr).WithError(err).Debug("backend not reached")
+	}
 }
 
 // gaveUp ends a session that found no master, or was refused by one.
@@ -304,7 +312,7 @@ func (s *session) gaveUp(err error, reply *frame.Frame, resuming bool) {
 	switch {
 	case s.isClosed():
 		return
-	case errors.Is(err, errShutdown):
+	case errors.Is(err, proxy.ErrShutdown):
 		s.close(reasonShutdown)
 	case reply != nil:
 		// The broker said why: the client hears it as if connected
@@ -390,7 +398,7 @@ func (s *session) install(u *upstream) bool {
 }
 
 // checkTarget drops u if its backend stopped being a target while it was
-// being reached. watchTargets reads the targets before the sessions, and
+// being reached. moveOff reads the targets before the sessions, and
 // this reads them after setting s.up, so any change is caught by one or
 // the other.
 func (s *session) checkTarget(u *upstream) {

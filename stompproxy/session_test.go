@@ -12,6 +12,7 @@ import (
 
 	"handover/frame"
 	"handover/internal/testutil"
+	"handover/proxy/proxytest"
 	"handover/stompclient"
 )
 
@@ -22,7 +23,7 @@ import (
 // SendReceipt completes.
 func TestResumeReplays(t *testing.T) {
 	a, b := startFake(t, "1.2", "0,0"), startFake(t, "1.2", "0,0")
-	p := newPicker(a.addr())
+	p := proxytest.NewPicker(a.addr())
 	svc := startService(t, p, nil)
 	c := dialClient(t, svc.Addr().String(), stompclient.Options{Login: "app", Headers: []frame.Header{hdr("x-app", "1")}})
 	ca := a.next(t)
@@ -53,7 +54,7 @@ func TestResumeReplays(t *testing.T) {
 	}
 	ca.expect(t, frame.SEND)
 
-	p.set(b.addr())
+	p.Set(b.addr())
 	cb := b.next(t)
 	for _, k := range []string{"accept-version", "host", "login", "x-app"} {
 		if cb.connect.Value(k) != ca.connect.Value(k) {
@@ -98,7 +99,7 @@ func TestResumeReplays(t *testing.T) {
 	if st.Resumed != 1 || st.FramesReplayed != 4 || st.DuplicatesDropped != 1 || st.Active != 1 || st.Backends[b.addr()] != 1 {
 		t.Fatalf("status %+v", st)
 	}
-	if p.rechecks.Load() == 0 {
+	if p.Rechecks.Load() == 0 {
 		t.Fatal("no health re-check asked for after the upstream loss")
 	}
 }
@@ -108,7 +109,7 @@ func TestResumeReplays(t *testing.T) {
 // and frames it sends meanwhile are forwarded after the resume.
 func TestHeartbeatsDuringPause(t *testing.T) {
 	a := startFake(t, "1.2", "50,50")
-	p := newPicker(a.addr())
+	p := proxytest.NewPicker(a.addr())
 	svc := startService(t, p, nil)
 	// The client wants to hear from the server every 250ms and gives up
 	// after 500ms of silence.
@@ -116,7 +117,7 @@ func TestHeartbeatsDuringPause(t *testing.T) {
 	if send, recv := c.HeartBeats(); send != 100*time.Millisecond || recv != 250*time.Millisecond {
 		t.Fatalf("negotiated %v %v", send, recv)
 	}
-	p.set() // no master: the session pauses
+	p.Set() // no master: the session pauses
 	testutil.Eventually(t, 5*time.Second, func() error {
 		if st := svc.Status(); st.Paused != 1 {
 			return fmt.Errorf("status %+v", st)
@@ -133,7 +134,7 @@ func TestHeartbeatsDuringPause(t *testing.T) {
 	for len(a.frames) > 0 {
 		<-a.frames
 	}
-	p.set(a.addr())
+	p.Set(a.addr())
 	if f := a.expectAny(t, frame.SEND); string(f.Body) != "during the pause" {
 		t.Fatalf("buffered frame forwarded as %v", f)
 	}
@@ -150,7 +151,7 @@ func TestHeartbeatsDuringPause(t *testing.T) {
 // resumes.
 func TestUpstreamHeartbeatTimeout(t *testing.T) {
 	a := startFake(t, "1.2", "50,50")
-	p := newPicker(a.addr())
+	p := proxytest.NewPicker(a.addr())
 	svc := startService(t, p, nil)
 	// We expect the broker's beats every 250ms, so give up after 500ms.
 	c := dialClient(t, svc.Addr().String(), stompclient.Options{HeartBeat: [2]time.Duration{100 * time.Millisecond, 250 * time.Millisecond}})
@@ -173,7 +174,7 @@ func TestUpstreamHeartbeatTimeout(t *testing.T) {
 // on its next upstream loss instead of resumed, as TCP mode would.
 func TestOverLimitCloses(t *testing.T) {
 	a := startFake(t, "1.2", "0,0")
-	p := newPicker(a.addr())
+	p := proxytest.NewPicker(a.addr())
 	svc := startService(t, p, func(o *Options) { o.MaxReplayBytes = 2048 })
 	c := dialClient(t, svc.Addr().String(), stompclient.Options{})
 	ca := a.next(t)
@@ -198,7 +199,7 @@ func TestOverLimitCloses(t *testing.T) {
 // ERROR naming the transaction, never re-sent.
 func TestCommitInFlight(t *testing.T) {
 	a, b := startFake(t, "1.2", "0,0"), startFake(t, "1.2", "0,0")
-	p := newPicker(a.addr())
+	p := proxytest.NewPicker(a.addr())
 	svc := startService(t, p, nil)
 	c := dialClient(t, svc.Addr().String(), stompclient.Options{})
 	ca := a.next(t)
@@ -212,7 +213,7 @@ func TestCommitInFlight(t *testing.T) {
 		done <- c.SendFrame(ctxT(t, 10*time.Second), frame.New(frame.COMMIT, "transaction", "pay-42", "receipt", "commit-1"), true)
 	}()
 	ca.expect(t, frame.COMMIT)
-	p.set(b.addr())
+	p.Set(b.addr())
 	var se *stompclient.ServerError
 	select {
 	case err := <-done:
@@ -238,11 +239,11 @@ func TestCommitInFlight(t *testing.T) {
 // carry the session: the client gets an ERROR.
 func TestVersionMismatch(t *testing.T) {
 	a, b := startFake(t, "1.2", "0,0"), startFake(t, "1.1", "0,0")
-	p := newPicker(a.addr())
+	p := proxytest.NewPicker(a.addr())
 	svc := startService(t, p, nil)
 	c := dialClient(t, svc.Addr().String(), stompclient.Options{})
 	a.next(t)
-	p.set(b.addr())
+	p.Set(b.addr())
 	select {
 	case <-c.Done():
 	case <-time.After(5 * time.Second):
@@ -263,11 +264,11 @@ func TestVersionMismatch(t *testing.T) {
 // TestNoMasterInTime: a session paused for longer than Timeout is closed.
 func TestNoMasterInTime(t *testing.T) {
 	a := startFake(t, "1.2", "0,0")
-	p := newPicker(a.addr())
+	p := proxytest.NewPicker(a.addr())
 	svc := startService(t, p, func(o *Options) { o.Timeout = 300 * time.Millisecond })
 	c := dialClient(t, svc.Addr().String(), stompclient.Options{})
 	ca := a.next(t)
-	p.set()
+	p.Set()
 	ca.close()
 	select {
 	case <-c.Done():
@@ -286,7 +287,7 @@ func TestNoMasterInTime(t *testing.T) {
 // the connection closes, as brokerd does.
 func TestClientProtocolError(t *testing.T) {
 	a := startFake(t, "1.2", "0,0")
-	svc := startService(t, newPicker(a.addr()), func(o *Options) { o.Limits = frame.Limits{MaxBody: 100} })
+	svc := startService(t, proxytest.NewPicker(a.addr()), func(o *Options) { o.Limits = frame.Limits{MaxBody: 100} })
 	c := dialClient(t, svc.Addr().String(), stompclient.Options{})
 	c.Send("/queue/x", make([]byte, 200))
 	select {
@@ -321,7 +322,7 @@ func TestOptionsValidate(t *testing.T) {
 // reach the broker at once, not wait for the next frame.
 func TestFrameThenEOLFlushed(t *testing.T) {
 	a := startFake(t, "1.2", "0,0")
-	svc := startService(t, newPicker(a.addr()), nil)
+	svc := startService(t, proxytest.NewPicker(a.addr()), nil)
 	nc, err := net.Dial("tcp", svc.Addr().String())
 	if err != nil {
 		t.Fatal(err)

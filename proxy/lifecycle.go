@@ -1,0 +1,311 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/sirupsen/logrus"
+)
+
+// Lifecycle is the life of one listener, the part both data paths share
+// (this package's Service and stompproxy's): it owns the bound listener,
+// the accept loop with MaxConnections, the count of connection goroutines,
+// and StopAccepting/Shutdown with their drain and grace. What a connection
+// is and how it is served is the owner's, given in a LifecycleConfig: T is
+// what the owner makes of an accepted connection (the bare *net.TCPConn for
+// the TCP data path, a session for STOMP).
+type Lifecycle[T any] struct {
+	// Mu guards the lifecycle's state and, by convention, the owner's set
+	// of live connections, so that one lock decides whether a connection
+	// still gets in: Admit, Forget and Draining run with it held, and an
+	// owner registering a connection later checks Stopped under it.
+	Mu sync.Mutex
+
+	cfg   LifecycleConfig[T]
+	name  string
+	grace time.Duration
+	log   *logrus.Entry
+	ln    *net.TCPListener
+	// sem holds one token per connection when MaxConnections caps them;
+	// nil when uncapped.
+	sem chan struct{}
+	// ctx is cancelled when shutdown begins: it wakes connections waiting
+	// for a backend and aborts dials in flight.
+	ctx    context.Context
+	cancel context.CancelFunc
+	// stopping is closed when shutdown begins; drained once, after that,
+	// no connection goroutine is left.
+	stopping chan struct{}
+	drained  chan struct{}
+	// loops tracks the accept loop and the watcher.
+	loops    sync.WaitGroup
+	accepted atomic.Uint64
+
+	serving bool
+	stopped bool
+	conns   int // connection goroutines
+}
+
+// LifecycleConfig is what a Lifecycle needs from its owner.
+type LifecycleConfig[T any] struct {
+	// Pkg prefixes Serve's errors ("proxy", "stompproxy"); Listening is
+	// logged when Serve starts; Noun names the connections in shutdown logs
+	// ("connections", "sessions").
+	Pkg, Listening, Noun string
+	// Accepted counts accepted connections (label service).
+	Accepted *prometheus.CounterVec
+	// Admit makes an accepted connection into a T, with Mu held and
+	// shutdown not begun.
+	Admit func(*net.TCPConn) T
+	// Serve runs in the connection's own goroutine until it is done.
+	Serve func(T)
+	// Forget, when set, runs with Mu held after Serve returned.
+	Forget func(T)
+	// CloseAll closes every live connection, when the shutdown grace is
+	// over, and returns how many there were.
+	CloseAll func() int
+	// Draining returns, with Mu held, the log fields describing what is
+	// left when shutdown begins; conns counts the connection goroutines.
+	Draining func(conns int) logrus.Fields
+}
+
+// NewLifecycle binds c.Listen; of c it uses the fields stompproxy.Options
+// shares, defaults applied. The listener turns keepalive on for every
+// accepted socket (ListenConfig). log is the service's entry.
+func NewLifecycle[T any](c Options, log *logrus.Entry, cfg LifecycleConfig[T]) (*Lifecycle[T], error) {
+	lc := ListenConfig(c.KeepAlive)
+	ln, err := lc.Listen(context.Background(), "tcp", c.Listen)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	l := &Lifecycle[T]{
+		cfg:      cfg,
+		name:     c.Name,
+		grace:    c.ShutdownGrace,
+		log:      log,
+		ln:       ln.(*net.TCPListener),
+		ctx:      ctx,
+		cancel:   cancel,
+		stopping: make(chan struct{}),
+		drained:  make(chan struct{}),
+	}
+	if c.MaxConnections > 0 {
+		l.sem = make(chan struct{}, c.MaxConnections)
+	}
+	return l, nil
+}
+
+// OrDiscard returns log, or when it is nil an entry whose events are
+// discarded.
+func OrDiscard(log *logrus.Entry) *logrus.Entry {
+	if log != nil {
+		return log
+	}
+	l := logrus.New()
+	l.Out = io.Discard
+	return logrus.NewEntry(l)
+}
+
+// Addr is the bound listen address.
+func (l *Lifecycle[T]) Addr() net.Addr { return l.ln.Addr() }
+
+// Context is cancelled when shutdown begins.
+func (l *Lifecycle[T]) Context() context.Context { return l.ctx }
+
+// Stopping is closed when shutdown begins.
+func (l *Lifecycle[T]) Stopping() <-chan struct{} { return l.stopping }
+
+// Stopped reports whether shutdown has begun. Mu must be held.
+func (l *Lifecycle[T]) Stopped() bool { return l.stopped }
+
+// Accepted counts the connections accepted so far.
+func (l *Lifecycle[T]) Accepted() uint64 { return l.accepted.Load() }
+
+// Serve accepts connections until ctx is done or Shutdown is called.
+// Unless sweep is nil, a watcher beside the accept loop calls it each time
+// changed is closed (the Picker's answer changed: changed was taken before
+// Serve), until shutdown; sweep returns the channel announcing the next
+// change. When ctx ends, Serve shuts down itself,
+// with ShutdownGrace for live connections to finish. Either way it returns
+// once every goroutine it started has ended: nil on a clean stop. Serve may
+// be called once.
+func (l *Lifecycle[T]) Serve(ctx context.Context, changed <-chan struct{}, sweep func() <-chan struct{}) error {
+	l.Mu.Lock()
+	if l.serving {
+		l.Mu.Unlock()
+		return errors.New(l.cfg.Pkg + ": Serve called more than once")
+	}
+	l.serving = true
+	if l.stopped {
+		l.Mu.Unlock()
+		return nil
+	}
+	if sweep != nil {
+		l.loops.Add(1)
+		go l.watch(changed, sweep)
+	}
+	l.loops.Add(1)
+	go l.acceptLoop()
+	l.Mu.Unlock()
+	l.log.WithField("listen", l.Addr().String()).Info(l.cfg.Listening)
+
+	select {
+	case <-ctx.Done():
+		l.Shutdown(context.Background())
+	case <-l.stopping:
+	}
+	l.loops.Wait()
+	<-l.drained
+	return nil
+}
+
+// Shutdown stops accepting, wakes connections still waiting for a backend,
+// and lets live connections finish until ctx is done or ShutdownGrace has
+// passed, whichever comes first; then it closes them (CloseAll). It returns
+// once every connection is gone: nil if they all finished or the grace ran
+// out, ctx's error if ctx ended first. It may be called any number of
+// times, from any goroutine; each call waits.
+func (l *Lifecycle[T]) Shutdown(ctx context.Context) error {
+	l.StopAccepting()
+	grace := time.NewTimer(l.grace)
+	defer grace.Stop()
+	select {
+	case <-l.drained:
+		return nil
+	case <-grace.C:
+	case <-ctx.Done():
+	}
+	if n := l.cfg.CloseAll(); n > 0 {
+		l.log.WithField("closed", n).Warn("shutdown grace over: closing live " + l.cfg.Noun)
+	}
+	<-l.drained
+	return ctx.Err()
+}
+
+// StopAccepting is the idempotent first half of Shutdown: it closes the
+// listener at once and leaves live connections to finish; Shutdown then
+// waits for them. A reload uses it to free the address for a replacement
+// listener first. Order matters: stopped is set under Mu before the
+// listener closes, so no connection goroutine starts after it (and an
+// owner checking Stopped registers nothing more); cancelling the context
+// then wakes every connection waiting for a backend.
+func (l *Lifecycle[T]) StopAccepting() {
+	l.Mu.Lock()
+	if l.stopped {
+		l.Mu.Unlock()
+		return
+	}
+	l.stopped = true
+	close(l.stopping)
+	fields := l.cfg.Draining(l.conns)
+	if l.conns == 0 {
+		close(l.drained)
+	}
+	l.Mu.Unlock()
+	l.ln.Close()
+	l.cancel()
+	l.log.WithFields(fields).Info("shutting down: not accepting; draining live " + l.cfg.Noun)
+}
+
+// watch runs sweep after each change until shutdown.
+func (l *Lifecycle[T]) watch(changed <-chan struct{}, sweep func() <-chan struct{}) {
+	defer l.loops.Done()
+	for {
+		select {
+		case <-changed:
+		case <-l.stopping:
+			return
+		}
+		changed = sweep()
+	}
+}
+
+// acceptLoop accepts until shutdown. With MaxConnections it takes a slot
+// before accepting, so beyond the cap clients wait in the kernel's listen
+// backlog rather than being accepted and then left hanging. (We don't use
+// netutil.LimitListener: it wraps each *net.TCPConn, and io.Copy can only
+// splice between bare *net.TCPConns.)
+func (l *Lifecycle[T]) acceptLoop() {
+	defer l.loops.Done()
+	var delay time.Duration
+	for {
+		if l.sem != nil {
+			select {
+			case l.sem <- struct{}{}:
+			case <-l.stopping:
+				return
+			}
+		}
+		c, err := l.ln.AcceptTCP()
+		if err != nil {
+			l.release()
+			select {
+			case <-l.stopping:
+				return
+			default:
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// Out of file descriptors and the like: back off rather
+			// than spin, as net/http does.
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			l.log.WithError(err).WithField("retry_in", delay).Warn("accept failed")
+			select {
+			case <-time.After(delay):
+			case <-l.stopping:
+				return
+			}
+			continue
+		}
+		delay = 0
+		l.Mu.Lock()
+		if l.stopped {
+			l.Mu.Unlock()
+			c.Close()
+			l.release()
+			return
+		}
+		l.conns++
+		t := l.cfg.Admit(c)
+		l.Mu.Unlock()
+		l.accepted.Add(1)
+		l.cfg.Accepted.WithLabelValues(l.name).Inc()
+		go l.serve(t)
+	}
+}
+
+// serve owns one connection's goroutine. When it is done it frees the
+// MaxConnections slot and, when it is the last one during shutdown,
+// reports the lifecycle drained.
+func (l *Lifecycle[T]) serve(t T) {
+	defer l.done(t)
+	l.cfg.Serve(t)
+}
+
+func (l *Lifecycle[T]) done(t T) {
+	l.release()
+	l.Mu.Lock()
+	defer l.Mu.Unlock()
+	if l.cfg.Forget != nil {
+		l.cfg.Forget(t)
+	}
+	l.conns--
+	if l.stopped && l.conns == 0 {
+		close(l.drained)
+	}
+}
+
+// release frees a MaxConnections slot.
+func (l *Lifecycle[T]) release() {
+	if l.sem != nil {
+		<-l.sem
+	}
+}
