@@ -1,10 +1,11 @@
 package discovery
 
 import (
-	"errors"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"handover/internal/promutil"
 )
 
 // Lookup results, the result label of lookups_total and Status.LastResult.
@@ -40,35 +41,19 @@ type Metrics struct {
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	const ns, sub = "handover", "discovery"
 	return &Metrics{
-		lookups: register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+		lookups: promutil.Register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Subsystem: sub, Name: "lookups_total",
 			Help: "DNS SRV resolutions by result (ok, error, empty).",
 		}, []string{"name", "result"})),
-		backends: register(reg, prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		backends: promutil.Register(reg, prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Namespace: ns, Subsystem: sub, Name: "backends",
 			Help: "Backends in the discovered list in use.",
 		}, []string{"name"})),
-		lastSuccess: register(reg, prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		lastSuccess: promutil.Register(reg, prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Namespace: ns, Subsystem: sub, Name: "last_success_timestamp_seconds",
 			Help: "Unix time of the last lookup that produced the list in use.",
 		}, []string{"name"})),
 	}
-}
-
-func register[C prometheus.Collector](reg prometheus.Registerer, c C) C {
-	if reg == nil {
-		return c
-	}
-	if err := reg.Register(c); err != nil {
-		var are prometheus.AlreadyRegisteredError
-		if errors.As(err, &are) {
-			if existing, ok := are.ExistingCollector.(C); ok {
-				return existing
-			}
-		}
-		panic(err) // a programming error, like MustRegister
-	}
-	return c
 }
 
 // initName makes a name's counters exist at zero, so that rate() and

@@ -1,10 +1,11 @@
 package health
 
 import (
-	"errors"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"handover/internal/promutil"
 )
 
 // Metrics are the Prometheus series of every Monitor given them; the
@@ -44,50 +45,34 @@ type Metrics struct {
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	const ns, sub = "handover", "health"
 	return &Metrics{
-		checkDuration: register(reg, prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		checkDuration: promutil.Register(reg, prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: ns, Subsystem: sub, Name: "check_duration_seconds",
 			Help: "Duration of health checks by outcome (ok, fail, timeout).",
 			// Checks of local brokers take about a millisecond; the
 			// top buckets catch timeouts at the default one second.
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
 		}, []string{"service", "backend", "result"})),
-		backendUp: register(reg, prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		backendUp: promutil.Register(reg, prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Namespace: ns, Subsystem: sub, Name: "backend_up",
 			Help: "1 while the backend is up by its health checks, else 0.",
 		}, []string{"service", "backend"})),
-		masterChanges: register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+		masterChanges: promutil.Register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Subsystem: sub, Name: "master_changes_total",
 			Help: "Changes of the elected master, including to and from none.",
 		}, []string{"service"})),
-		failovers: register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+		failovers: promutil.Register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Subsystem: sub, Name: "failovers_total",
 			Help: "Elections of a master other than the previous one.",
 		}, []string{"service"})),
-		withoutMaster: register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+		withoutMaster: promutil.Register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Subsystem: sub, Name: "seconds_without_master_total",
 			Help: "Seconds spent with no master (mode any: no healthy backend).",
 		}, []string{"service"})),
-		hasMaster: register(reg, prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		hasMaster: promutil.Register(reg, prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Namespace: ns, Subsystem: sub, Name: "has_master",
 			Help: "1 while there is a master (mode any: a healthy backend), else 0.",
 		}, []string{"service"})),
 	}
-}
-
-func register[C prometheus.Collector](reg prometheus.Registerer, c C) C {
-	if reg == nil {
-		return c
-	}
-	if err := reg.Register(c); err != nil {
-		var are prometheus.AlreadyRegisteredError
-		if errors.As(err, &are) {
-			if existing, ok := are.ExistingCollector.(C); ok {
-				return existing
-			}
-		}
-		panic(err) // a programming error, like MustRegister
-	}
-	return c
 }
 
 // initService makes a service's series exist at zero, so dashboards and
