@@ -6,7 +6,6 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"sync"
 	"testing"
 	"time"
 
@@ -71,28 +70,7 @@ func BenchmarkDiskFsync1KiB(b *testing.B) {
 func BenchmarkSendReceipt(b *testing.B) {
 	for _, conns := range []int{1, 8} {
 		b.Run(fmt.Sprintf("conns=%d", conns), func(b *testing.B) {
-			s := startBroker(b)
-			cs := make([]*stompclient.Conn, conns)
-			for i := range cs {
-				cs[i] = dial(b, s.Addr())
-			}
-			b.ResetTimer()
-			var wg sync.WaitGroup
-			per := (b.N + conns - 1) / conns
-			for i := range cs {
-				wg.Add(1)
-				go func(c *stompclient.Conn) {
-					defer wg.Done()
-					for j := 0; j < per; j++ {
-						if err := c.SendReceipt(context.Background(), "/queue/bench", body1K, persistent); err != nil {
-							b.Error(err)
-							return
-						}
-					}
-				}(cs[i])
-			}
-			wg.Wait()
-			b.ReportMetric(float64(per*conns)/b.Elapsed().Seconds(), "msgs/s")
+			sendReceipts(b, startBroker(b), conns)
 		})
 	}
 }
