@@ -28,7 +28,6 @@ type Lifecycle[T any] struct {
 	Mu sync.Mutex
 
 	cfg   LifecycleConfig[T]
-	name  string
 	grace time.Duration
 	log   *logrus.Entry
 	ln    *net.TCPListener
@@ -46,6 +45,9 @@ type Lifecycle[T any] struct {
 	// loops tracks the accept loop and the watcher.
 	loops    sync.WaitGroup
 	accepted atomic.Uint64
+	// acceptedTotal is cfg.Accepted's child for this service, looked up
+	// once rather than per connection.
+	acceptedTotal prometheus.Counter
 
 	serving bool
 	stopped bool
@@ -87,7 +89,6 @@ func NewLifecycle[T any](c Options, log *logrus.Entry, cfg LifecycleConfig[T]) (
 	ctx, cancel := context.WithCancel(context.Background())
 	l := &Lifecycle[T]{
 		cfg:      cfg,
-		name:     c.Name,
 		grace:    c.ShutdownGrace,
 		log:      log,
 		ln:       ln.(*net.TCPListener),
@@ -95,6 +96,8 @@ func NewLifecycle[T any](c Options, log *logrus.Entry, cfg LifecycleConfig[T]) (
 		cancel:   cancel,
 		stopping: make(chan struct{}),
 		drained:  make(chan struct{}),
+
+		acceptedTotal: cfg.Accepted.WithLabelValues(c.Name),
 	}
 	if c.MaxConnections > 0 {
 		l.sem = make(chan struct{}, c.MaxConnections)
@@ -277,7 +280,7 @@ func (l *Lifecycle[T]) acceptLoop() {
 		t := l.cfg.Admit(c)
 		l.Mu.Unlock()
 		l.accepted.Add(1)
-		l.cfg.Accepted.WithLabelValues(l.name).Inc()
+		l.acceptedTotal.Inc()
 		go l.serve(t)
 	}
 }

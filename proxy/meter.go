@@ -52,19 +52,46 @@ type kernelInfo struct {
 	lastRecv time.Duration // tcpi_last_data_recv
 }
 
+// The baselines of tcpi_bytes_acked before any data has moved, as Linux
+// sets them: a socket that called connect() counts its SYN, acknowledged by
+// the SYN-ACK, as one; an accepted socket starts past its SYN-ACK
+// (tcp_create_openreq_child), at zero.
+const (
+	acceptedBase = 0
+	dialedBase   = 1
+)
+
+// basesKnown is set once a pair has found TCP_INFO working and the
+// baselines as above; later pairs then take them as given, sparing two
+// getsockopt calls per connection. Until then (and for ever on a kernel
+// that says otherwise, say with TCP Fast Open data in the SYN) each pair
+// reads its own.
+var basesKnown atomic.Bool
+
 // startMeter sets the pair's flows up before any byte moves: kernel
 // baselines if the kernel counts, counting mode if not (or if forced).
 func (p *pair) startMeter(forceCounting bool) {
 	p.up.final.Store(-1)
 	p.down.final.Store(-1)
+	if forceCounting {
+		p.counting = true
+		return
+	}
+	if basesKnown.Load() {
+		p.down.base, p.up.base = acceptedBase, dialedBase
+		return
+	}
 	c, cok := kernelInfoOf(p.client)
 	u, uok := kernelInfoOf(p.upstream)
-	if forceCounting || !cok || !uok {
+	if !cok || !uok {
 		p.counting = true
 		return
 	}
 	p.down.base = c.acked
 	p.up.base = u.acked
+	if c.acked == acceptedBase && u.acked == dialedBase {
+		basesKnown.Store(true)
+	}
 }
 
 // copy copies src to dst for one direction of the pair and returns the

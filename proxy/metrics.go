@@ -24,6 +24,58 @@ type Metrics struct {
 	mu   sync.Mutex
 	done map[bytesKey]float64
 	live map[*pair]struct{}
+
+	// series caches the per-backend children, so that a connection looks
+	// its labels up once (backendSeries) rather than at every event.
+	seriesMu sync.Mutex
+	series   map[seriesKey]*backendSeries
+}
+
+type seriesKey struct{ service, backend string }
+
+// backendSeries are one service's series for one backend. WithLabelValues
+// hashes the labels and takes the vector's lock each time; a connection
+// would pay that four times or more, a series taken from here once.
+type backendSeries struct {
+	connected prometheus.Counter
+	active    prometheus.Gauge
+	// closed holds the closed_total children by reason, made on first use
+	// so that /metrics shows only reasons that happened.
+	closed sync.Map // reason → prometheus.Counter
+}
+
+// serviceSeries are a service's own series, looked up once by New.
+type serviceSeries struct {
+	held prometheus.Gauge
+}
+
+func (m *Metrics) serviceSeries(service string) serviceSeries {
+	return serviceSeries{held: m.held.WithLabelValues(service)}
+}
+
+// backendSeries returns the series of service and backend.
+func (m *Metrics) backendSeries(service, backend string) *backendSeries {
+	k := seriesKey{service, backend}
+	m.seriesMu.Lock()
+	defer m.seriesMu.Unlock()
+	bs := m.series[k]
+	if bs == nil {
+		bs = &backendSeries{
+			connected: m.connected.WithLabelValues(service, backend),
+			active:    m.active.WithLabelValues(service, backend),
+		}
+		m.series[k] = bs
+	}
+	return bs
+}
+
+// closedFor counts a connection closed for reason.
+func (bs *backendSeries) closedFor(m *Metrics, service, backend, reason string) prometheus.Counter {
+	if c, ok := bs.closed.Load(reason); ok {
+		return c.(prometheus.Counter)
+	}
+	c, _ := bs.closed.LoadOrStore(reason, m.closed.WithLabelValues(service, backend, reason))
+	return c.(prometheus.Counter)
 }
 
 type bytesKey struct{ service, backend, direction string }
@@ -61,8 +113,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "handover_proxy_connections_closed_total",
 			Help: "Proxied connections that ended, by reason: eof (both sides finished), client_error, " +
 				"upstream_error, failover (backend no longer a target), idle, shutdown."}, []string{"service", "backend", "reason"}),
-		done: map[bytesKey]float64{},
-		live: map[*pair]struct{}{},
+		done:   map[bytesKey]float64{},
+		live:   map[*pair]struct{}{},
+		series: map[seriesKey]*backendSeries{},
 	}
 	if reg != nil {
 		reg.MustRegister(m)
@@ -108,8 +161,8 @@ func (m *Metrics) pairStarted(p *pair) {
 	m.mu.Lock()
 	m.live[p] = struct{}{}
 	m.mu.Unlock()
-	m.connected.WithLabelValues(p.service, p.backend).Inc()
-	m.active.WithLabelValues(p.service, p.backend).Inc()
+	p.series.connected.Inc()
+	p.series.active.Inc()
 }
 
 // pairEnded moves p's bytes from the live samples to the finished totals,
@@ -121,6 +174,6 @@ func (m *Metrics) pairEnded(p *pair, reason string) {
 	m.done[bytesKey{p.service, p.backend, "up"}] += float64(up)
 	m.done[bytesKey{p.service, p.backend, "down"}] += float64(down)
 	m.mu.Unlock()
-	m.active.WithLabelValues(p.service, p.backend).Dec()
-	m.closed.WithLabelValues(p.service, p.backend, reason).Inc()
+	p.series.active.Dec()
+	p.series.closedFor(m, p.service, p.backend, reason).Inc()
 }

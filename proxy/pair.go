@@ -30,6 +30,7 @@ type pair struct {
 	client   *net.TCPConn
 	upstream *net.TCPConn
 	start    time.Time
+	series   *backendSeries
 	// logEntry is the pair's log entry, built on first use (logger).
 	logEntry atomic.Pointer[logrus.Entry]
 
@@ -61,6 +62,7 @@ func newPair(s *Service, client, upstream *net.TCPConn, backend string) *pair {
 		client:   client,
 		upstream: upstream,
 		start:    time.Now(),
+		series:   s.metrics.backendSeries(s.opts.Name, backend),
 	}
 	p.startMeter(s.forceCounting)
 	return p

@@ -56,6 +56,7 @@ type Service struct {
 	picker  Picker
 	log     *logrus.Entry
 	metrics *Metrics
+	series  serviceSeries
 	// lc owns the listener and the connection goroutines; its Mu guards
 	// pairs too.
 	lc   *Lifecycle[*net.TCPConn]
@@ -104,6 +105,7 @@ func New(opts Options, picker Picker, log *logrus.Entry, m *Metrics) (*Service, 
 		picker:  picker,
 		log:     OrDiscard(log).WithField("service", opts.Name),
 		metrics: m,
+		series:  m.serviceSeries(opts.Name),
 		conn:    conn,
 		pairs:   map[*pair]struct{}{},
 	}
@@ -220,11 +222,11 @@ func (s *Service) serveConn(client *net.TCPConn) {
 		end = time.Now().Add(s.opts.Timeout)
 	}
 	s.held.Add(1)
-	s.metrics.held.WithLabelValues(s.opts.Name).Inc()
+	s.series.held.Inc()
 	start := time.Now()
 	p, err := s.reach(client, log, end)
 	s.held.Add(-1)
-	s.metrics.held.WithLabelValues(s.opts.Name).Dec()
+	s.series.held.Dec()
 	if err != nil {
 		client.Close()
 		reason := failReason(err)

@@ -16,10 +16,15 @@ import (
 // set by defaults(); the sample proxy.toml at the repository root documents
 // each key.
 type Config struct {
-	Log           LogConfig       `toml:"log"`
-	Admin         AdminConfig     `toml:"admin"`
-	ShutdownGrace conf.Duration   `toml:"shutdown_grace"`
-	Services      []ServiceConfig `toml:"service"`
+	Log           LogConfig     `toml:"log"`
+	Admin         AdminConfig   `toml:"admin"`
+	ShutdownGrace conf.Duration `toml:"shutdown_grace"`
+	// GOMAXPROCS caps the CPUs that run Go code at once (the runtime's
+	// GOMAXPROCS). 0, the default, leaves the runtime's choice: the
+	// GOMAXPROCS environment variable if set, else the CPUs available to
+	// the process. See proxy.toml for when 1 pays.
+	GOMAXPROCS int             `toml:"gomaxprocs"`
+	Services   []ServiceConfig `toml:"service"`
 }
 
 // LogConfig is the [log] table.
@@ -215,6 +220,9 @@ func (c *Config) validate(name string, pos conf.Positions) error {
 	if c.ShutdownGrace < 0 {
 		bad("shutdown_grace", "must not be negative")
 	}
+	if c.GOMAXPROCS < 0 || c.GOMAXPROCS > maxGOMAXPROCS {
+		bad("gomaxprocs", "must be 0 (the runtime's choice) or 1 to %d, got %d", maxGOMAXPROCS, c.GOMAXPROCS)
+	}
 	if len(c.Services) == 0 {
 		bad("service", "at least one [[service]] is required")
 	}
@@ -338,6 +346,10 @@ func (c *Config) validate(name string, pos conf.Positions) error {
 	}
 	return errors.Join(errs...)
 }
+
+// maxGOMAXPROCS bounds the gomaxprocs key: far beyond any sidecar's need,
+// low enough to catch a typo (a port number, say).
+const maxGOMAXPROCS = 1024
 
 // checkAddr validates a listen address, rendering go-sockaddr templates.
 func checkAddr(addr string) error {

@@ -3,8 +3,11 @@ package main
 import (
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
+
+	"handover/internal/conf"
 )
 
 func TestSampleConfigIsValid(t *testing.T) {
@@ -61,6 +64,11 @@ rise = -1
 			"f.toml:19: service[1].check.timeout: must be positive and at most the interval",
 			"f.toml:20: service[1].check.rise",
 		}},
+		{"gomaxprocs 1", "gomaxprocs = 1\n[[service]]\nname = \"a\"\nlisten = \":1\"\nbackends = [\"127.0.0.1:2\"]\n", nil},
+		{"gomaxprocs 0 is the runtime's choice", "gomaxprocs = 0\n[[service]]\nname = \"a\"\nlisten = \":1\"\nbackends = [\"127.0.0.1:2\"]\n", nil},
+		{"gomaxprocs negative", "gomaxprocs = -1\n[[service]]\nname = \"a\"\nlisten = \":1\"\nbackends = [\"127.0.0.1:2\"]\n", []string{"f.toml:1: gomaxprocs: must be 0 (the runtime's choice) or 1 to 1024, got -1"}},
+		{"gomaxprocs too many", "gomaxprocs = 61600\n[[service]]\nname = \"a\"\nlisten = \":1\"\nbackends = [\"127.0.0.1:2\"]\n", []string{"gomaxprocs: must be 0", "got 61600"}},
+		{"gomaxprocs in a table is unknown", "[[service]]\nname = \"a\"\nlisten = \":1\"\nbackends = [\"127.0.0.1:2\"]\ngomaxprocs = 1\n", []string{`unknown key "service.gomaxprocs"`}},
 		{"bad duration", "[[service]]\nname = \"a\"\nlisten = \":1\"\nbackends = [\"h:2\"]\ntimeout = \"forever\"\n", []string{"bad duration"}},
 	}
 	for _, tt := range tests {
@@ -83,5 +91,26 @@ rise = -1
 				}
 			}
 		})
+	}
+}
+
+// TestSetGOMAXPROCS: the gomaxprocs key sets the runtime's GOMAXPROCS, and
+// 0 (as a reload to a file without the key does) gives the runtime its own
+// choice back.
+func TestSetGOMAXPROCS(t *testing.T) {
+	prev := runtime.GOMAXPROCS(0)
+	t.Cleanup(func() { runtime.GOMAXPROCS(prev) })
+	runtime.SetDefaultGOMAXPROCS()
+	def := runtime.GOMAXPROCS(0)
+	logger, err := conf.NewLogger(t.Output(), "info", "text")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc := &sidecar{log: logger.WithField("component", "handover")}
+	for _, tt := range []struct{ set, want int }{{1, 1}, {3, 3}, {0, def}} {
+		sc.setGOMAXPROCS(tt.set)
+		if got := runtime.GOMAXPROCS(0); got != tt.want {
+			t.Errorf("gomaxprocs = %d: GOMAXPROCS is %d, want %d", tt.set, got, tt.want)
+		}
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"reflect"
+	"runtime"
 	"sort"
 	"strings"
 	"sync"
@@ -242,6 +243,7 @@ func newSidecar(cfg *Config, path string, logOut io.Writer) (*sidecar, error) {
 		cfg:      cfg,
 		services: map[string]*service{},
 	}
+	sc.setGOMAXPROCS(cfg.GOMAXPROCS)
 	sc.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	sc.hm, sc.pm, sc.dm = health.NewMetrics(sc.reg), proxy.NewMetrics(sc.reg), discovery.NewMetrics(sc.reg)
 	sc.sm = stompproxy.NewMetrics(sc.reg)
@@ -457,6 +459,24 @@ func (sc *sidecar) run(ctx context.Context) error {
 	return nil
 }
 
+// setGOMAXPROCS applies the gomaxprocs key: n Ps, or for 0 the runtime's
+// own choice (the GOMAXPROCS environment variable, else the CPUs available,
+// kept up to date with the cgroup limit). A sidecar shares the host with
+// the application it serves; with 1, the Go scheduler has no idle P to
+// wake and no spinning thread looking for work, which is most of its CPU
+// per new connection on a small host (BenchmarkProxyConnect).
+func (sc *sidecar) setGOMAXPROCS(n int) {
+	prev := runtime.GOMAXPROCS(0)
+	if n > 0 {
+		runtime.GOMAXPROCS(n)
+	} else {
+		runtime.SetDefaultGOMAXPROCS()
+	}
+	if now := runtime.GOMAXPROCS(0); now != prev || n > 0 {
+		sc.log.WithFields(logrus.Fields{"gomaxprocs": now, "previous": prev, "configured": n}).Info("GOMAXPROCS set")
+	}
+}
+
 // requestReload asks run to reload the config file and waits for the
 // outcome. It is what SIGHUP and POST /reload do.
 func (sc *sidecar) requestReload(ctx context.Context) error {
@@ -556,6 +576,9 @@ func (sc *sidecar) reload() (err error) {
 	// Commit.
 	if lv, err := logrus.ParseLevel(next.Log.Level); err == nil {
 		sc.logger.SetLevel(lv)
+	}
+	if next.GOMAXPROCS != cur.GOMAXPROCS {
+		sc.setGOMAXPROCS(next.GOMAXPROCS)
 	}
 	grace := next.ShutdownGrace.D()
 	services := map[string]*service{}
