@@ -9,12 +9,14 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/sirupsen/logrus"
 
 	"handover/brokerd/journal"
 	"handover/frame"
+	"handover/internal/rawsock"
 )
 
 // conn is one client connection. Its data path, top to bottom:
@@ -26,7 +28,11 @@ import (
 //     durability of what it confirms and a producer's messages keep their
 //     order whether persistent or not;
 //   - destinations call deliver to queue MESSAGE frames, and writeLoop (one
-//     goroutine) writes queued frames out, with heart-beats.
+//     goroutine) writes queued frames out, with heart-beats;
+//   - a RECEIPT is written by whoever applied its step (flush), straight
+//     to the socket when the writer is idle: waking writeLoop for it would
+//     add a goroutine hand-off to every receipted SEND's round trip, which
+//     on a one-connection producer costs as much as a fifth of the fsync.
 type conn struct {
 	s   *Server
 	nc  net.Conn
@@ -41,6 +47,15 @@ type conn struct {
 	outq    []outFrame
 	outWake chan struct{}
 	closing bool // no more frames are accepted
+
+	// wmu is held by whoever writes to the socket (writeLoop or flush), from
+	// taking frames off outq until they are written, so frames keep their
+	// queue order. raw is nc's file descriptor for flush's non-blocking
+	// writes (nil when nc is not a socket: flush then defers to writeLoop).
+	wmu       sync.Mutex
+	raw       syscall.RawConn
+	flushBuf  []byte
+	lastWrite atomic.Int64 // unix ns of the last write, for heart-beats
 
 	// mu guards the session state.
 	mu   sync.Mutex
@@ -64,6 +79,7 @@ type conn struct {
 // is written). closeAfter closes the connection after flushing.
 type outFrame struct {
 	f          *frame.Frame
+	raw        []byte // already encoded bytes (what a partial flush left)
 	onWritten  func()
 	closeAfter bool
 	reason     string
@@ -91,6 +107,9 @@ func newConn(s *Server, nc net.Conn, id string) *conn {
 	}
 	c.version.Store(frame.V10)
 	c.readIdle.Store(int64(s.opts.ConnectTimeout))
+	if sc, ok := nc.(syscall.Conn); ok {
+		c.raw, _ = sc.SyscallConn()
+	}
 	return c
 }
 
@@ -530,6 +549,7 @@ func (c *conn) submit(recs []journal.Record, apply func(error)) {
 	if len(c.steps) == 0 && len(recs) == 0 && !c.draining {
 		c.pmu.Unlock()
 		apply(nil)
+		c.flush()
 		return
 	}
 	c.steps = append(c.steps, st)
@@ -571,11 +591,14 @@ func (c *conn) complete(st *step, err error) {
 	}
 	c.draining = false
 	c.pmu.Unlock()
+	c.flush()
 }
 
+// receipt queues f's RECEIPT without waking writeLoop; it is called only by
+// step appliers, and submit and complete flush after applying.
 func (c *conn) receipt(f *frame.Frame) {
 	if id, ok := f.Get("receipt"); ok {
-		c.send(outFrame{f: frame.New(frame.RECEIPT, "receipt-id", id)})
+		c.enqueue(outFrame{f: frame.New(frame.RECEIPT, "receipt-id", id)})
 	}
 }
 
@@ -651,10 +674,29 @@ func (c *conn) forget(ms []*message) {
 	c.mu.Unlock()
 }
 
-// send queues a frame for writeLoop; false if the connection is closing.
-// A client that lets MaxPendingFrames pile up is dropped as a slow consumer
-// rather than letting it grow the broker's memory without bound.
+// send queues a frame for writeLoop and wakes it; false if the connection is
+// closing.
 func (c *conn) send(o outFrame) bool {
+	if !c.enqueue(o) {
+		return false
+	}
+	c.wake()
+	return true
+}
+
+// wake tells writeLoop that frames are queued.
+func (c *conn) wake() {
+	select {
+	case c.outWake <- struct{}{}:
+	default:
+	}
+}
+
+// enqueue queues a frame without waking writeLoop; the caller must send,
+// wake or flush afterwards. A client that lets MaxPendingFrames pile up is
+// dropped as a slow consumer rather than letting it grow the broker's memory
+// without bound.
+func (c *conn) enqueue(o outFrame) bool {
 	c.outMu.Lock()
 	if c.closing {
 		c.outMu.Unlock()
@@ -672,11 +714,86 @@ func (c *conn) send(o outFrame) bool {
 	}
 	c.outq = append(c.outq, o)
 	c.outMu.Unlock()
-	select {
-	case c.outWake <- struct{}{}:
-	default:
-	}
 	return true
+}
+
+// flush writes the queued frames from the calling goroutine if the socket
+// takes them at once, and otherwise leaves them to writeLoop. It never
+// blocks: the write is non-blocking, and if writeLoop is busy writing it
+// will find the frames when it looks at the queue again. Frames with
+// side effects (onWritten, closeAfter) are always left to writeLoop.
+func (c *conn) flush() {
+	if c.raw == nil || !c.wmu.TryLock() {
+		c.wake()
+		return
+	}
+	c.outMu.Lock()
+	plain := len(c.outq) > 0 && !c.closing
+	for _, o := range c.outq {
+		if o.f == nil || o.onWritten != nil || o.closeAfter {
+			plain = false
+			break
+		}
+	}
+	if !plain {
+		empty := len(c.outq) == 0
+		c.outMu.Unlock()
+		c.wmu.Unlock()
+		if !empty {
+			c.wake()
+		}
+		return
+	}
+	buf := c.flushBuf[:0]
+	v := c.ver()
+	for i, o := range c.outq {
+		buf = frame.Append(buf, o.f, v)
+		c.outq[i] = outFrame{}
+	}
+	c.outq = c.outq[:0]
+	c.outMu.Unlock()
+
+	n, err := c.writeNow(buf)
+	if n < len(buf) {
+		// The socket buffer is full (or the write failed, which writeLoop
+		// will discover and handle): the rest goes first in the queue.
+		rest := append([]byte(nil), buf[n:]...)
+		c.outMu.Lock()
+		c.outq = append(c.outq, outFrame{})
+		copy(c.outq[1:], c.outq)
+		c.outq[0] = outFrame{raw: rest}
+		c.outMu.Unlock()
+		if err != nil {
+			c.log.WithError(err).Debug("direct write failed; leaving it to the writer")
+		}
+	}
+	if cap(buf) <= 64<<10 {
+		c.flushBuf = buf[:0]
+	} else {
+		c.flushBuf = nil
+	}
+	c.wmu.Unlock()
+	if n < len(buf) {
+		c.wake()
+	}
+}
+
+// writeNow makes one non-blocking send of buf and returns how much of it the
+// socket took.
+func (c *conn) writeNow(buf []byte) (int, error) {
+	var n int
+	var werr error
+	err := c.raw.Write(func(fd uintptr) bool {
+		n, werr = rawsock.Send(fd, buf)
+		return true // never wait for the socket to become writable
+	})
+	if n > 0 {
+		c.lastWrite.Store(time.Now().UnixNano())
+	}
+	if err == nil && werr != nil && werr != rawsock.ErrWouldBlock {
+		err = werr
+	}
+	return n, err
 }
 
 // queueClose closes the connection once everything queued has been written.
@@ -691,19 +808,21 @@ func (c *conn) writeLoop() {
 	var batch []outFrame
 	var hb *time.Ticker
 	var hbC <-chan time.Time
-	lastWrite := time.Now()
+	c.lastWrite.Store(time.Now().UnixNano())
 	for {
 		select {
 		case <-c.outWake:
 		case <-hbC:
-			if time.Since(lastWrite) < c.writeHB {
+			if time.Since(time.Unix(0, c.lastWrite.Load())) < c.writeHB {
 				continue
 			}
+			c.wmu.Lock()
 			c.nc.SetWriteDeadline(time.Now().Add(writeTimeout))
 			if err := w.WriteHeartbeat(); err == nil {
 				err = w.Flush()
 			}
-			lastWrite = time.Now()
+			c.wmu.Unlock()
+			c.lastWrite.Store(time.Now().UnixNano())
 			continue
 		case <-c.closed:
 			if hb != nil {
@@ -712,14 +831,21 @@ func (c *conn) writeLoop() {
 			c.abandon(batch)
 			return
 		}
+		c.wmu.Lock()
 		c.outMu.Lock()
 		batch, c.outq = c.outq, batch[:0]
 		c.outMu.Unlock()
 		var err error
 		closeAfter, reason := false, ""
 		w.SetVersion(c.ver())
+		// Before the first Write: a big batch flushes from inside Write.
+		c.nc.SetWriteDeadline(time.Now().Add(writeTimeout))
 		for _, o := range batch {
-			if o.f != nil && err == nil {
+			switch {
+			case err != nil:
+			case o.raw != nil:
+				err = w.WriteRaw(o.raw)
+			case o.f != nil:
 				err = w.Write(o.f)
 			}
 			if o.closeAfter {
@@ -728,16 +854,16 @@ func (c *conn) writeLoop() {
 			}
 		}
 		if err == nil {
-			c.nc.SetWriteDeadline(time.Now().Add(writeTimeout))
 			err = w.Flush()
 		}
+		c.wmu.Unlock()
 		if err != nil {
 			c.log.WithError(err).Debug("write failed")
 			c.abandon(batch)
 			c.close("write failed")
 			continue
 		}
-		lastWrite = time.Now()
+		c.lastWrite.Store(time.Now().UnixNano())
 		for i, o := range batch {
 			if o.onWritten != nil {
 				o.onWritten()

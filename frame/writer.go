@@ -35,6 +35,13 @@ func (w *Writer) Write(f *Frame) error {
 	return err
 }
 
+// WriteRaw buffers bytes that are already in wire form: frames encoded
+// earlier, or received and forwarded unchanged. The caller vouches for them.
+func (w *Writer) WriteRaw(b []byte) error {
+	_, err := w.bw.Write(b)
+	return err
+}
+
 // WriteHeartbeat buffers a heart-beat: a single end-of-line.
 func (w *Writer) WriteHeartbeat() error { return w.bw.WriteByte('\n') }
 
