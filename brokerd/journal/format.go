@@ -12,7 +12,7 @@ package journal
 //	batch*
 //	zero bytes (optional; preallocated space never written)
 //
-// A batch is what one write(2) + fdatasync of the group commit puts on disk:
+// A batch is what one synchronous write of the group commit puts on disk:
 //
 //	batch header (24 bytes)
 //	  0  uint32   magic 0x314b4a42 ("BJK1"), never zero

@@ -6,9 +6,10 @@
 // never acknowledged, in the order they were appended.
 //
 // One writer goroutine owns the files. It takes every Append queued since its
-// last batch, encodes them into one buffer and commits them with one write(2)
-// and one fdatasync (group commit), so many concurrent producers share the
-// cost of one disk flush. The on-disk format is described in format.go.
+// last batch, encodes them into one buffer and commits them with one
+// synchronous write, pwritev2 with RWF_DSYNC (or write(2) and fdatasync where
+// that is missing), so many concurrent producers share the cost of one disk
+// flush (group commit). The on-disk format is described in format.go.
 //
 // Disk use follows the backlog, not the history: a segment is deleted as soon
 // as nothing in it is needed to reconstruct the live set (see compact).
@@ -155,10 +156,13 @@ const (
 const defaultPrealloc = preallocZero
 
 // hooks are the file operations of the write path, replaceable in tests.
+// writeSync writes and makes the data durable in one call; when a test
+// replaces writeAt or sync, it is the two in turn.
 type hooks struct {
-	writeAt  func(f *os.File, b []byte, off int64) (int, error)
-	sync     func(f *os.File) error
-	truncate func(f *os.File, size int64) error
+	writeAt   func(f *os.File, b []byte, off int64) (int, error)
+	sync      func(f *os.File) error
+	writeSync func(f *os.File, b []byte, off int64) error
+	truncate  func(f *os.File, size int64) error
 }
 
 // request is one Append waiting for the writer.
@@ -264,11 +268,21 @@ func Open(opts Options) (*Journal, []Record, error) {
 		j.prealloc = defaultPrealloc
 	}
 	j.hooks = hooks{
-		writeAt:  (*os.File).WriteAt,
-		sync:     datasync,
-		truncate: (*os.File).Truncate,
+		writeAt:   (*os.File).WriteAt,
+		sync:      datasync,
+		writeSync: writeDsync,
+		truncate:  (*os.File).Truncate,
 	}
 	if h := opts.hooks; h != nil {
+		if h.writeAt != nil || h.sync != nil {
+			j.hooks.writeSync = func(f *os.File, b []byte, off int64) error {
+				_, err := j.hooks.writeAt(f, b, off)
+				if err == nil {
+					err = j.hooks.sync(f)
+				}
+				return err
+			}
+		}
 		if h.writeAt != nil {
 			j.hooks.writeAt = h.writeAt
 		}
@@ -558,10 +572,7 @@ func (j *Journal) writeBatch(count int) error {
 	}
 	seg, off := j.active, j.active.size
 	putBatchHeader(j.buf, count, off)
-	_, err := j.hooks.writeAt(j.f, j.buf, off)
-	if err == nil {
-		err = j.hooks.sync(j.f)
-	}
+	err := j.hooks.writeSync(j.f, j.buf, off)
 	if err != nil {
 		werr := fmt.Errorf("journal: write batch of %d records (%d bytes) to segment %s at offset %d: %w",
 			count, len(j.buf), seg.name, off, err)
