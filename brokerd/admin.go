@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"handover/internal/debugz"
 )
 
 // Status is the JSON document served at GET /status.
@@ -84,6 +86,7 @@ func (s *Server) Status() Status {
 
 func (s *Server) adminHandler() http.Handler {
 	mux := http.NewServeMux()
+	debugz.Register(mux)
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)

@@ -15,6 +15,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"handover/frame"
+	"handover/internal/rawsock"
 	"handover/proxy"
 )
 
@@ -94,13 +95,14 @@ type session struct {
 func (s *Service) newSession(c *net.TCPConn) *session {
 	id := s.newSessionID()
 	ctx, cancel := context.WithCancel(s.lc.Context())
+	cs := stream(c)
 	ss := &session{
 		svc:    s,
 		id:     id,
 		log:    s.log.WithFields(logrus.Fields{"session": id, "client": c.RemoteAddr().String()}),
 		client: c,
-		cdr:    &deadlineReader{nc: c},
-		cw:     frame.NewWriter(c),
+		cdr:    &deadlineReader{nc: c, r: cs},
+		cw:     frame.NewWriter(cs),
 		ctx:    ctx,
 		cancel: cancel,
 		t:      newTracker(id, s.opts.MaxReplayBytes, s.opts.holdTimeout()),
@@ -120,7 +122,8 @@ func (s *Service) newSession(c *net.TCPConn) *session {
 // frame unflushed behind a partial one (or behind the EOL many clients put
 // after each frame's NUL).
 type deadlineReader struct {
-	nc         net.Conn
+	nc         net.Conn     // for deadlines
+	r          io.Reader    // nc, or a rawsock.Stream over it
 	timeout    atomic.Int64 // time.Duration; zero leaves the deadline alone
 	beforeRead func()       // set before the reader's first use
 }
@@ -132,7 +135,18 @@ func (d *deadlineReader) Read(p []byte) (int, error) {
 	if t := time.Duration(d.timeout.Load()); t > 0 {
 		d.nc.SetReadDeadline(time.Now().Add(t))
 	}
-	return d.nc.Read(p)
+	return d.r.Read(p)
+}
+
+// stream returns what a session reads and writes c through: a
+// rawsock.Stream, whose raw system calls spare each frame the scheduler's
+// hand-offs around an ordinary read or write (about a fifth of the
+// sidecar's CPU per receipted SEND), or c itself if it has no RawConn.
+func stream(c *net.TCPConn) io.ReadWriter {
+	if s, err := rawsock.NewStream(c); err == nil {
+		return s
+	}
+	return c
 }
 
 func (d *deadlineReader) setTimeout(t time.Duration) {
@@ -156,7 +170,8 @@ type upstream struct {
 }
 
 func newUpstream(nc *net.TCPConn, backend string, lim frame.Limits) *upstream {
-	u := &upstream{nc: nc, backend: backend, dr: &deadlineReader{nc: nc}, w: frame.NewWriter(nc)}
+	us := stream(nc)
+	u := &upstream{nc: nc, backend: backend, dr: &deadlineReader{nc: nc, r: us}, w: frame.NewWriter(us)}
 	u.r = frame.NewReader(u.dr, lim)
 	return u
 }

@@ -23,6 +23,7 @@ import (
 	"handover/discovery"
 	"handover/health"
 	"handover/internal/conf"
+	"handover/internal/debugz"
 	"handover/proxy"
 	"handover/stompproxy"
 )
@@ -761,6 +762,7 @@ func (sc *sidecar) status() Status {
 
 func (sc *sidecar) adminHandler() http.Handler {
 	mux := http.NewServeMux()
+	debugz.Register(mux)
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)
