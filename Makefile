@@ -25,6 +25,7 @@ test-short:
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzRead$$' -fuzztime $(FUZZTIME) ./frame/
+	$(GO) test -run '^$$' -fuzz '^FuzzPeekPlain$$' -fuzztime $(FUZZTIME) ./frame/
 	$(GO) test -run '^$$' -fuzz '^FuzzReplay$$' -fuzztime $(FUZZTIME) ./brokerd/journal/
 
 lint:

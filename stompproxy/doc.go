@@ -25,14 +25,16 @@
 //
 // # SENDs
 //
-// Every SEND outside a transaction is stamped with handover-producer (an id
-// unique to the session) and handover-seq (1, 2, 3, … per session). A SEND
-// with a receipt header is kept until its RECEIPT and re-sent, with the same
+// Every SEND outside a transaction that asks for a receipt is stamped with
+// handover-producer (an id unique to the session) and handover-seq (1, 2,
+// 3, … per session), kept until its RECEIPT and re-sent, with the same
 // stamp, by a resume. brokerd drops a SEND whose (producer, seq) it already
 // persisted and still answers its receipt, so against brokerd a replayed
 // SEND is never stored twice; against other brokers a replay is
 // at-least-once. A SEND without a receipt is the client's choice of
 // at-most-once: it is not kept, and one in flight at a failover may be lost.
+// Never replayed, it can never be a duplicate, so it goes through as the
+// client wrote it, unstamped, and costs the broker no window update.
 //
 // # ACK and NACK across a failover
 //

@@ -194,14 +194,26 @@ func (u *upstream) handshake(connect *frame.Frame, timeout time.Duration) (*fram
 	return reply, nil
 }
 
-// send writes frames, flushing if asked. The caller holds wmu.
-func (u *upstream) send(frames []*frame.Frame, flush bool) error {
+// renew moves the write deadline on. The caller holds wmu.
+func (u *upstream) renew() {
 	// Moving the deadline costs a timer update; once a second is plenty
 	// for a 30s bound.
 	if now := time.Now(); now.After(u.renewAt) {
 		u.nc.SetWriteDeadline(now.Add(writeTimeout))
 		u.renewAt = now.Add(time.Second)
 	}
+}
+
+// sendRaw buffers frames already in wire form; the next flushUpstream
+// writes them. The caller holds wmu.
+func (u *upstream) sendRaw(b []byte) error {
+	u.renew()
+	return u.w.WriteRaw(b)
+}
+
+// send writes frames, flushing if asked. The caller holds wmu.
+func (u *upstream) send(frames []*frame.Frame, flush bool) error {
+	u.renew()
 	for _, f := range frames {
 		if err := u.w.Write(f); err != nil {
 			return err
@@ -580,7 +592,19 @@ func errorFrame(msg string) *frame.Frame {
 func (s *session) clientLoop() {
 	defer s.wg.Done()
 	for {
-		f, err := s.cr.Read()
+		// Fill first, so that the first frame of each read can take the
+		// raw path too.
+		err := s.cr.Fill()
+		if err == nil {
+			if raw := s.cr.PeekPlain(passesUnchanged); len(raw) > 0 && s.passRaw(raw) {
+				s.cr.Discard(len(raw))
+				continue
+			}
+		}
+		var f *frame.Frame
+		if err == nil {
+			f, err = s.cr.Read()
+		}
 		if err != nil {
 			s.clientReadFailed(err)
 			return
@@ -589,6 +613,37 @@ func (s *session) clientLoop() {
 			return
 		}
 	}
+}
+
+// passesUnchanged picks the client frames the tracker would forward exactly
+// as they are: SENDs without a receipt (never kept, so never stamped; see
+// tracker.fromClient) outside a transaction. A busy producer's frames are
+// mostly these, and passing their bytes on spares parsing, allocating and
+// re-encoding each.
+func passesUnchanged(command, headers []byte) bool {
+	return string(command) == frame.SEND && !frame.HasHeader(headers, "receipt") &&
+		!frame.HasHeader(headers, "transaction")
+}
+
+// passRaw forwards frames that passesUnchanged picked, in their wire form.
+// While the session is paused it returns false: they then go through
+// fromClient, which holds them for the new master.
+func (s *session) passRaw(raw []byte) bool {
+	s.mu.Lock()
+	u := s.up
+	if s.paused || s.closing || u == nil {
+		s.mu.Unlock()
+		return false
+	}
+	u.wmu.Lock()
+	s.mu.Unlock()
+	// Flushed before the next wait for the client (flushUpstream).
+	err := u.sendRaw(raw)
+	u.wmu.Unlock()
+	if err != nil {
+		u.nc.Close() // run's read reports it, and the session resumes
+	}
+	return true
 }
 
 // fromClient forwards one client frame, or buffers it during a pause.

@@ -349,3 +349,75 @@ func TestFrameThenEOLFlushed(t *testing.T) {
 		t.Fatalf("RECEIPT: %v %v", f, err)
 	}
 }
+
+// TestPlainSendsPassUnchanged: a burst mixing frames the sidecar passes on
+// as raw bytes (SENDs without receipt or transaction) with frames it parses
+// and tracks reaches the broker in the client's order, the raw ones exactly
+// as written (no stamp, headers and binary bodies intact), the tracked ones
+// stamped or rewritten as before.
+func TestPlainSendsPassUnchanged(t *testing.T) {
+	a := startFake(t, "1.2", "0,0")
+	svc := startService(t, proxytest.NewPicker(a.addr()), nil)
+	nc, err := net.Dial("tcp", svc.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	r := frame.NewReader(nc, frame.Limits{})
+	io.WriteString(nc, "CONNECT\naccept-version:1.2\nhost:/\n\n\x00")
+	nc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if f, err := r.Read(); err != nil || f.Command != frame.CONNECTED {
+		t.Fatalf("CONNECTED: %v %v", f, err)
+	}
+	ca := a.next(t)
+	burst := "SEND\ndestination:/queue/a\nn:1\n\none\x00\n" +
+		"SEND\ndestination:/queue/a\nn:2\ncontent-length:5\n\nt\x00w\x00o\x00" +
+		"SEND\ndestination:/queue/a\nn:3\nreceipt:r3\n\nthree\x00" +
+		"BEGIN\ntransaction:tx\n\n\x00" +
+		"SEND\ndestination:/queue/a\nn:4\ntransaction:tx\n\nfour\x00" +
+		"COMMIT\ntransaction:tx\n\n\x00" +
+		"SEND\r\ndestination:/queue/a\r\nn:5\r\n\r\nfive\x00" +
+		"SEND\ndestination:/queue/a\nn:6\n\nsix\x00" +
+		"SEND\ndestination:/queue/a\nn:7\nreceipt:r7\n\nseven\x00"
+	io.WriteString(nc, burst)
+
+	type want struct {
+		cmd, n, body string
+		stamped      bool
+	}
+	for _, w := range []want{
+		{frame.SEND, "1", "one", false},
+		{frame.SEND, "2", "t\x00w\x00o", false},
+		{frame.SEND, "3", "three", true},
+		{frame.BEGIN, "", "", false},
+		{frame.SEND, "4", "four", false},
+		{frame.COMMIT, "", "", false},
+		{frame.SEND, "5", "five", false},
+		{frame.SEND, "6", "six", false},
+		{frame.SEND, "7", "seven", true},
+	} {
+		f := ca.expect(t, w.cmd)
+		if f.Value("n") != w.n || string(f.Body) != w.body {
+			t.Fatalf("broker got %v n:%q body %q, want n:%q body %q", f.Command, f.Value("n"), f.Body, w.n, w.body)
+		}
+		_, stamped := f.Get(HeaderSeq)
+		if stamped != w.stamped {
+			t.Fatalf("SEND n:%s stamped = %v, want %v (%v)", w.n, stamped, w.stamped, f)
+		}
+		// The sidecar's encoder always writes a content-length: frames
+		// without one came through as raw bytes.
+		if _, cl := f.Get("content-length"); (w.n == "1" || w.n == "6") && cl {
+			t.Fatalf("SEND n:%s was re-encoded, not passed on as written: %v", w.n, f.Headers)
+		}
+	}
+	for _, id := range []string{"r3", "r7"} {
+		nc.SetReadDeadline(time.Now().Add(5 * time.Second))
+		f, err := r.Read()
+		for err == nil && f.Command == frame.RECEIPT && f.Value("receipt-id") != id {
+			f, err = r.Read() // BEGIN's and COMMIT's, which the sidecar asked for
+		}
+		if err != nil || f.Value("receipt-id") != id {
+			t.Fatalf("RECEIPT %s: %v %v", id, f, err)
+		}
+	}
+}

@@ -333,6 +333,12 @@ func (t *tracker) fromClient(f *frame.Frame, now time.Time) actions {
 	}
 	switch f.Command {
 	case frame.SEND:
+		if _, ok := f.Get("receipt"); !ok || t.unresumable {
+			// Never kept, so never replayed, so never a duplicate: the
+			// stamp would only cost the broker a window update.
+			a.up = append(a.up, f)
+			return a
+		}
 		t.seq++
 		g := withHeader(f, HeaderProducer, t.producer)
 		g.Set(HeaderSeq, strconv.FormatUint(t.seq, 10))

@@ -1,0 +1,139 @@
+package frame
+
+import (
+	"bytes"
+	"io"
+	"strings"
+	"testing"
+)
+
+func TestScanPlain(t *testing.T) {
+	tight := Limits{MaxBody: 4, MaxHeaders: 2, MaxLine: 16}
+	tests := []struct {
+		name string
+		in   string
+		lim  Limits
+		want int // bytes claimed; 0: not a complete plain frame
+	}{
+		{"minimal", "SEND\n\n\x00", Limits{}, 7},
+		{"headers and body", "SEND\ndestination:/q\n\nhello\x00rest", Limits{}, 27},
+		{"leading heart-beats", "\n\nSEND\n\n\x00", Limits{}, 9},
+		{"content-length with NUL in body", "SEND\ncontent-length:3\n\na\x00b\x00", Limits{}, 27},
+		{"first content-length counts", "SEND\ncontent-length:1\ncontent-length:x\n\na\x00", Limits{}, 42},
+		{"incomplete body", "SEND\ncontent-length:3\n\nab", Limits{}, 0},
+		{"no NUL yet", "SEND\n\nabc", Limits{}, 0},
+		{"no NUL after content-length", "SEND\ncontent-length:1\n\nab\x00", Limits{}, 0},
+		{"incomplete headers", "SEND\ndestination:/q\n", Limits{}, 0},
+		{"CRLF", "SEND\r\n\r\n\x00", Limits{}, 0},
+		{"CR in a header", "SEND\na:b\r\n\n\x00", Limits{}, 0},
+		{"escape", "SEND\na:b\\cc\n\n\x00", Limits{}, 0},
+		{"no colon", "SEND\nab\n\n\x00", Limits{}, 0},
+		{"bad command", "send\n\n\x00", Limits{}, 0},
+		{"spaced content-length", "SEND\ncontent-length: 1\n\na\x00", Limits{}, 0},
+		{"negative content-length", "SEND\ncontent-length:-1\n\n\x00", Limits{}, 0},
+		{"body at the limit", "SEND\n\nabcd\x00", tight, 11},
+		{"body over the limit", "SEND\n\nabcde\x00", tight, 0},
+		{"content-length over the limit", "SEND\ncontent-length:5\n\nabcde\x00", tight, 0},
+		{"headers at the limit", "SEND\na:1\nb:2\n\n\x00", tight, 15},
+		{"headers over the limit", "SEND\na:1\nb:2\nc:3\n\n\x00", tight, 0},
+		{"line over the limit", "SEND\nabcdefgh:ijklmnopq\n\n\x00", tight, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			n, _, _ := scanPlain([]byte(tt.in), tt.lim)
+			if n != tt.want {
+				t.Fatalf("scanPlain(%q) = %d, want %d", tt.in, n, tt.want)
+			}
+		})
+	}
+}
+
+func TestPeekPlain(t *testing.T) {
+	plain := "SEND\ndestination:/q\n\none\x00\nSEND\ndestination:/q\n\ntwo\x00"
+	kept := "SEND\ndestination:/q\nreceipt:r1\n\nthree\x00"
+	tail := "SEND\ndestination:/q\n\nfour\x00"
+	in := plain + kept + tail
+	r := NewReader(strings.NewReader(in), Limits{})
+	// Nothing is buffered yet: PeekPlain never reads.
+	if got := r.PeekPlain(func(_, _ []byte) bool { return true }); len(got) != 0 {
+		t.Fatalf("PeekPlain before any read = %q", got)
+	}
+	if err := r.Fill(); err != nil || r.Buffered() != len(in) {
+		t.Fatalf("Fill: %v, %d bytes buffered, want %d", err, r.Buffered(), len(in))
+	}
+	noReceipt := func(cmd, h []byte) bool { return string(cmd) == SEND && !HasHeader(h, "receipt") }
+	got := r.PeekPlain(noReceipt)
+	if string(got) != plain {
+		t.Fatalf("PeekPlain = %q, want %q", got, plain)
+	}
+	r.Discard(len(got))
+	f, err := r.Read()
+	if err != nil || f.Value("receipt") != "r1" {
+		t.Fatalf("Read after the run = %v, %v; want the receipted SEND", f, err)
+	}
+	if got := r.PeekPlain(noReceipt); string(got) != tail {
+		t.Fatalf("PeekPlain = %q, want %q", got, tail)
+	}
+	r.Discard(len(tail))
+	if _, err := r.Read(); err != io.EOF {
+		t.Fatalf("Read at the end = %v, want EOF", err)
+	}
+	if err := r.Fill(); err != io.EOF {
+		t.Fatalf("Fill at the end = %v, want EOF", err)
+	}
+}
+
+func TestHasHeader(t *testing.T) {
+	h := []byte("destination:/q\nreceipt:\nreceipts:x\n")
+	for _, tt := range []struct {
+		key  string
+		want bool
+	}{
+		{"destination", true}, {"receipt", true}, {"receipts", true},
+		{"transaction", false}, {"dest", false}, {"", false},
+	} {
+		if got := HasHeader(h, tt.key); got != tt.want {
+			t.Errorf("HasHeader(%q) = %v, want %v", tt.key, got, tt.want)
+		}
+	}
+}
+
+// FuzzPeekPlain checks the fast path against Read: every frame scanPlain
+// claims must be one Read accepts from exactly those bytes, with the same
+// command and the same headers (HasHeader finds each of them).
+func FuzzPeekPlain(f *testing.F) {
+	f.Add([]byte("SEND\ndestination:/q\n\nhello\x00"))
+	f.Add([]byte("\nSEND\ncontent-length:2\n\na\x00\x00MESSAGE\n\n\x00"))
+	f.Add([]byte("SEND\na:b\nc:d\ne:f\n\nabcdefghi\x00"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		for _, lim := range fuzzLimits {
+			rest := data
+			for {
+				n, cmd, hdrs := scanPlain(rest, lim)
+				if n == 0 {
+					break
+				}
+				for _, v := range []Version{V10, V11, V12} {
+					r := NewReader(bytes.NewReader(rest[:n]), lim)
+					r.SetVersion(v)
+					fr, err := r.Read()
+					if err != nil {
+						t.Fatalf("scanPlain claimed %q (limits %+v) but Read at %s fails: %v", rest[:n], lim, v, err)
+					}
+					if fr.Command != string(cmd) {
+						t.Fatalf("command %q, Read says %q", cmd, fr.Command)
+					}
+					if _, err := r.Read(); err != io.EOF {
+						t.Fatalf("scanPlain claimed %d bytes of %q but Read left more: %v", n, rest[:n], err)
+					}
+					for _, h := range fr.Headers {
+						if !HasHeader(hdrs, h.Key) {
+							t.Fatalf("header %q of %q not found by HasHeader in %q", h.Key, rest[:n], hdrs)
+						}
+					}
+				}
+				rest = rest[n:]
+			}
+		}
+	})
+}
