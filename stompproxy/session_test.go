@@ -322,18 +322,7 @@ func TestOptionsValidate(t *testing.T) {
 // reach the broker at once, not wait for the next frame.
 func TestFrameThenEOLFlushed(t *testing.T) {
 	a := startFake(t, "1.2", "0,0")
-	svc := startService(t, proxytest.NewPicker(a.addr()), nil)
-	nc, err := net.Dial("tcp", svc.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	r := frame.NewReader(nc, frame.Limits{})
-	io.WriteString(nc, "CONNECT\naccept-version:1.2\nhost:/\n\n\x00\n")
-	nc.SetReadDeadline(time.Now().Add(5 * time.Second))
-	if f, err := r.Read(); err != nil || f.Command != frame.CONNECTED {
-		t.Fatalf("CONNECTED: %v %v", f, err)
-	}
+	nc, r := connectRawClient(t, a, "CONNECT\naccept-version:1.2\nhost:/\n\n\x00\n")
 	ca := a.next(t)
 	io.WriteString(nc, "SEND\ndestination:/queue/a\nreceipt:r1\n\nhello\x00\nSEND\ndestination:/queue/a\n\nhal")
 	select {
@@ -357,18 +346,7 @@ func TestFrameThenEOLFlushed(t *testing.T) {
 // stamped or rewritten as before.
 func TestPlainSendsPassUnchanged(t *testing.T) {
 	a := startFake(t, "1.2", "0,0")
-	svc := startService(t, proxytest.NewPicker(a.addr()), nil)
-	nc, err := net.Dial("tcp", svc.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	r := frame.NewReader(nc, frame.Limits{})
-	io.WriteString(nc, "CONNECT\naccept-version:1.2\nhost:/\n\n\x00")
-	nc.SetReadDeadline(time.Now().Add(5 * time.Second))
-	if f, err := r.Read(); err != nil || f.Command != frame.CONNECTED {
-		t.Fatalf("CONNECTED: %v %v", f, err)
-	}
+	nc, r := connectRawClient(t, a, "CONNECT\naccept-version:1.2\nhost:/\n\n\x00")
 	ca := a.next(t)
 	burst := "SEND\ndestination:/queue/a\nn:1\n\none\x00\n" +
 		"SEND\ndestination:/queue/a\nn:2\ncontent-length:5\n\nt\x00w\x00o\x00" +
@@ -420,4 +398,23 @@ func TestPlainSendsPassUnchanged(t *testing.T) {
 			t.Fatalf("RECEIPT %s: %v %v", id, f, err)
 		}
 	}
+}
+
+// connectRawClient starts a sidecar in front of a, connects a raw client
+// that sends connect (exact bytes), and returns it once CONNECTED.
+func connectRawClient(t *testing.T, a *fakeBroker, connect string) (net.Conn, *frame.Reader) {
+	t.Helper()
+	svc := startService(t, proxytest.NewPicker(a.addr()), nil)
+	nc, err := net.Dial("tcp", svc.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	r := frame.NewReader(nc, frame.Limits{})
+	io.WriteString(nc, connect)
+	nc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if f, err := r.Read(); err != nil || f.Command != frame.CONNECTED {
+		t.Fatalf("CONNECTED: %v %v", f, err)
+	}
+	return nc, r
 }

@@ -29,14 +29,8 @@ func Read(fd uintptr, b []byte) (int, error) {
 	}
 	for {
 		n, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
-		switch e {
-		case 0:
-			return int(n), nil
-		case syscall.EINTR:
-		case syscall.EAGAIN:
-			return 0, ErrWouldBlock
-		default:
-			return 0, e
+		if e != syscall.EINTR {
+			return outcome(n, e)
 		}
 	}
 }
@@ -51,14 +45,19 @@ func Send(fd uintptr, b []byte) (int, error) {
 	for {
 		n, _, e := syscall.RawSyscall6(syscall.SYS_SENDTO, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)),
 			syscall.MSG_NOSIGNAL|syscall.MSG_DONTWAIT, 0, 0)
-		switch e {
-		case 0:
-			return int(n), nil
-		case syscall.EINTR:
-		case syscall.EAGAIN:
-			return 0, ErrWouldBlock
-		default:
-			return 0, e
+		if e != syscall.EINTR {
+			return outcome(n, e)
 		}
 	}
+}
+
+// outcome is Read's and Send's result for a call that returned n and e.
+func outcome(n uintptr, e syscall.Errno) (int, error) {
+	switch e {
+	case 0:
+		return int(n), nil
+	case syscall.EAGAIN:
+		return 0, ErrWouldBlock
+	}
+	return 0, e
 }

@@ -15,14 +15,8 @@ var ErrWouldBlock = errors.New("operation would block")
 func Read(fd uintptr, b []byte) (int, error) {
 	for {
 		n, err := syscall.Read(int(fd), b)
-		switch err {
-		case nil:
-			return n, nil
-		case syscall.EINTR:
-		case syscall.EAGAIN:
-			return 0, ErrWouldBlock
-		default:
-			return 0, err
+		if err != syscall.EINTR {
+			return outcome(n, err)
 		}
 	}
 }
@@ -32,14 +26,19 @@ func Read(fd uintptr, b []byte) (int, error) {
 func Send(fd uintptr, b []byte) (int, error) {
 	for {
 		n, err := syscall.Write(int(fd), b)
-		switch err {
-		case nil:
-			return n, nil
-		case syscall.EINTR:
-		case syscall.EAGAIN:
-			return 0, ErrWouldBlock
-		default:
-			return 0, err
+		if err != syscall.EINTR {
+			return outcome(n, err)
 		}
 	}
+}
+
+// outcome is Read's and Send's result for a call that returned n and err.
+func outcome(n int, err error) (int, error) {
+	switch err {
+	case nil:
+		return n, nil
+	case syscall.EAGAIN:
+		return 0, ErrWouldBlock
+	}
+	return 0, err
 }
