@@ -56,7 +56,8 @@ type Connector struct {
 // prefixed with pkg if picker is nil, and else the Connector of a service
 // with settings o (defaults applied), counting failed attempts in
 // dialErrors. The Dialer turns keepalive on for backend sockets, as the
-// listener does for accepted ones (sockopt_*.go). TCP_NODELAY stays on, as
+// listener does for accepted ones, and connects cheaply (backendDialer in
+// sockopt_*.go). TCP_NODELAY stays on, as
 // Go sets it: STOMP frames are small, and a proxy that batched them would
 // add Nagle's delay to every hop.
 func NewConnector(pkg string, invalid error, picker Picker, o Options, dialErrors *prometheus.CounterVec) (Connector, error) {
@@ -66,7 +67,7 @@ func NewConnector(pkg string, invalid error, picker Picker, o Options, dialError
 	case picker == nil:
 		return Connector{}, errors.New(pkg + ": a Picker is required")
 	}
-	return Connector{Picker: picker, Dialer: net.Dialer{KeepAlive: o.KeepAlive}, Settings: o, DialErrors: dialErrors}, nil
+	return Connector{Picker: picker, Dialer: backendDialer(o.KeepAlive), Settings: o, DialErrors: dialErrors}, nil
 }
 
 // Connect finds a backend, the way ActiveMQ's failover transport finds a

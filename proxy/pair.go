@@ -177,7 +177,7 @@ func (p *pair) copyUpstream(done chan<- struct{}) {
 	// Stored before CloseWrite: see flow.current for why the order matters.
 	p.up.final.Store(n)
 	if err == nil && !p.lastToFinish() {
-		err = p.upstream.CloseWrite()
+		err = closeWrite(p.upstream)
 	}
 	p.copyEnded("up", err)
 }
@@ -188,7 +188,7 @@ func (p *pair) copyDownstream() {
 	n, err := p.copy(p.client, p.upstream, &p.down)
 	p.down.final.Store(n)
 	if err == nil && !p.lastToFinish() {
-		err = p.client.CloseWrite()
+		err = closeWrite(p.client)
 	}
 	p.copyEnded("down", err)
 }

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"syscall"
 
 	"handover/internal/rawsock"
 )
@@ -111,4 +112,23 @@ func relay(dst, src *net.TCPConn) (int64, error) {
 			return written + m, err
 		}
 	}
+}
+
+// closeWrite half-closes c, as c.CloseWrite does, but with a raw system
+// call: the FIN it sends is processed by a loopback peer inside the call,
+// long enough for the scheduler's monitor to hand our P to another thread
+// were it an ordinary one (see rawsock).
+func closeWrite(c *net.TCPConn) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) { serr = rawsock.Shutdown(fd, syscall.SHUT_WR) }); err != nil {
+		return err
+	}
+	if serr != nil {
+		return &net.OpError{Op: "close", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError("shutdown", serr)}
+	}
+	return nil
 }

@@ -12,3 +12,9 @@ import (
 func ListenConfig(keepAlive time.Duration) net.ListenConfig {
 	return net.ListenConfig{KeepAlive: keepAlive}
 }
+
+// backendDialer is the Dialer for backend sockets, keepalive every
+// keepAlive (negative: off). See sockopt_linux.go.
+func backendDialer(keepAlive time.Duration) net.Dialer {
+	return net.Dialer{KeepAlive: keepAlive}
+}

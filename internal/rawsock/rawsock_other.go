@@ -4,6 +4,8 @@ package rawsock
 
 import (
 	"errors"
+	"net"
+	"net/netip"
 	"syscall"
 )
 
@@ -42,3 +44,36 @@ func outcome(n int, err error) (int, error) {
 	}
 	return 0, err
 }
+
+// SetsockoptInt sets an int socket option on fd.
+func SetsockoptInt(fd uintptr, level, opt, value int) error {
+	return syscall.SetsockoptInt(int(fd), level, opt, value)
+}
+
+// Connect starts connecting the non-blocking socket fd to addr:
+// syscall.EINPROGRESS while the handshake goes on, nil once connected.
+func Connect(fd uintptr, addr netip.AddrPort) error {
+	var sa syscall.Sockaddr
+	if addr.Addr().Is4() {
+		sa = &syscall.SockaddrInet4{Port: int(addr.Port()), Addr: addr.Addr().As4()}
+	} else {
+		sa6 := &syscall.SockaddrInet6{Port: int(addr.Port()), Addr: addr.Addr().As16()}
+		if z := addr.Addr().Zone(); z != "" {
+			ifi, err := net.InterfaceByName(z)
+			if err != nil {
+				return err
+			}
+			sa6.ZoneId = uint32(ifi.Index)
+		}
+		sa = sa6
+	}
+	for {
+		err := syscall.Connect(int(fd), sa)
+		if err != syscall.EINTR {
+			return err
+		}
+	}
+}
+
+// Shutdown shuts down part of a full-duplex connection on fd.
+func Shutdown(fd uintptr, how int) error { return syscall.Shutdown(int(fd), how) }
