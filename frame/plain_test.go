@@ -137,3 +137,24 @@ func FuzzPeekPlain(f *testing.F) {
 		}
 	})
 }
+
+func TestNewReaderSize(t *testing.T) {
+	in := strings.Repeat("SEND\n\nx\x00", 10000) // 80,000 bytes
+	for _, tt := range []struct {
+		size int
+		lim  Limits
+		want int // bytes one Fill buffers
+	}{
+		{16 << 10, Limits{}, 16 << 10},
+		{100, Limits{}, DefaultLimits.MaxLine + 2}, // never below a whole line
+		{100, Limits{MaxLine: 10}, 100},
+	} {
+		r := NewReaderSize(strings.NewReader(in), tt.lim, tt.size)
+		if err := r.Fill(); err != nil {
+			t.Fatal(err)
+		}
+		if got := r.Buffered(); got != tt.want {
+			t.Errorf("size %d, limits %+v: Fill buffered %d bytes, want %d", tt.size, tt.lim, got, tt.want)
+		}
+	}
+}

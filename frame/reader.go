@@ -71,8 +71,15 @@ type Reader struct {
 // DefaultLimits). It decodes header escapes as STOMP 1.2 does until
 // SetVersion says otherwise.
 func NewReader(r io.Reader, lim Limits) *Reader {
+	return NewReaderSize(r, lim, 4096)
+}
+
+// NewReaderSize is NewReader with a read buffer of at least size bytes (and
+// always room for a line of lim.MaxLine). A bigger buffer means fewer
+// system calls for a peer that sends frames back to back, and lets
+// PeekPlain see more of them at once.
+func NewReaderSize(r io.Reader, lim Limits, size int) *Reader {
 	lim = lim.withDefaults()
-	size := 4096
 	if lim.MaxLine+2 > size {
 		size = lim.MaxLine + 2
 	}

@@ -108,7 +108,9 @@ func (s *Service) newSession(c *net.TCPConn) *session {
 		t:      newTracker(id, s.opts.MaxReplayBytes, s.opts.holdTimeout()),
 	}
 	ss.cdr.beforeRead = ss.flushUpstream
-	ss.cr = frame.NewReader(ss.cdr, s.opts.Limits)
+	// The size of a TCP-mode copier's buffer (proxy's relayBufSize,
+	// HAProxy's bufsize): a producer's burst takes as few reads as there.
+	ss.cr = frame.NewReaderSize(ss.cdr, s.opts.Limits, 16<<10)
 	ss.cond = sync.NewCond(&ss.mu)
 	return ss
 }
