@@ -40,7 +40,7 @@ func TestScanPlain(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			n, _, _ := scanPlain([]byte(tt.in), tt.lim)
+			n, _, _, _ := scanPlain([]byte(tt.in), tt.lim)
 			if n != tt.want {
 				t.Fatalf("scanPlain(%q) = %d, want %d", tt.in, n, tt.want)
 			}
@@ -55,14 +55,14 @@ func TestPeekPlain(t *testing.T) {
 	in := plain + kept + tail
 	r := NewReader(strings.NewReader(in), Limits{})
 	// Nothing is buffered yet: PeekPlain never reads.
-	if got := r.PeekPlain(func(_, _ []byte) bool { return true }); len(got) != 0 {
+	if got, _ := r.PeekPlain(func(_, _ []byte) bool { return true }); len(got) != 0 {
 		t.Fatalf("PeekPlain before any read = %q", got)
 	}
 	if err := r.Fill(); err != nil || r.Buffered() != len(in) {
 		t.Fatalf("Fill: %v, %d bytes buffered, want %d", err, r.Buffered(), len(in))
 	}
 	noReceipt := func(cmd, h []byte) bool { return string(cmd) == SEND && !HasHeader(h, "receipt") }
-	got := r.PeekPlain(noReceipt)
+	got, _ := r.PeekPlain(noReceipt)
 	if string(got) != plain {
 		t.Fatalf("PeekPlain = %q, want %q", got, plain)
 	}
@@ -71,7 +71,7 @@ func TestPeekPlain(t *testing.T) {
 	if err != nil || f.Value("receipt") != "r1" {
 		t.Fatalf("Read after the run = %v, %v; want the receipted SEND", f, err)
 	}
-	if got := r.PeekPlain(noReceipt); string(got) != tail {
+	if got, _ := r.PeekPlain(noReceipt); string(got) != tail {
 		t.Fatalf("PeekPlain = %q, want %q", got, tail)
 	}
 	r.Discard(len(tail))
@@ -109,9 +109,27 @@ func FuzzPeekPlain(f *testing.F) {
 		for _, lim := range fuzzLimits {
 			rest := data
 			for {
-				n, cmd, hdrs := scanPlain(rest, lim)
+				n, need, cmd, hdrs := scanPlain(rest, lim)
+				if need > 0 {
+					// The start of a frame: completing it with the
+					// bytes it says it lacks must give a frame.
+					if n != 0 || need <= len(rest) {
+						t.Fatalf("scanPlain(%q) = %d, need %d", rest, n, need)
+					}
+					full := append(append([]byte(nil), rest...), make([]byte, need-len(rest))...)
+					if m, _, _, _ := scanPlain(full, lim); m != need {
+						t.Fatalf("%q completed to %d bytes scans as %d", rest, need, m)
+					}
+				}
 				if n == 0 {
 					break
+				}
+				// Every cut of a claimed frame needs it whole, or is
+				// not claimed.
+				for cut := range n {
+					if m, need, _, _ := scanPlain(rest[:cut], lim); m != 0 || need != 0 && need != n {
+						t.Fatalf("scanPlain(%q, first %d of %d bytes) = %d, need %d", rest[:n], cut, n, m, need)
+					}
 				}
 				for _, v := range []Version{V10, V11, V12} {
 					r := NewReader(bytes.NewReader(rest[:n]), lim)
@@ -156,5 +174,55 @@ func TestNewReaderSize(t *testing.T) {
 		if got := r.Buffered(); got != tt.want {
 			t.Errorf("size %d, limits %+v: Fill buffered %d bytes, want %d", tt.size, tt.lim, got, tt.want)
 		}
+	}
+}
+
+// chunks is a Reader that returns its parts one per Read.
+type chunks []string
+
+func (c *chunks) Read(p []byte) (int, error) {
+	if len(*c) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p, (*c)[0])
+	(*c)[0] = (*c)[0][n:]
+	if (*c)[0] == "" {
+		*c = (*c)[1:]
+	}
+	return n, nil
+}
+
+// TestPeekPlainMore: a passable frame cut by the end of what has arrived is
+// reported with the bytes that would complete it; FillTo waits for them and
+// the frame is then claimed whole. A frame pass refuses, or one without a
+// content-length, is not.
+func TestPeekPlainMore(t *testing.T) {
+	body := strings.Repeat("b", 100)
+	frameBytes := "SEND\ndestination:/q\ncontent-length:100\n\n" + body + "\x00"
+	all := func(_, _ []byte) bool { return true }
+	c := chunks{frameBytes[:50], frameBytes[50:]}
+	r := NewReader(&c, Limits{})
+	if err := r.Fill(); err != nil {
+		t.Fatal(err)
+	}
+	run, more := r.PeekPlain(all)
+	if len(run) != 0 || more != len(frameBytes) {
+		t.Fatalf("PeekPlain of a cut frame = %q, more %d; want none, more %d", run, more, len(frameBytes))
+	}
+	if _, more := r.PeekPlain(func(_, _ []byte) bool { return false }); more != 0 {
+		t.Fatalf("more = %d for a frame pass refuses", more)
+	}
+	if err := r.FillTo(more); err != nil {
+		t.Fatal(err)
+	}
+	if run, _ := r.PeekPlain(all); string(run) != frameBytes {
+		t.Fatalf("after FillTo, PeekPlain = %q", run)
+	}
+
+	c = chunks{"SEND\ndestination:/q\n\nabc", "def\x00"}
+	r = NewReader(&c, Limits{})
+	r.Fill()
+	if run, more := r.PeekPlain(all); len(run) != 0 || more != 0 {
+		t.Fatalf("without content-length: run %q, more %d; want none, 0", run, more)
 	}
 }

@@ -598,8 +598,14 @@ func (s *session) clientLoop() {
 		// raw path too.
 		err := s.cr.Fill()
 		if err == nil {
-			if raw := s.cr.PeekPlain(passesUnchanged); len(raw) > 0 && s.passRaw(raw) {
+			raw, more := s.cr.PeekPlain(passesUnchanged)
+			if len(raw) > 0 && s.passRaw(raw) {
 				s.cr.Discard(len(raw))
+				continue
+			}
+			// The rest of a passable frame is on its way: wait for it
+			// rather than parse the frame the slow way.
+			if len(raw) == 0 && more > 0 && s.cr.FillTo(more) == nil {
 				continue
 			}
 		}
