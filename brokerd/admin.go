@@ -6,9 +6,7 @@ import (
 	"sort"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus/promhttp"
-
-	"handover/internal/debugz"
+	"handover/internal/adminmux"
 )
 
 // Status is the JSON document served at GET /status.
@@ -85,14 +83,9 @@ func (s *Server) Status() Status {
 }
 
 func (s *Server) adminHandler() http.Handler {
-	mux := http.NewServeMux()
-	debugz.Register(mux)
-	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		enc.Encode(s.Status())
-	})
+	// healthz (in adminmux) says the process is alive and answering, in
+	// any role.
+	mux := adminmux.New(func() any { return s.Status() }, s.metrics.reg)
 	// readyz is what a load balancer or the handover sidecar checks: 200
 	// only from the master that is accepting clients.
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
@@ -105,11 +98,6 @@ func (s *Server) adminHandler() http.Handler {
 		}
 		json.NewEncoder(w).Encode(map[string]any{"ready": ready, "role": role, "epoch": epoch})
 	})
-	// healthz says the process is alive and answering, in any role.
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		w.Write([]byte("ok\n"))
-	})
-	mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{}))
 	return mux
 }
 

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -17,13 +16,12 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/sirupsen/logrus"
 
 	"handover/discovery"
 	"handover/health"
+	"handover/internal/adminmux"
 	"handover/internal/conf"
-	"handover/internal/debugz"
 	"handover/proxy"
 	"handover/stompproxy"
 )
@@ -761,17 +759,7 @@ func (sc *sidecar) status() Status {
 }
 
 func (sc *sidecar) adminHandler() http.Handler {
-	mux := http.NewServeMux()
-	debugz.Register(mux)
-	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		enc.Encode(sc.status())
-	})
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		w.Write([]byte("ok\n"))
-	})
+	mux := adminmux.New(func() any { return sc.status() }, sc.reg)
 	// POST /reload re-reads the config file, as SIGHUP does, and answers
 	// with the outcome: 200, or 400 with every problem of a rejected file.
 	mux.HandleFunc("POST /reload", func(w http.ResponseWriter, r *http.Request) {
@@ -784,6 +772,5 @@ func (sc *sidecar) adminHandler() http.Handler {
 		sc.mu.Unlock()
 		fmt.Fprintf(w, "reloaded: generation %d\n", gen)
 	})
-	mux.Handle("GET /metrics", promhttp.HandlerFor(sc.reg, promhttp.HandlerOpts{}))
 	return mux
 }
