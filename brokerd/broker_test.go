@@ -41,25 +41,12 @@ func ctx5(t testing.TB) context.Context {
 
 func recv(t testing.TB, s *stompclient.Subscription) *frame.Frame {
 	t.Helper()
-	select {
-	case f, ok := <-s.C():
-		if !ok {
-			t.Fatal("subscription ended")
-		}
-		return f
-	case <-time.After(5 * time.Second):
-		t.Fatal("no message in 5s")
-		return nil
-	}
+	return testutil.Recv(t, s, 5*time.Second)
 }
 
 func expectNone(t testing.TB, s *stompclient.Subscription, d time.Duration) {
 	t.Helper()
-	select {
-	case f := <-s.C():
-		t.Fatalf("unexpected message %v", f)
-	case <-time.After(d):
-	}
+	testutil.ExpectNone(t, s, d)
 }
 
 func TestQueueRoundTrip(t *testing.T) {

@@ -12,6 +12,7 @@ import (
 	"handover/brokerd"
 	"handover/frame"
 	"handover/internal/conf"
+	"handover/internal/testutil"
 	"handover/proxy/proxytest"
 	"handover/stompclient"
 )
@@ -65,25 +66,12 @@ func ctxT(t testing.TB, d time.Duration) context.Context {
 
 func recv(t testing.TB, s *stompclient.Subscription) *frame.Frame {
 	t.Helper()
-	select {
-	case f, ok := <-s.C():
-		if !ok {
-			t.Fatal("subscription ended")
-		}
-		return f
-	case <-time.After(10 * time.Second):
-		t.Fatal("no message in 10s")
-		return nil
-	}
+	return testutil.Recv(t, s, 10*time.Second)
 }
 
 func expectNone(t testing.TB, s *stompclient.Subscription, d time.Duration) {
 	t.Helper()
-	select {
-	case f := <-s.C():
-		t.Fatalf("unexpected message %v body %q", f, f.Body)
-	case <-time.After(d):
-	}
+	testutil.ExpectNone(t, s, d)
 }
 
 // broker is an in-process brokerd.
@@ -315,24 +303,21 @@ func (b *fakeBroker) next(t testing.TB) *fakeConn {
 // expect returns the next frame, which must be a cmd.
 func (c *fakeConn) expect(t testing.TB, cmd string) *frame.Frame {
 	t.Helper()
-	select {
-	case f := <-c.frames:
-		if f.Command != cmd {
-			t.Fatalf("fake broker got %v, want %s", f, cmd)
-		}
-		return f
-	case <-time.After(10 * time.Second):
-		t.Fatalf("fake broker got no %s in 10s", cmd)
-		return nil
-	}
+	return expectFrame(t, c.frames, cmd)
 }
 
 // expectAny returns the next frame on any connection, which must be a cmd:
 // for tests where a slow machine may make the session reconnect.
 func (b *fakeBroker) expectAny(t testing.TB, cmd string) *frame.Frame {
 	t.Helper()
+	return expectFrame(t, b.frames, cmd)
+}
+
+// expectFrame returns the next frame from frames, which must be a cmd.
+func expectFrame(t testing.TB, frames <-chan *frame.Frame, cmd string) *frame.Frame {
+	t.Helper()
 	select {
-	case f := <-b.frames:
+	case f := <-frames:
 		if f.Command != cmd {
 			t.Fatalf("fake broker got %v, want %s", f, cmd)
 		}
