@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -255,4 +256,34 @@ func checkLeaks(t *testing.T) {
 			return nil
 		})
 	})
+}
+
+// hangingAddr returns a loopback address where a connect neither succeeds
+// nor fails: a listener that never accepts, with a backlog of zero already
+// taken by one connection, so Linux drops further handshakes and the
+// dialer keeps retransmitting its SYN.
+func hangingAddr(t testing.TB) string {
+	t.Helper()
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Close(fd) })
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Listen(fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", sa.(*syscall.SockaddrInet4).Port)
+	filler, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		t.Fatalf("filling the backlog of %s: %v", addr, err)
+	}
+	t.Cleanup(func() { filler.Close() })
+	return addr
 }

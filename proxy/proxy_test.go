@@ -604,10 +604,9 @@ func TestShutdown(t *testing.T) {
 
 	t.Run("clients dialing or retrying are closed at once", func(t *testing.T) {
 		checkLeaks(t)
-		// 192.0.2.0/24 is TEST-NET-1 (RFC 5737), never routed: the
-		// dial hangs where there is a default route and fails at once
-		// where there is none; either way the client is held.
-		ts := startService(t, proxytest.NewPicker("192.0.2.1:61613"), func(o *Options) { o.DialTimeout = time.Minute })
+		// A loopback listener whose backlog is full: the dial hangs
+		// in its handshake and the client is held meanwhile.
+		ts := startService(t, proxytest.NewPicker(hangingAddr(t)), func(o *Options) { o.DialTimeout = time.Minute })
 		c := ts.dial(t)
 		ts.waitStatus(t, "client held", func(st ServiceStatus) bool { return st.Held == 1 })
 		start := time.Now()
