@@ -10,8 +10,8 @@ import (
 
 // benchOptions honours JOURNAL_BENCH_SEGSIZE (bytes), to measure with
 // segments small enough that the benchmark rolls through many of them.
-func benchOptions(b *testing.B, mode preallocMode) Options {
-	opts := Options{Dir: b.TempDir(), prealloc: mode}
+func benchOptions(b *testing.B, mode preallocMode, buffered bool) Options {
+	opts := Options{Dir: b.TempDir(), prealloc: mode, buffered: buffered}
 	if v := os.Getenv("JOURNAL_BENCH_SEGSIZE"); v != "" {
 		n, err := strconv.ParseInt(v, 10, 64)
 		if err != nil {
@@ -23,12 +23,14 @@ func benchOptions(b *testing.B, mode preallocMode) Options {
 }
 
 var benchModes = []struct {
-	name string
-	mode preallocMode
+	name     string
+	mode     preallocMode
+	buffered bool
 }{
-	{"prealloc=none", preallocNone},
-	{"prealloc=fallocate", preallocFallocate},
-	{"prealloc=zero", preallocZero},
+	{"prealloc=none", preallocNone, false},
+	{"prealloc=fallocate", preallocFallocate, false},
+	{"prealloc=zero", preallocZero, false},
+	{"prealloc=zero/buffered", preallocZero, true},
 }
 
 // BenchmarkAppend1KiB measures one producer doing synchronous 1 KiB Writes:
@@ -36,7 +38,7 @@ var benchModes = []struct {
 func BenchmarkAppend1KiB(b *testing.B) {
 	for _, m := range benchModes {
 		b.Run(m.name, func(b *testing.B) {
-			j, _ := open(b, benchOptions(b, m.mode))
+			j, _ := open(b, benchOptions(b, m.mode, m.buffered))
 			data := make([]byte, 1024)
 			b.SetBytes(int64(len(data)))
 			b.ResetTimer()
@@ -55,7 +57,7 @@ func BenchmarkAppend1KiB(b *testing.B) {
 func BenchmarkAppend1KiBParallel(b *testing.B) {
 	for _, m := range benchModes {
 		b.Run(m.name, func(b *testing.B) {
-			j, _ := open(b, benchOptions(b, m.mode))
+			j, _ := open(b, benchOptions(b, m.mode, m.buffered))
 			data := make([]byte, 1024)
 			var n atomic.Int64
 			b.SetBytes(int64(len(data)))

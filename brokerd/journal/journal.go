@@ -28,6 +28,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 
 	"github.com/sirupsen/logrus"
 )
@@ -97,8 +98,12 @@ type Options struct {
 	// noEarlyRoll keeps writing the segment made at Open until it is full
 	// (tests that need every record in one segment).
 	noEarlyRoll bool
-	// hooks replaces file operations to inject faults (tests).
+	// hooks replaces file operations to inject faults (tests); it implies
+	// buffered writes.
 	hooks *hooks
+	// buffered turns off O_DIRECT writes (tests and benchmarks comparing
+	// the two paths).
+	buffered bool
 }
 
 // Stats is a snapshot of the journal's counters.
@@ -215,6 +220,8 @@ type Journal struct {
 
 	// Owned by the writer goroutine once Open has returned.
 	f          *os.File
+	direct     *direct // O_DIRECT path for f, nil when writes are buffered
+	tryDirect  bool    // open one for each new segment
 	active     *segment
 	segs       map[uint64]*segment
 	order      []uint64          // sequence numbers of segs, ascending
@@ -251,6 +258,7 @@ func Open(opts Options) (*Journal, []Record, error) {
 		log:       opts.Log,
 		prealloc:  opts.prealloc,
 		earlyRoll: !opts.noEarlyRoll,
+		tryDirect: !opts.buffered && opts.hooks == nil,
 		exited:    make(chan struct{}),
 		segs:      make(map[uint64]*segment),
 		live:      make(map[string]uint64),
@@ -317,6 +325,7 @@ func Open(opts Options) (*Journal, []Record, error) {
 	}
 	j.f, j.active = f, seg
 	j.addSegment(seg)
+	j.startDirect()
 	// Compaction deletes files, which takes time a new master should spend
 	// serving: it runs after the first batch (or at Close).
 	j.compactDue = true
@@ -463,6 +472,7 @@ func (j *Journal) closeSegment() error {
 	if j.f == nil {
 		return j.broken
 	}
+	j.stopDirect()
 	var err error
 	if j.broken == nil && j.prealloc != preallocNone {
 		err = j.f.Truncate(j.active.size)
@@ -572,7 +582,7 @@ func (j *Journal) writeBatch(count int) error {
 	}
 	seg, off := j.active, j.active.size
 	putBatchHeader(j.buf, count, off)
-	err := j.hooks.writeSync(j.f, j.buf, off)
+	err := j.writeSync(j.buf, off)
 	if err != nil {
 		werr := fmt.Errorf("journal: write batch of %d records (%d bytes) to segment %s at offset %d: %w",
 			count, len(j.buf), seg.name, off, err)
@@ -593,6 +603,48 @@ func (j *Journal) writeBatch(count int) error {
 	j.nSyncs.Add(1)
 	j.nRecords.Add(uint64(count))
 	return nil
+}
+
+// writeSync writes b at off in the active segment and makes it durable,
+// with O_DIRECT where the file system takes it.
+func (j *Journal) writeSync(b []byte, off int64) error {
+	if j.direct != nil {
+		err := j.direct.writeSync(b, off)
+		if !errors.Is(err, syscall.EINVAL) {
+			return err
+		}
+		j.log.WithField("segment", j.active.name).WithError(err).
+			Warn("journal: O_DIRECT write refused; writing through the page cache from now on")
+		j.stopDirect()
+		j.tryDirect = false
+	}
+	return j.hooks.writeSync(j.f, b, off)
+}
+
+// startDirect opens the O_DIRECT path for the active segment, just made.
+func (j *Journal) startDirect() {
+	if !j.tryDirect {
+		return
+	}
+	d, err := openDirect(filepath.Join(j.dir, j.active.name), j.active.size, encodeSegHeader(j.active.seq))
+	if err != nil {
+		j.log.WithField("segment", j.active.name).WithError(err).
+			Info("journal: no O_DIRECT here; writing through the page cache")
+		j.tryDirect = false
+		return
+	}
+	j.direct = d
+}
+
+// stopDirect closes the active segment's O_DIRECT descriptor, if any.
+func (j *Journal) stopDirect() {
+	if j.direct == nil {
+		return
+	}
+	if err := j.direct.close(); err != nil {
+		j.log.WithField("segment", j.active.name).WithError(err).Warn("journal: close O_DIRECT descriptor")
+	}
+	j.direct = nil
 }
 
 // undo removes whatever a failed batch left after off and makes that durable.
@@ -724,9 +776,11 @@ func (j *Journal) roll() error {
 	if err != nil {
 		return err
 	}
+	j.stopDirect()
 	old, oldSeg := j.f, j.active
 	j.f, j.active = f, seg
 	j.addSegment(seg)
+	j.startDirect()
 	if err := old.Close(); err != nil {
 		j.log.WithField("segment", oldSeg.name).WithError(err).Warn("journal: close segment")
 	}
