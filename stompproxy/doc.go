@@ -36,6 +36,13 @@
 // Never replayed, it can never be a duplicate, so it goes through as the
 // client wrote it, unstamped, and costs the broker no window update.
 //
+// Most SENDs are written plainly (LF line endings, no escapes), and those
+// are not parsed: one without a receipt passes byte for byte; one with a
+// receipt gets its stamp and the sidecar's receipt header spliced in after
+// the command line, loses its own receipt header, and is kept in that wire
+// form for a replay, which changes only the receipt id. The broker's bare
+// RECEIPT for it is answered without parsing either.
+//
 // # ACK and NACK across a failover
 //
 // brokerd recovers a message under the same message-id and marks it

@@ -1,6 +1,7 @@
 package stompproxy
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -67,6 +68,10 @@ type session struct {
 	client *net.TCPConn
 	cdr    *deadlineReader
 	cr     *frame.Reader // read by run until CONNECTED, then by clientLoop only
+
+	// What pickPlain (clientLoop's) and pickReceipt (run's) chose in the
+	// current PeekPlain; each is reset before it.
+	plain, rcpt picked
 
 	cmu       sync.Mutex
 	cw        *frame.Writer
@@ -214,10 +219,16 @@ func (u *upstream) sendRaw(b []byte) error {
 }
 
 // send writes frames, flushing if asked. The caller holds wmu.
-func (u *upstream) send(frames []*frame.Frame, flush bool) error {
+func (u *upstream) send(frames []upFrame, flush bool) error {
 	u.renew()
 	for _, f := range frames {
-		if err := u.w.Write(f); err != nil {
+		var err error
+		if f.wire != nil {
+			err = u.w.WriteRaw(f.wire)
+		} else {
+			err = u.w.Write(f.f)
+		}
+		if err != nil {
 			return err
 		}
 	}
@@ -441,6 +452,23 @@ func (s *session) checkTarget(u *upstream) {
 // fails or the broker ends the session.
 func (s *session) pump(u *upstream) error {
 	for {
+		// Fill first, so that the first frame of each read can take the
+		// raw path too.
+		if err := u.r.Fill(); err != nil {
+			return err
+		}
+		s.rcpt = picked{}
+		if raw, _ := u.r.PeekPlain(s.pickReceipt); len(raw) > 0 {
+			ok, err := s.passReceipt(raw)
+			if err != nil {
+				s.close(reasonClientError)
+				return err
+			}
+			if ok {
+				u.r.Discard(len(raw))
+				continue
+			}
+		}
 		f, err := u.r.Read()
 		if err != nil {
 			return err
@@ -470,6 +498,48 @@ func (s *session) pump(u *upstream) error {
 			return errors.New("broker sent ERROR: " + f.Value("message"))
 		}
 	}
+}
+
+// pickReceipt picks, alone, a RECEIPT from the broker with an internal
+// receipt id and nothing else, as brokerd writes them: the answer to a
+// stamped SEND, most likely, which passReceipt then answers without
+// parsing it.
+func (s *session) pickReceipt(command, headers []byte) bool {
+	if s.rcpt.n > 0 || string(command) != frame.RECEIPT ||
+		!bytes.HasPrefix(headers, []byte("receipt-id:"+internalReceiptPrefix)) ||
+		bytes.IndexByte(headers, '\n') != len(headers)-1 {
+		return false
+	}
+	s.rcpt = picked{n: 1, alone: true, hdrs: headers}
+	return true
+}
+
+// passReceipt answers the client's receipt for a SEND the broker confirmed
+// with the RECEIPT pickReceipt picked (raw: heart-beats, then that frame),
+// as tracker.receipt would. It returns false, having done nothing, when the
+// frame must go through fromBroker: it has a body, or names no SEND.
+func (s *session) passReceipt(raw []byte) (bool, error) {
+	hdrs := s.rcpt.hdrs
+	lead := len(raw) - len(bytes.TrimLeft(raw, "\n"))
+	if len(raw) != lead+len(frame.RECEIPT)+1+len(hdrs)+2 {
+		return false, nil // a body
+	}
+	s.mu.Lock()
+	r := s.t.sendReceipt(hdrs[len("receipt-id:") : len(hdrs)-1])
+	s.mu.Unlock()
+	if r == nil {
+		return false, nil
+	}
+	if r.replayed {
+		s.count(actions{confirmed: 1})
+	}
+	if !r.hasClient {
+		return true, nil
+	}
+	// Flushed before the next wait for the broker (flushClient).
+	s.cmu.Lock()
+	defer s.cmu.Unlock()
+	return true, s.cw.Write(&frame.Frame{Command: frame.RECEIPT, Headers: []frame.Header{{Key: "receipt-id", Value: r.client}}})
 }
 
 // ended decides, after the upstream connection ended, whether the session
@@ -598,8 +668,9 @@ func (s *session) clientLoop() {
 		// raw path too.
 		err := s.cr.Fill()
 		if err == nil {
-			raw, more := s.cr.PeekPlain(passesUnchanged)
-			if len(raw) > 0 && s.passRaw(raw) {
+			s.plain = picked{}
+			raw, more := s.cr.PeekPlain(s.pickPlain)
+			if len(raw) > 0 && s.passPlain(raw) {
 				s.cr.Discard(len(raw))
 				continue
 			}
@@ -623,25 +694,75 @@ func (s *session) clientLoop() {
 	}
 }
 
-// passesUnchanged picks the client frames the tracker would forward exactly
-// as they are: SENDs without a receipt (never kept, so never stamped; see
-// tracker.fromClient) outside a transaction. A busy producer's frames are
-// mostly these, and passing their bytes on spares parsing, allocating and
-// re-encoding each.
-func passesUnchanged(command, headers []byte) bool {
-	return string(command) == frame.SEND && !frame.HasHeader(headers, "receipt") &&
-		!frame.HasHeader(headers, "transaction")
+// picked is what a PeekPlain callback chose: how many frames, and the
+// header lines of the one frame it takes alone (a SEND to stamp, a
+// RECEIPT), if it did.
+type picked struct {
+	n     int
+	alone bool
+	hdrs  []byte
 }
 
-// passRaw forwards frames that passesUnchanged picked, in their wire form.
-// While the session is paused it returns false: they then go through
-// fromClient, which holds them for the new master.
-func (s *session) passRaw(raw []byte) bool {
+// pickPlain picks the client frames that can go on in their wire form: a
+// run of SENDs the tracker would forward exactly as they are (outside a
+// transaction, without a receipt: never kept, so never stamped; see
+// tracker.fromClient), or one SEND outside a transaction with a receipt
+// and no stamp of its own, which tracker.stampPlain stamps. A busy
+// producer's frames are mostly one or the other, and taking their bytes
+// spares parsing, allocating and re-encoding each. The client's own
+// handover-producer or handover-seq (which fromClient replaces) and
+// transactional SENDs (never stamped, kept with their transaction) take the
+// Frame path.
+func (s *session) pickPlain(command, headers []byte) bool {
+	if string(command) != frame.SEND || s.plain.alone {
+		return false
+	}
+	receipt := false
+	for h := headers; len(h) > 0; {
+		line := h[:bytes.IndexByte(h, '\n')]
+		h = h[len(line)+1:]
+		switch {
+		case hasKey(line, "receipt"):
+			receipt = true
+		case hasKey(line, "transaction"), hasKey(line, HeaderProducer), hasKey(line, HeaderSeq):
+			return false
+		}
+	}
+	if receipt {
+		if s.plain.n > 0 {
+			return false // it starts the next run
+		}
+		s.plain.alone, s.plain.hdrs = true, headers
+	}
+	s.plain.n++
+	return true
+}
+
+// hasKey reports whether a plain header line names key.
+func hasKey(line []byte, key string) bool {
+	return len(line) > len(key) && line[len(key)] == ':' && string(line[:len(key)]) == key
+}
+
+// passPlain forwards frames that pickPlain picked, in their wire form (a
+// SEND to stamp, stamped). While the session is paused, or once it is
+// unresumable, it returns false: they then go through fromClient, which
+// holds them for the new master, or passes them on unstamped.
+func (s *session) passPlain(raw []byte) bool {
 	s.mu.Lock()
 	u := s.up
 	if s.paused || s.closing || u == nil {
 		s.mu.Unlock()
 		return false
+	}
+	if s.plain.alone {
+		// raw is heart-beats (dropped, as Read drops them), then the SEND:
+		// command, header lines, and the rest.
+		hdrs := s.plain.hdrs
+		lead := len(raw) - len(bytes.TrimLeft(raw, "\n"))
+		if raw = s.t.stampPlain(hdrs, raw[lead+len(frame.SEND)+1+len(hdrs):]); raw == nil {
+			s.mu.Unlock()
+			return false
+		}
 	}
 	u.wmu.Lock()
 	s.mu.Unlock()

@@ -1,11 +1,14 @@
 package stompproxy
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -422,4 +425,228 @@ func connectRawClient(t *testing.T, a *fakeBroker, connect string) (net.Conn, *f
 		t.Fatalf("CONNECTED: %v %v", f, err)
 	}
 	return nc, r
+}
+
+// TestStampedSendWire: at every STOMP version, a receipted SEND the client
+// writes plainly reaches the broker with the stamp and an internal receipt
+// spliced in after the command line and every other byte as written; the
+// broker's RECEIPT reaches the client under the client's receipt id,
+// encoded for its version; after a failover the SEND not yet confirmed is
+// replayed once, byte for byte but for a fresh receipt id, and the one
+// confirmed is not.
+func TestStampedSendWire(t *testing.T) {
+	for _, tc := range []struct {
+		v                  frame.Version
+		connect, connected string
+		receiptID          string // the client's "r:1" as the sidecar must write it
+	}{
+		{frame.V10, "CONNECT\nlogin:app\n\n\x00", "CONNECTED\nsession:s\n\n\x00", "r:1"},
+		{frame.V11, "CONNECT\naccept-version:1.1\nhost:/\n\n\x00", "CONNECTED\nversion:1.1\n\n\x00", `r\c1`},
+		{frame.V12, "CONNECT\naccept-version:1.2\nhost:/\n\n\x00", "CONNECTED\nversion:1.2\n\n\x00", `r\c1`},
+	} {
+		t.Run(string(tc.v), func(t *testing.T) {
+			b := startRawBroker(t)
+			svc := startService(t, proxytest.NewPicker(b.addr()), nil)
+			nc, err := net.Dial("tcp", svc.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { nc.Close() })
+			cr := bufio.NewReader(nc)
+			io.WriteString(nc, tc.connect)
+			c1 := b.accept(t, tc.connect, tc.connected)
+			expectBytes(t, nc, cr, tc.connected)
+
+			io.WriteString(nc, "SEND\ndestination:/queue/a\nreceipt:r:1\nx:y\ncontent-length:3\n\none\x00\n"+
+				"\n\nSEND\nreceipt:r2\ndestination:/queue/a\n\ntwo\x00")
+			s1 := c1.readFrame(t)
+			producer := regexp.MustCompile(`\nhandover-producer:([0-9a-f]+-[0-9]+)\n`).FindStringSubmatch(s1)
+			if producer == nil {
+				t.Fatalf("SEND not stamped: %q", s1)
+			}
+			stamp := func(rid, seq string) string {
+				return "SEND\nreceipt:handover-" + rid + "\nhandover-producer:" + producer[1] + "\nhandover-seq:" + seq + "\n"
+			}
+			if want := stamp("1", "1") + "destination:/queue/a\nx:y\ncontent-length:3\n\none\x00"; s1 != want {
+				t.Fatalf("broker got\n%q\nwant\n%q", s1, want)
+			}
+			s2 := c1.readFrame(t)
+			if want := stamp("2", "2") + "destination:/queue/a\n\ntwo\x00"; s2 != want {
+				t.Fatalf("broker got\n%q\nwant\n%q", s2, want)
+			}
+			io.WriteString(c1.nc, "RECEIPT\nreceipt-id:handover-1\n\n\x00")
+			expectBytes(t, nc, cr, "RECEIPT\nreceipt-id:"+tc.receiptID+"\n\n\x00")
+
+			// The broker dies before answering the second SEND.
+			c1.nc.Close()
+			c2 := b.accept(t, tc.connect, tc.connected)
+			if re, want := c2.readFrame(t), stamp("3", "2")+"destination:/queue/a\n\ntwo\x00"; re != want {
+				t.Fatalf("replay\n%q\nwant\n%q", re, want)
+			}
+			io.WriteString(c2.nc, "RECEIPT\nreceipt-id:handover-3\n\n\x00")
+			expectBytes(t, nc, cr, "RECEIPT\nreceipt-id:r2\n\n\x00")
+			c2.quiet(t)
+			expectQuiet(t, nc, cr)
+			if st := svc.Status(); st.DuplicatesDropped != 1 || st.FramesReplayed != 1 {
+				t.Fatalf("status %+v, want one replayed SEND confirmed", st)
+			}
+
+			// The session carries on; a RECEIPT with more than its id (a
+			// header, a body) takes the Frame path, which keeps the rest.
+			io.WriteString(nc, "SEND\ndestination:/queue/a\nreceipt:r3\n\n\x00")
+			if s3, want := c2.readFrame(t), stamp("4", "3")+"destination:/queue/a\n\n\x00"; s3 != want {
+				t.Fatalf("broker got\n%q\nwant\n%q", s3, want)
+			}
+			io.WriteString(c2.nc, "RECEIPT\nreceipt-id:handover-4\nx:1\n\n\x00")
+			expectBytes(t, nc, cr, "RECEIPT\nreceipt-id:r3\nx:1\n\n\x00")
+			io.WriteString(nc, "SEND\ndestination:/queue/a\nreceipt:r4\n\n\x00")
+			c2.readFrame(t)
+			io.WriteString(c2.nc, "RECEIPT\nreceipt-id:handover-5\n\nok\x00")
+			expectBytes(t, nc, cr, "RECEIPT\nreceipt-id:r4\ncontent-length:2\n\nok\x00")
+		})
+	}
+}
+
+// rawBroker is a broker a test speaks to byte by byte.
+type rawBroker struct {
+	ln    net.Listener
+	conns chan net.Conn
+}
+
+type rawConn struct {
+	nc net.Conn
+	br *bufio.Reader
+}
+
+func startRawBroker(t *testing.T) *rawBroker {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &rawBroker{ln: ln, conns: make(chan net.Conn, 16)}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			nc, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			b.conns <- nc
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		<-done
+		for len(b.conns) > 0 {
+			(<-b.conns).Close()
+		}
+	})
+	return b
+}
+
+func (b *rawBroker) addr() string { return b.ln.Addr().String() }
+
+// accept takes the next connection, which must send connect, and answers
+// connected.
+func (b *rawBroker) accept(t *testing.T, connect, connected string) *rawConn {
+	t.Helper()
+	select {
+	case nc := <-b.conns:
+		t.Cleanup(func() { nc.Close() })
+		c := &rawConn{nc: nc, br: bufio.NewReader(nc)}
+		if f := c.readFrame(t); f != connect {
+			t.Fatalf("broker got %q, want the client's CONNECT %q", f, connect)
+		}
+		io.WriteString(nc, connected)
+		return c
+	case <-time.After(10 * time.Second):
+		t.Fatal("no connection reached the broker in 10s")
+		return nil
+	}
+}
+
+// readFrame returns the next frame's bytes, up to its NUL (the bodies here
+// hold none).
+func (c *rawConn) readFrame(t *testing.T) string {
+	t.Helper()
+	c.nc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	s, err := c.br.ReadString(0)
+	if err != nil {
+		t.Fatalf("broker read %q: %v", s, err)
+	}
+	return s
+}
+
+// quiet asserts the broker gets nothing more for a while.
+func (c *rawConn) quiet(t *testing.T) {
+	t.Helper()
+	expectQuiet(t, c.nc, c.br)
+}
+
+// expectBytes reads len(want) bytes from r (over nc) and asserts they are
+// want.
+func expectBytes(t *testing.T, nc net.Conn, r *bufio.Reader, want string) {
+	t.Helper()
+	nc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	got := make([]byte, len(want))
+	if n, err := io.ReadFull(r, got); err != nil {
+		t.Fatalf("read %q: %v; want %q", got[:n], err, want)
+	}
+	if string(got) != want {
+		t.Fatalf("got\n%q\nwant\n%q", got, want)
+	}
+}
+
+// expectQuiet asserts nothing more arrives on r (over nc) for 200ms.
+func expectQuiet(t *testing.T, nc net.Conn, r *bufio.Reader) {
+	t.Helper()
+	nc.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+	if b, err := r.ReadByte(); err == nil {
+		rest, _ := r.Peek(r.Buffered())
+		t.Fatalf("unexpected %q", append([]byte{b}, rest...))
+	}
+}
+
+// TestPickPlain: which frames each direction takes in wire form, and
+// whether alone (one frame, handled apart) or in a run passed unchanged.
+func TestPickPlain(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		broker   bool // the broker's frames (pickReceipt), not the client's (pickPlain)
+		in       string
+		n        int // frames taken
+		alone    bool
+		wantHdrs string
+	}{
+		{"unreceipted run", false, "SEND\nd:/q/a\n\n\x00SEND\nd:/q/a\n\n\x00BEGIN\ntransaction:t\n\n\x00", 2, false, ""},
+		{"receipted alone", false, "SEND\nd:/q/a\nreceipt:r\n\n\x00SEND\nd:/q/a\n\n\x00", 1, true, "d:/q/a\nreceipt:r\n"},
+		{"receipted ends a run", false, "SEND\nd:/q/a\n\n\x00SEND\nd:/q/a\nreceipt:r\n\n\x00", 1, false, ""},
+		{"receipted after receipted", false, "SEND\nreceipt:r\n\n\x00SEND\nreceipt:s\n\n\x00", 1, true, "receipt:r\n"},
+		{"transaction", false, "SEND\nd:/q/a\nreceipt:r\ntransaction:t\n\n\x00", 0, false, ""},
+		{"the client's own stamp", false, "SEND\nreceipt:r\nhandover-seq:9\n\n\x00", 0, false, ""},
+		{"the client's own producer", false, "SEND\nhandover-producer:x\n\n\x00", 0, false, ""},
+		{"not a SEND", false, "SUBSCRIBE\nid:1\nreceipt:r\n\n\x00", 0, false, ""},
+		{"receipt for us", true, "RECEIPT\nreceipt-id:handover-7\n\n\x00RECEIPT\nreceipt-id:handover-8\n\n\x00", 1, true, "receipt-id:handover-7\n"},
+		{"receipt for the client", true, "RECEIPT\nreceipt-id:r7\n\n\x00", 0, false, ""},
+		{"receipt with more", true, "RECEIPT\nreceipt-id:handover-7\nx:1\n\n\x00", 0, false, ""},
+		{"MESSAGE", true, "MESSAGE\nreceipt-id:handover-7\n\n\x00", 0, false, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := &session{}
+			r := frame.NewReader(strings.NewReader(tc.in), frame.Limits{})
+			if err := r.FillTo(len(tc.in)); err != nil {
+				t.Fatal(err)
+			}
+			pick, st := s.pickPlain, &s.plain
+			if tc.broker {
+				pick, st = s.pickReceipt, &s.rcpt
+			}
+			raw, _ := r.PeekPlain(pick)
+			if got := bytes.Count(raw, []byte{0}); got != tc.n || st.alone != tc.alone || string(st.hdrs) != tc.wantHdrs {
+				t.Fatalf("took %d frames (%q), alone=%v hdrs %q; want %d, alone=%v hdrs %q", got, raw, st.alone, st.hdrs, tc.n, tc.alone, tc.wantHdrs)
+			}
+		})
+	}
 }

@@ -1,6 +1,7 @@
 package stompproxy
 
 import (
+	"bytes"
 	"container/list"
 	"fmt"
 	"slices"
@@ -22,8 +23,12 @@ const (
 
 // internalReceiptPrefix starts every receipt id the sidecar puts on frames
 // it forwards. The broker's RECEIPT for such an id is translated back to the
-// client's own receipt id, or swallowed when the client asked for none.
-const internalReceiptPrefix = "handover:"
+// client's own receipt id, or swallowed when the client asked for none. The
+// ids need escaping at no STOMP version (no colon, backslash or EOL), so
+// they are written the same at every version, and the broker's RECEIPT for
+// one is a plain frame (see frame.PeekPlain), which sendReceipt can take
+// without parsing.
+const internalReceiptPrefix = "handover-"
 
 // deliveryCost is what one tracked delivery is charged against
 // MaxReplayBytes on top of its ids: the struct, two list elements and a map
@@ -54,7 +59,14 @@ type record struct {
 	kind kind
 	ord  uint64       // the client frame's position in the session, for replay order
 	f    *frame.Frame // as forwarded, minus the receipt header; nil once not kept for replay
-	size int          // bytes charged for f
+	size int          // bytes charged for f or wire
+
+	// wire replaces f for a SEND that stampPlain took in wire form: the
+	// frame as last sent, receipt header included. From tail on it is what
+	// every send of it repeats byte for byte: the stamp, the client's other
+	// headers and the body. nil once not kept for replay.
+	wire []byte
+	tail int
 
 	// rid is the internal receipt id it was last sent with, "" when no
 	// RECEIPT is awaited (never asked for, already back, or not sent).
@@ -132,10 +144,17 @@ type txState struct {
 	committed bool    // the COMMIT was sent; its RECEIPT decides the outcome
 }
 
+// upFrame is one frame for the broker: f, to encode, or wire, a frame
+// already in wire form (a SEND that stampPlain took).
+type upFrame struct {
+	f    *frame.Frame
+	wire []byte
+}
+
 // actions are what the session must do after the tracker saw a frame: the
 // frames to send upstream and to the client, in order.
 type actions struct {
-	up     []*frame.Frame
+	up     []upFrame
 	client []*frame.Frame
 	// pass is the broker's frame to pass to the client (translated), nil
 	// when it is swallowed.
@@ -145,6 +164,8 @@ type actions struct {
 	replayed   int // frames re-sent by a resume
 	confirmed  int // replayed SENDs whose RECEIPT came back
 }
+
+func (a *actions) send(f *frame.Frame) { a.up = append(a.up, upFrame{f: f}) }
 
 func (a *actions) receipt(id string) {
 	a.client = append(a.client, frame.New(frame.RECEIPT, "receipt-id", id))
@@ -242,9 +263,9 @@ func (t *tracker) charge(n int) {
 func (t *tracker) giveUp() {
 	t.unresumable = true
 	drop := func(r *record) {
-		if r != nil && r.f != nil {
+		if r != nil && (r.f != nil || r.wire != nil) {
 			t.bytes -= r.size
-			r.f, r.size = nil, 0
+			r.f, r.wire, r.size = nil, nil, 0
 		}
 	}
 	for _, r := range t.inflight {
@@ -295,10 +316,97 @@ func (t *tracker) newRecord(k kind, f *frame.Frame) *record {
 // emit returns base (a frame without receipt) with a fresh internal receipt
 // id, and registers r as awaiting it.
 func (t *tracker) emit(r *record, base *frame.Frame) *frame.Frame {
+	t.await(r)
+	return withHeader(base, "receipt", r.rid)
+}
+
+// await gives r a fresh internal receipt id and registers it as awaiting
+// that id's RECEIPT.
+func (t *tracker) await(r *record) {
 	t.rid++
 	r.rid = internalReceiptPrefix + strconv.FormatUint(t.rid, 10)
 	t.inflight[r.rid] = r
-	return withHeader(base, "receipt", r.rid)
+}
+
+// wireHead starts a SEND in wire form, up to its receipt id.
+const wireHead = frame.SEND + "\nreceipt:"
+
+// stampPlain is fromClient for a receipted SEND in wire form, which
+// session.pickPlain picked: plain (see frame.PeekPlain), outside a
+// transaction, with no stamp of its own. hdrs are its header lines, rest
+// its blank line, body and NUL. It returns what to send: the internal
+// receipt and the stamp spliced in after the command line, then the
+// client's headers but receipt, and rest, as the client wrote them. That
+// means to the broker what fromClient's re-encoded Frame means (a plain
+// frame means the same at every version, so its receipt value is what Read
+// would make of it, and neither the stamp nor the receipt id needs escaping
+// at any), and spares a producer's every receipted SEND a parse, three
+// copies and an encoding. Once the session is unresumable it returns nil,
+// having done nothing: the frame must go through fromClient, which passes
+// it on unstamped.
+func (t *tracker) stampPlain(hdrs, rest []byte) []byte {
+	if t.unresumable {
+		return nil
+	}
+	t.ord++
+	t.seq++
+	r := &record{kind: kindSend, ord: t.ord}
+	t.await(r)
+	w := make([]byte, 0, len(wireHead)+len(r.rid)+len(HeaderProducer)+len(t.producer)+len(HeaderSeq)+32+len(hdrs)+len(rest))
+	w = append(w, wireHead...)
+	w = append(w, r.rid...)
+	w = append(w, '\n')
+	r.tail = len(w)
+	w = append(w, HeaderProducer+":"...)
+	w = append(w, t.producer...)
+	w = append(w, "\n"+HeaderSeq+":"...)
+	w = strconv.AppendUint(w, t.seq, 10)
+	w = append(w, '\n')
+	for len(hdrs) > 0 {
+		line := hdrs[:bytes.IndexByte(hdrs, '\n')+1]
+		hdrs = hdrs[len(line):]
+		if v, ok := bytes.CutPrefix(line, []byte("receipt:")); ok {
+			if !r.hasClient { // the first wins (STOMP 1.2 "Repeated Header Entries")
+				r.client, r.hasClient = string(v[:len(v)-1]), true
+			}
+			continue
+		}
+		w = append(w, line...)
+	}
+	w = append(w, rest...)
+	r.wire, r.size = w, len(w)+48
+	t.charge(r.size) // over the limit, giveUp lets go of r.wire too: r is in inflight
+	return w
+}
+
+// rewire renders r, a SEND stampPlain took, for a new master: byte for byte
+// as first sent but for a fresh internal receipt id.
+func (t *tracker) rewire(r *record) []byte {
+	t.await(r)
+	w := make([]byte, 0, len(wireHead)+len(r.rid)+1+len(r.wire)-r.tail)
+	w = append(w, wireHead...)
+	w = append(w, r.rid...)
+	w = append(w, '\n')
+	tail := len(w)
+	r.wire, r.tail = append(w, r.wire[r.tail:]...), tail
+	return r.wire
+}
+
+// sendReceipt is fromBroker for a RECEIPT with the internal receipt id id
+// and nothing else, without parsing it: when id is a SEND's outside a
+// transaction (the bulk of a producer's receipts) it settles that SEND and
+// returns its record, whose client receipt the session answers. Otherwise it
+// returns nil, having done nothing, and the frame must go through
+// fromBroker.
+func (t *tracker) sendReceipt(id []byte) *record {
+	r := t.inflight[string(id)]
+	if r == nil || r.kind != kindSend {
+		return nil
+	}
+	delete(t.inflight, r.rid)
+	r.rid = ""
+	t.release(r)
+	return r
 }
 
 // ackKey is what an ACK or NACK names its message by at version v.
@@ -324,7 +432,7 @@ func (t *tracker) fromClient(f *frame.Frame, now time.Time) actions {
 	if t.connect == nil && (f.Command == frame.CONNECT || f.Command == frame.STOMP) {
 		t.connect = f
 		t.charge(frameSize(f))
-		a.up = append(a.up, f)
+		a.send(f)
 		return a
 	}
 	if tx := f.Value("transaction"); tx != "" && (f.Command == frame.SEND || f.Command == frame.ACK || f.Command == frame.NACK) {
@@ -336,7 +444,7 @@ func (t *tracker) fromClient(f *frame.Frame, now time.Time) actions {
 		if _, ok := f.Get("receipt"); !ok || t.unresumable {
 			// Never kept, so never replayed, so never a duplicate: the
 			// stamp would only cost the broker a window update.
-			a.up = append(a.up, f)
+			a.send(f)
 			return a
 		}
 		t.seq++
@@ -378,7 +486,7 @@ func (t *tracker) fromClient(f *frame.Frame, now time.Time) actions {
 // it; keep says whether a resume would re-send f, so it must be kept.
 func (t *tracker) forward(k kind, f *frame.Frame, keep bool, a *actions) *record {
 	if _, ok := f.Get("receipt"); !ok || t.unresumable {
-		a.up = append(a.up, f)
+		a.send(f)
 		return nil
 	}
 	r := t.newRecord(k, f)
@@ -387,7 +495,7 @@ func (t *tracker) forward(k kind, f *frame.Frame, keep bool, a *actions) *record
 		t.keep(r, f)
 		base = r.f
 	}
-	a.up = append(a.up, t.emit(r, base))
+	a.send(t.emit(r, base))
 	if t.unresumable && r.f != nil {
 		// This very frame took the session over its limit: let it go
 		// too, as giveUp did the others.
@@ -403,7 +511,7 @@ func (t *tracker) subscribe(f *frame.Frame, a *actions) {
 		id = f.Value("destination")
 	}
 	if _, dup := t.subs[id]; dup {
-		a.up = append(a.up, f) // the broker answers the client's mistake
+		a.send(f) // the broker answers the client's mistake
 		return
 	}
 	mode := f.Value("ack")
@@ -520,7 +628,7 @@ func (t *tracker) push(d *delivery, a *actions) {
 	default:
 		d.forwarded = true
 		r := &record{kind: kindAck, ord: t.ord, settles: []*delivery{d}}
-		a.up = append(a.up, t.emit(r, rekey(d.tmpl, d.upKey, t.version)))
+		a.send(t.emit(r, rekey(d.tmpl, d.upKey, t.version)))
 	}
 }
 
@@ -550,7 +658,7 @@ func (t *tracker) flushCumulative(s *subState, a *actions) {
 		d.forwarded = true
 	}
 	r := &record{kind: kindAck, ord: t.ord, settles: run}
-	a.up = append(a.up, t.emit(r, rekey(last.tmpl, last.upKey, t.version)))
+	a.send(t.emit(r, rekey(last.tmpl, last.upKey, t.version)))
 }
 
 // settle forgets d: its verdict is done (or moot), so its client receipts
@@ -625,7 +733,7 @@ func (t *tracker) txFrame(f *frame.Frame, id string, a *actions, now time.Time) 
 		t.hold(r, d, now)
 		return
 	}
-	a.up = append(a.up, t.sendTx(r))
+	a.send(t.sendTx(r))
 }
 
 // hold parks the transactional ACK or NACK r until d is redelivered.
@@ -643,7 +751,7 @@ func (t *tracker) unhold(r *record, a *actions) {
 	tx.holds--
 	if tx.holds == 0 && tx.commit != nil && !tx.committed {
 		tx.committed = true
-		a.up = append(a.up, t.emit(tx.commit, tx.commit.f))
+		a.send(t.emit(tx.commit, tx.commit.f))
 	}
 }
 
@@ -672,9 +780,9 @@ func (t *tracker) begin(f *frame.Frame, a *actions) {
 	t.keep(r, f)
 	tx.begin = r
 	if r.hasClient {
-		a.up = append(a.up, t.emit(r, r.f))
+		a.send(t.emit(r, r.f))
 	} else {
-		a.up = append(a.up, r.f)
+		a.send(r.f)
 	}
 }
 
@@ -695,7 +803,7 @@ func (t *tracker) commit(f *frame.Frame, a *actions) {
 		return // sent by unhold once the held acknowledgements are out
 	}
 	tx.committed = true
-	a.up = append(a.up, t.emit(r, r.f))
+	a.send(t.emit(r, r.f))
 }
 
 // dropTx forgets a transaction the client aborted.
@@ -801,7 +909,7 @@ func (t *tracker) message(f *frame.Frame, a *actions) {
 		a.suppressed++
 		if r := d.txHold; r != nil {
 			d.txHold = nil
-			a.up = append(a.up, t.sendTx(r))
+			a.send(t.sendTx(r))
 			t.unhold(r, a)
 		}
 		switch {
@@ -952,9 +1060,9 @@ func (t *tracker) replay(now time.Time) actions {
 	for _, s := range subs {
 		if s.rec != nil {
 			s.rec.replayed = true
-			a.up = append(a.up, t.emit(s.rec, s.f))
+			a.send(t.emit(s.rec, s.f))
 		} else {
-			a.up = append(a.up, s.f)
+			a.send(s.f)
 		}
 	}
 
@@ -974,14 +1082,18 @@ func (t *tracker) replay(now time.Time) actions {
 	for _, it := range items {
 		if it.r != nil {
 			it.r.replayed = true
-			a.up = append(a.up, t.emit(it.r, it.r.f))
+			if it.r.wire != nil {
+				a.up = append(a.up, upFrame{wire: t.rewire(it.r)})
+			} else {
+				a.send(t.emit(it.r, it.r.f))
+			}
 			continue
 		}
 		tx := it.tx
 		if tx.begin.hasClient {
-			a.up = append(a.up, t.emit(tx.begin, tx.begin.f))
+			a.send(t.emit(tx.begin, tx.begin.f))
 		} else {
-			a.up = append(a.up, tx.begin.f)
+			a.send(tx.begin.f)
 		}
 		kept := tx.frames[:0]
 		for _, r := range tx.frames {
@@ -1001,7 +1113,7 @@ func (t *tracker) replay(now time.Time) actions {
 				t.hold(r, d, now)
 				continue
 			}
-			a.up = append(a.up, t.sendTx(r))
+			a.send(t.sendTx(r))
 		}
 		tx.frames = kept
 	}

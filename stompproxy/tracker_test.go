@@ -1,6 +1,9 @@
 package stompproxy
 
 import (
+	"bytes"
+	"io"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -17,8 +20,8 @@ func connected(t *testing.T, v frame.Version) *tracker {
 	t.Helper()
 	tr := newTracker("prod-1", 1<<20, 10*time.Second)
 	a := tr.fromClient(fr(frame.CONNECT, "accept-version", "1.0,1.1,1.2", "host", "/"), t0)
-	if len(a.up) != 1 || a.up[0].Command != frame.CONNECT {
-		t.Fatalf("CONNECT not forwarded: %+v", a.up)
+	if len(a.up) != 1 || ups(t, a)[0].Command != frame.CONNECT {
+		t.Fatalf("CONNECT not forwarded: %+v", ups(t, a))
 	}
 	a = tr.fromBroker(fr(frame.CONNECTED, "version", string(v)), t0)
 	if a.pass == nil || tr.version != v {
@@ -27,20 +30,54 @@ func connected(t *testing.T, v frame.Version) *tracker {
 	return tr
 }
 
+// ups returns the frames a sends upstream, those in wire form decoded.
+func ups(t *testing.T, a actions) []*frame.Frame {
+	t.Helper()
+	fs := make([]*frame.Frame, len(a.up))
+	for i, u := range a.up {
+		if fs[i] = u.f; u.wire != nil {
+			fs[i] = decode(t, u.wire)
+		}
+	}
+	return fs
+}
+
+// decode parses the single frame b holds, at STOMP 1.2.
+func decode(t *testing.T, b []byte) *frame.Frame {
+	t.Helper()
+	return decodeAt(t, b, frame.V12)
+}
+
+// decodeAt parses the single frame b holds at version v.
+func decodeAt(t *testing.T, b []byte, v frame.Version) *frame.Frame {
+	t.Helper()
+	r := frame.NewReader(bytes.NewReader(b), frame.Limits{MaxBody: -1, MaxHeaders: -1})
+	r.SetVersion(v)
+	f, err := r.Read()
+	if err != nil {
+		t.Fatalf("%q: %v", b, err)
+	}
+	if g, err := r.Read(); err != io.EOF {
+		t.Fatalf("%q holds more than one frame: %v %v", b, g, err)
+	}
+	return f
+}
+
 // one asserts a produced exactly one upstream frame and nothing for the
 // client, and returns it.
 func one(t *testing.T, a actions) *frame.Frame {
 	t.Helper()
-	if len(a.up) != 1 || len(a.client) != 0 {
-		t.Fatalf("want one frame upstream and none to the client, got up=%v client=%v", a.up, a.client)
+	up := ups(t, a)
+	if len(up) != 1 || len(a.client) != 0 {
+		t.Fatalf("want one frame upstream and none to the client, got up=%v client=%v", up, a.client)
 	}
-	return a.up[0]
+	return up[0]
 }
 
 func none(t *testing.T, a actions) {
 	t.Helper()
 	if len(a.up) != 0 || len(a.client) != 0 {
-		t.Fatalf("want nothing sent, got up=%v client=%v", a.up, a.client)
+		t.Fatalf("want nothing sent, got up=%v client=%v", ups(t, a), a.client)
 	}
 }
 
@@ -143,18 +180,18 @@ func TestTrackerSubscriptions(t *testing.T) {
 		t.Fatalf("lost: %v %q", fatal, why)
 	}
 	a := tr.replay(t0)
-	if got, want := commands(a.up), "SUBSCRIBE id=s1 destination=/queue/a, SUBSCRIBE id=s2 destination=/queue/b +r"; got != want {
+	if got, want := commands(ups(t, a)), "SUBSCRIBE id=s1 destination=/queue/a, SUBSCRIBE id=s2 destination=/queue/b +r"; got != want {
 		t.Fatalf("replay\n got %s\nwant %s", got, want)
 	}
-	if a.up[0].Value("x-h") != "1" || a.up[0].Value("ack") != "client-individual" {
-		t.Fatalf("SUBSCRIBE headers not kept: %v", a.up[0])
+	if ups(t, a)[0].Value("x-h") != "1" || ups(t, a)[0].Value("ack") != "client-individual" {
+		t.Fatalf("SUBSCRIBE headers not kept: %v", ups(t, a)[0])
 	}
 	// The UNSUBSCRIBE's receipt is answered by the sidecar (the new master
 	// never had s3); the replayed SUBSCRIBE's comes from the broker.
 	if got := clientReceipts(a); len(got) != 1 || got[0] != "ru3" {
 		t.Fatalf("local receipts %v, want [ru3]", got)
 	}
-	if b := tr.fromBroker(receiptFor(t, a.up[1]), t0); b.pass.Value("receipt-id") != "rs2" {
+	if b := tr.fromBroker(receiptFor(t, ups(t, a)[1]), t0); b.pass.Value("receipt-id") != "rs2" {
 		t.Fatalf("replayed SUBSCRIBE's receipt: %v", b.pass)
 	}
 	if a.replayed != 2 {
@@ -194,22 +231,22 @@ func TestTrackerReplayPlan(t *testing.T) {
 	plan := tr.replay(t0)
 	want := "SUBSCRIBE id=late destination=/queue/s, SEND destination=/queue/a handover-seq=1 +r, " +
 		"BEGIN transaction=t1 +r, SEND transaction=t1, SEND destination=/queue/c handover-seq=3 +r, DISCONNECT +r"
-	if got := commands(plan.up); got != want {
+	if got := commands(ups(t, plan)); got != want {
 		t.Fatalf("replay plan\n got %s\nwant %s", got, want)
 	}
-	if plan.up[1].Value(HeaderProducer) != a1.Value(HeaderProducer) || string(plan.up[4].Body) != string(c.Body) {
+	if ups(t, plan)[1].Value(HeaderProducer) != a1.Value(HeaderProducer) || string(ups(t, plan)[4].Body) != string(c.Body) {
 		t.Fatal("replayed SEND differs from the original")
 	}
-	if plan.up[1].Value("receipt") == a1.Value("receipt") {
+	if ups(t, plan)[1].Value("receipt") == a1.Value("receipt") {
 		t.Fatal("replay reused a receipt id of the dead connection")
 	}
 	// The replayed SEND's RECEIPT reaches the client under its own id and
 	// counts as a possible duplicate dropped.
-	r := tr.fromBroker(receiptFor(t, plan.up[1]), t0)
+	r := tr.fromBroker(receiptFor(t, ups(t, plan)[1]), t0)
 	if r.pass.Value("receipt-id") != "ra" || r.confirmed != 1 {
 		t.Fatalf("replayed SEND's receipt: %v confirmed=%d", r.pass, r.confirmed)
 	}
-	tr.fromBroker(receiptFor(t, plan.up[5]), t0)
+	tr.fromBroker(receiptFor(t, ups(t, plan)[5]), t0)
 	if !tr.disconnected() {
 		t.Fatal("DISCONNECT confirmed but not disconnected")
 	}
@@ -238,8 +275,8 @@ func TestTrackerAckIndividual(t *testing.T) {
 	ack2 := one(t, tr.fromClient(fr(frame.ACK, "id", "old-m2", "receipt", "r2"), t0))
 	tr.lost(t0)
 	plan := tr.replay(t0)
-	if commands(plan.up) != "SUBSCRIBE id=s destination=/queue/q" {
-		t.Fatalf("replay %s", commands(plan.up))
+	if commands(ups(t, plan)) != "SUBSCRIBE id=s destination=/queue/q" {
+		t.Fatalf("replay %s", commands(ups(t, plan)))
 	}
 	_ = ack2
 	// m3: acked after the failover, before its redelivery: held.
@@ -263,7 +300,7 @@ func TestTrackerAckIndividual(t *testing.T) {
 	}
 	a = tr.fromBroker(msg("s", "m4", "new-m4"), t0)
 	if a.pass != nil || len(a.up) != 0 {
-		t.Fatalf("redelivery of unacked m4: pass=%v up=%v", a.pass, a.up)
+		t.Fatalf("redelivery of unacked m4: pass=%v up=%v", a.pass, ups(t, a))
 	}
 	// m4: acked after its redelivery arrived: translated at once.
 	fwd4 := one(t, tr.fromClient(fr(frame.NACK, "id", "old-m4"), t0))
@@ -356,7 +393,7 @@ func TestTrackerHolds(t *testing.T) {
 
 	a := tr.fromClient(fr(frame.ACK, "id", "a3", "receipt", "r3"), t0)
 	if len(a.up) != 0 || strings.Join(clientReceipts(a), ",") != "r3" {
-		t.Fatalf("topic ACK after failover: up=%v receipts=%v", a.up, clientReceipts(a))
+		t.Fatalf("topic ACK after failover: up=%v receipts=%v", ups(t, a), clientReceipts(a))
 	}
 	none(t, tr.fromClient(fr(frame.ACK, "id", "a1", "receipt", "r1"), t0))
 	if !tr.waiting() {
@@ -371,7 +408,7 @@ func TestTrackerHolds(t *testing.T) {
 	none(t, tr.fromClient(fr(frame.ACK, "id", "a2", "receipt", "r2"), t1(t0)))
 	a = tr.fromClient(fr(frame.UNSUBSCRIBE, "id", "q2"), t0)
 	if len(a.up) != 1 || strings.Join(clientReceipts(a), ",") != "r2" {
-		t.Fatalf("UNSUBSCRIBE with a held ACK: up=%v receipts=%v", a.up, clientReceipts(a))
+		t.Fatalf("UNSUBSCRIBE with a held ACK: up=%v receipts=%v", ups(t, a), clientReceipts(a))
 	}
 	if tr.waiting() {
 		t.Fatal("still waiting after every hold ended")
@@ -397,16 +434,16 @@ func TestTrackerTransactions(t *testing.T) {
 		tr.lost(t0)
 		plan := tr.replay(t0)
 		want := "SUBSCRIBE id=s destination=/queue/q, BEGIN transaction=t +r, SEND transaction=t"
-		if got := commands(plan.up); got != want {
+		if got := commands(ups(t, plan)); got != want {
 			t.Fatalf("replay\n got %s\nwant %s", got, want)
 		}
 		// COMMIT waits for the held ACK, which waits for m1's redelivery.
 		none(t, tr.fromClient(fr(frame.COMMIT, "transaction", "t", "receipt", "rc"), t0))
 		a := tr.fromBroker(msg("s", "m1", "n1"), t0)
-		if got := commands(a.up); got != "ACK id=n1 transaction=t, COMMIT transaction=t +r" {
+		if got := commands(ups(t, a)); got != "ACK id=n1 transaction=t, COMMIT transaction=t +r" {
 			t.Fatalf("after the redelivery: %s", got)
 		}
-		r := tr.fromBroker(receiptFor(t, a.up[1]), t0)
+		r := tr.fromBroker(receiptFor(t, ups(t, a)[1]), t0)
 		if r.pass.Value("receipt-id") != "rc" || len(tr.txs) != 0 || len(tr.acks) != 0 {
 			t.Fatalf("COMMIT receipt %v; %d transactions, %d deliveries left", r.pass, len(tr.txs), len(tr.acks))
 		}
@@ -444,7 +481,7 @@ func TestTrackerTransactions(t *testing.T) {
 		tr.lost(t0)
 		plan := tr.replay(t0)
 		if len(plan.up) != 0 || strings.Join(clientReceipts(plan), ",") != "ra" {
-			t.Fatalf("aborted transaction replayed: %s; receipts %v", commands(plan.up), clientReceipts(plan))
+			t.Fatalf("aborted transaction replayed: %s; receipts %v", commands(ups(t, plan)), clientReceipts(plan))
 		}
 	})
 }
@@ -487,5 +524,163 @@ func TestTrackerErrorReceipt(t *testing.T) {
 	a := tr.fromBroker(fr(frame.ERROR, "message", "no", "receipt-id", g.Value("receipt")), t0)
 	if a.pass.Value("receipt-id") != "mine" || !tr.errored {
 		t.Fatalf("ERROR: %v errored=%v", a.pass, tr.errored)
+	}
+}
+
+// splitPlain splits a plain client frame as session.passPlain does for
+// tracker.stampPlain: its header lines, and the rest after them.
+func splitPlain(t *testing.T, raw string) (hdrs, rest []byte) {
+	t.Helper()
+	b := []byte(strings.TrimLeft(raw, "\n"))
+	start := bytes.IndexByte(b, '\n') + 1
+	end := bytes.Index(b, []byte("\n\n")) + 1
+	if start == 0 || end == 0 || end < start {
+		t.Fatalf("not a frame with headers: %q", raw)
+	}
+	return b[start:end], b[end:]
+}
+
+// TestTrackerStampPlain: a receipted SEND taken in wire form reaches the
+// broker with the stamp and an internal receipt spliced in after its
+// command line, its receipt header(s) gone and every other byte as the
+// client wrote it, means what the Frame path's rendering means, and is
+// settled by its RECEIPT under the client's first receipt id.
+func TestTrackerStampPlain(t *testing.T) {
+	for _, tc := range []struct {
+		name, in, want, client string
+	}{
+		{"content-length",
+			"SEND\ndestination:/queue/a\nreceipt:r-1\nx:y\ncontent-length:5\n\na\x00b\x00c\x00",
+			"SEND\nreceipt:handover-1\nhandover-producer:prod-1\nhandover-seq:1\ndestination:/queue/a\nx:y\ncontent-length:5\n\na\x00b\x00c\x00",
+			"r-1"},
+		{"no content-length, heart-beats before",
+			"\n\nSEND\nreceipt:r-1\ndestination:/queue/a\n\nbody\x00",
+			"SEND\nreceipt:handover-1\nhandover-producer:prod-1\nhandover-seq:1\ndestination:/queue/a\n\nbody\x00",
+			"r-1"},
+		{"repeated receipt: the first wins, none passes",
+			"SEND\ndestination:/queue/a\nreceipt:first\nreceipt:second\n\n\x00",
+			"SEND\nreceipt:handover-1\nhandover-producer:prod-1\nhandover-seq:1\ndestination:/queue/a\n\n\x00",
+			"first"},
+		{"colon in the receipt value",
+			"SEND\ndestination:/queue/a\nreceipt:a:b\n\n\x00",
+			"SEND\nreceipt:handover-1\nhandover-producer:prod-1\nhandover-seq:1\ndestination:/queue/a\n\n\x00",
+			"a:b"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tr := connected(t, frame.V12)
+			base := tr.bytes
+			w := tr.stampPlain(splitPlain(t, tc.in))
+			if string(w) != tc.want {
+				t.Fatalf("sent\n%q\nwant\n%q", w, tc.want)
+			}
+			// The Frame path's rendering of the same client frame means
+			// the same: same headers (but content-length), same body.
+			slow := one(t, connected(t, frame.V12).fromClient(decode(t, []byte(tc.in)), t0))
+			got := decode(t, w)
+			if string(got.Body) != string(slow.Body) || headerSet(got) != headerSet(slow) {
+				t.Fatalf("wire form means %v %q, the Frame path's %v %q", got, got.Body, slow, slow.Body)
+			}
+			if tr.bytes <= base || len(tr.inflight) != 1 {
+				t.Fatalf("not kept: %d bytes, %d inflight", tr.bytes-base, len(tr.inflight))
+			}
+			r := tr.sendReceipt([]byte("handover-1"))
+			if r == nil || !r.hasClient || r.client != tc.client || r.replayed {
+				t.Fatalf("sendReceipt: %+v, want client receipt %q", r, tc.client)
+			}
+			if tr.bytes != base || len(tr.inflight) != 0 {
+				t.Fatalf("still kept after its RECEIPT: %d bytes, %d inflight", tr.bytes-base, len(tr.inflight))
+			}
+			if tr.sendReceipt([]byte("handover-1")) != nil {
+				t.Fatal("a second RECEIPT for the same id settled something")
+			}
+		})
+	}
+}
+
+// headerSet renders f's headers but content-length, sorted by key.
+func headerSet(f *frame.Frame) string {
+	var hs []string
+	for _, h := range f.Headers {
+		if h.Key != "content-length" {
+			hs = append(hs, h.Key+"="+h.Value)
+		}
+	}
+	slices.Sort(hs)
+	return strings.Join(hs, ",")
+}
+
+// TestTrackerStampPlainReplay: after a failover, SENDs taken in wire form
+// and as Frames are replayed in the client's order, each once; a wire one
+// byte for byte as first sent but for a fresh receipt id, and its RECEIPT
+// then reaches the client as a duplicate dropped.
+func TestTrackerStampPlainReplay(t *testing.T) {
+	tr := connected(t, frame.V12)
+	w1 := tr.stampPlain(splitPlain(t, "SEND\ndestination:/queue/a\nreceipt:r1\n\none\x00"))
+	f2 := one(t, tr.fromClient(fr(frame.SEND, "destination", "/queue/a", "receipt", "r2"), t0))
+	w3 := tr.stampPlain(splitPlain(t, "SEND\ndestination:/queue/a\nreceipt:r3\n\nthree\x00"))
+	w4 := tr.stampPlain(splitPlain(t, "SEND\ndestination:/queue/a\nreceipt:r4\n\nfour\x00"))
+	if f2.Value(HeaderSeq) != "2" || !bytes.Contains(w3, []byte("\nhandover-seq:3\n")) {
+		t.Fatalf("stamps out of sequence: %v, %q", f2, w3)
+	}
+	if tr.sendReceipt([]byte(decode(t, w3).Value("receipt"))) == nil {
+		t.Fatal("RECEIPT for the third SEND not taken")
+	}
+	if tr.sendReceipt([]byte(f2.Value("receipt"))) == nil {
+		t.Fatal("RECEIPT for a Frame-path SEND not taken")
+	}
+	sub := one(t, tr.fromClient(fr(frame.SUBSCRIBE, "id", "s", "destination", "/queue/s", "receipt", "rs"), t0))
+	if tr.sendReceipt([]byte(sub.Value("receipt"))) != nil || len(tr.inflight) != 3 {
+		t.Fatal("sendReceipt took a SUBSCRIBE's RECEIPT")
+	}
+	tr.lost(t0)
+	plan := tr.replay(t0)
+	if len(plan.up) != 3 || plan.up[1].wire == nil || plan.up[2].wire == nil {
+		t.Fatalf("replay %s, want the subscription and the first and fourth SENDs in wire form", commands(ups(t, plan)))
+	}
+	for i, w := range [][]byte{w1, w4} {
+		re := plan.up[i+1].wire
+		id := decode(t, re).Value("receipt")
+		if !strings.HasPrefix(id, internalReceiptPrefix) || id == decode(t, w).Value("receipt") {
+			t.Fatalf("replay receipt id %q, want a fresh internal one", id)
+		}
+		want := append([]byte(wireHead+id+"\n"), w[len(wireHead+decode(t, w).Value("receipt")+"\n"):]...)
+		if !bytes.Equal(re, want) {
+			t.Fatalf("replayed\n%q\nwant\n%q", re, want)
+		}
+		r := tr.sendReceipt([]byte(id))
+		if r == nil || !r.replayed || r.client != []string{"r1", "r4"}[i] {
+			t.Fatalf("replay's RECEIPT: %+v", r)
+		}
+	}
+	tr.lost(t0)
+	if plan := tr.replay(t0); len(plan.up) != 1 {
+		t.Fatalf("confirmed SENDs replayed again: %s", commands(ups(t, plan)))
+	}
+}
+
+// TestTrackerStampPlainOverLimit: the wire path keeps to MaxReplayBytes as
+// the Frame path does, and declines once the session is unresumable.
+func TestTrackerStampPlainOverLimit(t *testing.T) {
+	tr := newTracker("p", 4096, time.Second)
+	tr.fromClient(fr(frame.CONNECT), t0)
+	tr.fromBroker(fr(frame.CONNECTED, "version", "1.2"), t0)
+	if tr.stampPlain(splitPlain(t, "SEND\ndestination:/queue/a\nreceipt:r1\n\nsmall\x00")) == nil || tr.unresumable {
+		t.Fatal("small SEND not taken, or unresumable too early")
+	}
+	big := "SEND\ndestination:/queue/a\nreceipt:r2\n\n" + strings.Repeat("x", 8192) + "\x00"
+	w := tr.stampPlain(splitPlain(t, big))
+	if w == nil || !tr.unresumable || tr.bytes > 4096 {
+		t.Fatalf("sent=%v unresumable=%v bytes=%d", w != nil, tr.unresumable, tr.bytes)
+	}
+	for _, r := range tr.inflight {
+		if r.wire != nil {
+			t.Fatal("an unresumable session still keeps a wire copy")
+		}
+	}
+	if r := tr.sendReceipt([]byte(decode(t, w).Value("receipt"))); r == nil || r.client != "r2" {
+		t.Fatalf("RECEIPT after going over the limit: %+v", r)
+	}
+	if tr.stampPlain(splitPlain(t, "SEND\ndestination:/queue/a\nreceipt:r3\n\n\x00")) != nil {
+		t.Fatal("an unresumable session stamped a SEND")
 	}
 }
