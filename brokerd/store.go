@@ -17,8 +17,10 @@ import (
 type Store interface {
 	// Append makes recs durable, then calls done exactly once, in Append
 	// order (group commit: concurrent Appends may share one flush). done
-	// runs on the store's goroutine and must not block. An Append with no
-	// records is a barrier: its done runs after every earlier Append's.
+	// runs on the goroutine doing the commit (the store's own, or for the
+	// journal a connection's reader that committed with AppendNow), one at
+	// a time, and must not block. An Append with no records is a barrier:
+	// its done runs after every earlier Append's.
 	Append(recs []journal.Record, done func(error))
 	// Close flushes pending Appends and releases the store; idempotent.
 	Close() error

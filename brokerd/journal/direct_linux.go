@@ -34,9 +34,13 @@ type direct struct {
 	end  int64  // where the next batch goes: the segment's size
 	tail []byte // the segment's bytes from the last block boundary to end
 	buf  []byte // aligned scratch, reused across batches
-	// pwritev2 is unix.Pwritev2; tests replace it to see a refusal.
+	// pwritev2 is directPwritev2 when opened; tests replace it.
 	pwritev2 func(fd int, iovs [][]byte, off int64, flags int) (int, error)
 }
+
+// directPwritev2 is the system call direct uses; tests replace it to see
+// a kernel or file system refuse.
+var directPwritev2 = unix.Pwritev2
 
 // openDirect opens path for O_DIRECT writes after end, whose last partial
 // block holds tail. It fails where the file system has no O_DIRECT.
@@ -48,7 +52,7 @@ func openDirect(path string, end int64, tail []byte) (*direct, error) {
 	if err != nil {
 		return nil, &os.PathError{Op: "open O_DIRECT", Path: path, Err: err}
 	}
-	d := &direct{fd: fd, path: path, end: end, tail: make([]byte, 0, directAlign), pwritev2: unix.Pwritev2}
+	d := &direct{fd: fd, path: path, end: end, tail: make([]byte, 0, directAlign), pwritev2: directPwritev2}
 	d.tail = append(d.tail, tail...)
 	return d, nil
 }

@@ -4,6 +4,7 @@ package journal
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -82,39 +83,97 @@ func TestDirectWrite(t *testing.T) {
 	}
 }
 
-// TestDirectRefusedFallsBack: a file system that refuses O_DIRECT writes
-// (EINVAL) costs nothing but speed: the batch is written through the page
-// cache, with a warning, and so is every later one, across rolls.
+// TestDirectRefusedFallsBack: a kernel or file system that refuses
+// O_DIRECT writes with RWF_DSYNC (EINVAL, EOPNOTSUPP, ENOSYS or a seccomp
+// EPERM) costs nothing but speed, whether it refuses from the start or
+// only later: the refused batch and every later one, across rolls, go
+// through the page cache, with a warning.
 func TestDirectRefusedFallsBack(t *testing.T) {
+	for _, errno := range []unix.Errno{unix.EINVAL, unix.EOPNOTSUPP, unix.ENOSYS, unix.EPERM} {
+		for _, at := range []string{"first", "later"} {
+			t.Run(fmt.Sprintf("%s/%v", at, errno), func(t *testing.T) {
+				refuse := func(int, [][]byte, int64, int) (int, error) { return 0, errno }
+				if at == "first" {
+					directPwritev2 = refuse
+					t.Cleanup(func() { directPwritev2 = unix.Pwritev2 })
+				}
+				dir := t.TempDir()
+				logger, hook := test.NewNullLogger()
+				j, _ := open(t, Options{Dir: dir, SegmentSize: 16 << 10, Log: logrus.NewEntry(logger)})
+				if at == "later" {
+					if j.direct == nil {
+						t.Skip("no O_DIRECT on this file system")
+					}
+					j.direct.pwritev2 = refuse
+				}
+				data := bytes.Repeat([]byte("d"), 1000)
+				for i := range 50 {
+					mustWrite(t, j, put(fmt.Sprint("m", i), "q", data))
+				}
+				if j.direct != nil || j.tryDirect {
+					t.Fatalf("still writing with O_DIRECT after %v", errno)
+				}
+				if st := j.Stats(); st.Segments < 2 {
+					t.Fatalf("%d segments: the test must roll", st.Segments)
+				}
+				said := false
+				for _, e := range hook.AllEntries() {
+					said = said || bytes.Contains([]byte(e.Message), []byte("O_DIRECT"))
+				}
+				if !said {
+					t.Fatal("nothing logged about O_DIRECT")
+				}
+				if err := j.Close(); err != nil {
+					t.Fatal(err)
+				}
+				_, live := open(t, Options{Dir: dir})
+				if len(live) != 50 {
+					t.Fatalf("replayed %d records, want 50", len(live))
+				}
+			})
+		}
+	}
+}
+
+// TestDirectWriteFailsMidway: a batch whose O_DIRECT write fails after
+// some of its blocks reached the file (EIO, a full disk) fails as a whole
+// and is cut back; the journal goes on writing with O_DIRECT, and replay
+// sees every record acknowledged and none of the failed one.
+func TestDirectWriteFailsMidway(t *testing.T) {
 	dir := t.TempDir()
-	logger, hook := test.NewNullLogger()
-	j, _ := open(t, Options{Dir: dir, SegmentSize: 16 << 10, Log: logrus.NewEntry(logger)})
+	j, _ := open(t, Options{Dir: dir})
 	if j.direct == nil {
 		t.Skip("no O_DIRECT on this file system")
 	}
-	j.direct.pwritev2 = func(int, [][]byte, int64, int) (int, error) { return 0, unix.EINVAL }
-	data := bytes.Repeat([]byte("d"), 1000)
-	for i := range 50 {
-		mustWrite(t, j, put(fmt.Sprint("m", i), "q", data))
+	mustWrite(t, j, put("before", "q", bytes.Repeat([]byte("b"), 3000)))
+	calls := 0
+	j.direct.pwritev2 = func(fd int, iovs [][]byte, off int64, flags int) (int, error) {
+		calls++
+		if calls == 1 {
+			return unix.Pwritev2(fd, [][]byte{iovs[0][:directAlign]}, off, flags) // one block lands
+		}
+		return 0, unix.EIO
 	}
-	if j.direct != nil || j.tryDirect {
-		t.Fatal("still writing with O_DIRECT after EINVAL")
+	if err := j.Write(put("failed", "q", bytes.Repeat([]byte("f"), 3*directAlign))); !errors.Is(err, unix.EIO) {
+		t.Fatalf("Write = %v, want EIO", err)
 	}
-	if st := j.Stats(); st.Segments < 2 {
-		t.Fatalf("%d segments: the test must roll", st.Segments)
+	j.direct.pwritev2 = unix.Pwritev2
+	for i := range 20 {
+		mustWrite(t, j, put(fmt.Sprint("after", i), "q", bytes.Repeat([]byte("a"), 700)))
 	}
-	warned := false
-	for _, e := range hook.AllEntries() {
-		warned = warned || (e.Level == logrus.WarnLevel && bytes.Contains([]byte(e.Message), []byte("O_DIRECT")))
-	}
-	if !warned {
-		t.Fatal("no warning about the refused O_DIRECT write")
+	if j.direct == nil {
+		t.Fatal("O_DIRECT was given up after an I/O error")
 	}
 	if err := j.Close(); err != nil {
 		t.Fatal(err)
 	}
 	_, live := open(t, Options{Dir: dir})
-	if len(live) != 50 {
-		t.Fatalf("replayed %d records, want 50", len(live))
+	if len(live) != 21 {
+		t.Fatalf("replayed %d records, want 21", len(live))
+	}
+	for _, r := range live {
+		if r.ID == "failed" {
+			t.Fatal("the failed batch was replayed")
+		}
 	}
 }

@@ -388,11 +388,12 @@ func (j *Journal) signalTrash() {
 }
 
 // Append queues recs to be written and fsync'd, then calls done exactly once.
-// done runs on the journal's goroutine, in Append order, after the records
+// done runs on the goroutine doing the commit (the journal's own, or an
+// AppendNow caller's), in Append order, one at a time, after the records
 // are durable (err == nil) or have failed as a whole (err != nil); it must
-// not block, since it holds up every later commit, and so must not call Write
-// or Close (Append is fine). The records of one Append are committed
-// atomically: after a crash replay sees all of them or none. An Append of no
+// not block, since it holds up every later commit, and so must not call
+// Write, AppendNow or Close, whoever appended (Append is fine). The records
+// of one Append are committed atomically: after a crash replay sees all of them or none. An Append of no
 // records writes nothing; its done runs once every earlier Append's has.
 // recs and the Data they reference must not be modified until done is called.
 // After Close, done(ErrClosed) is called before Append returns.
@@ -417,6 +418,8 @@ func (j *Journal) Append(recs []Record, done func(error)) {
 // them as Append does. One producer waiting for each receipt saves the
 // hand-off to the writer goroutine and back: 1-2 % more receipted SENDs per
 // second through brokerd, consistently over an interleaved A/B of five runs.
+// The caller also takes on whatever that commit brings: a segment roll
+// (which may wait for the next zero-filled file) and compaction.
 // done must not call AppendNow or Write.
 func (j *Journal) AppendNow(recs []Record, done func(error)) {
 	if done == nil {
@@ -651,7 +654,7 @@ func (j *Journal) writeBatch(count int) error {
 func (j *Journal) writeSync(b []byte, off int64) error {
 	if j.direct != nil {
 		err := j.direct.writeSync(b, off)
-		if !errors.Is(err, syscall.EINVAL) {
+		if !directUnsupported(err) {
 			return err
 		}
 		j.log.WithField("segment", j.active.name).WithError(err).
@@ -662,19 +665,38 @@ func (j *Journal) writeSync(b []byte, off int64) error {
 	return j.hooks.writeSync(j.f, b, off)
 }
 
+// directUnsupported reports whether err says O_DIRECT writes with RWF_DSYNC
+// cannot work here (a file system without O_DIRECT, a kernel before 4.7, a
+// seccomp filter), as opposed to a failure of this one write. Falling back
+// on EPERM is safe: if the file itself refuses writes, the buffered write
+// fails too and reports it.
+func directUnsupported(err error) bool {
+	for _, e := range []error{syscall.EINVAL, syscall.EOPNOTSUPP, syscall.ENOSYS, syscall.EPERM} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
 // startDirect opens the O_DIRECT path for the active segment, just made.
+// Where the file system has no O_DIRECT, it is not tried again; a passing
+// failure (no file descriptors left, say) is retried at the next segment.
 func (j *Journal) startDirect() {
 	if !j.tryDirect {
 		return
 	}
 	d, err := openDirect(filepath.Join(j.dir, j.active.name), j.active.size, encodeSegHeader(j.active.seq))
-	if err != nil {
-		j.log.WithField("segment", j.active.name).WithError(err).
-			Info("journal: no O_DIRECT here; writing through the page cache")
+	log := j.log.WithField("segment", j.active.name)
+	switch {
+	case err == nil:
+		j.direct = d
+	case directUnsupported(err) || errors.Is(err, errors.ErrUnsupported):
+		log.WithError(err).Info("journal: no O_DIRECT here; writing through the page cache")
 		j.tryDirect = false
-		return
+	default:
+		log.WithError(err).Warn("journal: O_DIRECT unavailable for this segment; writing it through the page cache")
 	}
-	j.direct = d
 }
 
 // stopDirect closes the active segment's O_DIRECT descriptor, if any.
