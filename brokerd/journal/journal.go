@@ -393,8 +393,9 @@ func (j *Journal) signalTrash() {
 // are durable (err == nil) or have failed as a whole (err != nil); it must
 // not block, since it holds up every later commit, and so must not call
 // Write, AppendNow or Close, whoever appended (Append is fine). The records
-// of one Append are committed atomically: after a crash replay sees all of them or none. An Append of no
-// records writes nothing; its done runs once every earlier Append's has.
+// of one Append are committed atomically: after a crash replay sees all of
+// them or none. An Append of no records writes nothing; its done runs once
+// every earlier Append's has.
 // recs and the Data they reference must not be modified until done is called.
 // After Close, done(ErrClosed) is called before Append returns.
 func (j *Journal) Append(recs []Record, done func(error)) {
