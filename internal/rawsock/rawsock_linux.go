@@ -13,15 +13,11 @@
 package rawsock
 
 import (
-	"errors"
 	"net"
 	"net/netip"
 	"syscall"
 	"unsafe"
 )
-
-// ErrWouldBlock is EAGAIN: nothing to read yet, or the send buffer is full.
-var ErrWouldBlock = errors.New("operation would block")
 
 // Read reads once from the non-blocking socket fd: ErrWouldBlock when there
 // is nothing to read yet, (0, nil) at EOF.

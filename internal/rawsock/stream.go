@@ -1,10 +1,14 @@
 package rawsock
 
 import (
+	"errors"
 	"io"
 	"os"
 	"syscall"
 )
+
+// ErrWouldBlock is EAGAIN: nothing to read yet, or the send buffer is full.
+var ErrWouldBlock = errors.New("operation would block")
 
 // Stream is an io.Reader and io.Writer over a socket's RawConn: Read and
 // Write make raw non-blocking system calls and let the runtime's poller do
