@@ -3,7 +3,6 @@ package proxy
 import (
 	"context"
 	"errors"
-	"io"
 	"net"
 	"syscall"
 	"testing"
@@ -14,31 +13,21 @@ import (
 // connect itself on Linux) reaches IPv4, IPv6 and named addresses, and
 // reports a refused port as net would.
 func TestBackendDialer(t *testing.T) {
-	listen := func(t *testing.T, network, addr string) net.Listener {
-		ln, err := net.Listen(network, addr)
-		if err != nil {
-			t.Skipf("no %s loopback here: %v", network, err)
-		}
-		t.Cleanup(func() { ln.Close() })
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				go func() { io.Copy(c, c); c.Close() }()
-			}
-		}()
-		return ln
-	}
-	v4 := listen(t, "tcp4", "127.0.0.1:0")
-	_, port, _ := net.SplitHostPort(v4.Addr().String())
+	v4 := startBackend(t, "", echo)
+	_, port, _ := net.SplitHostPort(v4.addr)
 	for _, tt := range []struct {
 		name string
 		addr func(t *testing.T) string
 	}{
-		{"ipv4", func(*testing.T) string { return v4.Addr().String() }},
-		{"ipv6", func(t *testing.T) string { return listen(t, "tcp6", "[::1]:0").Addr().String() }},
+		{"ipv4", func(*testing.T) string { return v4.addr }},
+		{"ipv6", func(t *testing.T) string {
+			probe, err := net.Listen("tcp6", "[::1]:0")
+			if err != nil {
+				t.Skipf("no tcp6 loopback here: %v", err)
+			}
+			probe.Close()
+			return startBackend(t, "[::1]:0", echo).addr
+		}},
 		{"name", func(*testing.T) string { return net.JoinHostPort("localhost", port) }},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
