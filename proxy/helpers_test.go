@@ -111,6 +111,9 @@ func startService(t testing.TB, picker *proxytest.Picker, mod func(*Options)) *t
 func startServiceOpts(t testing.TB, picker *proxytest.Picker, opts Options, forceCounting bool) *testService {
 	t.Helper()
 	reg := prometheus.NewRegistry()
+	if forceCounting {
+		opts.goroutines = true // counting mode is the goroutine path's
+	}
 	s, err := New(opts, picker, proxytest.Log(t), NewMetrics(reg))
 	if err != nil {
 		t.Fatal(err)

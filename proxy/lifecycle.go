@@ -30,7 +30,7 @@ type Lifecycle[T any] struct {
 	cfg   LifecycleConfig[T]
 	grace time.Duration
 	log   *logrus.Entry
-	ln    *net.TCPListener
+	ln    Acceptor
 	// sem holds one token per connection when MaxConnections caps them;
 	// nil when uncapped.
 	sem chan struct{}
@@ -73,25 +73,46 @@ type LifecycleConfig[T any] struct {
 	// over, and returns how many there were.
 	CloseAll func() int
 	// Draining returns, with Mu held, the log fields describing what is
-	// left when shutdown begins; conns counts the connection goroutines.
+	// left when shutdown begins; conns counts the connections (Enter's
+	// included).
 	Draining func(conns int) logrus.Fields
+	// Listener, when set, is accepted from instead of a listener bound
+	// to the Options' Listen; MaxConnections is then the Listener's to
+	// enforce. The event loops (evloop_linux.go) accept on sockets of
+	// their own and pass on here only the connections they hand to a
+	// goroutine.
+	Listener Acceptor
+}
+
+// Acceptor is what a Lifecycle accepts from: a *net.TCPListener, or the
+// event loops' hand-offs.
+type Acceptor interface {
+	AcceptTCP() (*net.TCPConn, error)
+	Close() error
+	Addr() net.Addr
 }
 
 // NewLifecycle binds c.Listen; of c it uses the fields stompproxy.Options
 // shares, defaults applied. The listener turns keepalive on for every
 // accepted socket (ListenConfig). log is the service's entry.
 func NewLifecycle[T any](c Options, log *logrus.Entry, cfg LifecycleConfig[T]) (*Lifecycle[T], error) {
-	lc := ListenConfig(c.KeepAlive)
-	ln, err := lc.Listen(context.Background(), "tcp", c.Listen)
-	if err != nil {
-		return nil, err
+	ln := cfg.Listener
+	if ln == nil {
+		lc := ListenConfig(c.KeepAlive)
+		bound, err := lc.Listen(context.Background(), "tcp", c.Listen)
+		if err != nil {
+			return nil, err
+		}
+		ln = bound.(*net.TCPListener)
+	} else {
+		c.MaxConnections = 0
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	l := &Lifecycle[T]{
 		cfg:      cfg,
 		grace:    c.ShutdownGrace,
 		log:      log,
-		ln:       ln.(*net.TCPListener),
+		ln:       ln,
 		ctx:      ctx,
 		cancel:   cancel,
 		stopping: make(chan struct{}),
@@ -217,6 +238,41 @@ func (l *Lifecycle[T]) StopAccepting() {
 	l.log.WithFields(fields).Info("shutting down: not accepting; draining live " + l.cfg.Noun)
 }
 
+// Enter counts a connection accepted outside the accept loop (by an event
+// loop) as live, unless shutdown has begun: then it reports false and the
+// caller closes the connection. Leave ends what Enter began. Shutdown
+// waits for entered connections as for its own.
+func (l *Lifecycle[T]) Enter() bool {
+	l.Mu.Lock()
+	defer l.Mu.Unlock()
+	if l.stopped {
+		return false
+	}
+	l.conns++
+	return true
+}
+
+// Leave is called once for each connection Enter admitted, when it ends.
+func (l *Lifecycle[T]) Leave() {
+	l.Mu.Lock()
+	defer l.Mu.Unlock()
+	l.leaveLocked()
+}
+
+// leaveLocked is Leave with Mu held.
+func (l *Lifecycle[T]) leaveLocked() {
+	l.conns--
+	if l.stopped && l.conns == 0 {
+		close(l.drained)
+	}
+}
+
+// CountAccepted counts a connection accepted outside the accept loop.
+func (l *Lifecycle[T]) CountAccepted() {
+	l.accepted.Add(1)
+	l.acceptedTotal.Inc()
+}
+
 // watch runs sweep after each change until shutdown.
 func (l *Lifecycle[T]) watch(changed <-chan struct{}, sweep func() <-chan struct{}) {
 	defer l.loops.Done()
@@ -300,10 +356,7 @@ func (l *Lifecycle[T]) done(t T) {
 	if l.cfg.Forget != nil {
 		l.cfg.Forget(t)
 	}
-	l.conns--
-	if l.stopped && l.conns == 0 {
-		close(l.drained)
-	}
+	l.leaveLocked()
 }
 
 // release frees a MaxConnections slot.

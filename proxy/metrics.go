@@ -23,7 +23,7 @@ type Metrics struct {
 	// pairs leave their totals in done; live pairs are sampled (meter.go).
 	mu   sync.Mutex
 	done map[bytesKey]float64
-	live map[*pair]struct{}
+	live map[liveConn]struct{}
 
 	// series caches the per-backend children, so that a connection looks
 	// its labels up once (backendSeries) rather than at every event.
@@ -114,7 +114,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Proxied connections that ended, by reason: eof (both sides finished), client_error, " +
 				"upstream_error, failover (backend no longer a target), idle, shutdown."}, []string{"service", "backend", "reason"}),
 		done:   map[bytesKey]float64{},
-		live:   map[*pair]struct{}{},
+		live:   map[liveConn]struct{}{},
 		series: map[seriesKey]*backendSeries{},
 	}
 	if reg != nil {
@@ -141,10 +141,11 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	for k, v := range m.done {
 		totals[k] += v
 	}
-	for p := range m.live {
-		up, down := p.sample()
-		totals[bytesKey{p.service, p.backend, "up"}] += float64(up)
-		totals[bytesKey{p.service, p.backend, "down"}] += float64(down)
+	for c := range m.live {
+		service, backend := c.labels()
+		up, down := c.sample()
+		totals[bytesKey{service, backend, "up"}] += float64(up)
+		totals[bytesKey{service, backend, "down"}] += float64(down)
 	}
 	m.mu.Unlock()
 	for k, v := range totals {
@@ -156,24 +157,34 @@ func (m *Metrics) vecs() []prometheus.Collector {
 	return []prometheus.Collector{m.accepted, m.held, m.failed, m.active, m.connected, m.dialErrors, m.closed}
 }
 
-// pairStarted counts p as connected and live.
-func (m *Metrics) pairStarted(p *pair) {
-	m.mu.Lock()
-	m.live[p] = struct{}{}
-	m.mu.Unlock()
-	p.series.connected.Inc()
-	p.series.active.Inc()
+// liveConn is a proxied connection as the byte counters see it: a pair
+// (goroutines) or an event loop's conn.
+type liveConn interface {
+	labels() (service, backend string)
+	// sample returns the bytes moved so far each way; called under
+	// Metrics.mu, and once more when the connection has ended.
+	sample() (up, down int64)
 }
 
-// pairEnded moves p's bytes from the live samples to the finished totals,
-// under one lock so that no scrape sees them twice or not at all.
-func (m *Metrics) pairEnded(p *pair, reason string) {
+// started counts c, of backend series bs, as connected and live.
+func (m *Metrics) started(c liveConn, bs *backendSeries) {
 	m.mu.Lock()
-	delete(m.live, p)
-	up, down := p.sample()
-	m.done[bytesKey{p.service, p.backend, "up"}] += float64(up)
-	m.done[bytesKey{p.service, p.backend, "down"}] += float64(down)
+	m.live[c] = struct{}{}
 	m.mu.Unlock()
-	p.series.active.Dec()
-	p.series.closedFor(m, p.service, p.backend, reason).Inc()
+	bs.connected.Inc()
+	bs.active.Inc()
+}
+
+// ended moves c's bytes from the live samples to the finished totals,
+// under one lock so that no scrape sees them twice or not at all.
+func (m *Metrics) ended(c liveConn, bs *backendSeries, reason string) {
+	service, backend := c.labels()
+	m.mu.Lock()
+	delete(m.live, c)
+	up, down := c.sample()
+	m.done[bytesKey{service, backend, "up"}] += float64(up)
+	m.done[bytesKey{service, backend, "down"}] += float64(down)
+	m.mu.Unlock()
+	bs.active.Dec()
+	bs.closedFor(m, service, backend, reason).Inc()
 }

@@ -81,6 +81,11 @@ type Options struct {
 	// ShutdownGrace is how long Shutdown lets live connections finish before
 	// closing them (default 10s).
 	ShutdownGrace time.Duration
+
+	// goroutines serves every connection on goroutines (pair.go), even
+	// where the event loops could (evloop_linux.go): tests cover that
+	// path with it.
+	goroutines bool
 }
 
 // Validate reports every problem with o at once. Zero values are valid:

@@ -68,6 +68,8 @@ func newPair(s *Service, client, upstream *net.TCPConn, backend string) *pair {
 	return p
 }
 
+func (p *pair) labels() (service, backend string) { return p.service, p.backend }
+
 // logger returns the pair's log entry, with the client and the backend. It
 // is built on first use, as connLog is, and may be called from any
 // goroutine.

@@ -69,6 +69,31 @@ type Service struct {
 	forceCounting bool
 
 	pairs map[*pair]struct{}
+	// loops serve connections on Linux (evloop_linux.go); nil where
+	// every connection gets goroutines.
+	loops eventLoops
+}
+
+// eventLoops is the event-loop data path as the Service drives it. It is
+// the Lifecycle's Acceptor: the connections it hands to goroutines come
+// out of AcceptTCP.
+type eventLoops interface {
+	Acceptor
+	// start runs the loops; stop ends them once their connections are
+	// gone (or closes their sockets if they never ran).
+	start()
+	stop()
+	// sweep closes connections to backends no longer targeted; closeAll
+	// closes all, and returns how many were proxied.
+	sweep()
+	closeAll() int
+	// status adds the loops' proxied connections to st.
+	status(st *ServiceStatus)
+	// release frees the MaxConnections slot of a connection handed off.
+	release()
+	// heldSince returns when a loop accepted c, a connection it handed
+	// off, the first time it is asked.
+	heldSince(c *net.TCPConn) (time.Time, bool)
 }
 
 // ServiceStatus is a snapshot of a Service, for /status pages.
@@ -109,16 +134,31 @@ func New(opts Options, picker Picker, log *logrus.Entry, m *Metrics) (*Service, 
 		conn:    conn,
 		pairs:   map[*pair]struct{}{},
 	}
-	s.lc, err = NewLifecycle(conn.Settings, s.log, LifecycleConfig[*net.TCPConn]{
+	cfg := LifecycleConfig[*net.TCPConn]{
 		Pkg: "proxy", Listening: "listening", Noun: "connections",
 		Accepted: m.accepted,
 		Admit:    func(c *net.TCPConn) *net.TCPConn { return c },
 		Serve:    s.serveConn,
 		CloseAll: func() int { return s.closeAll(reasonShutdown) },
 		Draining: func(conns int) logrus.Fields {
-			return logrus.Fields{"live": len(s.pairs), "waiting": conns - len(s.pairs)}
+			st := ServiceStatus{Backends: map[string]int{}}
+			if s.loops != nil {
+				s.loops.status(&st)
+			}
+			live := len(s.pairs) + st.Active
+			return logrus.Fields{"live": live, "waiting": conns - live}
 		},
-	})
+	}
+	if !opts.goroutines {
+		if s.loops, err = newEventLoops(s); err != nil {
+			return nil, err
+		}
+	}
+	if s.loops != nil {
+		cfg.Listener = s.loops
+		cfg.Forget = func(*net.TCPConn) { s.loops.release() }
+	}
+	s.lc, err = NewLifecycle(conn.Settings, s.log, cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -133,6 +173,10 @@ func (s *Service) Addr() net.Addr { return s.lc.Addr() }
 // to finish. Either way it returns once every goroutine it started has
 // ended: nil on a clean stop. Serve may be called once.
 func (s *Service) Serve(ctx context.Context) error {
+	if s.loops != nil {
+		s.loops.start()
+		defer s.loops.stop()
+	}
 	if s.opts.OnFailover != OnFailoverClose {
 		return s.lc.Serve(ctx, nil, nil)
 	}
@@ -170,6 +214,9 @@ func (s *Service) Status() ServiceStatus {
 	st.Active = len(s.pairs)
 	for p := range s.pairs {
 		st.Backends[p.backend]++
+	}
+	if s.loops != nil {
+		s.loops.status(&st)
 	}
 	return st
 }
@@ -217,13 +264,18 @@ func (s *Service) serveConn(client *net.TCPConn) {
 		log.get().Debug("accepted")
 	}
 
+	start := time.Now()
+	if s.loops != nil {
+		if t, ok := s.loops.heldSince(client); ok {
+			start = t // the loop's attempt counts against Timeout
+		}
+	}
 	var end time.Time // zero: negative Timeout, never hold
 	if s.opts.Timeout > 0 {
-		end = time.Now().Add(s.opts.Timeout)
+		end = start.Add(s.opts.Timeout)
 	}
 	s.held.Add(1)
 	s.series.held.Inc()
-	start := time.Now()
 	p, err := s.reach(client, log, end)
 	s.held.Add(-1)
 	s.series.held.Dec()
@@ -240,7 +292,7 @@ func (s *Service) serveConn(client *net.TCPConn) {
 		return
 	}
 
-	s.metrics.pairStarted(p)
+	s.metrics.started(p, p.series)
 	if debug {
 		p.logger().WithField("waited", time.Since(start).Round(time.Millisecond)).Debug("proxying")
 	}
@@ -248,7 +300,7 @@ func (s *Service) serveConn(client *net.TCPConn) {
 	s.lc.Mu.Lock()
 	delete(s.pairs, p)
 	s.lc.Mu.Unlock()
-	s.metrics.pairEnded(p, reason)
+	s.metrics.ended(p, p.series, reason)
 	if debug {
 		p.logger().WithFields(logrus.Fields{
 			"reason": reason,
@@ -332,6 +384,9 @@ func (s *Service) closeStale() <-chan struct{} {
 		}
 	}
 	s.lc.Mu.Unlock()
+	if s.loops != nil {
+		s.loops.sweep()
+	}
 	if len(stale) == 0 {
 		return changed
 	}
@@ -358,5 +413,9 @@ func (s *Service) closeAll(reason string) int {
 	for _, p := range pairs {
 		p.close(reason)
 	}
-	return len(pairs)
+	n := len(pairs)
+	if s.loops != nil {
+		n += s.loops.closeAll()
+	}
+	return n
 }

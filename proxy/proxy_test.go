@@ -524,6 +524,9 @@ func TestShutdown(t *testing.T) {
 
 		shut := make(chan error, 1)
 		go func() { shut <- ts.Shutdown(context.Background()) }()
+		// Probe only once shutdown has begun: a probe accepted before
+		// would be proxied, and closed, like any client.
+		<-ts.lc.Stopping()
 		testutil.Eventually(t, 5*time.Second, func() error {
 			nc, err := net.Dial("tcp", ts.Addr().String())
 			if err == nil {

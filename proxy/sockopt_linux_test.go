@@ -1,7 +1,11 @@
 package proxy
 
 import (
+	"fmt"
 	"net"
+	"os"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -12,64 +16,99 @@ import (
 
 // TestKeepAliveOnBothSockets: the accepted client socket (whose keepalive
 // options come from the listener, see sockopt_linux.go) and the dialed
-// backend socket probe alike; a negative KeepAlive turns both off.
+// backend socket probe alike, and have TCP_NODELAY; a negative KeepAlive
+// turns keepalive off on both. Both data paths.
 func TestKeepAliveOnBothSockets(t *testing.T) {
-	for _, tt := range []struct {
-		name      string
-		keepAlive time.Duration
-		want      [4]int // SO_KEEPALIVE, TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT
-	}{
-		{"default", 0, [4]int{1, 15, 15, 9}},
-		{"23s", 23 * time.Second, [4]int{1, 23, 15, 9}},
-		{"off", -1, [4]int{0, -1, -1, -1}},
-	} {
-		t.Run(tt.name, func(t *testing.T) {
-			be := startBackend(t, "", echo)
-			ts := startService(t, proxytest.NewPicker(be.addr), func(o *Options) { o.KeepAlive = tt.keepAlive })
-			c := ts.dial(t)
-			roundTrip(t, c, "ping")
-			ts.lc.Mu.Lock()
-			var p *pair
-			for q := range ts.pairs {
-				p = q
-			}
-			ts.lc.Mu.Unlock()
-			if p == nil {
-				t.Fatal("no live pair")
-			}
-			for side, conn := range map[string]*net.TCPConn{"client": p.client, "backend": p.upstream} {
-				if got := keepAliveOpts(t, conn); got[0] != tt.want[0] || tt.want[0] == 1 && got != tt.want {
-					t.Errorf("%s socket: keepalive options %v, want %v", side, got, tt.want)
+	for _, path := range []struct {
+		name       string
+		goroutines bool
+	}{{"loops", false}, {"goroutines", true}} {
+		for _, tt := range []struct {
+			name      string
+			keepAlive time.Duration
+			want      [5]int // SO_KEEPALIVE, TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT, TCP_NODELAY
+		}{
+			{"default", 0, [5]int{1, 15, 15, 9, 1}},
+			{"23s", 23 * time.Second, [5]int{1, 23, 15, 9, 1}},
+			{"off", -1, [5]int{0, -1, -1, -1, 1}},
+		} {
+			t.Run(path.name+"/"+tt.name, func(t *testing.T) {
+				be := startBackend(t, "", echo)
+				ts := startServiceOpts(t, proxytest.NewPicker(be.addr),
+					Options{Name: "test", Listen: "127.0.0.1:0", KeepAlive: tt.keepAlive, goroutines: path.goroutines}, false)
+				c := ts.dial(t)
+				roundTrip(t, c, "ping")
+				sides := map[string]int{
+					"client":  findSocket(t, ts.Addr().String(), c.LocalAddr().String()),
+					"backend": findSocket(t, "", be.addr),
 				}
-			}
-		})
+				for side, fd := range sides {
+					got := sockOpts(t, fd)
+					if got[0] != tt.want[0] || got[4] != tt.want[4] || tt.want[0] == 1 && got != tt.want {
+						t.Errorf("%s socket: options %v, want %v", side, got, tt.want)
+					}
+				}
+			})
+		}
 	}
 }
 
-// keepAliveOpts reads SO_KEEPALIVE, TCP_KEEPIDLE, TCP_KEEPINTVL and
-// TCP_KEEPCNT.
-func keepAliveOpts(t *testing.T, c *net.TCPConn) [4]int {
+// findSocket returns this process's TCP socket with the given peer and,
+// unless "", local address: the proxy's own sockets, whichever data path
+// made them.
+func findSocket(t *testing.T, local, peer string) int {
 	t.Helper()
-	rc, err := c.SyscallConn()
+	ents, err := os.ReadDir("/proc/self/fd")
 	if err != nil {
 		t.Fatal(err)
 	}
-	var got [4]int
-	var gerr error
-	rc.Control(func(fd uintptr) {
-		for i, o := range [][2]int{
-			{unix.SOL_SOCKET, unix.SO_KEEPALIVE},
-			{unix.IPPROTO_TCP, unix.TCP_KEEPIDLE},
-			{unix.IPPROTO_TCP, unix.TCP_KEEPINTVL},
-			{unix.IPPROTO_TCP, unix.TCP_KEEPCNT},
-		} {
-			if got[i], gerr = unix.GetsockoptInt(int(fd), o[0], o[1]); gerr != nil {
-				return
+	for _, e := range ents {
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if l, _ := os.Readlink("/proc/self/fd/" + e.Name()); !strings.HasPrefix(l, "socket:") {
+			continue
+		}
+		p, err := unix.Getpeername(fd)
+		if err != nil || sockaddr(p) != peer {
+			continue
+		}
+		if local != "" {
+			if l, err := unix.Getsockname(fd); err != nil || sockaddr(l) != local {
+				continue
 			}
 		}
-	})
-	if gerr != nil {
-		t.Fatal(gerr)
+		return fd
+	}
+	t.Fatalf("no socket %s -> %s", local, peer)
+	return -1
+}
+
+func sockaddr(sa unix.Sockaddr) string {
+	if a, ok := sa.(*unix.SockaddrInet4); ok {
+		return net.JoinHostPort(net.IP(a.Addr[:]).String(), strconv.Itoa(a.Port))
+	}
+	return fmt.Sprint(sa)
+}
+
+// sockOpts reads SO_KEEPALIVE, TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT and
+// TCP_NODELAY of fd.
+func sockOpts(t *testing.T, fd int) [5]int {
+	t.Helper()
+	var got [5]int
+	for i, o := range [][2]int{
+		{unix.SOL_SOCKET, unix.SO_KEEPALIVE},
+		{unix.IPPROTO_TCP, unix.TCP_KEEPIDLE},
+		{unix.IPPROTO_TCP, unix.TCP_KEEPINTVL},
+		{unix.IPPROTO_TCP, unix.TCP_KEEPCNT},
+		{unix.IPPROTO_TCP, unix.TCP_NODELAY},
+	} {
+		v, err := unix.GetsockoptInt(fd, o[0], o[1])
+		if err != nil {
+			t.Fatal(err)
+		}
+		got[i] = v
 	}
 	return got
 }

@@ -1,0 +1,1264 @@
+//go:build linux
+
+package proxy
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"os"
+	"runtime"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"handover/internal/rawsock"
+
+	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
+)
+
+// The event loops: how most connections are served on Linux.
+//
+// The goroutine data path (pair.go) costs a proxied connection two
+// goroutines, a trip through the runtime's poller for every message each
+// way, and, to set the connection up, the system calls net makes for any
+// socket (getsockname, getpeername, a second connect, TCP_NODELAY, epoll
+// registration and removal). On a small host that made handover's
+// connection rate and per-message latency worse than HAProxy's, which runs
+// one epoll loop per thread. So here, as there, each loop owns an epoll
+// instance, a listening socket of its own (SO_REUSEPORT: the kernel
+// spreads new connections over the loops), and every connection it
+// accepts, from accept to close, on one goroutine that makes raw system
+// calls (rawsock) and never parks except in epoll_wait.
+//
+// A connection stays in its loop for as long as the common case holds:
+// there is a target, given as an IP address, and the dial to it succeeds
+// within DialTimeout. Anything else (no master now, a failed or slow dial,
+// a backend named by host name) hands the client socket to the goroutine
+// path, through the Lifecycle's accept loop, where Connector holds it and
+// retries with backoff as before. That path is rarely taken, and then the
+// broker is gone anyway.
+//
+// Bytes move as relay.go moves them: small messages through a 16 KiB
+// buffer (taken from the loop's free list only while it holds bytes), bulk
+// data spliced through a pipe once a read fills the buffer. The sockets
+// are edge-triggered with EPOLLRDHUP, so a short read means the socket was
+// drained, unless the peer has also sent its FIN: the read that would
+// only say EAGAIN is skipped, as HAProxy skips it.
+
+const (
+	// loopEvents is how many events one epoll_wait returns at most.
+	loopEvents = 256
+	// loopSpinMillis is how long a loop waits for its next event holding
+	// its P (rawsock.EpollWaitRaw) before it waits as an ordinary system
+	// call. Under load the next event comes within microseconds.
+	loopSpinMillis = 2
+	// loopFreeBufs caps each loop's list of free buffers.
+	loopFreeBufs = 64
+	// pipeSize is the capacity asked of a splice pipe (F_SETPIPE_SZ), as
+	// Go's own splice uses: fewer, larger moves for bulk data.
+	pipeSize = 1 << 20
+)
+
+// Commands posted to a loop by other goroutines (loop.post).
+const (
+	cmdSweep         = 1 << iota // targets changed: close stale connections
+	cmdCloseAll                  // shutdown grace over
+	cmdStopAccepting             // close the listening socket
+	cmdResume                    // a MaxConnections slot was freed
+	cmdQuit                      // exit once every connection is gone
+)
+
+// loopGroup is a Service's event loops. It is also the Acceptor of the
+// Service's Lifecycle: AcceptTCP returns the connections the loops hand
+// to the goroutine path.
+type loopGroup struct {
+	s     *Service
+	loops []*loop
+	addr  net.Addr
+	// backendOpts are set on every backend socket before its connect.
+	backendOpts []sockopt
+
+	// max is MaxConnections (0: no cap); live counts connections against
+	// it, in the loops and handed off; paused counts loops that stopped
+	// accepting because live reached max.
+	max    int64
+	live   atomic.Int64
+	paused atomic.Int32
+	// proxied counts connections the loops are proxying to a backend.
+	proxied atomic.Int64
+
+	mu      sync.Mutex
+	started bool
+	closed  bool
+	queue   []*net.TCPConn // handed off, for AcceptTCP
+	since   map[*net.TCPConn]time.Time
+	notify  chan struct{} // wakes AcceptTCP
+	wg      sync.WaitGroup
+
+	activeMu sync.Mutex
+	active   map[string]*atomic.Int64 // proxied connections by backend
+}
+
+// loop is one event loop. Everything but mu, cmds and the listener's
+// closed channel is touched by the loop's goroutine only.
+type loop struct {
+	g    *loopGroup
+	epfd int
+	evfd int // eventfd: commands are waiting
+	lnfd int // listening socket, -1 once closed
+	// accepting is set while lnfd is in the epoll set; retryAt, when
+	// not zero, is when to add it back after accept failed for want of
+	// file descriptors, delay the pause that was.
+	accepting bool
+	retryAt   time.Duration
+	delay     time.Duration
+	full      bool // paused for MaxConnections
+
+	conns   []*lconn // by file descriptor, both of a connection's
+	n       int      // connections in the loop
+	dialing []*lconn // connections whose dial is in progress
+	redial  []*lconn // connections to dial again after this batch
+	free    [][]byte
+	targets map[string]*target
+	now     time.Duration // since loopEpoch, read after each wait
+	sweepAt time.Duration // next idle sweep
+	quit    bool
+
+	mu         sync.Mutex
+	cmds       uint32
+	lnClosed   chan struct{} // closed once lnfd is
+	lnClosedMu sync.Once
+}
+
+// loopEpoch is the origin of loop.now, a monotonic clock.
+var loopEpoch = time.Now()
+
+// target is a backend address as a loop dials it, parsed once.
+type target struct {
+	addr   string
+	ap     netip.AddrPort
+	ok     bool // addr is an IP address and port; else the goroutine path dials it
+	family int
+	series *backendSeries
+	active *atomic.Int64
+}
+
+// lconn is one proxied connection in a loop.
+type lconn struct {
+	l          *loop
+	cfd, bfd   int // client and backend sockets; bfd is -1 before a dial
+	t          *target
+	connecting bool
+	deadline   time.Duration // of the dial in progress
+	// up is client to backend, down is backend to client.
+	up, down half
+	last     time.Duration // when data last arrived either way
+	start    time.Time
+	closed   bool
+	// held is set while c is counted as held (looking for a backend);
+	// counted once it has first reached one (CountAccepted).
+	held, counted bool
+	// changed is the Picker's change channel as of the dial: closed when
+	// the answer the dial followed is out of date.
+	changed  <-chan struct{}
+	logEntry *logrus.Entry
+}
+
+// half is one direction of an lconn.
+type half struct {
+	buf      []byte // bytes read and not yet written: buf[off:end]
+	off, end int
+	pipe     [2]int // splice pipe, once bulk data was seen; {0, 0} before
+	inPipe   int    // bytes in the pipe not yet written
+	// more is false after a short read, until the next EPOLLIN: the
+	// socket was drained then. hup is set once the peer's FIN or an error
+	// was reported: from then on every read goes on to EOF or EAGAIN.
+	more, hup bool
+	eof       bool         // the source's EOF was passed on
+	n         atomic.Int64 // bytes written to the destination
+}
+
+// newLoopGroup binds n listening sockets to the service's address and
+// makes a loop for each, or returns nil if this host can't run them.
+func newLoopGroup(s *Service, n int) (*loopGroup, error) {
+	g := &loopGroup{
+		s:           s,
+		max:         int64(s.opts.MaxConnections),
+		backendOpts: append([]sockopt{{unix.IPPROTO_TCP, unix.TCP_NODELAY, 1}}, keepAliveSockopts(s.opts.KeepAlive)...),
+		notify:      make(chan struct{}, 1),
+		since:       map[*net.TCPConn]time.Time{},
+		active:      map[string]*atomic.Int64{},
+	}
+	for i := range n {
+		l, err := g.newLoop(i)
+		if err != nil {
+			for _, l := range g.loops {
+				l.closeFDs()
+			}
+			return nil, err
+		}
+		g.loops = append(g.loops, l)
+	}
+	return g, nil
+}
+
+// newLoop binds loop i's listening socket (the first to the configured
+// address, the others beside it, SO_REUSEPORT) and sets up its epoll
+// instance.
+func (g *loopGroup) newLoop(i int) (*loop, error) {
+	addr := g.s.opts.Listen
+	if i > 0 {
+		addr = g.addr.String()
+	}
+	lc := ListenConfig(g.s.opts.KeepAlive)
+	ln, err := lc.Listen(context.Background(), "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	if i == 0 {
+		g.addr = ln.Addr()
+	}
+	// The loop takes a duplicate of the socket and net lets go of its
+	// own, which removes it from the runtime's poller: nothing but the
+	// loop is woken by a new connection.
+	rc, err := ln.(*net.TCPListener).SyscallConn()
+	if err != nil {
+		ln.Close()
+		return nil, err
+	}
+	lnfd := -1
+	var derr error
+	if err := rc.Control(func(fd uintptr) {
+		lnfd, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
+	}); err != nil {
+		derr = err
+	}
+	ln.Close()
+	if derr != nil {
+		return nil, os.NewSyscallError("dup", derr)
+	}
+	l := &loop{g: g, epfd: -1, evfd: -1, lnfd: lnfd, targets: map[string]*target{}, lnClosed: make(chan struct{})}
+	// Accepted sockets inherit TCP_NODELAY from the listener, as they do
+	// keepalive: set once here rather than once per connection.
+	if err := unix.SetsockoptInt(lnfd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1); err != nil {
+		l.closeFDs()
+		return nil, os.NewSyscallError("setsockopt", err)
+	}
+	if l.epfd, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC); err != nil {
+		l.closeFDs()
+		return nil, os.NewSyscallError("epoll_create1", err)
+	}
+	if l.evfd, err = unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC); err != nil {
+		l.closeFDs()
+		return nil, os.NewSyscallError("eventfd", err)
+	}
+	// The eventfd and the listener are level-triggered: the listener
+	// keeps reporting while connections wait, so a loop accepts one per
+	// turn and never makes the accept that would only say EAGAIN.
+	for _, fd := range []int{l.evfd, lnfd} {
+		if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(fd)}); err != nil {
+			l.closeFDs()
+			return nil, os.NewSyscallError("epoll_ctl", err)
+		}
+	}
+	l.accepting = true
+	return l, nil
+}
+
+// closeFDs closes what newLoop opened, for a loop that never ran.
+func (l *loop) closeFDs() {
+	l.closeListener()
+	for _, fd := range []int{l.evfd, l.epfd} {
+		if fd >= 0 {
+			unix.Close(fd)
+		}
+	}
+}
+
+// closeListener closes the listening socket, once.
+func (l *loop) closeListener() {
+	l.lnClosedMu.Do(func() {
+		if l.lnfd >= 0 {
+			unix.Close(l.lnfd)
+			l.lnfd = -1
+		}
+		l.accepting = false
+		close(l.lnClosed)
+	})
+}
+
+// start runs the loops, unless Close came first.
+func (g *loopGroup) start() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.started || g.closed {
+		return
+	}
+	g.started = true
+	for _, l := range g.loops {
+		g.wg.Add(1)
+		go l.run()
+	}
+}
+
+// stop ends the loops, once every connection is gone, and waits for them.
+func (g *loopGroup) stop() {
+	g.mu.Lock()
+	started := g.started
+	g.mu.Unlock()
+	if !started {
+		for _, l := range g.loops {
+			l.closeFDs()
+		}
+		return
+	}
+	for _, l := range g.loops {
+		l.post(cmdQuit)
+	}
+	g.wg.Wait()
+}
+
+// Addr is the bound address.
+func (g *loopGroup) Addr() net.Addr { return g.addr }
+
+// AcceptTCP returns the next connection a loop handed to the goroutine
+// path, or net.ErrClosed after Close.
+func (g *loopGroup) AcceptTCP() (*net.TCPConn, error) {
+	for {
+		g.mu.Lock()
+		if len(g.queue) > 0 {
+			c := g.queue[0]
+			g.queue[0] = nil
+			g.queue = g.queue[1:]
+			g.mu.Unlock()
+			return c, nil
+		}
+		closed := g.closed
+		g.mu.Unlock()
+		if closed {
+			return nil, net.ErrClosed
+		}
+		<-g.notify
+	}
+}
+
+// Close stops accepting: each loop closes its listening socket, and Close
+// returns once they all have, so that the address is free for a
+// replacement. Connections handed off and not yet taken are closed.
+func (g *loopGroup) Close() error {
+	g.mu.Lock()
+	if g.closed {
+		g.mu.Unlock()
+		return nil
+	}
+	g.closed = true
+	for _, c := range g.queue {
+		delete(g.since, c)
+	}
+	queue := g.queue
+	g.queue = nil
+	started := g.started
+	g.mu.Unlock()
+	for _, c := range queue {
+		c.Close()
+		g.release()
+	}
+	g.wake()
+	for _, l := range g.loops {
+		if started {
+			l.post(cmdStopAccepting)
+		} else {
+			l.closeListener()
+		}
+	}
+	for _, l := range g.loops {
+		<-l.lnClosed
+	}
+	return nil
+}
+
+// wake wakes AcceptTCP.
+func (g *loopGroup) wake() {
+	select {
+	case g.notify <- struct{}{}:
+	default:
+	}
+}
+
+// handoff queues c for the goroutine path, or closes it after Close.
+// since is when the loop accepted c: the goroutine path holds it until
+// Timeout after that (heldSince).
+func (g *loopGroup) handoff(c *net.TCPConn, since time.Time) {
+	g.mu.Lock()
+	if g.closed {
+		g.mu.Unlock()
+		c.Close()
+		g.release()
+		return
+	}
+	g.queue = append(g.queue, c)
+	g.since[c] = since
+	g.mu.Unlock()
+	g.wake()
+}
+
+// heldSince returns, once, when the loop accepted c, a connection it
+// handed off.
+func (g *loopGroup) heldSince(c *net.TCPConn) (time.Time, bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	t, ok := g.since[c]
+	delete(g.since, c)
+	return t, ok
+}
+
+// reserve takes a MaxConnections slot, if one is free.
+func (g *loopGroup) reserve() bool {
+	if g.live.Add(1) > g.max && g.max > 0 {
+		g.live.Add(-1)
+		return false
+	}
+	return true
+}
+
+// release frees a MaxConnections slot, and wakes loops that stopped
+// accepting for want of one.
+func (g *loopGroup) release() {
+	if g.live.Add(-1) < g.max && g.paused.Load() > 0 {
+		for _, l := range g.loops {
+			l.post(cmdResume)
+		}
+	}
+}
+
+// closeAll asks every loop to close its connections, and returns how many
+// there were.
+func (g *loopGroup) closeAll() int {
+	for _, l := range g.loops {
+		l.post(cmdCloseAll)
+	}
+	return int(g.proxied.Load())
+}
+
+// sweep asks every loop to close its connections to backends no longer
+// targeted.
+func (g *loopGroup) sweep() {
+	for _, l := range g.loops {
+		l.post(cmdSweep)
+	}
+}
+
+// status adds the loops' connections to st.
+func (g *loopGroup) status(st *ServiceStatus) {
+	g.activeMu.Lock()
+	defer g.activeMu.Unlock()
+	for addr, n := range g.active {
+		if v := int(n.Load()); v > 0 {
+			st.Backends[addr] += v
+			st.Active += v
+		}
+	}
+}
+
+// activeCounter returns the count of proxied connections to addr.
+func (g *loopGroup) activeCounter(addr string) *atomic.Int64 {
+	g.activeMu.Lock()
+	defer g.activeMu.Unlock()
+	n := g.active[addr]
+	if n == nil {
+		n = new(atomic.Int64)
+		g.active[addr] = n
+	}
+	return n
+}
+
+// post gives the loop a command and wakes it.
+func (l *loop) post(cmd uint32) {
+	l.mu.Lock()
+	l.cmds |= cmd
+	l.mu.Unlock()
+	var one = [8]byte{1}
+	unix.Write(l.evfd, one[:]) // EAGAIN: the counter is full, so the loop is awake anyway
+}
+
+// run is the loop's goroutine.
+func (l *loop) run() {
+	defer l.g.wg.Done()
+	defer l.closeFDs()
+	events := make([]syscall.EpollEvent, loopEvents)
+	for !l.quit {
+		n := l.wait(events)
+		l.now = time.Since(loopEpoch)
+		var accept, cmds bool
+		for i := range events[:n] {
+			switch fd := int(events[i].Fd); fd {
+			case l.evfd:
+				cmds = true
+			case l.lnfd:
+				accept = true
+			default:
+				l.event(fd, events[i].Events)
+			}
+		}
+		// New sockets only after the batch: a descriptor closed in it
+		// and reused at once would take the closed one's stale events.
+		if cmds {
+			l.commands()
+		}
+		if accept && l.accepting {
+			l.accept()
+		}
+		for len(l.redial) > 0 {
+			c := l.redial[0]
+			l.redial = l.redial[1:]
+			if !c.closed {
+				l.dial(c)
+			}
+		}
+		l.timers()
+		// Other goroutines (health checks, the admin server, held
+		// clients) may be waiting for this P: a loop under load never
+		// gives it up in epoll_wait.
+		runtime.Gosched()
+	}
+}
+
+// wait returns the next events, waiting until the nearest timer at most.
+func (l *loop) wait(events []syscall.EpollEvent) int {
+	timeout := l.timeout()
+	spin := loopSpinMillis
+	if timeout >= 0 && timeout < spin {
+		spin = timeout
+	}
+	if n := rawsock.EpollWaitRaw(l.epfd, events, spin); n > 0 || spin == timeout {
+		return n
+	}
+	if timeout > 0 {
+		timeout -= spin
+	}
+	return rawsock.EpollWait(l.epfd, events, timeout)
+}
+
+// timeout is how long the loop may wait for events, in milliseconds (-1:
+// for ever): until the next idle sweep, dial deadline or accept retry.
+func (l *loop) timeout() int {
+	next := time.Duration(-1)
+	at := func(t time.Duration) {
+		if next < 0 || t < next {
+			next = t
+		}
+	}
+	if l.n > 0 && l.g.s.opts.IdleTimeout > 0 {
+		at(l.sweepAt)
+	}
+	for _, c := range l.dialing {
+		at(c.deadline)
+	}
+	if l.retryAt > 0 {
+		at(l.retryAt)
+	}
+	if next < 0 {
+		return -1
+	}
+	d := next - time.Since(loopEpoch)
+	if d <= 0 {
+		return 0
+	}
+	return int((d + time.Millisecond - 1) / time.Millisecond)
+}
+
+// timers runs what is due: dial timeouts, the idle sweep, an accept retry.
+func (l *loop) timers() {
+	for i := 0; i < len(l.dialing); {
+		c := l.dialing[i]
+		if l.now < c.deadline {
+			i++
+			continue
+		}
+		l.dialFailed(c, os.ErrDeadlineExceeded) // removes c from dialing
+	}
+	if limit := l.g.s.opts.IdleTimeout; limit > 0 && l.now >= l.sweepAt {
+		l.sweepAt = l.now + min(limit/4, time.Second)
+		for fd, c := range l.conns {
+			if c != nil && fd == c.cfd && !c.connecting && l.now-c.last >= limit {
+				if l.g.s.debugging() {
+					c.logger().WithField("idle_timeout", limit).Debug("closing: idle")
+				}
+				l.close(c, reasonIdle)
+			}
+		}
+	}
+	if l.retryAt > 0 && l.now >= l.retryAt {
+		l.retryAt = 0
+		l.resumeAccept()
+	}
+}
+
+// commands runs the commands posted since the last look.
+func (l *loop) commands() {
+	var buf [8]byte
+	unix.Read(l.evfd, buf[:])
+	l.mu.Lock()
+	cmds := l.cmds
+	l.cmds = 0
+	l.mu.Unlock()
+	if cmds&cmdStopAccepting != 0 {
+		l.closeListener()
+		l.retryAt = 0
+		// As the goroutine path's held clients are: shutting down before
+		// a backend was reached.
+		for len(l.dialing) > 0 {
+			c := l.dialing[0]
+			l.g.s.metrics.failed.WithLabelValues(l.g.s.opts.Name, failReason(ErrShutdown)).Inc()
+			l.close(c, reasonShutdown)
+		}
+	}
+	if cmds&cmdResume != 0 && l.full {
+		l.full = false
+		l.g.paused.Add(-1)
+		l.resumeAccept()
+	}
+	if cmds&cmdSweep != 0 {
+		l.sweep()
+	}
+	if cmds&(cmdCloseAll|cmdQuit) != 0 {
+		for fd, c := range l.conns {
+			if c != nil && fd == c.cfd {
+				l.close(c, reasonShutdown)
+			}
+		}
+	}
+	if cmds&cmdQuit != 0 {
+		l.quit = true
+	}
+}
+
+// sweep closes the connections whose backend is no longer a target (see
+// Service.closeStale), and dials again for those still dialing one.
+// Reading the answer here, on the loop, orders it with every dial the
+// loop makes: a connection dialed before the change is swept now, one
+// dialed after it saw the new answer.
+func (l *loop) sweep() {
+	targets, _ := l.g.s.picker.Targets()
+	keeper, _ := l.g.s.picker.(Keeper)
+	stale := func(addr string) bool {
+		for _, t := range targets {
+			if t == addr {
+				return false
+			}
+		}
+		return keeper == nil || !keeper.Keep(addr)
+	}
+	closed := 0
+	for fd, c := range l.conns {
+		if c == nil || fd != c.cfd || c.bfd < 0 || !stale(c.t.addr) {
+			continue
+		}
+		if c.connecting {
+			// Nothing has been read from the client: start over.
+			l.abandonDial(c)
+			l.redial = append(l.redial, c)
+			continue
+		}
+		if c.untouched() {
+			// Connected, but not a byte has moved either way: as good
+			// as still dialing.
+			l.disconnect(c)
+			l.redial = append(l.redial, c)
+			continue
+		}
+		if l.g.s.debugging() {
+			c.logger().Debug("closing: backend is no longer a target")
+		}
+		l.close(c, reasonFailover)
+		closed++
+	}
+	if closed > 0 {
+		l.g.s.log.WithFields(logrus.Fields{"targets": targets, "closing": closed}).
+			Warn("targets changed: closing connections to backends no longer targeted, so their clients reconnect")
+	}
+}
+
+// untouched reports whether no byte has been read from either side of c.
+func (c *lconn) untouched() bool {
+	for _, h := range []*half{&c.up, &c.down} {
+		if h.n.Load() > 0 || h.pending() || h.eof {
+			return false
+		}
+	}
+	return true
+}
+
+// disconnect closes the backend socket of c, an untouched connection, and
+// counts that connection ended by failover, leaving c held and ready to
+// dial again.
+func (l *loop) disconnect(c *lconn) {
+	g := l.g
+	g.proxied.Add(-1)
+	c.t.active.Add(-1)
+	g.s.metrics.ended(c, c.t.series, reasonFailover)
+	l.conns[c.bfd] = nil
+	rawsock.Close(c.bfd)
+	c.bfd = -1
+	c.up, c.down = half{}, half{}
+	l.hold(c, true)
+}
+
+// accept takes one connection from the listening socket.
+func (l *loop) accept() {
+	g := l.g
+	if !g.reserve() {
+		l.full = true
+		g.paused.Add(1)
+		l.pauseAccept()
+		// A slot freed between reserve and paused.Add posted no resume.
+		if g.reserve() {
+			g.release()
+			l.post(cmdResume)
+		}
+		return
+	}
+	fd, err := rawsock.Accept4(l.lnfd)
+	if err != nil {
+		g.release()
+		switch err {
+		case rawsock.ErrWouldBlock, syscall.ECONNABORTED:
+			return
+		}
+		// Out of file descriptors and the like: stop accepting for a
+		// while rather than spin on a listener that stays readable.
+		l.delay = min(max(2*l.delay, 5*time.Millisecond), time.Second)
+		g.s.log.WithError(os.NewSyscallError("accept4", err)).WithField("retry_in", l.delay).Warn("accept failed")
+		l.pauseAccept()
+		l.retryAt = l.now + l.delay
+		return
+	}
+	l.delay = 0
+	if !g.s.lc.Enter() {
+		rawsock.Close(fd)
+		g.release()
+		return
+	}
+	c := &lconn{l: l, cfd: fd, bfd: -1, start: time.Now()}
+	l.n++
+	l.hold(c, true)
+	if g.s.debugging() {
+		c.logger().Debug("accepted")
+	}
+	l.dial(c)
+}
+
+// pauseAccept takes the listener out of the epoll set; resumeAccept puts
+// it back.
+func (l *loop) pauseAccept() {
+	if l.accepting {
+		unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, l.lnfd, nil)
+		l.accepting = false
+	}
+}
+
+func (l *loop) resumeAccept() {
+	if !l.accepting && l.lnfd >= 0 && !l.full && l.retryAt == 0 {
+		unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, l.lnfd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(l.lnfd)})
+		l.accepting = true
+	}
+}
+
+// target returns addr parsed, from the loop's cache.
+func (l *loop) target(addr string) *target {
+	if t := l.targets[addr]; t != nil {
+		return t
+	}
+	t := &target{addr: addr}
+	if ap, err := netip.ParseAddrPort(addr); err == nil {
+		t.ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+		t.ok = true
+		t.family = unix.AF_INET
+		if t.ap.Addr().Is6() {
+			t.family = unix.AF_INET6
+		}
+	}
+	t.series = l.g.s.metrics.backendSeries(l.g.s.opts.Name, addr)
+	t.active = l.g.activeCounter(addr)
+	l.targets[addr] = t
+	return t
+}
+
+// dial starts connecting c to the first target that takes a connect, or
+// hands c to the goroutine path.
+//
+// A connect refused at once (as on loopback) is not counted or logged: the
+// goroutine path tries again at once, and counts its attempts (dial
+// errors, re-checks, MaxReconnectAttempts) as it always has.
+func (l *loop) dial(c *lconn) {
+	targets, changed := l.g.s.picker.Targets()
+	c.changed = changed
+	if len(targets) > 0 {
+		if t := l.target(targets[0]); t.ok && l.connect(c, t) == nil {
+			return
+		}
+	}
+	l.handoff(c)
+}
+
+// connect opens c's backend socket and starts its connect to t.
+func (l *loop) connect(c *lconn, t *target) error {
+	fd, err := rawsock.Socket(t.family)
+	if err != nil {
+		return os.NewSyscallError("socket", err)
+	}
+	for _, o := range l.g.backendOpts {
+		if err := rawsock.SetsockoptInt(uintptr(fd), o.level, o.opt, o.value); err != nil {
+			rawsock.Close(fd)
+			return os.NewSyscallError("setsockopt", err)
+		}
+	}
+	err = rawsock.Connect(uintptr(fd), t.ap)
+	if err != nil && err != syscall.EINPROGRESS {
+		rawsock.Close(fd)
+		return os.NewSyscallError("connect", err)
+	}
+	c.bfd, c.t = fd, t
+	c.logEntry = nil // built again with this backend
+	l.track(c, fd)
+	again := c.cfd < len(l.conns) && l.conns[c.cfd] == c
+	if !again {
+		l.track(c, c.cfd)
+	}
+	if err != nil {
+		c.connecting = true
+		c.deadline = l.now + l.g.s.opts.DialTimeout
+		l.dialing = append(l.dialing, c)
+		return nil
+	}
+	l.connected(c)
+	if again && c.bfd == fd {
+		// The client's socket was in the epoll set already: what it
+		// sent meanwhile was reported then, and not read.
+		l.pump(c, &c.up, c.cfd, c.bfd)
+	}
+	return nil
+}
+
+// track registers fd, one of c's sockets, with the loop and its epoll set.
+func (l *loop) track(c *lconn, fd int) {
+	for fd >= len(l.conns) {
+		l.conns = append(l.conns, make([]*lconn, len(l.conns)+64)...)
+	}
+	l.conns[fd] = c
+	unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{
+		Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(fd)})
+}
+
+// connected starts proxying c.
+func (l *loop) connected(c *lconn) {
+	c.connecting = false
+	c.up.more, c.down.more = true, true
+	c.last = l.now
+	l.hold(c, false)
+	g := l.g
+	g.proxied.Add(1)
+	c.t.active.Add(1)
+	if !c.counted {
+		c.counted = true
+		g.s.lc.CountAccepted()
+	}
+	g.s.metrics.started(c, c.t.series)
+	if g.s.debugging() {
+		c.logger().WithField("waited", time.Since(c.start).Round(time.Millisecond)).Debug("proxying")
+	}
+	if g.s.opts.OnFailover != OnFailoverClose {
+		return
+	}
+	select {
+	case <-c.changed:
+		// The targets changed while we dialed, and the sweep for that
+		// change may have run already (Service.register has the same
+		// check): is the backend still one?
+		targets, _ := g.s.picker.Targets()
+		if !slices.Contains(targets, c.t.addr) {
+			if g.s.debugging() {
+				c.logger().Debug("backend stopped being a target while being dialed: looking again")
+			}
+			l.disconnect(c)
+			l.redial = append(l.redial, c)
+		}
+	default:
+	}
+}
+
+// hold counts c as held (on) or no longer held: accepted and looking for
+// a backend, as the goroutine path counts its clients (Service.held).
+func (l *loop) hold(c *lconn, on bool) {
+	if c.held == on {
+		return
+	}
+	c.held = on
+	if on {
+		l.g.s.held.Add(1)
+		l.g.s.series.held.Inc()
+	} else {
+		l.g.s.held.Add(-1)
+		l.g.s.series.held.Dec()
+	}
+}
+
+// noteDialError counts a failed dial of t and logs it at debug level.
+func (l *loop) noteDialError(c *lconn, t *target, err error) {
+	l.g.s.metrics.dialErrors.WithLabelValues(l.g.s.opts.Name, t.addr).Inc()
+	if l.g.s.debugging() {
+		c.logger().WithField("backend", t.addr).WithError(err).Debug("dial failed")
+	}
+}
+
+// abandonDial closes c's backend socket, whose connect is in progress.
+func (l *loop) abandonDial(c *lconn) {
+	for i, d := range l.dialing {
+		if d == c {
+			l.dialing = append(l.dialing[:i], l.dialing[i+1:]...)
+			break
+		}
+	}
+	l.conns[c.bfd] = nil
+	rawsock.Close(c.bfd)
+	c.bfd, c.connecting = -1, false
+}
+
+// dialFailed gives up the dial in progress, which took DialTimeout, and
+// hands c to the goroutine path, which retries with backoff. The attempt
+// is counted and asks for a re-check: the goroutine path would take as
+// long again to learn as much.
+func (l *loop) dialFailed(c *lconn, err error) {
+	t := c.t
+	l.abandonDial(c)
+	l.noteDialError(c, t, err)
+	l.g.s.picker.Recheck()
+	l.handoff(c)
+}
+
+// handoff passes c's client socket, which has not been read, to the
+// goroutine path: the Lifecycle's accept loop takes it from AcceptTCP.
+func (l *loop) handoff(c *lconn) {
+	if c.cfd < len(l.conns) && l.conns[c.cfd] == c {
+		l.conns[c.cfd] = nil
+		unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, c.cfd, nil)
+	}
+	c.closed = true // gone from the loop
+	l.n--
+	l.hold(c, false)
+	l.g.s.lc.Leave()
+	f := os.NewFile(uintptr(c.cfd), "client")
+	nc, err := net.FileConn(f)
+	f.Close()
+	if err != nil {
+		l.g.release()
+		l.g.s.log.WithError(err).Warn("closing client: could not pass it to a goroutine")
+		return
+	}
+	l.g.handoff(nc.(*net.TCPConn), c.start)
+}
+
+// event handles what epoll reported for fd.
+func (l *loop) event(fd int, ev uint32) {
+	if fd >= len(l.conns) {
+		return
+	}
+	c := l.conns[fd]
+	if c == nil {
+		return // closed earlier in this batch
+	}
+	const readable = unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLHUP | unix.EPOLLERR
+	if fd == c.bfd {
+		if c.connecting {
+			if ev&(unix.EPOLLERR|unix.EPOLLHUP) != 0 {
+				// Refused or unreachable: the goroutine path dials
+				// again at once, and counts its attempts (see dial).
+				l.abandonDial(c)
+				l.handoff(c)
+				return
+			}
+			if ev&unix.EPOLLOUT == 0 {
+				return
+			}
+			for i, d := range l.dialing {
+				if d == c {
+					l.dialing = append(l.dialing[:i], l.dialing[i+1:]...)
+					break
+				}
+			}
+			l.connected(c)
+			if c.bfd != fd {
+				return // to be dialed again
+			}
+			// What the client sent while we dialed.
+			l.pump(c, &c.up, c.cfd, c.bfd)
+			if c.closed {
+				return
+			}
+		}
+		if ev&readable != 0 {
+			c.down.ready(ev)
+			l.pump(c, &c.down, c.bfd, c.cfd)
+		}
+		if ev&unix.EPOLLOUT != 0 && !c.closed && c.up.pending() {
+			l.pump(c, &c.up, c.cfd, c.bfd)
+		}
+		return
+	}
+	if c.connecting || c.bfd < 0 {
+		return // read once connected
+	}
+	if ev&readable != 0 {
+		c.up.ready(ev)
+		l.pump(c, &c.up, c.cfd, c.bfd)
+	}
+	if ev&unix.EPOLLOUT != 0 && !c.closed && c.down.pending() {
+		l.pump(c, &c.down, c.bfd, c.cfd)
+	}
+}
+
+// ready notes an EPOLLIN (or hang-up) on the half's source.
+func (h *half) ready(ev uint32) {
+	h.more = true
+	if ev&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		h.hup = true
+	}
+}
+
+// pending reports bytes read and not yet written.
+func (h *half) pending() bool { return h.inPipe > 0 || h.off < h.end }
+
+// pump moves h's bytes from src to dst until src has nothing more, dst
+// takes nothing more (its EPOLLOUT resumes), or the direction ends.
+func (l *loop) pump(c *lconn, h *half, src, dst int) {
+	for {
+		if h.inPipe > 0 {
+			n, err := rawsock.Splice(h.pipe[0], dst, h.inPipe)
+			if err == rawsock.ErrWouldBlock {
+				return
+			}
+			if err != nil {
+				l.fail(c, dst, "splice", err)
+				return
+			}
+			h.inPipe -= n
+			h.n.Add(int64(n))
+			continue
+		}
+		if h.off < h.end {
+			n, err := rawsock.Send(uintptr(dst), h.buf[h.off:h.end])
+			if err == rawsock.ErrWouldBlock {
+				return
+			}
+			if err != nil {
+				l.fail(c, dst, "write", err)
+				return
+			}
+			h.off += n
+			h.n.Add(int64(n))
+			if h.off < h.end {
+				continue
+			}
+			l.putBuf(h.buf)
+			h.buf, h.off, h.end = nil, 0, 0
+		}
+		if h.eof || !h.more {
+			return
+		}
+		if h.pipe[1] > 0 {
+			n, err := rawsock.Splice(src, h.pipe[1], pipeSize)
+			switch {
+			case err == rawsock.ErrWouldBlock:
+				return
+			case err != nil:
+				l.fail(c, src, "splice", err)
+				return
+			case n == 0:
+				l.eof(c, h, dst)
+				return
+			}
+			h.inPipe = n
+			c.last = l.now
+			continue
+		}
+		buf := l.getBuf()
+		n, err := rawsock.Read(uintptr(src), buf)
+		switch {
+		case err == rawsock.ErrWouldBlock:
+			l.putBuf(buf)
+			return
+		case err != nil:
+			l.putBuf(buf)
+			l.fail(c, src, "read", err)
+			return
+		case n == 0:
+			l.putBuf(buf)
+			l.eof(c, h, dst)
+			return
+		}
+		h.buf, h.off, h.end = buf, 0, n
+		c.last = l.now
+		if n == len(buf) {
+			l.startSplice(h)
+		} else if !h.hup {
+			h.more = false // drained: the next EPOLLIN says when to read
+		}
+	}
+}
+
+// startSplice moves h to splice(2) for the rest of the connection: a read
+// filled the buffer, so this direction carries bulk data. Without a pipe
+// (out of file descriptors) it stays with the buffer.
+func (l *loop) startSplice(h *half) {
+	var p [2]int
+	if err := unix.Pipe2(p[:], unix.O_NONBLOCK|unix.O_CLOEXEC); err != nil {
+		return
+	}
+	unix.FcntlInt(uintptr(p[0]), unix.F_SETPIPE_SZ, pipeSize) // a smaller pipe still works
+	h.pipe = p
+}
+
+// eof passes h's source's EOF on: a half-close of dst, unless the other
+// direction has ended too, when closing both sockets sends the same FIN.
+func (l *loop) eof(c *lconn, h *half, dst int) {
+	h.eof = true
+	other := &c.down
+	if h == &c.down {
+		other = &c.up
+	}
+	if other.eof {
+		l.close(c, reasonEOF)
+		return
+	}
+	if err := rawsock.Shutdown(uintptr(dst), syscall.SHUT_WR); err != nil {
+		l.fail(c, dst, "shutdown", err)
+	}
+}
+
+// fail ends c after a system call on fd failed, attributing the failure
+// to the side fd is; a backend failing under a live connection asks for a
+// health re-check (passive health).
+func (l *loop) fail(c *lconn, fd int, op string, err error) {
+	err = os.NewSyscallError(op, err)
+	if fd == c.bfd {
+		c.logger().WithError(err).Info("backend connection failed while proxying: asking for a health re-check")
+		l.g.s.picker.Recheck()
+		l.close(c, reasonUpstreamError)
+		return
+	}
+	if l.g.s.debugging() {
+		c.logger().WithError(err).Debug("client connection failed")
+	}
+	l.close(c, reasonClientError)
+}
+
+// close closes c's sockets and pipes and counts it ended for reason.
+func (l *loop) close(c *lconn, reason string) {
+	if c.closed {
+		return
+	}
+	c.closed = true
+	if c.connecting {
+		l.abandonDial(c)
+	}
+	l.hold(c, false)
+	debug := l.g.s.debugging()
+	if debug {
+		c.logger() // while getpeername still works
+	}
+	for _, fd := range []int{c.cfd, c.bfd} {
+		if fd >= 0 {
+			if l.conns[fd] == c {
+				l.conns[fd] = nil
+			}
+			rawsock.Close(fd)
+		}
+	}
+	for _, h := range []*half{&c.up, &c.down} {
+		if h.pipe[0] > 0 {
+			rawsock.Close(h.pipe[0])
+			rawsock.Close(h.pipe[1])
+		}
+		if h.buf != nil {
+			l.putBuf(h.buf)
+			h.buf = nil
+		}
+	}
+	l.n--
+	g := l.g
+	if c.t != nil && c.bfd >= 0 {
+		g.proxied.Add(-1)
+		c.t.active.Add(-1)
+		g.s.metrics.ended(c, c.t.series, reason)
+		if debug {
+			c.logger().WithFields(logrus.Fields{
+				"reason": reason, "up": c.up.n.Load(), "down": c.down.n.Load(),
+				"took": time.Since(c.start).Round(time.Millisecond),
+			}).Debug("closed")
+		}
+	}
+	g.release()
+	g.s.lc.Leave()
+}
+
+// getBuf takes a buffer from the loop's free list; putBuf gives it back.
+func (l *loop) getBuf() []byte {
+	if n := len(l.free); n > 0 {
+		b := l.free[n-1]
+		l.free = l.free[:n-1]
+		return b
+	}
+	return make([]byte, relayBufSize)
+}
+
+func (l *loop) putBuf(b []byte) {
+	if len(l.free) < loopFreeBufs {
+		l.free = append(l.free, b)
+	}
+}
+
+func (c *lconn) labels() (service, backend string) { return c.l.g.s.opts.Name, c.t.addr }
+
+func (c *lconn) sample() (up, down int64) { return c.up.n.Load(), c.down.n.Load() }
+
+// logger returns c's log entry, with the client's address and the
+// backend, built on first use: only debug events and failures need it.
+func (c *lconn) logger() *logrus.Entry {
+	if c.logEntry == nil {
+		f := logrus.Fields{"client": peerName(c.cfd)}
+		if c.t != nil {
+			f["backend"] = c.t.addr
+		}
+		c.logEntry = c.l.g.s.log.WithFields(f)
+	}
+	return c.logEntry
+}
+
+// peerName is the address of fd's peer, for logs.
+func peerName(fd int) string {
+	sa, err := unix.Getpeername(fd)
+	if err != nil {
+		return "?"
+	}
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4(a.Addr), uint16(a.Port)).String()
+	case *unix.SockaddrInet6:
+		return netip.AddrPortFrom(netip.AddrFrom16(a.Addr), uint16(a.Port)).String()
+	}
+	return "?"
+}
+
+// newEventLoops makes a loop per P, each with a listening socket of its
+// own.
+func newEventLoops(s *Service) (eventLoops, error) {
+	g, err := newLoopGroup(s, runtime.GOMAXPROCS(0))
+	if err != nil {
+		return nil, err
+	}
+	return g, nil
+}

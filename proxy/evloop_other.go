@@ -1,0 +1,6 @@
+//go:build !linux
+
+package proxy
+
+// newEventLoops: outside Linux every connection gets goroutines.
+func newEventLoops(*Service) (eventLoops, error) { return nil, nil }
