@@ -43,6 +43,11 @@ func Binary(t testing.TB, pkg string) string {
 		args = append(args, "-race")
 	}
 	cmd := exec.Command("go", append(args, pkg)...)
+	if !raceEnabled {
+		// As make build does: a static binary, without the C library's
+		// pages in its resident set (the race detector needs cgo).
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	}
 	if b, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build %s: %v\n%s", pkg, err, b)
 	}
