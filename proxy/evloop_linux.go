@@ -56,6 +56,13 @@ const (
 	// its P (rawsock.EpollWaitRaw) before it waits as an ordinary system
 	// call. Under load the next event comes within microseconds.
 	loopSpinMillis = 2
+	// keepAliveAfter is how long a backend socket lives before its
+	// keepalive options are set. Four setsockopt calls were a fifth of
+	// the system calls of a short connection, which never needs them;
+	// a long one is probed no sooner for the wait, its first probe being
+	// KeepAlive (15s by default) away. Client sockets inherit theirs
+	// from the listener for nothing.
+	keepAliveAfter = time.Second
 	// loopFreeBufs caps each loop's list of free buffers.
 	loopFreeBufs = 64
 	// pipeSize is the capacity asked of a splice pipe (F_SETPIPE_SZ), as
@@ -79,8 +86,9 @@ type loopGroup struct {
 	s     *Service
 	loops []*loop
 	addr  net.Addr
-	// backendOpts are set on every backend socket before its connect.
-	backendOpts []sockopt
+	// backendOpts are set on every backend socket before its connect;
+	// keepAlive once it has lived keepAliveAfter.
+	backendOpts, keepAlive []sockopt
 
 	// max is MaxConnections (0: no cap); live counts connections against
 	// it, in the loops and handed off; paused counts loops that stopped
@@ -122,6 +130,7 @@ type loop struct {
 	n       int      // connections in the loop
 	dialing []*lconn // connections whose dial is in progress
 	redial  []*lconn // connections to dial again after this batch
+	young   []young  // backend sockets without keepalive yet, oldest first
 	free    [][]byte
 	targets map[string]*target
 	now     time.Duration // since loopEpoch, read after each wait
@@ -136,6 +145,13 @@ type loop struct {
 
 // loopEpoch is the origin of loop.now, a monotonic clock.
 var loopEpoch = time.Now()
+
+// young is a backend socket due its keepalive options at a time.
+type young struct {
+	c  *lconn
+	fd int
+	at time.Duration
+}
 
 // target is a backend address as a loop dials it, parsed once.
 type target struct {
@@ -188,7 +204,8 @@ func newLoopGroup(s *Service, n int) (*loopGroup, error) {
 	g := &loopGroup{
 		s:           s,
 		max:         int64(s.opts.MaxConnections),
-		backendOpts: append([]sockopt{{unix.IPPROTO_TCP, unix.TCP_NODELAY, 1}}, keepAliveSockopts(s.opts.KeepAlive)...),
+		backendOpts: []sockopt{{unix.IPPROTO_TCP, unix.TCP_NODELAY, 1}},
+		keepAlive:   keepAliveSockopts(s.opts.KeepAlive),
 		notify:      make(chan struct{}, 1),
 		since:       map[*net.TCPConn]time.Time{},
 		active:      map[string]*atomic.Int64{},
@@ -561,6 +578,9 @@ func (l *loop) timeout() int {
 	if l.retryAt > 0 {
 		at(l.retryAt)
 	}
+	if len(l.young) > 0 {
+		at(l.young[0].at)
+	}
 	if next < 0 {
 		return -1
 	}
@@ -590,6 +610,14 @@ func (l *loop) timers() {
 				}
 				l.close(c, reasonIdle)
 			}
+		}
+	}
+	for len(l.young) > 0 && l.now >= l.young[0].at {
+		y := l.young[0]
+		l.young[0] = young{}
+		l.young = l.young[1:]
+		if !y.c.closed && y.c.bfd == y.fd {
+			l.setKeepAlive(y.c)
 		}
 	}
 	if l.retryAt > 0 && l.now >= l.retryAt {
@@ -704,7 +732,9 @@ func (l *loop) disconnect(c *lconn) {
 	l.conns[c.bfd] = nil
 	rawsock.Close(c.bfd)
 	c.bfd = -1
+	more := c.up.more
 	c.up, c.down = half{}, half{}
+	c.up.more = more
 	l.hold(c, true)
 }
 
@@ -825,8 +855,7 @@ func (l *loop) connect(c *lconn, t *target) error {
 	c.bfd, c.t = fd, t
 	c.logEntry = nil // built again with this backend
 	l.track(c, fd)
-	again := c.cfd < len(l.conns) && l.conns[c.cfd] == c
-	if !again {
+	if c.cfd >= len(l.conns) || l.conns[c.cfd] != c {
 		l.track(c, c.cfd)
 	}
 	if err != nil {
@@ -836,11 +865,6 @@ func (l *loop) connect(c *lconn, t *target) error {
 		return nil
 	}
 	l.connected(c)
-	if again && c.bfd == fd {
-		// The client's socket was in the epoll set already: what it
-		// sent meanwhile was reported then, and not read.
-		l.pump(c, &c.up, c.cfd, c.bfd)
-	}
 	return nil
 }
 
@@ -857,10 +881,12 @@ func (l *loop) track(c *lconn, fd int) {
 // connected starts proxying c.
 func (l *loop) connected(c *lconn) {
 	c.connecting = false
-	c.up.more, c.down.more = true, true
 	c.last = l.now
 	l.hold(c, false)
 	g := l.g
+	if len(g.keepAlive) > 0 {
+		l.young = append(l.young, young{c: c, fd: c.bfd, at: l.now + keepAliveAfter})
+	}
 	g.proxied.Add(1)
 	c.t.active.Add(1)
 	if !c.counted {
@@ -886,8 +912,25 @@ func (l *loop) connected(c *lconn) {
 			}
 			l.disconnect(c)
 			l.redial = append(l.redial, c)
+			return
 		}
 	default:
+	}
+	if c.up.more {
+		// The client's socket was readable before there was anywhere
+		// to write: that EPOLLIN was noted and not acted on.
+		l.pump(c, &c.up, c.cfd, c.bfd)
+	}
+}
+
+// setKeepAlive turns keepalive on for c's backend socket.
+func (l *loop) setKeepAlive(c *lconn) {
+	for _, o := range l.g.keepAlive {
+		if err := rawsock.SetsockoptInt(uintptr(c.bfd), o.level, o.opt, o.value); err != nil {
+			// Not worth ending a working connection for.
+			c.logger().WithError(os.NewSyscallError("setsockopt", err)).Warn("could not turn keepalive on for the backend socket")
+			return
+		}
 	}
 }
 
@@ -991,13 +1034,8 @@ func (l *loop) event(fd int, ev uint32) {
 				}
 			}
 			l.connected(c)
-			if c.bfd != fd {
+			if c.closed || c.bfd != fd {
 				return // to be dialed again
-			}
-			// What the client sent while we dialed.
-			l.pump(c, &c.up, c.cfd, c.bfd)
-			if c.closed {
-				return
 			}
 		}
 		if ev&readable != 0 {
@@ -1010,7 +1048,10 @@ func (l *loop) event(fd int, ev uint32) {
 		return
 	}
 	if c.connecting || c.bfd < 0 {
-		return // read once connected
+		if ev&readable != 0 {
+			c.up.ready(ev) // read once connected
+		}
+		return
 	}
 	if ev&readable != 0 {
 		c.up.ready(ev)

@@ -11,13 +11,15 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"handover/internal/testutil"
 	"handover/proxy/proxytest"
 )
 
 // TestKeepAliveOnBothSockets: the accepted client socket (whose keepalive
 // options come from the listener, see sockopt_linux.go) and the dialed
-// backend socket probe alike, and have TCP_NODELAY; a negative KeepAlive
-// turns keepalive off on both. Both data paths.
+// backend socket probe alike (the loops' backend sockets from
+// keepAliveAfter on), and have TCP_NODELAY; a negative KeepAlive turns
+// keepalive off on both. Both data paths.
 func TestKeepAliveOnBothSockets(t *testing.T) {
 	for _, path := range []struct {
 		name       string
@@ -42,12 +44,17 @@ func TestKeepAliveOnBothSockets(t *testing.T) {
 					"client":  findSocket(t, ts.Addr().String(), c.LocalAddr().String()),
 					"backend": findSocket(t, "", be.addr),
 				}
-				for side, fd := range sides {
-					got := sockOpts(t, fd)
-					if got[0] != tt.want[0] || got[4] != tt.want[4] || tt.want[0] == 1 && got != tt.want {
-						t.Errorf("%s socket: options %v, want %v", side, got, tt.want)
+				// The loops set a backend socket's keepalive once it
+				// has lived keepAliveAfter.
+				testutil.Eventually(t, keepAliveAfter+5*time.Second, func() error {
+					for side, fd := range sides {
+						got := sockOpts(t, fd)
+						if got[0] != tt.want[0] || got[4] != tt.want[4] || tt.want[0] == 1 && got != tt.want {
+							return fmt.Errorf("%s socket: options %v, want %v", side, got, tt.want)
+						}
 					}
-				}
+					return nil
+				})
 			})
 		}
 	}
