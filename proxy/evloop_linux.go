@@ -4,6 +4,7 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"net"
 	"net/netip"
 	"os"
@@ -52,10 +53,6 @@ import (
 const (
 	// loopEvents is how many events one epoll_wait returns at most.
 	loopEvents = 256
-	// loopSpinMillis is how long a loop waits for its next event holding
-	// its P (rawsock.EpollWaitRaw) before it waits as an ordinary system
-	// call. Under load the next event comes within microseconds.
-	loopSpinMillis = 2
 	// keepAliveAfter is how long a backend socket lives before its
 	// keepalive options are set. Four setsockopt calls were a fifth of
 	// the system calls of a short connection, which never needs them;
@@ -99,13 +96,14 @@ type loopGroup struct {
 	// proxied counts connections the loops are proxying to a backend.
 	proxied atomic.Int64
 
-	mu      sync.Mutex
-	started bool
-	closed  bool
-	queue   []*net.TCPConn // handed off, for AcceptTCP
-	since   map[*net.TCPConn]time.Time
-	notify  chan struct{} // wakes AcceptTCP
-	wg      sync.WaitGroup
+	mu          sync.Mutex
+	startCalled bool
+	started     bool
+	closed      bool
+	queue       []*net.TCPConn // handed off, for AcceptTCP
+	since       map[*net.TCPConn]time.Time
+	notify      chan struct{} // wakes AcceptTCP
+	wg          sync.WaitGroup
 
 	activeMu sync.Mutex
 	active   map[string]*atomic.Int64 // proxied connections by backend
@@ -116,8 +114,14 @@ type loopGroup struct {
 type loop struct {
 	g    *loopGroup
 	epfd int
-	evfd int // eventfd: commands are waiting
-	lnfd int // listening socket, -1 once closed
+	// epf is epfd as a file registered with the runtime's poller, eprc
+	// its RawConn: the loop waits there (wait). deadline is the read
+	// deadline set on it, on the loop's clock (-1: none).
+	epf      *os.File
+	eprc     syscall.RawConn
+	deadline time.Duration
+	evfd     int // eventfd: commands are waiting
+	lnfd     int // listening socket, -1 once closed
 	// accepting is set while lnfd is in the epoll set; retryAt, when
 	// not zero, is when to add it back after accept failed for want of
 	// file descriptors, delay the pause that was.
@@ -131,11 +135,16 @@ type loop struct {
 	dialing []*lconn // connections whose dial is in progress
 	redial  []*lconn // connections to dial again after this batch
 	young   []young  // backend sockets without keepalive yet, oldest first
-	free    [][]byte
-	targets map[string]*target
-	now     time.Duration // since loopEpoch, read after each wait
-	sweepAt time.Duration // next idle sweep
-	quit    bool
+	// starved are clients whose dial failed for want of resources, to be
+	// dialed again at starveAt; starveDelay is the pause that was.
+	starved     []*lconn
+	starveAt    time.Duration
+	starveDelay time.Duration
+	free        [][]byte
+	targets     map[string]*target
+	now         time.Duration // since loopEpoch, read after each wait
+	sweepAt     time.Duration // next idle sweep
+	quit        bool
 
 	mu         sync.Mutex
 	cmds       uint32
@@ -175,20 +184,24 @@ type lconn struct {
 	last     time.Duration // when data last arrived either way
 	start    time.Time
 	closed   bool
-	// held is set while c is counted as held (looking for a backend);
-	// counted once it has first reached one (CountAccepted).
-	held, counted bool
+	// held is set while c is counted as held (looking for a backend).
+	held bool
+	// since is when the loop accepted c, on its clock (loop.now).
+	since time.Duration
 	// changed is the Picker's change channel as of the dial: closed when
 	// the answer the dial followed is out of date.
 	changed  <-chan struct{}
 	logEntry *logrus.Entry
 }
 
+// noPipe is half.pipe before there is one.
+var noPipe = [2]int{-1, -1}
+
 // half is one direction of an lconn.
 type half struct {
 	buf      []byte // bytes read and not yet written: buf[off:end]
 	off, end int
-	pipe     [2]int // splice pipe, once bulk data was seen; {0, 0} before
+	pipe     [2]int // splice pipe, once bulk data was seen; noPipe before
 	inPipe   int    // bytes in the pipe not yet written
 	// more is false after a short read, until the next EPOLLIN: the
 	// socket was drained then. hup is set once the peer's FIN or an error
@@ -258,7 +271,7 @@ func (g *loopGroup) newLoop(i int) (*loop, error) {
 	if derr != nil {
 		return nil, os.NewSyscallError("dup", derr)
 	}
-	l := &loop{g: g, epfd: -1, evfd: -1, lnfd: lnfd, targets: map[string]*target{}, lnClosed: make(chan struct{})}
+	l := &loop{g: g, epfd: -1, evfd: -1, lnfd: lnfd, deadline: -1, targets: map[string]*target{}, lnClosed: make(chan struct{})}
 	// Accepted sockets inherit TCP_NODELAY from the listener, as they do
 	// keepalive: set once here rather than once per connection.
 	if err := unix.SetsockoptInt(lnfd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1); err != nil {
@@ -282,18 +295,39 @@ func (g *loopGroup) newLoop(i int) (*loop, error) {
 			return nil, os.NewSyscallError("epoll_ctl", err)
 		}
 	}
+	// The runtime's poller takes the epoll instance as it takes a socket,
+	// if it is non-blocking: readable when it has events (see wait).
+	if err := unix.SetNonblock(l.epfd, true); err != nil {
+		l.closeFDs()
+		return nil, os.NewSyscallError("fcntl", err)
+	}
+	l.epf = os.NewFile(uintptr(l.epfd), "epoll")
+	if l.eprc, err = l.epf.SyscallConn(); err != nil {
+		l.closeFDs()
+		return nil, err
+	}
 	l.accepting = true
 	return l, nil
 }
 
 // closeFDs closes what newLoop opened, for a loop that never ran.
+// It may be called more than once.
 func (l *loop) closeFDs() {
 	l.closeListener()
-	for _, fd := range []int{l.evfd, l.epfd} {
-		if fd >= 0 {
-			unix.Close(fd)
-		}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.evfd >= 0 {
+		unix.Close(l.evfd)
+		l.evfd = -1
 	}
+	switch {
+	case l.epf != nil:
+		l.epf.Close()
+		l.epf = nil
+	case l.epfd >= 0:
+		unix.Close(l.epfd)
+	}
+	l.epfd = -1
 }
 
 // closeListener closes the listening socket, once.
@@ -309,17 +343,23 @@ func (l *loop) closeListener() {
 }
 
 // start runs the loops, unless Close came first.
-func (g *loopGroup) start() {
+// It reports whether this was the first call, whose caller owns stop.
+func (g *loopGroup) start() bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.started || g.closed {
-		return
+	if g.startCalled {
+		return false
+	}
+	g.startCalled = true
+	if g.closed {
+		return true
 	}
 	g.started = true
 	for _, l := range g.loops {
 		g.wg.Add(1)
 		go l.run()
 	}
+	return true
 }
 
 // stop ends the loops, once every connection is gone, and waits for them.
@@ -381,8 +421,7 @@ func (g *loopGroup) Close() error {
 	started := g.started
 	g.mu.Unlock()
 	for _, c := range queue {
-		c.Close()
-		g.release()
+		g.refuse(c)
 	}
 	g.wake()
 	for _, l := range g.loops {
@@ -413,14 +452,21 @@ func (g *loopGroup) handoff(c *net.TCPConn, since time.Time) {
 	g.mu.Lock()
 	if g.closed {
 		g.mu.Unlock()
-		c.Close()
-		g.release()
+		g.refuse(c)
 		return
 	}
 	g.queue = append(g.queue, c)
 	g.since[c] = since
 	g.mu.Unlock()
 	g.wake()
+}
+
+// refuse closes c, a client handed off after shutdown began, and counts
+// it as the goroutine path would have: failed, shutting down.
+func (g *loopGroup) refuse(c *net.TCPConn) {
+	c.Close()
+	g.release()
+	g.s.metrics.failed.WithLabelValues(g.s.opts.Name, failReason(ErrShutdown)).Inc()
 }
 
 // heldSince returns, once, when the loop accepted c, a connection it
@@ -494,10 +540,15 @@ func (g *loopGroup) activeCounter(addr string) *atomic.Int64 {
 }
 
 // post gives the loop a command and wakes it.
+// A loop that has ended takes no more: its eventfd's number may belong
+// to another file by now.
 func (l *loop) post(cmd uint32) {
 	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.evfd < 0 {
+		return
+	}
 	l.cmds |= cmd
-	l.mu.Unlock()
 	var one = [8]byte{1}
 	unix.Write(l.evfd, one[:]) // EAGAIN: the counter is full, so the loop is awake anyway
 }
@@ -545,24 +596,48 @@ func (l *loop) run() {
 }
 
 // wait returns the next events, waiting until the nearest timer at most.
+//
+// It looks first without waiting, with a raw system call: under load the
+// next events are there already. Only then does it wait, and not in
+// epoll_wait on its own thread: the loop's epoll instance is itself
+// registered with the runtime's poller (newLoop), and the loop goroutine
+// parks there like any goroutine waiting for a socket. That leaves its P
+// to others, and leaves the runtime's poller polled. A loop blocked in a
+// system call instead keeps its P until sysmon takes it, and a P taken so
+// may sit idle with nobody polling: goroutines waiting on the runtime's
+// poller (health checks, the admin server, clients on the goroutine path,
+// STOMP sessions) then waited for sysmon's own poll, 10 ms and more
+// (TestLoopsLeaveThePoller).
 func (l *loop) wait(events []syscall.EpollEvent) int {
-	timeout := l.timeout()
-	spin := loopSpinMillis
-	if timeout >= 0 && timeout < spin {
-		spin = timeout
-	}
-	if n := rawsock.EpollWaitRaw(l.epfd, events, spin); n > 0 || spin == timeout {
+	if n := rawsock.EpollWaitRaw(l.epfd, events, 0); n > 0 {
 		return n
 	}
-	if timeout > 0 {
-		timeout -= spin
+	next := l.nextTimer()
+	if next >= 0 && next <= time.Since(loopEpoch) {
+		return 0
 	}
-	return rawsock.EpollWait(l.epfd, events, timeout)
+	if next != l.deadline {
+		var dl time.Time // zero: none
+		if next >= 0 {
+			dl = loopEpoch.Add(next)
+		}
+		l.epf.SetReadDeadline(dl)
+		l.deadline = next
+	}
+	n := 0
+	// An error is the deadline (a timer is due) or, at the very end, the
+	// file closed: either way the caller looks at its timers and commands.
+	l.eprc.Read(func(fd uintptr) bool {
+		n = rawsock.EpollWaitRaw(int(fd), events, 0)
+		return n > 0
+	})
+	return n
 }
 
-// timeout is how long the loop may wait for events, in milliseconds (-1:
-// for ever): until the next idle sweep, dial deadline or accept retry.
-func (l *loop) timeout() int {
+// nextTimer is when, on the loop's clock, the nearest timer is due (-1:
+// none): the next idle sweep, dial deadline, keepalive, accept retry or
+// redial of starved clients.
+func (l *loop) nextTimer() time.Duration {
 	next := time.Duration(-1)
 	at := func(t time.Duration) {
 		if next < 0 || t < next {
@@ -581,14 +656,10 @@ func (l *loop) timeout() int {
 	if len(l.young) > 0 {
 		at(l.young[0].at)
 	}
-	if next < 0 {
-		return -1
+	if len(l.starved) > 0 {
+		at(l.starveAt)
 	}
-	d := next - time.Since(loopEpoch)
-	if d <= 0 {
-		return 0
-	}
-	return int((d + time.Millisecond - 1) / time.Millisecond)
+	return next
 }
 
 // timers runs what is due: dial timeouts, the idle sweep, an accept retry.
@@ -620,6 +691,25 @@ func (l *loop) timers() {
 			l.setKeepAlive(y.c)
 		}
 	}
+	if len(l.starved) > 0 && l.now >= l.starveAt {
+		starved := l.starved
+		l.starved = nil
+		for _, c := range starved {
+			if c.closed {
+				continue
+			}
+			if to := l.g.s.opts.Timeout; to <= 0 || l.now >= c.since+to {
+				l.g.s.metrics.failed.WithLabelValues(l.g.s.opts.Name, failReason(ErrTimeout)).Inc()
+				c.logger().Warn("closing client: gave up looking for a backend (out of file descriptors)")
+				l.close(c, reasonShutdown)
+				continue
+			}
+			l.dial(c)
+		}
+		if len(l.starved) == 0 {
+			l.starveDelay = 0
+		}
+	}
 	if l.retryAt > 0 && l.now >= l.retryAt {
 		l.retryAt = 0
 		l.resumeAccept()
@@ -644,6 +734,13 @@ func (l *loop) commands() {
 			l.g.s.metrics.failed.WithLabelValues(l.g.s.opts.Name, failReason(ErrShutdown)).Inc()
 			l.close(c, reasonShutdown)
 		}
+		for _, c := range l.starved {
+			if !c.closed {
+				l.g.s.metrics.failed.WithLabelValues(l.g.s.opts.Name, failReason(ErrShutdown)).Inc()
+				l.close(c, reasonShutdown)
+			}
+		}
+		l.starved = nil
 	}
 	if cmds&cmdResume != 0 && l.full {
 		l.full = false
@@ -659,6 +756,10 @@ func (l *loop) commands() {
 				l.close(c, reasonShutdown)
 			}
 		}
+		for _, c := range l.starved {
+			l.close(c, reasonShutdown)
+		}
+		l.starved = nil
 	}
 	if cmds&cmdQuit != 0 {
 		l.quit = true
@@ -732,9 +833,11 @@ func (l *loop) disconnect(c *lconn) {
 	l.conns[c.bfd] = nil
 	rawsock.Close(c.bfd)
 	c.bfd = -1
-	more := c.up.more
-	c.up, c.down = half{}, half{}
-	c.up.more = more
+	// What the client's socket reported and we have not read yet: the
+	// edges will not come again.
+	more, hup := c.up.more, c.up.hup
+	c.up, c.down = half{pipe: noPipe}, half{pipe: noPipe}
+	c.up.more, c.up.hup = more, hup
 	l.hold(c, true)
 }
 
@@ -773,7 +876,8 @@ func (l *loop) accept() {
 		g.release()
 		return
 	}
-	c := &lconn{l: l, cfd: fd, bfd: -1, start: time.Now()}
+	c := &lconn{l: l, cfd: fd, bfd: -1, start: time.Now(), since: l.now, up: half{pipe: noPipe}, down: half{pipe: noPipe}}
+	g.s.lc.CountAccepted()
 	l.n++
 	l.hold(c, true)
 	if g.s.debugging() {
@@ -824,15 +928,55 @@ func (l *loop) target(addr string) *target {
 // A connect refused at once (as on loopback) is not counted or logged: the
 // goroutine path tries again at once, and counts its attempts (dial
 // errors, re-checks, MaxReconnectAttempts) as it always has.
+//
+// Out of file descriptors (or kernel memory) the client can't be handed
+// off either, which takes a descriptor: it waits in the loop instead
+// (starve), as held as on the goroutine path. Once shutdown has begun,
+// a client still without a backend is closed, as there.
 func (l *loop) dial(c *lconn) {
+	if l.lnfd < 0 {
+		l.g.s.metrics.failed.WithLabelValues(l.g.s.opts.Name, failReason(ErrShutdown)).Inc()
+		l.close(c, reasonShutdown)
+		return
+	}
 	targets, changed := l.g.s.picker.Targets()
 	c.changed = changed
 	if len(targets) > 0 {
-		if t := l.target(targets[0]); t.ok && l.connect(c, t) == nil {
-			return
+		if t := l.target(targets[0]); t.ok {
+			err := l.connect(c, t)
+			if err == nil {
+				return
+			}
+			if resourceShortage(err) {
+				l.starve(c, err)
+				return
+			}
 		}
 	}
 	l.handoff(c)
+}
+
+// resourceShortage reports whether err says the process or the kernel is
+// out of something that time may bring back.
+func resourceShortage(err error) bool {
+	for _, e := range []error{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM, syscall.ENOSPC} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
+// starve keeps c, whose dial failed for want of resources, to be dialed
+// again after a pause that grows as accept's does; the client gives up at
+// Timeout (failed, reason timeout).
+func (l *loop) starve(c *lconn, err error) {
+	if len(l.starved) == 0 {
+		l.starveDelay = min(max(2*l.starveDelay, 5*time.Millisecond), time.Second)
+		l.starveAt = l.now + l.starveDelay
+		l.g.s.log.WithError(err).WithField("retry_in", l.starveDelay).Warn("cannot dial a backend: holding clients until resources free up")
+	}
+	l.starved = append(l.starved, c)
 }
 
 // connect opens c's backend socket and starts its connect to t.
@@ -854,13 +998,23 @@ func (l *loop) connect(c *lconn, t *target) error {
 	}
 	c.bfd, c.t = fd, t
 	c.logEntry = nil // built again with this backend
-	l.track(c, fd)
-	if c.cfd >= len(l.conns) || l.conns[c.cfd] != c {
-		l.track(c, c.cfd)
+	err2 := l.track(c, fd)
+	if err2 == nil && (c.cfd >= len(l.conns) || l.conns[c.cfd] != c) {
+		err2 = l.track(c, c.cfd)
+	}
+	if err2 != nil {
+		l.conns[fd] = nil
+		rawsock.Close(fd)
+		c.bfd = -1
+		return os.NewSyscallError("epoll_ctl", err2)
 	}
 	if err != nil {
 		c.connecting = true
+		// A dial never outlives Timeout either (Connector.dial).
 		c.deadline = l.now + l.g.s.opts.DialTimeout
+		if to := l.g.s.opts.Timeout; to > 0 {
+			c.deadline = min(c.deadline, c.since+to)
+		}
 		l.dialing = append(l.dialing, c)
 		return nil
 	}
@@ -869,13 +1023,16 @@ func (l *loop) connect(c *lconn, t *target) error {
 }
 
 // track registers fd, one of c's sockets, with the loop and its epoll set.
-func (l *loop) track(c *lconn, fd int) {
+func (l *loop) track(c *lconn, fd int) error {
 	for fd >= len(l.conns) {
 		l.conns = append(l.conns, make([]*lconn, len(l.conns)+64)...)
 	}
+	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{
+		Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(fd)}); err != nil {
+		return err
+	}
 	l.conns[fd] = c
-	unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{
-		Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(fd)})
+	return nil
 }
 
 // connected starts proxying c.
@@ -889,10 +1046,6 @@ func (l *loop) connected(c *lconn) {
 	}
 	g.proxied.Add(1)
 	c.t.active.Add(1)
-	if !c.counted {
-		c.counted = true
-		g.s.lc.CountAccepted()
-	}
 	g.s.metrics.started(c, c.t.series)
 	if g.s.debugging() {
 		c.logger().WithField("waited", time.Since(c.start).Round(time.Millisecond)).Debug("proxying")
@@ -1110,7 +1263,7 @@ func (l *loop) pump(c *lconn, h *half, src, dst int) {
 		if h.eof || !h.more {
 			return
 		}
-		if h.pipe[1] > 0 {
+		if h.pipe[1] >= 0 {
 			n, err := rawsock.Splice(src, h.pipe[1], pipeSize)
 			switch {
 			case err == rawsock.ErrWouldBlock:
@@ -1213,14 +1366,14 @@ func (l *loop) close(c *lconn, reason string) {
 	}
 	for _, fd := range []int{c.cfd, c.bfd} {
 		if fd >= 0 {
-			if l.conns[fd] == c {
+			if fd < len(l.conns) && l.conns[fd] == c {
 				l.conns[fd] = nil
 			}
 			rawsock.Close(fd)
 		}
 	}
 	for _, h := range []*half{&c.up, &c.down} {
-		if h.pipe[0] > 0 {
+		if h.pipe[0] >= 0 {
 			rawsock.Close(h.pipe[0])
 			rawsock.Close(h.pipe[1])
 		}

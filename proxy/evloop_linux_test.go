@@ -1,11 +1,20 @@
 package proxy
 
 import (
+	"bufio"
+	"fmt"
+	"io"
 	"net"
+	"os"
+	"os/exec"
+	"slices"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
+	"handover/internal/testutil"
 	"handover/proxy/proxytest"
 )
 
@@ -60,9 +69,7 @@ func TestLoopHandsOff(t *testing.T) {
 		if n := picker.Rechecks.Load(); n < 1 {
 			t.Errorf("re-checks = %d after the loop's dial timed out, want at least 1", n)
 		}
-		if st := ts.Status(); st.Held != 1 {
-			t.Errorf("held = %d after the hand-off, want 1", st.Held)
-		}
+		ts.waitStatus(t, "held on the goroutine path", func(st ServiceStatus) bool { return st.Held == 1 })
 		picker.Set(be.addr)
 		roundTrip(t, c, "after the hand-off")
 		ts.waitStatus(t, "proxied, none held", func(st ServiceStatus) bool {
@@ -89,6 +96,23 @@ func TestLoopHandsOff(t *testing.T) {
 	})
 }
 
+// TestLoopDialWithinTimeout: the loop's dial, like Connector's, never
+// outlives Timeout, whatever DialTimeout says.
+func TestLoopDialWithinTimeout(t *testing.T) {
+	checkLeaks(t)
+	ts := startService(t, proxytest.NewPicker(hangingAddr(t)), func(o *Options) {
+		o.DialTimeout = 3 * time.Second
+		o.Timeout = 300 * time.Millisecond
+	})
+	start := time.Now()
+	c := ts.dial(t)
+	expectClosed(t, c, 5*time.Second)
+	if took := time.Since(start); took > 2*time.Second {
+		t.Errorf("client closed after %v, want about the 300ms Timeout", took)
+	}
+	ts.waitMetric(t, 1, "handover_proxy_connections_failed_total", "reason", "timeout")
+}
+
 // TestLoopsSpreadConnections: every loop listens (SO_REUSEPORT) and serves
 // what the kernel gives it; many clients at once all get through, and the
 // status counts each once.
@@ -112,4 +136,224 @@ func TestLoopsSpreadConnections(t *testing.T) {
 	}
 	ts.waitStatus(t, "all closed", func(st ServiceStatus) bool { return st.Active == 0 })
 	ts.waitMetric(t, n, "handover_proxy_connections_closed_total", "reason", reasonEOF)
+}
+
+// TestLoopCountsEachClientOnce: a client is counted accepted once, when a
+// loop accepts it, though a failover sends it from the loop to the
+// goroutine path.
+func TestLoopCountsEachClientOnce(t *testing.T) {
+	checkLeaks(t)
+	be := startBackend(t, "", echo)
+	picker := proxytest.NewPicker(be.addr)
+	ts := startService(t, picker, nil)
+	needLoops(t, ts)
+	c := ts.dial(t)
+	ts.waitStatus(t, "proxied", func(st ServiceStatus) bool { return st.Active == 1 })
+	picker.Set() // untouched: dialed again, no target, handed off and held
+	ts.waitStatus(t, "held", func(st ServiceStatus) bool { return st.Held == 1 })
+	picker.Set(be.addr)
+	roundTrip(t, c, "x")
+	if st := ts.Status(); st.Accepted != 1 {
+		t.Errorf("accepted = %d for one client, want 1", st.Accepted)
+	}
+}
+
+// TestLoopRedialKeepsClientFIN: a client that sent its request and its FIN
+// while the loop dialed a backend that stopped being a target meanwhile
+// gets both to the new target: the edges its socket reported then are not
+// forgotten when the dial starts over.
+func TestLoopRedialKeepsClientFIN(t *testing.T) {
+	checkLeaks(t)
+	a, acceptA := slowAddr(t)
+	got := make(chan string, 1)
+	b := startBackend(t, "", func(c *net.TCPConn) {
+		data, _ := io.ReadAll(c)
+		got <- string(data)
+	})
+	picker := proxytest.NewPicker(a)
+	picker.SetKept(a) // the sweep leaves the dial to A alone; the check at connect does not
+	ts := startService(t, picker, func(o *Options) { o.DialTimeout = 5 * time.Second })
+	needLoops(t, ts)
+	// Serve reads the answer once before it accepts (Service.Serve):
+	// the flip is for the loop's dial.
+	testutil.Eventually(t, 5*time.Second, func() error {
+		if picker.Reads.Load() == 0 {
+			return fmt.Errorf("Serve has not read the targets yet")
+		}
+		return nil
+	})
+	picker.FlipAfterNextRead(b.addr)
+	c := ts.dial(t)
+	c.Write([]byte("hello"))
+	c.CloseWrite()
+	ts.waitStatus(t, "dialing A", func(st ServiceStatus) bool { return st.Held == 1 })
+	time.Sleep(100 * time.Millisecond) // the scenario: the FIN arrives while the dial goes on
+	acceptA()
+	select {
+	case s := <-got:
+		if s != "hello" {
+			t.Errorf("B got %q, want hello", s)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("B never got the client's FIN")
+	}
+}
+
+// slowAddr is hangingAddr whose backlog can be freed: the connect then
+// completes at the dialer's next SYN (about a second after the first).
+func slowAddr(t *testing.T) (string, func()) {
+	t.Helper()
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Close(fd) })
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Listen(fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	sa, _ := syscall.Getsockname(fd)
+	addr := fmt.Sprintf("127.0.0.1:%d", sa.(*syscall.SockaddrInet4).Port)
+	filler, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { filler.Close() })
+	return addr, func() {
+		nfd, _, err := syscall.Accept(fd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { syscall.Close(nfd) })
+	}
+}
+
+// TestLoopsLeaveThePoller: while the loops are kept busy (by a backend
+// and clients in another process: goroutines here would be slowed along
+// with what they measure), a goroutine of this process doing I/O through
+// the runtime's poller (a health check, the admin server, a STOMP session)
+// still gets its wake-ups promptly. Loops that held their Ps while waiting
+// for events delayed those to sysmon's next look, 10-20 ms.
+func TestLoopsLeaveThePoller(t *testing.T) {
+	checkLeaks(t)
+	load := exec.Command(os.Args[0], "-test.run=^TestLoadHelper$")
+	load.Env = append(os.Environ(), "HANDOVER_PROXY_LOAD=1")
+	stdin, err := load.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := load.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := load.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer load.Wait()
+	defer stdin.Close()
+	backend, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil {
+		t.Fatalf("load helper: %v", err)
+	}
+	ts := startService(t, proxytest.NewPicker(strings.TrimSpace(backend)), nil)
+	fmt.Fprintln(stdin, ts.Addr().String())
+
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		if c, err := ln.Accept(); err == nil {
+			io.Copy(c, c)
+			c.Close()
+		}
+	}()
+	probe, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer probe.Close()
+	ts.waitStatus(t, "the load's clients connected", func(st ServiceStatus) bool { return st.Active == 8 })
+
+	var rtts []time.Duration
+	b := make([]byte, 8)
+	for range 300 {
+		start := time.Now()
+		probe.SetDeadline(start.Add(5 * time.Second))
+		if _, err := probe.Write(b); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(probe, b); err != nil {
+			t.Fatal(err)
+		}
+		rtts = append(rtts, time.Since(start))
+		time.Sleep(2 * time.Millisecond) // the probe's pace, not sync
+	}
+	slices.Sort(rtts)
+	p50, p99 := rtts[len(rtts)/2], rtts[len(rtts)*99/100]
+	t.Logf("poller round trips under load: p50 %v, p99 %v", p50, p99)
+	if p50 > 5*time.Millisecond {
+		t.Errorf("poller round trip p50 %v under load through the loops (p99 %v); want well under sysmon's 10 ms", p50, p99)
+	}
+}
+
+// TestLoadHelper is TestLoopsLeaveThePoller's load, run in a child
+// process: it serves an echo backend and prints its address, reads the
+// proxy's address, then runs 8 clients through it, a 16-byte round trip
+// every 2 ms each, until its stdin closes.
+func TestLoadHelper(t *testing.T) {
+	if os.Getenv("HANDOVER_PROXY_LOAD") == "" {
+		t.Skip("the load of TestLoopsLeaveThePoller, run only as its child")
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go io.Copy(c, c)
+		}
+	}()
+	fmt.Println(ln.Addr())
+	in := bufio.NewReader(os.Stdin)
+	addr, err := in.ReadString('\n')
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { io.Copy(io.Discard, in); close(done) }()
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := net.Dial("tcp", strings.TrimSpace(addr))
+			if err != nil {
+				return
+			}
+			defer c.Close()
+			b := make([]byte, 16)
+			for {
+				select {
+				case <-done:
+					return
+				case <-time.After(2 * time.Millisecond):
+				}
+				if _, err := c.Write(b); err != nil {
+					return
+				}
+				if _, err := io.ReadFull(c, b); err != nil {
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
 }

@@ -335,8 +335,11 @@ func (l *Lifecycle[T]) acceptLoop() {
 		l.conns++
 		t := l.cfg.Admit(c)
 		l.Mu.Unlock()
-		l.accepted.Add(1)
-		l.acceptedTotal.Inc()
+		if l.cfg.Listener == nil {
+			// A Listener's connections were counted by whoever
+			// accepted them (CountAccepted).
+			l.CountAccepted()
+		}
 		go l.serve(t)
 	}
 }

@@ -79,9 +79,10 @@ type Service struct {
 // out of AcceptTCP.
 type eventLoops interface {
 	Acceptor
-	// start runs the loops; stop ends them once their connections are
-	// gone (or closes their sockets if they never ran).
-	start()
+	// start runs the loops, and reports whether this was its first
+	// call, whose caller must call stop: that ends them once their
+	// connections are gone (or closes their sockets if they never ran).
+	start() bool
 	stop()
 	// sweep closes connections to backends no longer targeted; closeAll
 	// closes all, and returns how many were proxied.
@@ -173,8 +174,7 @@ func (s *Service) Addr() net.Addr { return s.lc.Addr() }
 // to finish. Either way it returns once every goroutine it started has
 // ended: nil on a clean stop. Serve may be called once.
 func (s *Service) Serve(ctx context.Context) error {
-	if s.loops != nil {
-		s.loops.start()
+	if s.loops != nil && s.loops.start() {
 		defer s.loops.stop()
 	}
 	if s.opts.OnFailover != OnFailoverClose {

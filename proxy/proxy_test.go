@@ -636,6 +636,19 @@ func TestShutdown(t *testing.T) {
 		expectClosed(t, c, time.Second)
 	})
 
+	t.Run("a second Serve leaves the first alone", func(t *testing.T) {
+		checkLeaks(t)
+		be := startBackend(t, "", echo)
+		ts := startService(t, proxytest.NewPicker(be.addr), nil)
+		c := ts.dial(t)
+		roundTrip(t, c, "before")
+		if err := ts.Serve(context.Background()); err == nil {
+			t.Fatal("second Serve: no error")
+		}
+		roundTrip(t, c, "after")
+		roundTrip(t, ts.dial(t), "a new client")
+	})
+
 	t.Run("before Serve", func(t *testing.T) {
 		checkLeaks(t)
 		s, err := New(Options{Name: "test", Listen: "127.0.0.1:0"}, proxytest.NewPicker(), proxytest.Log(t), nil)

@@ -72,23 +72,12 @@ func Splice(rfd, wfd, n int) (int, error) {
 }
 
 // EpollWaitRaw waits up to msec milliseconds for events on the epoll
-// instance epfd, holding the goroutine's P meanwhile: for a loop that
-// expects its next event within microseconds, handing the P back to the
-// scheduler and taking it again costs more than the wait. Interrupted
-// (EINTR, as the runtime's preemption signal does), it returns 0 events.
+// instance epfd, holding the goroutine's P meanwhile: call it with 0, to
+// collect what is ready without the scheduler's bookkeeping; a wait that
+// held the P would keep other goroutines from running. Interrupted (EINTR,
+// as the runtime's preemption signal does), it returns 0 events.
 func EpollWaitRaw(epfd int, events []syscall.EpollEvent, msec int) int {
 	n, _, e := syscall.RawSyscall6(syscall.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])),
-		uintptr(len(events)), uintptr(msec), 0, 0)
-	if e != 0 {
-		return 0
-	}
-	return int(n)
-}
-
-// EpollWait is EpollWaitRaw for a long wait: an ordinary system call, so
-// the scheduler runs other goroutines on the P meanwhile.
-func EpollWait(epfd int, events []syscall.EpollEvent, msec int) int {
-	n, _, e := syscall.Syscall6(syscall.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])),
 		uintptr(len(events)), uintptr(msec), 0, 0)
 	if e != 0 {
 		return 0

@@ -25,8 +25,8 @@ func Log(t testing.TB) *logrus.Entry {
 
 // Picker is a proxy.Picker (and proxy.Keeper) whose answer the test sets.
 type Picker struct {
-	// Rechecks counts Recheck calls.
-	Rechecks atomic.Int64
+	// Rechecks counts Recheck calls; Reads counts Targets calls.
+	Rechecks, Reads atomic.Int64
 
 	mu      sync.Mutex
 	targets []string
@@ -56,6 +56,7 @@ func (f *Picker) SetKept(addr string) {
 
 // Targets implements proxy.Picker.
 func (f *Picker) Targets() ([]string, <-chan struct{}) {
+	f.Reads.Add(1)
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	targets, changed := f.targets, f.changed
