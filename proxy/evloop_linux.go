@@ -114,9 +114,12 @@ type loopGroup struct {
 type loop struct {
 	g    *loopGroup
 	epfd int
-	// epf is epfd as a file registered with the runtime's poller, eprc
-	// its RawConn: the loop waits there (wait). deadline is the read
-	// deadline set on it, on the loop's clock (-1: none).
+	// spin is set while the loop holds a spin slot, looked at again at
+	// spinAt (spinning). Without one, it waits on the runtime's poller
+	// (park): epf is then a duplicate of epfd registered there, eprc its
+	// RawConn, deadline its read deadline on the loop's clock (-1: none).
+	spin     bool
+	spinAt   time.Duration
 	epf      *os.File
 	eprc     syscall.RawConn
 	deadline time.Duration
@@ -295,17 +298,6 @@ func (g *loopGroup) newLoop(i int) (*loop, error) {
 			return nil, os.NewSyscallError("epoll_ctl", err)
 		}
 	}
-	// The runtime's poller takes the epoll instance as it takes a socket,
-	// if it is non-blocking: readable when it has events (see wait).
-	if err := unix.SetNonblock(l.epfd, true); err != nil {
-		l.closeFDs()
-		return nil, os.NewSyscallError("fcntl", err)
-	}
-	l.epf = os.NewFile(uintptr(l.epfd), "epoll")
-	if l.eprc, err = l.epf.SyscallConn(); err != nil {
-		l.closeFDs()
-		return nil, err
-	}
 	l.accepting = true
 	return l, nil
 }
@@ -320,14 +312,11 @@ func (l *loop) closeFDs() {
 		unix.Close(l.evfd)
 		l.evfd = -1
 	}
-	switch {
-	case l.epf != nil:
-		l.epf.Close()
-		l.epf = nil
-	case l.epfd >= 0:
+	l.unpark()
+	if l.epfd >= 0 {
 		unix.Close(l.epfd)
+		l.epfd = -1
 	}
-	l.epfd = -1
 }
 
 // closeListener closes the listening socket, once.
@@ -557,6 +546,7 @@ func (l *loop) post(cmd uint32) {
 func (l *loop) run() {
 	defer l.g.wg.Done()
 	defer l.closeFDs()
+	defer l.unspin()
 	events := make([]syscall.EpollEvent, loopEvents)
 	for !l.quit {
 		n := l.wait(events)
@@ -588,33 +578,112 @@ func (l *loop) run() {
 			}
 		}
 		l.timers()
-		// Other goroutines (health checks, the admin server, held
-		// clients) may be waiting for this P: a loop under load never
-		// gives it up in epoll_wait.
-		runtime.Gosched()
+		if !l.spin {
+			// Other goroutines may be waiting for this P, perhaps
+			// the only one: a loop under load never parks.
+			runtime.Gosched()
+		}
 	}
 }
 
 // wait returns the next events, waiting until the nearest timer at most.
 //
 // It looks first without waiting, with a raw system call: under load the
-// next events are there already. Only then does it wait, and not in
-// epoll_wait on its own thread: the loop's epoll instance is itself
-// registered with the runtime's poller (newLoop), and the loop goroutine
-// parks there like any goroutine waiting for a socket. That leaves its P
-// to others, and leaves the runtime's poller polled. A loop blocked in a
-// system call instead keeps its P until sysmon takes it, and a P taken so
-// may sit idle with nobody polling: goroutines waiting on the runtime's
-// poller (health checks, the admin server, clients on the goroutine path,
-// STOMP sessions) then waited for sysmon's own poll, 10 ms and more
+// next events are there already. Then it waits in one of two ways.
+//
+// A loop that holds one of the process's GOMAXPROCS-1 spin slots (spin)
+// waits in epoll_wait itself, as a raw system call: its thread sleeps in
+// the kernel until the next event, and keeps its P meanwhile, which is
+// cheapest (no scheduler work, no thread to wake but its own). At least
+// one P is left for the rest of the process, so goroutines waiting on the
+// runtime's poller (health checks, the admin server, clients on the
+// goroutine path, STOMP sessions) still run as soon as they are woken,
+// and the garbage collector has a P to work on; its stop-the-world pauses
+// interrupt the wait (EINTR) like any other.
+//
+// A loop without a slot parks on the runtime's poller instead (park), so
+// that it holds no P while it waits. Blocking in epoll_wait as an ordinary
+// system call would keep the P until sysmon took it, and a P taken so may
+// sit idle with nobody polling: goroutines waiting on the runtime's poller
+// then waited for sysmon's own poll, 10 ms and more
 // (TestLoopsLeaveThePoller).
 func (l *loop) wait(events []syscall.EpollEvent) int {
 	if n := rawsock.EpollWaitRaw(l.epfd, events, 0); n > 0 {
 		return n
 	}
+	now := time.Since(loopEpoch)
 	next := l.nextTimer()
-	if next >= 0 && next <= time.Since(loopEpoch) {
+	if next >= 0 && next <= now {
 		return 0
+	}
+	if l.spinning(now) {
+		ms := int(spinRecheck / time.Millisecond)
+		if next >= 0 {
+			ms = min(ms, int((next-now+time.Millisecond-1)/time.Millisecond))
+		}
+		return rawsock.EpollWaitRaw(l.epfd, events, ms)
+	}
+	return l.park(events, next)
+}
+
+// spinners counts the loops of the process that hold a spin slot (wait).
+var spinners atomic.Int32
+
+// spinRecheck is how often a loop looks again at whether it may spin:
+// GOMAXPROCS may change (a reload's gomaxprocs), and loops come and go.
+const spinRecheck = time.Second
+
+// spinning reports whether the loop holds a spin slot, taking or giving
+// one back if GOMAXPROCS or the other loops say so.
+func (l *loop) spinning(now time.Duration) bool {
+	if now < l.spinAt {
+		return l.spin
+	}
+	l.spinAt = now + spinRecheck
+	slots := int32(runtime.GOMAXPROCS(0) - 1)
+	switch {
+	case l.spin && spinners.Load() > slots:
+		l.unspin()
+	case !l.spin && spinners.Add(1) <= slots:
+		l.spin = true
+		l.unpark() // no more need to be woken by the runtime
+	case !l.spin:
+		spinners.Add(-1)
+	}
+	return l.spin
+}
+
+// unspin gives the loop's spin slot back, if it holds one.
+func (l *loop) unspin() {
+	if l.spin {
+		l.spin = false
+		spinners.Add(-1)
+	}
+}
+
+// park waits on the runtime's poller for the loop's epoll instance to have
+// events, or the next timer (-1: none). The instance is registered there
+// (a duplicate of its descriptor, non-blocking: the poller takes it as it
+// takes a socket) only while the loop has no spin slot: registered, every
+// event would also wake the runtime's poller.
+func (l *loop) park(events []syscall.EpollEvent, next time.Duration) int {
+	if l.epf == nil {
+		fd, err := unix.FcntlInt(uintptr(l.epfd), unix.F_DUPFD_CLOEXEC, 0)
+		if err == nil {
+			err = unix.SetNonblock(fd, true)
+			if err != nil {
+				unix.Close(fd)
+			}
+		}
+		if err != nil {
+			// Can't be woken by the runtime: poll, sparing the P
+			// between looks.
+			time.Sleep(time.Millisecond)
+			return rawsock.EpollWaitRaw(l.epfd, events, 0)
+		}
+		l.epf = os.NewFile(uintptr(fd), "epoll")
+		l.eprc, _ = l.epf.SyscallConn() // an *os.File's never fails
+		l.deadline = -1
 	}
 	if next != l.deadline {
 		var dl time.Time // zero: none
@@ -625,13 +694,20 @@ func (l *loop) wait(events []syscall.EpollEvent) int {
 		l.deadline = next
 	}
 	n := 0
-	// An error is the deadline (a timer is due) or, at the very end, the
-	// file closed: either way the caller looks at its timers and commands.
+	// An error is the deadline: a timer is due.
 	l.eprc.Read(func(fd uintptr) bool {
 		n = rawsock.EpollWaitRaw(int(fd), events, 0)
 		return n > 0
 	})
 	return n
+}
+
+// unpark takes the loop's epoll instance off the runtime's poller.
+func (l *loop) unpark() {
+	if l.epf != nil {
+		l.epf.Close()
+		l.epf, l.eprc = nil, nil
+	}
 }
 
 // nextTimer is when, on the loop's clock, the nearest timer is due (-1:
