@@ -1523,10 +1523,11 @@ func peerName(fd int) string {
 	return "?"
 }
 
-// newEventLoops makes a loop per P, each with a listening socket of its
-// own.
+// newEventLoops makes a loop per P but one, each with a listening socket
+// of its own: each loop can then hold a spin slot (see wait), and one P
+// is left for the rest of the process.
 func newEventLoops(s *Service) (eventLoops, error) {
-	g, err := newLoopGroup(s, runtime.GOMAXPROCS(0))
+	g, err := newLoopGroup(s, max(1, runtime.GOMAXPROCS(0)-1))
 	if err != nil {
 		return nil, err
 	}

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -117,6 +118,7 @@ func TestLoopDialWithinTimeout(t *testing.T) {
 // what the kernel gives it; many clients at once all get through, and the
 // status counts each once.
 func TestLoopsSpreadConnections(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(3)) // two loops
 	checkLeaks(t)
 	be := startBackend(t, "", echo)
 	ts := startService(t, proxytest.NewPicker(be.addr), nil)
@@ -356,4 +358,24 @@ func TestLoadHelper(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+}
+
+// TestLoopParks: with one P there is no spin slot (it would take the
+// process's only P): the loop parks on the runtime's poller, and wakes
+// there for its sockets and its timers alike (here, the idle timeout).
+func TestLoopParks(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	checkLeaks(t)
+	be := startBackend(t, "", echo)
+	ts := startService(t, proxytest.NewPicker(be.addr), func(o *Options) { o.IdleTimeout = 300 * time.Millisecond })
+	needLoops(t, ts)
+	c := ts.dial(t)
+	for i := range 50 {
+		roundTrip(t, c, strings.Repeat("p", i+1))
+	}
+	if n := spinners.Load(); n != 0 {
+		t.Errorf("%d loops spinning with GOMAXPROCS=1, want 0", n)
+	}
+	expectClosed(t, c, 5*time.Second)
+	ts.waitMetric(t, 1, "handover_proxy_connections_closed_total", "reason", reasonIdle)
 }
