@@ -9,11 +9,18 @@
 // that is no longer a target are closed (Options.OnFailover), so clients
 // reconnect, through the proxy, to the new master.
 //
-// Reading order for one client connection: proxy.go (accept, failover,
-// shutdown), connect.go (hold, dial, back off), pair.go (the two copiers),
-// relay.go (how a copier moves bytes: small messages through a buffer, bulk
-// data spliced), meter.go (counting bytes and idleness without touching the
-// bytes).
+// On Linux most connections never get a goroutine: event loops, one per
+// P but one, accept them, dial the master and move their bytes with raw
+// system calls, as HAProxy's threads do (evloop_linux.go: the loops, their
+// waiting, timers and commands; evconn_linux.go: one connection's dial,
+// bytes and close). A client they can't serve at once (no master now, a
+// failed dial) is handed to the goroutine path, which every platform has.
+//
+// Reading order for one client connection on the goroutine path: proxy.go
+// (accept, failover, shutdown), connect.go (hold, dial, back off), pair.go
+// (the two copiers), relay.go (how a copier moves bytes: small messages
+// through a buffer, bulk data spliced), meter.go (counting bytes and
+// idleness without touching the bytes).
 package proxy
 
 import (
