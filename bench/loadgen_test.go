@@ -362,44 +362,59 @@ func lgRSS(pid int) (float64, error) {
 	return 0, errors.New("no VmRSS line")
 }
 
-// lgCPU returns the CPU time a process has used so far, summed over its
-// threads from /proc/PID/task/*/schedstat (nanoseconds on a CPU), or 0 for
+// lgUsage is what a process has used so far, summed over its threads
+// from /proc/PID/task/*/schedstat: time on a CPU, and the times a thread
+// was put on one (each after a sleep or a preemption: a context switch).
+type lgUsage struct {
+	cpu      time.Duration
+	switches int64
+}
+
+// lgCPU returns the usage of process pid so far, or the zero usage for
 // pid 0.
-func lgCPU(b *testing.B, pid int) time.Duration {
+func lgCPU(b *testing.B, pid int) lgUsage {
+	var u lgUsage
 	if pid == 0 {
-		return 0
+		return u
 	}
 	tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/schedstat", pid))
 	if err != nil || len(tasks) == 0 {
 		b.Fatalf("no schedstat for pid %d: %v", pid, err)
 	}
-	var total time.Duration
 	for _, t := range tasks {
 		raw, err := os.ReadFile(t)
 		if err != nil {
 			continue // the thread just exited
 		}
 		f := strings.Fields(string(raw))
-		if len(f) == 0 {
+		if len(f) < 3 {
 			continue
 		}
 		ns, err := strconv.ParseInt(f[0], 10, 64)
 		if err != nil {
 			b.Fatalf("%s: %q: %v", t, raw, err)
 		}
-		total += time.Duration(ns)
+		n, err := strconv.ParseInt(f[2], 10, 64)
+		if err != nil {
+			b.Fatalf("%s: %q: %v", t, raw, err)
+		}
+		u.cpu += time.Duration(ns)
+		u.switches += n
 	}
-	return total
+	return u
 }
 
-// lgReportCPU reports, for a proxied target, the proxy's CPU time per
-// operation since start (from lgCPU): how much of the two cores the proxy
-// takes from the client and the backend for the same work.
-func lgReportCPU(b *testing.B, t lgTarget, start time.Duration) {
+// lgReportCPU reports, for a proxied target, the proxy's CPU time and
+// context switches per operation since start (from lgCPU): how much of
+// the two cores the proxy takes from the client and the backend for the
+// same work, and how often it was woken for it.
+func lgReportCPU(b *testing.B, t lgTarget, start lgUsage) {
 	if t.pid == 0 {
 		return
 	}
-	b.ReportMetric(float64(lgCPU(b, t.pid)-start)/1e3/float64(b.N), "proxy-cpu-us/op")
+	u := lgCPU(b, t.pid)
+	b.ReportMetric(float64(u.cpu-start.cpu)/1e3/float64(b.N), "proxy-cpu-us/op")
+	b.ReportMetric(float64(u.switches-start.switches)/float64(b.N), "proxy-switches/op")
 }
 
 // lgPercentile returns the p-th percentile (0 < p <= 100) of sorted, by the
