@@ -110,12 +110,16 @@ type loopGroup struct {
 type loop struct {
 	g    *loopGroup
 	epfd int
-	// spin is set while the loop holds a spin slot, looked at again at
-	// spinAt (spinning). Without one, it waits on the runtime's poller
-	// (park): epf is then a duplicate of epfd registered there, eprc its
-	// RawConn, deadline its read deadline on the loop's clock (-1: none).
-	spin     bool
-	spinAt   time.Duration
+	// spin is set while the loop holds a spin slot (spinning); procs is
+	// GOMAXPROCS as read at procsAt. Without a slot the loop waits on the
+	// runtime's poller (park): epf is then a duplicate of epfd registered
+	// there, eprc its RawConn, deadline its read deadline on the loop's
+	// clock (-1: none). spin is atomic for tests only.
+	spin     atomic.Bool
+	worked   bool          // the last wait returned events
+	lastWork time.Duration // when a wait last did
+	procs    int32
+	procsAt  time.Duration
 	epf      *os.File
 	eprc     syscall.RawConn
 	deadline time.Duration
@@ -491,6 +495,10 @@ func (l *loop) run() {
 	for !l.quit {
 		n := l.wait(events)
 		l.now = time.Since(loopEpoch)
+		l.worked = n > 0
+		if l.worked {
+			l.lastWork = l.now
+		}
 		var accept, cmds bool
 		for i := range events[:n] {
 			switch fd := int(events[i].Fd); fd {
@@ -518,7 +526,7 @@ func (l *loop) run() {
 			}
 		}
 		l.timers()
-		if !l.spin {
+		if !l.spin.Load() {
 			// Other goroutines may be waiting for this P, perhaps
 			// the only one: a loop under load never parks.
 			runtime.Gosched()
@@ -531,8 +539,10 @@ func (l *loop) run() {
 // It looks first without waiting, with a raw system call: under load the
 // next events are there already. Then it waits in one of two ways.
 //
-// A loop that holds one of the process's GOMAXPROCS-1 spin slots (spin)
-// waits in epoll_wait itself, as a raw system call: its thread sleeps in
+// A loop that holds one of the process's GOMAXPROCS-1 spin slots (it
+// takes a free one when it is about to wait after work, and gives it back
+// after spinIdle with nothing to do) waits in epoll_wait itself, as a raw
+// system call: its thread sleeps in
 // the kernel until the next event, and keeps its P meanwhile, which is
 // cheapest (no scheduler work, no thread to wake but its own). At least
 // one P is left for the rest of the process, so goroutines waiting on the
@@ -557,11 +567,18 @@ func (l *loop) wait(events []syscall.EpollEvent) int {
 		return 0
 	}
 	if l.spinning(now) {
-		ms := int(spinRecheck / time.Millisecond)
+		ms := int(spinIdle / time.Millisecond)
 		if next >= 0 {
 			ms = min(ms, int((next-now+time.Millisecond-1)/time.Millisecond))
 		}
-		return rawsock.EpollWaitRaw(l.epfd, events, ms)
+		n := rawsock.EpollWaitRaw(l.epfd, events, ms)
+		if n == 0 && time.Since(loopEpoch)-l.lastWork >= spinIdle {
+			// Idle: the slot may serve a loop with work better. (Not
+			// the length of this one wait: the runtime interrupts a
+			// goroutine that looks busy for 10 ms, EINTR here.)
+			l.unspin()
+		}
+		return n
 	}
 	return l.park(events, next)
 }
@@ -569,34 +586,38 @@ func (l *loop) wait(events []syscall.EpollEvent) int {
 // spinners counts the loops of the process that hold a spin slot (wait).
 var spinners atomic.Int32
 
-// spinRecheck is how often a loop looks again at whether it may spin:
-// GOMAXPROCS may change (a reload's gomaxprocs), and loops come and go.
-const spinRecheck = time.Second
+// spinIdle is how long a loop waits with nothing to do before it gives
+// its spin slot back: a sidecar's other services' loops, or another
+// loop of the same service, may be busy.
+const spinIdle = time.Second
 
-// spinning reports whether the loop holds a spin slot, taking or giving
-// one back if GOMAXPROCS or the other loops say so.
+// spinning reports whether the loop holds a spin slot, taking one if
+// there is one free and the loop is about to wait after work (an idle
+// loop that gave its slot back does not take it again at once), or
+// giving its own back if GOMAXPROCS went down (a reload's gomaxprocs).
 func (l *loop) spinning(now time.Duration) bool {
-	if now < l.spinAt {
-		return l.spin
+	if now >= l.procsAt {
+		l.procs = int32(runtime.GOMAXPROCS(0))
+		l.procsAt = now + spinIdle
+		if l.spin.Load() && spinners.Load() > l.procs-1 {
+			l.unspin()
+		}
 	}
-	l.spinAt = now + spinRecheck
-	slots := int32(runtime.GOMAXPROCS(0) - 1)
-	switch {
-	case l.spin && spinners.Load() > slots:
-		l.unspin()
-	case !l.spin && spinners.Add(1) <= slots:
-		l.spin = true
-		l.unpark() // no more need to be woken by the runtime
-	case !l.spin:
-		spinners.Add(-1)
+	if !l.spin.Load() && l.worked {
+		if spinners.Add(1) <= l.procs-1 {
+			l.spin.Store(true)
+			l.unpark() // no more need to be woken by the runtime
+		} else {
+			spinners.Add(-1)
+		}
 	}
-	return l.spin
+	return l.spin.Load()
 }
 
 // unspin gives the loop's spin slot back, if it holds one.
 func (l *loop) unspin() {
-	if l.spin {
-		l.spin = false
+	if l.spin.Load() {
+		l.spin.Store(false)
 		spinners.Add(-1)
 	}
 }

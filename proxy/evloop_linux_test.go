@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -378,4 +379,35 @@ func TestLoopParks(t *testing.T) {
 	}
 	expectClosed(t, c, 5*time.Second)
 	ts.waitMetric(t, 1, "handover_proxy_connections_closed_total", "reason", reasonIdle)
+}
+
+// TestLoopSpinSlotFollowsWork: with one spin slot (two Ps) and two
+// services, the slot ends with the loop that has work: an idle loop gives
+// it back after spinIdle.
+func TestLoopSpinSlotFollowsWork(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(2))
+	checkLeaks(t)
+	be := startBackend(t, "", echo)
+	idle := startService(t, proxytest.NewPicker(be.addr), nil)
+	needLoops(t, idle)
+	idleLoop := idle.loops.(*loopGroup).loops[0]
+	// Work takes the free slot; then the service goes idle.
+	first := idle.dial(t)
+	roundTrip(t, first, "work")
+	if !idleLoop.spin.Load() {
+		t.Fatalf("the first service's loop has not taken the free slot after work")
+	}
+	busy := startService(t, proxytest.NewPicker(be.addr), nil)
+	busyLoop := busy.loops.(*loopGroup).loops[0]
+	c := busy.dial(t)
+	deadline := time.Now().Add(spinIdle + 5*time.Second)
+	for i := 0; !busyLoop.spin.Load(); i++ {
+		if time.Now().After(deadline) {
+			t.Fatalf("the busy service's loop never got the spin slot (spinners %d)", spinners.Load())
+		}
+		roundTrip(t, c, strconv.Itoa(i))
+	}
+	if idleLoop.spin.Load() {
+		t.Errorf("both loops spin with one slot")
+	}
 }
