@@ -270,6 +270,15 @@ func checkLeaks(t *testing.T) {
 // dialer keeps retransmitting its SYN.
 func hangingAddr(t testing.TB) string {
 	t.Helper()
+	addr, _ := slowAddr(t)
+	return addr
+}
+
+// slowAddr is hangingAddr with a way out: accept frees the backlog, and a
+// connect then completes at the dialer's next SYN (about a second after
+// the first).
+func slowAddr(t testing.TB) (addr string, accept func()) {
+	t.Helper()
 	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -285,11 +294,17 @@ func hangingAddr(t testing.TB) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := fmt.Sprintf("127.0.0.1:%d", sa.(*syscall.SockaddrInet4).Port)
+	addr = fmt.Sprintf("127.0.0.1:%d", sa.(*syscall.SockaddrInet4).Port)
 	filler, err := net.DialTimeout("tcp", addr, time.Second)
 	if err != nil {
 		t.Fatalf("filling the backlog of %s: %v", addr, err)
 	}
 	t.Cleanup(func() { filler.Close() })
-	return addr
+	return addr, func() {
+		nfd, _, err := syscall.Accept(fd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { syscall.Close(nfd) })
+	}
 }
