@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"reflect"
 	"runtime"
 	"sort"
@@ -458,18 +459,24 @@ func (sc *sidecar) run(ctx context.Context) error {
 	return nil
 }
 
-// setGOMAXPROCS applies the gomaxprocs key: n Ps, or for 0 the runtime's
-// own choice (the GOMAXPROCS environment variable, else the CPUs available,
-// kept up to date with the cgroup limit). A sidecar shares the host with
-// the application it serves; with 1, the Go scheduler has no idle P to
-// wake and no spinning thread looking for work, which is most of its CPU
-// per new connection on a small host (BenchmarkProxyConnect).
+// setGOMAXPROCS applies the gomaxprocs key: n Ps, or for 0 the GOMAXPROCS
+// environment variable if set, else one more than the CPUs available.
+// The proxy runs an event loop per P but one, each waiting for its
+// sockets in epoll_wait with its P (proxy/evloop_linux.go): the extra P
+// gives every CPU a loop and leaves one for health checks, the admin
+// server and STOMP sessions. (Set so, GOMAXPROCS no longer follows a
+// cgroup limit that changes while the sidecar runs; a reload applies the
+// new one.)
 func (sc *sidecar) setGOMAXPROCS(n int) {
 	prev := runtime.GOMAXPROCS(0)
-	if n > 0 {
+	switch {
+	case n > 0:
 		runtime.GOMAXPROCS(n)
-	} else {
+	case os.Getenv("GOMAXPROCS") != "":
 		runtime.SetDefaultGOMAXPROCS()
+	default:
+		runtime.SetDefaultGOMAXPROCS()
+		runtime.GOMAXPROCS(runtime.GOMAXPROCS(0) + 1)
 	}
 	if now := runtime.GOMAXPROCS(0); now != prev || n > 0 {
 		sc.log.WithFields(logrus.Fields{"gomaxprocs": now, "previous": prev, "configured": n}).Info("GOMAXPROCS set")
