@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -11,6 +12,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -126,6 +128,156 @@ func BenchmarkProxyRoundTrip(b *testing.B) {
 			}
 		}
 	}
+}
+
+// lgSlice is how many round trips BenchmarkProxyRoundTripInterleaved
+// makes through one target before it moves to the next.
+const lgSlice = 400
+
+// BenchmarkProxyRoundTripInterleaved measures what BenchmarkProxyRoundTrip
+// does, but takes turns: lgSlice round trips (spread over the connections)
+// direct, then through handover, then through HAProxy, and again, until
+// each has made b.N. This machine's noise comes in bursts of tens of
+// milliseconds to seconds, long enough to land on one target's whole run
+// and move its p99 by 3x; taking turns spreads it over all of them, so
+// their p99s can be compared. It reports each target's p50 and p99
+// (NAME-p50-us, NAME-p99-us) and handover's p99 over HAProxy's
+// (p99-ratio, when HAProxy is installed).
+func BenchmarkProxyRoundTripInterleaved(b *testing.B) {
+	ts := lgStartTargets(b)
+	for _, size := range []int{64, 1024} {
+		for _, conns := range lgConnCounts {
+			b.Run(fmt.Sprintf("size=%d/conns=%d", size, conns), func(b *testing.B) {
+				conn := make([][]*net.TCPConn, len(ts.targets))
+				for i, t := range ts.targets {
+					cs, closeAll := lgDialN(b, t.echo, conns)
+					defer closeAll()
+					conn[i] = cs
+				}
+				lat := make([][]time.Duration, len(ts.targets))
+				per := max(1, lgSlice/conns) // round trips per connection per turn
+				b.ResetTimer()
+				for done := 0; done < b.N; done += per * conns {
+					for i := range ts.targets {
+						lat[i] = append(lat[i], lgRoundTrips(b, conn[i], size, per)...)
+					}
+				}
+				b.StopTimer()
+				p99 := map[string]float64{}
+				for i, t := range ts.targets {
+					slices.Sort(lat[i])
+					b.ReportMetric(float64(lgPercentile(lat[i], 50))/1e3, t.name+"-p50-us")
+					p99[t.name] = float64(lgPercentile(lat[i], 99)) / 1e3
+					b.ReportMetric(p99[t.name], t.name+"-p99-us")
+				}
+				if hp, ok := p99["haproxy"]; ok {
+					b.ReportMetric(p99["handover"]/hp, "p99-ratio")
+				}
+			})
+		}
+	}
+}
+
+// BenchmarkProxyConnectInterleaved measures what BenchmarkProxyConnect
+// does, taking turns as BenchmarkProxyRoundTripInterleaved does: lgSlice
+// new connections (each with one 64-byte round trip) direct, then through
+// handover, then through HAProxy, and again, until each has made b.N. It
+// reports each target's rate over the time spent on it (NAME-conns/s) and
+// handover's rate over HAProxy's (rate-ratio).
+func BenchmarkProxyConnectInterleaved(b *testing.B) {
+	ts := lgStartTargets(b)
+	for _, conns := range lgConnCounts {
+		b.Run(fmt.Sprintf("conns=%d", conns), func(b *testing.B) {
+			spent := make([]time.Duration, len(ts.targets))
+			made := make([]int, len(ts.targets))
+			per := max(1, lgSlice/conns) // connections per client per turn
+			b.ResetTimer()
+			for done := 0; done < b.N; done += per * conns {
+				for i, t := range ts.targets {
+					start := time.Now()
+					lgConnects(b, t.echo, conns, per)
+					spent[i] += time.Since(start)
+					made[i] += per * conns
+				}
+			}
+			b.StopTimer()
+			rate := map[string]float64{}
+			for i, t := range ts.targets {
+				rate[t.name] = float64(made[i]) / spent[i].Seconds()
+				b.ReportMetric(rate[t.name], t.name+"-conns/s")
+			}
+			if hp, ok := rate["haproxy"]; ok {
+				b.ReportMetric(rate["handover"]/hp, "rate-ratio")
+			}
+		})
+	}
+}
+
+// lgConnects has each of clients clients make n connections to addr in
+// turn, each with one 64-byte echo round trip and a close.
+func lgConnects(b *testing.B, addr string, clients, n int) {
+	var wg sync.WaitGroup
+	errs := make([]error, clients)
+	for i := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			msg, reply := make([]byte, 64), make([]byte, 64)
+			for range n {
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				c, err := lgDial(ctx, addr)
+				cancel()
+				if err == nil {
+					if _, err = c.Write(msg); err == nil {
+						_, err = io.ReadFull(c, reply)
+					}
+					c.Close()
+				}
+				if err != nil {
+					errs[i] = err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// lgRoundTrips makes n echo round trips of size bytes on each of cs at
+// once, one at a time per connection, and returns their latencies.
+func lgRoundTrips(b *testing.B, cs []*net.TCPConn, size, n int) []time.Duration {
+	lat := make([][]time.Duration, len(cs))
+	var wg sync.WaitGroup
+	errs := make([]error, len(cs))
+	for i, c := range cs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			msg, reply := make([]byte, size), make([]byte, size)
+			l := make([]time.Duration, 0, n)
+			for range n {
+				start := time.Now()
+				if _, err := c.Write(msg); err != nil {
+					errs[i] = err
+					return
+				}
+				if _, err := io.ReadFull(c, reply); err != nil {
+					errs[i] = err
+					return
+				}
+				l = append(l, time.Since(start))
+			}
+			lat[i] = l
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		b.Fatal(err)
+	}
+	return slices.Concat(lat...)
 }
 
 // BenchmarkProxyConnect measures new connections per second from 1 and 100
