@@ -12,8 +12,11 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sirupsen/logrus"
 
 	"handover/internal/testutil"
 	"handover/proxy/proxytest"
@@ -378,3 +381,84 @@ func TestLoopSpinSlotFollowsWork(t *testing.T) {
 		t.Errorf("both loops spin with one slot")
 	}
 }
+
+// TestLoopOutOfDescriptors: a client accepted when the process has no
+// descriptor left for its backend socket is neither dropped nor handed
+// off (a hand-off needs a descriptor too): it waits in the loop, held,
+// and is proxied once descriptors free up.
+func TestLoopOutOfDescriptors(t *testing.T) {
+	checkLeaks(t)
+	be := startBackend(t, "", echo)
+	log := proxytest.Log(t)
+	held := make(chan struct{}, 1)
+	log.Logger.AddHook(hookFunc(func(e *logrus.Entry) {
+		if strings.HasPrefix(e.Message, "cannot dial a backend") {
+			select {
+			case held <- struct{}{}:
+			default:
+			}
+		}
+	}))
+	ts := startServiceLog(t, proxytest.NewPicker(be.addr), Options{Name: "test", Listen: "127.0.0.1:0"}, false, log)
+	needLoops(t, ts)
+
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		t.Fatal(err)
+	}
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	low := lim
+	low.Cur = uint64(len(ents) + 32)
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &low); err != nil {
+		t.Skipf("cannot lower RLIMIT_NOFILE: %v", err)
+	}
+	defer syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
+	// Take every descriptor left, then give back two: the test's client
+	// socket and the loop's accept; the backend socket finds none.
+	var fill []*os.File
+	defer func() {
+		for _, f := range fill {
+			f.Close()
+		}
+	}()
+	for {
+		f, err := os.Open(os.DevNull)
+		if err != nil {
+			break
+		}
+		fill = append(fill, f)
+	}
+	for range 2 {
+		fill[len(fill)-1].Close()
+		fill = fill[:len(fill)-1]
+	}
+	c, err := net.Dial("tcp", ts.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	select {
+	case <-held:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the loop never ran out of descriptors for a backend socket")
+	}
+	for _, f := range fill {
+		f.Close()
+	}
+	fill = nil
+	syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
+	roundTrip(t, c, "after descriptors freed up")
+	if st := ts.Status(); st.Held != 0 || st.Active != 1 {
+		t.Errorf("status %+v, want one proxied, none held", st)
+	}
+}
+
+// hookFunc is a logrus hook calling itself for every event.
+type hookFunc func(*logrus.Entry)
+
+func (hookFunc) Levels() []logrus.Level { return logrus.AllLevels }
+
+func (f hookFunc) Fire(e *logrus.Entry) error { f(e); return nil }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/sirupsen/logrus"
 
 	"handover/internal/testutil"
 	"handover/proxy/proxytest"
@@ -111,13 +112,19 @@ func startService(t testing.TB, picker *proxytest.Picker, mod func(*Options)) *t
 
 func startServiceOpts(t testing.TB, picker *proxytest.Picker, opts Options, forceCounting bool) *testService {
 	t.Helper()
+	return startServiceLog(t, picker, opts, forceCounting, proxytest.Log(t))
+}
+
+// startServiceLog is startServiceOpts with the service's log entry.
+func startServiceLog(t testing.TB, picker *proxytest.Picker, opts Options, forceCounting bool, log *logrus.Entry) *testService {
+	t.Helper()
 	reg := prometheus.NewRegistry()
 	if forceCounting || os.Getenv("HANDOVER_PROXY_GOROUTINES") != "" {
 		// Counting mode is the goroutine path's; the variable runs the
 		// whole suite on that path (make test does, once more).
 		opts.goroutines = true
 	}
-	s, err := New(opts, picker, proxytest.Log(t), NewMetrics(reg))
+	s, err := New(opts, picker, log, NewMetrics(reg))
 	if err != nil {
 		t.Fatal(err)
 	}
