@@ -4,6 +4,7 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"net"
 	"os"
 	"runtime"
@@ -11,6 +12,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"handover/internal/rawsock"
 
@@ -123,8 +125,9 @@ type loop struct {
 	epf      *os.File
 	eprc     syscall.RawConn
 	deadline time.Duration
-	evfd     int // eventfd: commands are waiting
-	lnfd     int // listening socket, -1 once closed
+	noPark   bool // the runtime's poller refused the instance (waitBlocking)
+	evfd     int  // eventfd: commands are waiting
+	lnfd     int  // listening socket, -1 once closed
 	// accepting is set while lnfd is in the epoll set; retryAt, when
 	// not zero, is when to add it back after accept failed for want of
 	// file descriptors, delay the pause that was.
@@ -567,7 +570,7 @@ func (l *loop) wait(events []syscall.EpollEvent) int {
 		return 0
 	}
 	if l.spinning(now) {
-		ms := int(spinIdle / time.Millisecond)
+		ms := int(spinWaitMax / time.Millisecond)
 		if next >= 0 {
 			ms = min(ms, int((next-now+time.Millisecond-1)/time.Millisecond))
 		}
@@ -591,6 +594,13 @@ var spinners atomic.Int32
 // loop of the same service, may be busy.
 const spinIdle = time.Second
 
+// spinWaitMax bounds one raw wait. The runtime stops the world by
+// interrupting it (EINTR from its preemption signal) and interrupts it
+// anyway after 10 ms of what looks like running; without that signal
+// (GODEBUG=asyncpreemptoff=1) every stop-the-world pause, and every
+// ReadMemStats behind /metrics, would wait for the wait to end.
+const spinWaitMax = 10 * time.Millisecond
+
 // spinning reports whether the loop holds a spin slot, taking one if
 // there is one free and the loop is about to wait after work (an idle
 // loop that gave its slot back does not take it again at once), or
@@ -604,7 +614,8 @@ func (l *loop) spinning(now time.Duration) bool {
 		}
 	}
 	if !l.spin.Load() && l.worked {
-		if spinners.Add(1) <= l.procs-1 {
+		// GOMAXPROCS read afresh: a reload may have just lowered it.
+		if spinners.Add(1) <= int32(runtime.GOMAXPROCS(0))-1 {
 			l.spin.Store(true)
 			l.unpark() // no more need to be woken by the runtime
 		} else {
@@ -628,39 +639,73 @@ func (l *loop) unspin() {
 // takes a socket) only while the loop has no spin slot: registered, every
 // event would also wake the runtime's poller.
 func (l *loop) park(events []syscall.EpollEvent, next time.Duration) int {
-	if l.epf == nil {
+	if l.epf == nil && !l.noPark {
+		if parkRefused.Load() {
+			return l.waitBlocking(events, next, errors.New("refused by the test"))
+		}
 		fd, err := unix.FcntlInt(uintptr(l.epfd), unix.F_DUPFD_CLOEXEC, 0)
 		if err == nil {
-			err = unix.SetNonblock(fd, true)
-			if err != nil {
+			if err = unix.SetNonblock(fd, true); err != nil {
 				unix.Close(fd)
 			}
 		}
 		if err != nil {
-			// Can't be woken by the runtime: poll, sparing the P
-			// between looks.
-			time.Sleep(time.Millisecond)
-			return rawsock.EpollWaitRaw(l.epfd, events, 0)
+			return l.waitBlocking(events, next, os.NewSyscallError("dup", err))
 		}
 		l.epf = os.NewFile(uintptr(fd), "epoll")
 		l.eprc, _ = l.epf.SyscallConn() // an *os.File's never fails
 		l.deadline = -1
+	}
+	if l.noPark {
+		return l.waitBlocking(events, next, nil)
 	}
 	if next != l.deadline {
 		var dl time.Time // zero: none
 		if next >= 0 {
 			dl = loopEpoch.Add(next)
 		}
-		l.epf.SetReadDeadline(dl)
+		if err := l.epf.SetReadDeadline(dl); err != nil {
+			// The poller did not take the instance (epoll_ctl out of
+			// watches or memory): it would not wake us either.
+			return l.waitBlocking(events, next, err)
+		}
 		l.deadline = next
 	}
 	n := 0
-	// An error is the deadline: a timer is due.
-	l.eprc.Read(func(fd uintptr) bool {
+	err := l.eprc.Read(func(fd uintptr) bool {
 		n = rawsock.EpollWaitRaw(int(fd), events, 0)
 		return n > 0
 	})
+	if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+		return l.waitBlocking(events, next, err)
+	}
 	return n
+}
+
+// parkRefused makes park fall back to waitBlocking, as if the runtime's
+// poller had refused the loop's epoll instance: for tests.
+var parkRefused atomic.Bool
+
+// waitBlocking is park's fallback where the runtime's poller can't take
+// the loop's epoll instance (err says why, logged once; nil: known
+// already): epoll_wait as an ordinary system call, bounded by the next
+// timer and spinWaitMax, so the P goes to others once sysmon takes it.
+func (l *loop) waitBlocking(events []syscall.EpollEvent, next time.Duration, err error) int {
+	if err != nil {
+		l.g.s.log.WithError(err).Warn("event loop cannot wait on the runtime's poller: waiting in epoll_wait instead")
+		l.unpark()
+		l.noPark = true
+	}
+	ms := int(spinWaitMax / time.Millisecond)
+	if next >= 0 {
+		ms = max(0, min(ms, int((next-time.Since(loopEpoch)+time.Millisecond-1)/time.Millisecond)))
+	}
+	n, _, e := syscall.Syscall6(syscall.SYS_EPOLL_PWAIT, uintptr(l.epfd), uintptr(unsafe.Pointer(&events[0])),
+		uintptr(len(events)), uintptr(ms), 0, 0)
+	if e != 0 {
+		return 0
+	}
+	return int(n)
 }
 
 // unpark takes the loop's epoll instance off the runtime's poller.

@@ -335,6 +335,17 @@ func TestLoadHelper(t *testing.T) {
 // process's only P): the loop parks on the runtime's poller, and wakes
 // there for its sockets and its timers alike (here, the idle timeout).
 func TestLoopParks(t *testing.T) {
+	t.Run("on the runtime's poller", func(t *testing.T) { testLoopParks(t) })
+	// Where the poller refuses the epoll instance (out of watches), the
+	// loop waits in epoll_wait as an ordinary system call instead.
+	t.Run("refused", func(t *testing.T) {
+		parkRefused.Store(true)
+		defer parkRefused.Store(false)
+		testLoopParks(t)
+	})
+}
+
+func testLoopParks(t *testing.T) {
 	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
 	checkLeaks(t)
 	be := startBackend(t, "", echo)
@@ -364,9 +375,13 @@ func TestLoopSpinSlotFollowsWork(t *testing.T) {
 	// Work takes the free slot; then the service goes idle.
 	first := idle.dial(t)
 	roundTrip(t, first, "work")
-	if !idleLoop.spin.Load() {
-		t.Fatalf("the first service's loop has not taken the free slot after work")
-	}
+	// The loop takes the slot at its next wait, after the echo.
+	testutil.Eventually(t, 5*time.Second, func() error {
+		if !idleLoop.spin.Load() {
+			return fmt.Errorf("the first service's loop has not taken the free slot after work")
+		}
+		return nil
+	})
 	busy := startService(t, proxytest.NewPicker(be.addr), nil)
 	busyLoop := busy.loops.(*loopGroup).loops[0]
 	c := busy.dial(t)

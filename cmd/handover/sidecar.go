@@ -466,7 +466,8 @@ func (sc *sidecar) run(ctx context.Context) error {
 // gives every CPU a loop and leaves one for health checks, the admin
 // server and STOMP sessions. (Set so, GOMAXPROCS no longer follows a
 // cgroup limit that changes while the sidecar runs; a reload applies the
-// new one.)
+// new one, to services it adds or rebinds: a running service keeps its
+// loops.)
 func (sc *sidecar) setGOMAXPROCS(n int) {
 	prev := runtime.GOMAXPROCS(0)
 	switch {
@@ -540,6 +541,11 @@ func (sc *sidecar) reload() (err error) {
 		sc.log.WithFields(logrus.Fields{"old": cur.Admin.Listen, "new": next.Admin.Listen}).Warn("admin.listen changes take effect at the next restart")
 	}
 
+	// GOMAXPROCS first: a TCP service sizes its event loops by it. With
+	// the key at 0 it follows the CPUs available now. A failed reload
+	// puts the running configuration's back.
+	sc.setGOMAXPROCS(next.GOMAXPROCS)
+
 	// Bind every new listener first: if one fails, nothing has changed yet.
 	type change struct {
 		cfg      ServiceConfig
@@ -553,6 +559,7 @@ func (sc *sidecar) reload() (err error) {
 				c.new.proxy.Shutdown(context.Background())
 			}
 		}
+		sc.setGOMAXPROCS(cur.GOMAXPROCS)
 		return err
 	}
 	for _, s := range next.Services {
@@ -582,9 +589,6 @@ func (sc *sidecar) reload() (err error) {
 	// Commit.
 	if lv, err := logrus.ParseLevel(next.Log.Level); err == nil {
 		sc.logger.SetLevel(lv)
-	}
-	if next.GOMAXPROCS != cur.GOMAXPROCS {
-		sc.setGOMAXPROCS(next.GOMAXPROCS)
 	}
 	grace := next.ShutdownGrace.D()
 	services := map[string]*service{}
