@@ -855,15 +855,7 @@ func (l *loop) commands() {
 // dialed after it saw the new answer.
 func (l *loop) sweep() {
 	targets, _ := l.g.s.picker.Targets()
-	keeper, _ := l.g.s.picker.(Keeper)
-	stale := func(addr string) bool {
-		for _, t := range targets {
-			if t == addr {
-				return false
-			}
-		}
-		return keeper == nil || !keeper.Keep(addr)
-	}
+	stale := staleness(l.g.s.picker, targets)
 	closed := 0
 	for fd, c := range l.conns {
 		if c == nil || fd != c.cfd || c.bfd < 0 || !stale(c.t.addr) {

@@ -379,14 +379,10 @@ func (s *Service) register(p *pair) error {
 func (s *Service) closeStale() <-chan struct{} {
 	s.lc.Mu.Lock()
 	targets, changed := s.picker.Targets()
-	current := make(map[string]bool, len(targets))
-	for _, t := range targets {
-		current[t] = true
-	}
-	keeper, _ := s.picker.(Keeper)
+	isStale := staleness(s.picker, targets)
 	var stale []*pair
 	for p := range s.pairs {
-		if !current[p.backend] && (keeper == nil || !keeper.Keep(p.backend)) {
+		if isStale(p.backend) {
 			stale = append(stale, p)
 		}
 	}
@@ -407,6 +403,16 @@ func (s *Service) closeStale() <-chan struct{} {
 		p.close(reasonFailover)
 	}
 	return changed
+}
+
+// staleness returns whether a live connection to a backend is stale
+// given picker's answer targets: the backend is not among them, and
+// picker (a Keeper) does not ask to keep it.
+func staleness(picker Picker, targets []string) func(backend string) bool {
+	keeper, _ := picker.(Keeper)
+	return func(backend string) bool {
+		return !slices.Contains(targets, backend) && (keeper == nil || !keeper.Keep(backend))
+	}
 }
 
 // closeAll closes every live pair and returns how many there were.
