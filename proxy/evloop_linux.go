@@ -32,7 +32,7 @@ import (
 // instance, a listening socket of its own (SO_REUSEPORT: the kernel
 // spreads new connections over the loops), and every connection it
 // accepts, from accept to close, on one goroutine that makes raw system
-// calls (rawsock) and never parks except in epoll_wait.
+// calls (rawsock) and blocks nowhere but where it waits for events (wait).
 //
 // A connection stays in its loop for as long as the common case holds:
 // there is a target, given as an IP address, and the dial to it succeeds
@@ -48,6 +48,7 @@ import (
 // are edge-triggered with EPOLLRDHUP, so a short read means the socket was
 // drained, unless the peer has also sent its FIN: the read that would
 // only say EAGAIN is skipped, as HAProxy skips it.
+
 const (
 	// loopEvents is how many events one epoll_wait returns at most.
 	loopEvents = 256
