@@ -126,8 +126,8 @@ func (l *loop) target(addr string) *target {
 	return t
 }
 
-// dial starts connecting c to the first target that takes a connect, or
-// hands c to the goroutine path.
+// dial starts connecting c to the first target (the preferred one: the
+// master), or hands c to the goroutine path, which tries them all.
 //
 // A connect refused at once (as on loopback) is not counted or logged: the
 // goroutine path tries again at once, and counts its attempts (dial
