@@ -48,7 +48,6 @@ type lconn struct {
 	// up is client to backend, down is backend to client.
 	up, down half
 	last     time.Duration // when data last arrived either way
-	start    time.Time
 	closed   bool
 	// held is set while c is counted as held (looking for a backend).
 	held bool
@@ -76,6 +75,9 @@ type half struct {
 	eof       bool         // the source's EOF was passed on
 	n         atomic.Int64 // bytes written to the destination
 }
+
+// started is when the loop accepted c, as a time.
+func (c *lconn) started() time.Time { return loopEpoch.Add(c.since) }
 
 // untouched reports whether no byte has been read from either side of c.
 func (c *lconn) untouched() bool {
@@ -252,7 +254,7 @@ func (l *loop) connected(c *lconn) {
 	c.t.active.Add(1)
 	g.s.metrics.started(c, c.t.series)
 	if g.s.debugging() {
-		c.logger().WithField("waited", time.Since(c.start).Round(time.Millisecond)).Debug("proxying")
+		c.logger().WithField("waited", time.Since(c.started()).Round(time.Millisecond)).Debug("proxying")
 	}
 	if g.s.opts.OnFailover != OnFailoverClose {
 		return
@@ -317,12 +319,7 @@ func (l *loop) noteDialError(c *lconn, t *target, err error) {
 
 // abandonDial closes c's backend socket, whose connect is in progress.
 func (l *loop) abandonDial(c *lconn) {
-	for i, d := range l.dialing {
-		if d == c {
-			l.dialing = append(l.dialing[:i], l.dialing[i+1:]...)
-			break
-		}
-	}
+	l.dialing = slices.DeleteFunc(l.dialing, func(d *lconn) bool { return d == c })
 	l.conns[c.bfd] = nil
 	rawsock.Close(c.bfd)
 	c.bfd, c.connecting = -1, false
@@ -359,7 +356,7 @@ func (l *loop) handoff(c *lconn) {
 		l.g.s.log.WithError(err).Warn("closing client: could not pass it to a goroutine")
 		return
 	}
-	l.g.handoff(nc.(*net.TCPConn), c.start)
+	l.g.handoff(nc.(*net.TCPConn), c.started())
 }
 
 // event handles what epoll reported for fd.
@@ -384,12 +381,7 @@ func (l *loop) event(fd int, ev uint32) {
 			if ev&unix.EPOLLOUT == 0 {
 				return
 			}
-			for i, d := range l.dialing {
-				if d == c {
-					l.dialing = append(l.dialing[:i], l.dialing[i+1:]...)
-					break
-				}
-			}
+			l.dialing = slices.DeleteFunc(l.dialing, func(d *lconn) bool { return d == c })
 			l.connected(c)
 			if c.closed || c.bfd != fd {
 				return // to be dialed again
@@ -595,7 +587,7 @@ func (l *loop) close(c *lconn, reason string) {
 		if debug {
 			c.logger().WithFields(logrus.Fields{
 				"reason": reason, "up": c.up.n.Load(), "down": c.down.n.Load(),
-				"took": time.Since(c.start).Round(time.Millisecond),
+				"took": time.Since(c.started()).Round(time.Millisecond),
 			}).Debug("closed")
 		}
 	}

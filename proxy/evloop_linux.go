@@ -922,7 +922,7 @@ func (l *loop) accept() {
 		g.release()
 		return
 	}
-	c := &lconn{l: l, cfd: fd, bfd: -1, start: time.Now(), since: l.now, up: half{pipe: noPipe}, down: half{pipe: noPipe}}
+	c := &lconn{l: l, cfd: fd, bfd: -1, since: l.now, up: half{pipe: noPipe}, down: half{pipe: noPipe}}
 	g.s.lc.CountAccepted()
 	l.n++
 	l.hold(c, true)
