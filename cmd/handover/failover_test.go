@@ -106,6 +106,9 @@ func (c *cluster) waitSidecarMaster(addr string) {
 		if err != nil {
 			return err
 		}
+		if len(st.Services) == 0 {
+			return fmt.Errorf("status lists no service")
+		}
 		if m := st.Services[0].Master; m != addr {
 			return fmt.Errorf("sidecar master %q, want %q", m, addr)
 		}
