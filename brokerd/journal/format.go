@@ -28,6 +28,9 @@ package journal
 //	  4  uint32   CRC32C of bytes 0..4 followed by the body
 //	  8  body:    uint8 kind, uint16 len(ID), ID, uint16 len(Queue), Queue, Data (the rest)
 //
+// Kinds are store.Kind values (1 put, 2 ack, 3 producer window, 4 producer
+// end) and kindMove (16), the journal's own.
+//
 // Why batches are framed on top of per-record CRCs: the writer has at most one
 // batch that is not yet known durable (it fsyncs each batch before writing the
 // next), so after a crash only the final batch can be torn. The frame tells
@@ -44,6 +47,8 @@ import (
 	"encoding/binary"
 	"fmt"
 	"hash/crc32"
+
+	"handover/brokerd/store"
 )
 
 const (
@@ -158,6 +163,25 @@ func findBatchHeader(data []byte, from int) int {
 	return -1
 }
 
+// kindMove is a live message carried forward by compaction out of a
+// segment about to be deleted: its Put's ID and Queue, and as Data the
+// Put's order key (8 bytes, see loc.order) followed by the Put's Data.
+// Replay treats it as the same message in a new place, which keeps its
+// place in its queue. It never leaves the journal.
+const kindMove store.Kind = 16
+
+// moveKeyLen is the length of the order key at the start of a move's Data.
+const moveKeyLen = 8
+
+// knownKind says whether replay understands k.
+func knownKind(k store.Kind) bool {
+	switch k {
+	case store.KindPut, store.KindAck, store.KindProducer, store.KindProducerEnd, kindMove:
+		return true
+	}
+	return false
+}
+
 // encodedLen is the number of bytes appendRecord adds for r.
 func encodedLen(r *Record) int {
 	return recHeaderSize + minBody + len(r.ID) + len(r.Queue) + len(r.Data)
@@ -166,7 +190,7 @@ func encodedLen(r *Record) int {
 // validate refuses records that could not be replayed faithfully.
 func validate(r *Record) error {
 	switch r.Kind {
-	case KindPut, KindAck:
+	case store.KindPut, store.KindAck, store.KindProducer, store.KindProducerEnd:
 	default:
 		return fmt.Errorf("%w: unknown kind %d (id %.64q)", ErrInvalid, r.Kind, r.ID)
 	}
@@ -203,9 +227,10 @@ func appendRecord(buf []byte, r *Record) []byte {
 
 // rawRecord is a decoded record whose fields alias the segment buffer.
 type rawRecord struct {
-	kind      Kind
+	kind      store.Kind
 	id, queue []byte
 	data      []byte
+	n         int // encoded length, header included
 }
 
 // checkRecords verifies every record of a batch payload without decoding it,
@@ -223,14 +248,8 @@ func checkRecords(payload []byte, count int) (bad int, reason string, fatal bool
 		if l < minBody || l > len(payload)-p-recHeaderSize {
 			return p, fmt.Sprintf("bad record length %d", l), false
 		}
-		body := payload[p+recHeaderSize : p+recHeaderSize+l]
-		c := crc32.Update(0, castagnoli, payload[p:p+4])
-		c = crc32.Update(c, castagnoli, body)
-		if c != le.Uint32(payload[p+4:]) {
-			return p, "record checksum mismatch", false
-		}
-		if _, why := decodeBody(body); why != "" {
-			return p, why, true
+		if _, why := checkRecord(payload[p : p+recHeaderSize+l]); why != "" {
+			return p, why, why != whyChecksum
 		}
 		n++
 		p += recHeaderSize + l
@@ -241,11 +260,27 @@ func checkRecords(payload []byte, count int) (bad int, reason string, fatal bool
 	return 0, "", false
 }
 
+const whyChecksum = "record checksum mismatch"
+
+// checkRecord verifies the checksum of one whole record (header and body)
+// and decodes it.
+func checkRecord(rec []byte) (rawRecord, string) {
+	body := rec[recHeaderSize:]
+	c := crc32.Update(0, castagnoli, rec[:4])
+	c = crc32.Update(c, castagnoli, body)
+	if c != le.Uint32(rec[4:]) {
+		return rawRecord{}, whyChecksum
+	}
+	r, why := decodeBody(body)
+	r.n = len(rec)
+	return r, why
+}
+
 // decodeBody splits a checksum-verified record body into its fields.
 func decodeBody(body []byte) (rawRecord, string) {
 	var r rawRecord
-	r.kind = Kind(body[0])
-	if r.kind != KindPut && r.kind != KindAck {
+	r.kind = store.Kind(body[0])
+	if !knownKind(r.kind) {
 		return r, fmt.Sprintf("unknown record kind %d (written by a newer version?)", r.kind)
 	}
 	rest := body[1:]
@@ -261,15 +296,20 @@ func decodeBody(body []byte) (rawRecord, string) {
 		return r, fmt.Sprintf("malformed record: queue length %d", ql)
 	}
 	r.queue, r.data = rest[:ql], rest[ql:]
+	r.n = recHeaderSize + len(body)
+	if r.kind == kindMove && len(r.data) < moveKeyLen {
+		return r, fmt.Sprintf("malformed record: move of %d bytes", len(r.data))
+	}
 	return r, ""
 }
 
-// forEachRecord walks a payload that checkRecords accepted.
-func forEachRecord(payload []byte, fn func(rawRecord)) {
+// forEachRecord walks a payload that checkRecords accepted; off is each
+// record's offset in the segment (payload starts at base).
+func forEachRecord(payload []byte, base int, fn func(r rawRecord, off int)) {
 	for p := 0; p < len(payload); {
 		l := int(le.Uint32(payload[p:]))
 		r, _ := decodeBody(payload[p+recHeaderSize : p+recHeaderSize+l])
-		fn(r)
+		fn(r, base+p)
 		p += recHeaderSize + l
 	}
 }
@@ -280,21 +320,41 @@ type tear struct {
 	reason string // what was wrong there
 }
 
-// scanSegment walks the batches of one segment file, calling fn for every
-// record of every intact batch, and returns the end of the well-formed data.
-// If the file ends in a damaged final batch and this is the last segment,
-// the damage is reported as a tear (end is the torn batch's start) rather
-// than an error; anywhere else damage is an error wrapping ErrCorrupt.
-func scanSegment(data []byte, path string, last bool, fn func(rawRecord)) (end int, t *tear, err error) {
+// scanMode says how scanSegment treats what is not a whole, valid batch.
+type scanMode int
+
+const (
+	// scanFollow: the writer may be alive; anything incomplete or damaged
+	// ends the scan as a tear, to be looked at again later.
+	scanFollow scanMode = iota
+	// scanFinal: the writer is dead and this is not the last segment:
+	// damage is corruption.
+	scanFinal
+	// scanFinalLast: the writer is dead and this is its last segment: a
+	// damaged final batch with nothing valid after it is a torn tail.
+	scanFinalLast
+)
+
+// scanSegment walks the batches of one segment file from offset from,
+// calling fn for every record of every intact batch, and returns the end
+// of the well-formed data. What it finds that is not a whole batch it
+// reports as a tear or, per mode, as an error wrapping ErrCorrupt.
+func scanSegment(data []byte, from int, path string, mode scanMode, fn func(r rawRecord, off int)) (end int, t *tear, err error) {
 	bad := func(batchStart, off int, reason string, fatal bool) (int, *tear, error) {
-		if fatal || !last || findBatchHeader(data, batchStart+1) >= 0 {
+		if mode == scanFollow {
+			return batchStart, &tear{offset: off, reason: reason}, nil
+		}
+		if fatal || mode != scanFinalLast || findBatchHeader(data, batchStart+1) >= 0 {
 			return 0, nil, fmt.Errorf("%w: segment %s offset %d: %s", ErrCorrupt, path, off, reason)
 		}
 		return batchStart, &tear{offset: off, reason: reason}, nil
 	}
-	pos := segHeaderSize
+	pos := from
 	for pos < len(data) {
 		if len(data)-pos < 4 || le.Uint32(data[pos:]) == 0 {
+			if mode == scanFollow {
+				return pos, nil, nil // the end for now
+			}
 			// End of data: preallocated space is zero. Anything non-zero
 			// beyond is either the torn final batch or damage.
 			// Only a window after the end is read: a torn batch is at most
@@ -315,7 +375,7 @@ func scanSegment(data []byte, path string, last bool, fn func(rawRecord)) (end i
 		if off, why, fatal := checkRecords(payload, h.count); why != "" {
 			return bad(pos, pos+batchHeaderSize+off, why, fatal)
 		}
-		forEachRecord(payload, fn)
+		forEachRecord(payload, pos+batchHeaderSize, fn)
 		pos += batchHeaderSize + h.length
 	}
 	return pos, nil, nil

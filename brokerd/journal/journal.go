@@ -16,59 +16,43 @@
 package journal
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
-	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 
 	"github.com/sirupsen/logrus"
+
+	"handover/brokerd/store"
 )
 
-// Kind says what a Record means to replay. It is one byte on disk. Replay
-// refuses kinds it does not know instead of skipping them, so an older
-// broker never silently misreads a journal written by a newer one; new kinds
-// (e.g. producer dedup windows) can be added with new values.
-type Kind uint8
+// Record, Kind and Stats are the store contract's; the journal adds no
+// fields of its own.
+type (
+	// Record is one journal entry (store.Record).
+	Record = store.Record
+	// Kind says what a Record means (store.Kind). Replay refuses kinds it
+	// does not know instead of skipping them, so an older broker never
+	// silently misreads a journal written by a newer one.
+	Kind = store.Kind
+	// Stats is a snapshot of the journal's counters (store.Stats).
+	Stats = store.Stats
+)
 
+// The record kinds, as the store contract defines them.
 const (
-	// KindPut stores a message: ID, Queue and Data.
-	KindPut Kind = 1
-	// KindAck retires the Put with the same ID; Queue and Data are ignored.
-	KindAck Kind = 2
+	KindPut         = store.KindPut
+	KindAck         = store.KindAck
+	KindProducer    = store.KindProducer
+	KindProducerEnd = store.KindProducerEnd
 )
-
-// String names the kind for logs and errors.
-func (k Kind) String() string {
-	switch k {
-	case KindPut:
-		return "put"
-	case KindAck:
-		return "ack"
-	}
-	return "kind(" + strconv.Itoa(int(k)) + ")"
-}
-
-// Record is one journal entry.
-type Record struct {
-	Kind Kind
-	// ID is the message id, unique forever; an Ack names the Put's ID.
-	// A second Put of an ID that is still live replaces the first.
-	ID string
-	// Queue is the destination of a Put (empty for an Ack is fine).
-	Queue string
-	// Data is the opaque payload of a Put. The journal keeps a reference
-	// until the Append's done is called, so it must not be modified before.
-	Data []byte
-}
 
 // DefaultSegmentSize is the SegmentSize used when Options leaves it zero.
 const DefaultSegmentSize = 64 << 20
@@ -106,24 +90,17 @@ type Options struct {
 	buffered bool
 }
 
-// Stats is a snapshot of the journal's counters.
-type Stats struct {
-	Segments int    // segment files on disk, including the one being written
-	Bytes    int64  // bytes of journal data in those files (preallocated space excluded)
-	Live     int    // Puts not yet acknowledged
-	Syncs    uint64 // batches fsync'd since Open; Records/Syncs is the group-commit factor
-	Records  uint64 // records written since Open
-}
-
 var (
-	// ErrClosed is passed to done for an Append made after Close.
-	ErrClosed = errors.New("journal: closed")
+	// ErrClosed is passed to done for an Append made after Close. It
+	// wraps store.ErrClosed.
+	ErrClosed = fmt.Errorf("journal: %w", store.ErrClosed)
 	// ErrCorrupt is wrapped by Open's error when a segment holds damaged
 	// data that cannot be a torn final write, i.e. data that had been
 	// fsync'd is now unreadable. The message names the file and offset.
 	// Open refuses rather than skipping, because skipping could resurrect
 	// acknowledged messages or drop stored ones; an operator must decide.
-	ErrCorrupt = errors.New("journal: corrupt")
+	// It wraps store.ErrCorrupt, as does Read's error for a damaged body.
+	ErrCorrupt = fmt.Errorf("journal: %w", store.ErrCorrupt)
 	// ErrBroken is wrapped by every Append's error once a failed write could
 	// not be rolled back: the segment may end in garbage, so nothing more may
 	// be written after it. The cause is wrapped too. Reopening repairs it.
@@ -131,7 +108,8 @@ var (
 	// ErrInvalid is passed to done for an Append holding a record that could
 	// not be replayed faithfully (unknown kind, empty or oversized ID, ...).
 	// Nothing of such an Append is written; other Appends are unaffected.
-	ErrInvalid = errors.New("journal: invalid record")
+	// It wraps store.ErrInvalid.
+	ErrInvalid = fmt.Errorf("journal: %w", store.ErrInvalid)
 )
 
 // preallocMode says how a new segment's space is reserved. Preallocation
@@ -170,29 +148,12 @@ type hooks struct {
 	truncate  func(f *os.File, size int64) error
 }
 
-// request is one Append waiting for the writer.
+// request is one Append waiting for the writer. internal marks the
+// journal's own records (carried forward by compaction).
 type request struct {
-	recs []Record
-	done func(error)
-}
-
-// segment is the in-memory bookkeeping of one segment file.
-type segment struct {
-	seq  uint64
-	name string // base name, for logs and errors
-	size int64  // end of well-formed data, header included
-	live int    // Puts in this segment not yet acknowledged
-	// refs counts, per older segment, the Acks (and superseding Puts) in
-	// this segment that retired a Put stored there. While that older
-	// segment exists this one must be kept, or replay would see the old
-	// Put without its Ack and resurrect an acknowledged message.
-	refs map[uint64]int
-	// zeroed is true when the file's reserved space was written with
-	// zeros ahead of time (a spare), so fdatasync after a write into it
-	// flushes data only. A segment made on the spot (at Open) has
-	// fallocate's unwritten extents, and every fdatasync must also commit
-	// their conversion: measurably slower per receipt.
-	zeroed bool
+	recs     []Record
+	done     func(error)
+	internal bool
 }
 
 // Journal is an open journal. Its methods are safe for concurrent use.
@@ -222,59 +183,106 @@ type Journal struct {
 	closeErr error // set by the writer before exited is closed
 
 	// Owned by whoever set busy once Open has returned.
-	now        [1]request // AppendNow's batch
-	f          *os.File
-	direct     *direct // O_DIRECT path for f, nil when writes are buffered
-	tryDirect  bool    // open one for each new segment
-	active     *segment
-	segs       map[uint64]*segment
-	order      []uint64          // sequence numbers of segs, ascending
-	live       map[string]uint64 // live Put ID -> segment holding it
-	broken     error
-	buf        []byte
-	errs       []error
-	compactDue bool       // some segment may have become deletable
-	dirDirty   bool       // a removal has not been made durable yet
-	spare      chan spare // result of the background zero-fill, if started
+	now       [1]request // AppendNow's batch
+	f         *os.File
+	direct    *direct // O_DIRECT path for f, nil when writes are buffered
+	tryDirect bool    // open one for each new segment
+	active    *segment
+	st        *state
+	broken    error
+	buf       []byte
+	offs      []int // offset in buf of each record encoded, in order
+	errs      []error
+	dirDirty  bool       // a removal has not been made durable yet
+	spare     chan spare // result of the background zero-fill, if started
+	carrying  bool       // a batch of carried-forward records is pending
 
-	nSegments atomic.Int64
-	nBytes    atomic.Int64
-	nLive     atomic.Int64
-	nSyncs    atomic.Uint64
-	nRecords  atomic.Uint64
+	// rmu guards rfiles, the read-only descriptors Read uses, one per
+	// segment, opened on first use and closed when the segment is deleted.
+	rmu    sync.Mutex
+	rfiles map[uint64]*os.File
+
+	nSyncs   atomic.Uint64
+	nRecords atomic.Uint64
 }
 
 // Open replays every segment in opts.Dir and returns the journal, ready for
-// appends, with the live Puts (Puts without an Ack) in append order.
+// appends, with the live Puts in append order, their Data read back. It is
+// Follow then Promote for callers that want the records themselves (tests,
+// tools); brokerd keeps only an index and reads bodies as it delivers them.
 //
 // A damaged final batch of the last segment is what a crash mid-write leaves
 // behind; it is truncated away with a warning. Damage anywhere else fails
 // Open with an error wrapping ErrCorrupt. Writing always continues in a new
 // segment, so files written before Open are never appended to again.
 func Open(opts Options) (*Journal, []Record, error) {
-	if opts.Dir == "" {
-		return nil, nil, errors.New("journal: Options.Dir is empty")
+	sb, err := Follow(opts)
+	if err != nil {
+		return nil, nil, err
 	}
+	var idx orderIndex
+	j, err := sb.promoteJournal(store.Promotion{}, &idx)
+	if err != nil {
+		return nil, nil, err
+	}
+	slices.SortStableFunc(idx.order, func(a, b string) int { return cmp.Compare(idx.keys[a], idx.keys[b]) })
+	out := make([]Record, 0, len(idx.live))
+	for i, id := range idx.order {
+		q, ok := idx.live[id]
+		if !ok || (i > 0 && idx.order[i-1] == id) {
+			continue
+		}
+		data, err := j.Read(id)
+		if err != nil {
+			j.Close()
+			return nil, nil, err
+		}
+		out = append(out, Record{Kind: KindPut, ID: id, Queue: q, Data: data})
+	}
+	return j, out, nil
+}
+
+// orderIndex is the store.Index of Open: live ids in append order (a
+// moved id keeps its place).
+type orderIndex struct {
+	live  map[string]string
+	keys  map[string]uint64
+	order []string // may hold an id more than once; keys says where it is
+}
+
+func (x *orderIndex) Put(id, queue string, _ int, order uint64) {
+	if x.live == nil {
+		x.live = map[string]string{}
+		x.keys = map[string]uint64{}
+	}
+	if k, ok := x.keys[id]; ok && k == order {
+		return // moved
+	}
+	x.live[id] = queue
+	x.keys[id] = order
+	x.order = append(x.order, id)
+}
+
+func (x *orderIndex) Ack(id string) { delete(x.live, id) }
+
+func (x *orderIndex) Producer(string, uint64) {}
+
+// newJournal makes a Journal that is not yet writing (see start).
+func newJournal(opts Options, log *logrus.Entry) *Journal {
 	j := &Journal{
 		dir:       opts.Dir,
 		segSize:   opts.SegmentSize,
 		fence:     opts.Fence,
-		log:       opts.Log,
+		log:       log,
 		prealloc:  opts.prealloc,
 		earlyRoll: !opts.noEarlyRoll,
 		tryDirect: !opts.buffered && opts.hooks == nil,
 		exited:    make(chan struct{}),
-		segs:      make(map[uint64]*segment),
-		live:      make(map[string]uint64),
+		rfiles:    make(map[uint64]*os.File),
 	}
 	j.cond.L = &j.mu
 	if j.segSize <= 0 {
 		j.segSize = DefaultSegmentSize
-	}
-	if j.log == nil {
-		l := logrus.New()
-		l.Out = io.Discard
-		j.log = logrus.NewEntry(l)
 	}
 	if j.prealloc == preallocDefault {
 		j.prealloc = defaultPrealloc
@@ -305,54 +313,37 @@ func Open(opts Options) (*Journal, []Record, error) {
 			j.hooks.truncate = h.truncate
 		}
 	}
+	return j
+}
 
-	if err := j.makeDir(); err != nil {
-		return nil, nil, err
-	}
-	seqs, err := j.listSegments()
-	if err != nil {
-		return nil, nil, err
-	}
-	rp := &replay{recs: make(map[string]liveRecord)}
-	for i, seq := range seqs {
-		if err := j.replaySegment(seq, i == len(seqs)-1, rp); err != nil {
-			return nil, nil, err
-		}
-	}
+// start takes over the state a Standby built and starts writing in a new
+// segment after the last one.
+func (j *Journal) start(st *state) error {
+	j.st = st
 	next := uint64(1)
-	if len(seqs) > 0 {
-		next = seqs[len(seqs)-1] + 1
+	if n := len(st.order); n > 0 {
+		next = st.order[n-1] + 1
 	}
 	seg, f, err := j.createSegment(next)
 	if err != nil {
-		return nil, nil, fmt.Errorf("journal: %w", err)
+		return fmt.Errorf("journal: %w", err)
 	}
 	j.f, j.active = f, seg
-	j.addSegment(seg)
+	st.addSegment(seg)
 	j.startDirect()
 	// Compaction deletes files, which takes time a new master should spend
 	// serving: it runs after the first batch (or at Close).
-	j.compactDue = true
-
-	live := make([]liveRecord, 0, len(rp.recs))
-	for _, r := range rp.recs {
-		live = append(live, r)
-	}
-	sort.Slice(live, func(a, b int) bool { return live[a].n < live[b].n })
-	out := make([]Record, len(live))
-	for i, r := range live {
-		out[i] = r.rec
-	}
+	st.compactDue = true
 	j.log.WithFields(logrus.Fields{
-		"segment": seg.name, "segments": len(j.segs), "live": len(out),
+		"segment": seg.name, "segments": len(st.segs), "live": st.nLive.Load(),
 	}).Info("journal: opened")
 
 	j.trash = make(chan struct{}, 1)
 	j.trashDone = make(chan struct{})
 	go j.removeTrash()
-	j.trash <- struct{}{} // what listSegments set aside
+	j.trash <- struct{}{} // what setAsideLeftovers set aside
 	go j.run()
-	return j, out, nil
+	return nil
 }
 
 // trashSuffix marks files that replay ignores and the background remover
@@ -468,6 +459,7 @@ func (j *Journal) Close() error {
 	j.closeOnce.Do(func() {
 		close(j.trash)
 		<-j.trashDone
+		j.closeReaders()
 	})
 	return j.closeErr
 }
@@ -475,11 +467,12 @@ func (j *Journal) Close() error {
 // Stats returns the journal's counters. It is cheap and safe to call often.
 func (j *Journal) Stats() Stats {
 	return Stats{
-		Segments: int(j.nSegments.Load()),
-		Bytes:    j.nBytes.Load(),
-		Live:     int(j.nLive.Load()),
-		Syncs:    j.nSyncs.Load(),
-		Records:  j.nRecords.Load(),
+		Segments:  int(j.st.nSegments.Load()),
+		Bytes:     j.st.nBytes.Load(),
+		Live:      int(j.st.nLive.Load()),
+		LiveBytes: j.st.nLiveBytes.Load(),
+		Syncs:     j.nSyncs.Load(),
+		Records:   j.nRecords.Load(),
 	}
 }
 
@@ -542,13 +535,14 @@ func (j *Journal) closeSegment() error {
 func (j *Journal) process(work []request) {
 	for len(work) > 0 {
 		j.buf = append(j.buf[:0], make([]byte, batchHeaderSize)...)
+		j.offs = j.offs[:0]
 		j.errs = j.errs[:0]
 		n, count := 0, 0
 		for n < len(work) && (n == 0 || len(j.buf) < maxBatchBytes) {
-			mark := len(j.buf)
-			err := j.encode(work[n].recs)
+			mark, marko := len(j.buf), len(j.offs)
+			err := j.encode(&work[n])
 			if err != nil {
-				j.buf = j.buf[:mark]
+				j.buf, j.offs = j.buf[:mark], j.offs[:marko]
 			} else {
 				count += len(work[n].recs)
 			}
@@ -564,19 +558,22 @@ func (j *Journal) process(work []request) {
 }
 
 // encode validates and appends the records of one Append to j.buf.
-func (j *Journal) encode(recs []Record) error {
+func (j *Journal) encode(req *request) error {
 	size := 0
-	for i := range recs {
-		if err := validate(&recs[i]); err != nil {
-			return err
+	for i := range req.recs {
+		if !req.internal {
+			if err := validate(&req.recs[i]); err != nil {
+				return err
+			}
 		}
-		size += encodedLen(&recs[i])
+		size += encodedLen(&req.recs[i])
 	}
 	if size > maxAppendBytes {
 		return fmt.Errorf("%w: one Append of %d bytes, max %d", ErrInvalid, size, maxAppendBytes)
 	}
-	for i := range recs {
-		j.buf = appendRecord(j.buf, &recs[i])
+	for i := range req.recs {
+		j.offs = append(j.offs, len(j.buf))
+		j.buf = appendRecord(j.buf, &req.recs[i])
 	}
 	return nil
 }
@@ -584,13 +581,21 @@ func (j *Journal) encode(recs []Record) error {
 // commit writes the encoded batch, updates the live set and calls the dones.
 func (j *Journal) commit(reqs []request, count int) {
 	var batchErr error
+	var off int64
 	if count > 0 {
-		batchErr = j.writeBatch(count)
+		off, batchErr = j.writeBatch(count)
 	}
 	if batchErr == nil {
+		k := 0
 		for i := range reqs {
-			if j.errs[i] == nil {
-				j.apply(reqs[i].recs)
+			if j.errs[i] != nil {
+				continue
+			}
+			for r := range reqs[i].recs {
+				rec := &reqs[i].recs[r]
+				l := loc{seg: j.active.seq, off: uint32(off + int64(j.offs[k])), n: uint32(encodedLen(rec))}
+				j.st.applyWritten(rec, l)
+				k++
 			}
 		}
 	}
@@ -601,7 +606,10 @@ func (j *Journal) commit(reqs []request, count int) {
 		}
 		reqs[i].done(err)
 	}
-	if j.compactDue {
+	if !j.carrying && j.st.nBytes.Load() > 2*j.st.nLiveBytes.Load()+2*j.segSize {
+		j.st.compactDue = true
+	}
+	if j.st.compactDue {
 		j.compact()
 	}
 }
@@ -610,19 +618,19 @@ func (j *Journal) commit(reqs []request, count int) {
 // segment is cut back to where the batch started, so the file stays
 // well-formed and later batches can follow; if even that fails the journal
 // is broken.
-func (j *Journal) writeBatch(count int) error {
+func (j *Journal) writeBatch(count int) (int64, error) {
 	if j.broken != nil {
-		return j.broken
+		return 0, j.broken
 	}
 	if j.fence != nil {
 		if err := j.fence(); err != nil {
-			return fmt.Errorf("journal: fence refused batch of %d records: %w", count, err)
+			return 0, fmt.Errorf("journal: fence refused batch of %d records: %w: %w", count, store.ErrFenced, err)
 		}
 	}
 	full := j.active.size > segHeaderSize && j.active.size+int64(len(j.buf)) > j.segSize
 	if full || j.spareReady() {
 		if err := j.roll(); err != nil {
-			return fmt.Errorf("journal: batch of %d records not written: %w", count, err)
+			return 0, fmt.Errorf("journal: batch of %d records not written: %w", count, err)
 		}
 	}
 	seg, off := j.active, j.active.size
@@ -638,16 +646,16 @@ func (j *Journal) writeBatch(count int) error {
 				ErrBroken, seg.name, off, err, rerr)
 			j.log.WithFields(fields).WithError(rerr).Error("journal: broken, no further writes")
 		}
-		return werr
+		return 0, werr
 	}
 	seg.size += int64(len(j.buf))
-	j.nBytes.Add(int64(len(j.buf)))
+	j.st.nBytes.Add(int64(len(j.buf)))
 	if j.prealloc == preallocZero && j.spare == nil && (seg.size > j.segSize/2 || !seg.zeroed) {
 		j.startSpare(seg.seq + 1)
 	}
 	j.nSyncs.Add(1)
 	j.nRecords.Add(uint64(count))
-	return nil
+	return off, nil
 }
 
 // writeSync writes b at off in the active segment and makes it durable,
@@ -727,75 +735,30 @@ func (j *Journal) undo(off int64) error {
 	return nil
 }
 
-// apply updates the live set for records that are now durable in j.active.
-func (j *Journal) apply(recs []Record) {
-	for i := range recs {
-		switch recs[i].Kind {
-		case KindPut:
-			j.applyPut(j.active, recs[i].ID)
-		case KindAck:
-			j.applyAck(j.active, recs[i].ID)
-		}
-	}
-}
-
-// applyPut records that seg holds a live Put of id.
-func (j *Journal) applyPut(seg *segment, id string) {
-	if !j.retire(seg, id) {
-		j.nLive.Add(1)
-	}
-	j.live[id] = seg.seq
-	seg.live++
-}
-
-// applyAck records that seg holds an Ack of id; it reports whether id was live.
-func (j *Journal) applyAck(seg *segment, id string) bool {
-	if !j.retire(seg, id) {
-		return false // unknown or already acknowledged: nothing to do
-	}
-	delete(j.live, id)
-	j.nLive.Add(-1)
-	return true
-}
-
-// retire marks the live Put of id, if any, as no longer needed because of a
-// record in seg, and remembers the cross-segment dependency.
-func (j *Journal) retire(seg *segment, id string) bool {
-	old, ok := j.live[id]
-	if !ok {
-		return false
-	}
-	s := j.segs[old]
-	s.live--
-	if old != seg.seq {
-		seg.refs[old]++
-	}
-	if s.live == 0 && s != j.active {
-		j.compactDue = true
-	}
-	return true
-}
-
 // compact deletes every segment that replay no longer needs: not the one
-// being written, no live Puts, and no Ack retiring a Put of an older segment
-// that still exists. Segments are visited oldest first, so deleting one can
-// free newer segments that only depended on it in the same pass. Each
-// removal is made durable (directory fsync) before the next, because a
-// dependent segment must never outlive, on disk, the segment it depends on.
+// being written, nothing live, and nothing retiring a record of an older
+// segment that still exists. Segments are visited oldest first, so
+// deleting one can free newer segments that only depended on it in the
+// same pass. Each removal is made durable (directory fsync) before the
+// next, because a dependent segment must never outlive, on disk, the
+// segment it depends on. Then, if the files hold more than twice the live
+// data plus two segments, it carries the oldest segment's live records
+// forward (see carry).
 func (j *Journal) compact() {
-	j.compactDue = false
+	st := j.st
+	st.compactDue = false
 	if j.dirDirty {
 		if err := syncDir(j.dir); err != nil {
 			j.log.WithError(err).Warn("journal: fsync directory failed, compaction postponed")
-			j.compactDue = true
+			st.compactDue = true
 			return
 		}
 		j.dirDirty = false
 	}
-	kept := j.order[:0]
+	kept := st.order[:0]
 	stop := false
-	for _, seq := range j.order {
-		s := j.segs[seq]
+	for _, seq := range st.order {
+		s := st.segs[seq]
 		if stop || s == j.active || s.live > 0 || j.dependsOnExisting(s) {
 			kept = append(kept, seq)
 			continue
@@ -804,28 +767,32 @@ func (j *Journal) compact() {
 		if err := os.Rename(path, path+trashSuffix); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			j.log.WithField("segment", s.name).WithError(err).Warn("journal: cannot delete segment")
 			kept = append(kept, seq)
-			stop, j.compactDue = true, true
+			stop, st.compactDue = true, true
 			continue
 		}
-		delete(j.segs, seq)
-		j.nSegments.Add(-1)
-		j.nBytes.Add(-s.size)
+		delete(st.segs, seq)
+		j.closeReader(seq)
+		st.nSegments.Add(-1)
+		st.nBytes.Add(-s.size)
 		j.log.WithFields(logrus.Fields{"segment": s.name, "bytes": s.size}).Info("journal: deleted segment")
 		if err := syncDir(j.dir); err != nil {
 			j.log.WithError(err).Warn("journal: fsync directory failed, compaction postponed")
-			stop, j.dirDirty, j.compactDue = true, true, true
+			stop, j.dirDirty, st.compactDue = true, true, true
 		}
 	}
-	clear(j.order[len(kept):])
-	j.order = kept
+	clear(st.order[len(kept):])
+	st.order = kept
 	j.signalTrash()
+	if !stop && !j.carrying && st.nBytes.Load() > 2*st.nLiveBytes.Load()+2*j.segSize {
+		j.carry()
+	}
 }
 
-// dependsOnExisting reports whether s retired Puts of a segment that still
-// exists, forgetting dependencies on segments that are gone.
+// dependsOnExisting reports whether s retired records of a segment that
+// still exists, forgetting dependencies on segments that are gone.
 func (j *Journal) dependsOnExisting(s *segment) bool {
 	for seq := range s.refs {
-		if _, ok := j.segs[seq]; ok {
+		if _, ok := j.st.segs[seq]; ok {
 			return true
 		}
 		delete(s.refs, seq)
@@ -843,22 +810,15 @@ func (j *Journal) roll() error {
 	j.stopDirect()
 	old, oldSeg := j.f, j.active
 	j.f, j.active = f, seg
-	j.addSegment(seg)
+	j.st.addSegment(seg)
 	j.startDirect()
 	if err := old.Close(); err != nil {
 		j.log.WithField("segment", oldSeg.name).WithError(err).Warn("journal: close segment")
 	}
 	j.log.WithFields(logrus.Fields{"segment": seg.name, "previous": oldSeg.name, "bytes": oldSeg.size}).
 		Info("journal: rolled to new segment")
-	j.compactDue = true
+	j.st.compactDue = true
 	return nil
-}
-
-func (j *Journal) addSegment(s *segment) {
-	j.segs[s.seq] = s
-	j.order = append(j.order, s.seq)
-	j.nSegments.Add(1)
-	j.nBytes.Add(s.size)
 }
 
 // makeDir creates the journal directory, durably, if it does not exist.
@@ -875,120 +835,23 @@ func (j *Journal) makeDir() error {
 	return nil
 }
 
-// listSegments returns the sequence numbers of the segment files, ascending,
-// and removes temporaries left by a crash during createSegment.
-func (j *Journal) listSegments() ([]uint64, error) {
+// setAsideLeftovers renames temporaries left by a writer that died during
+// createSegment (or while preparing a spare) to trash. Renaming is
+// instant; unlinking a 64 MiB file is not, and this runs before a new
+// master may serve.
+func (j *Journal) setAsideLeftovers() error {
 	ents, err := os.ReadDir(j.dir)
 	if err != nil {
-		return nil, fmt.Errorf("journal: %w", err)
+		return fmt.Errorf("journal: %w", err)
 	}
-	var seqs []uint64
 	for _, e := range ents {
 		name := e.Name()
 		if strings.HasSuffix(name, ".log.tmp") {
-			// A spare or a segment being created when the last owner
-			// died. Renaming is instant; unlinking a 64 MiB file is not,
-			// and this runs before a new master may serve.
 			if err := os.Rename(filepath.Join(j.dir, name), filepath.Join(j.dir, name+trashSuffix)); err != nil {
-				return nil, fmt.Errorf("journal: set aside leftover %s: %w", name, err)
+				return fmt.Errorf("journal: set aside leftover %s: %w", name, err)
 			}
 			j.log.WithField("segment", name).Info("journal: set aside unfinished segment file")
-			continue
 		}
-		if strings.HasSuffix(name, trashSuffix) {
-			continue
-		}
-		stem, ok := strings.CutSuffix(name, ".log")
-		if !ok || stem == "" || strings.Trim(stem, "0123456789") != "" {
-			continue
-		}
-		seq, err := strconv.ParseUint(stem, 10, 64)
-		if err != nil || seq == 0 {
-			continue
-		}
-		seqs = append(seqs, seq)
-	}
-	slices.Sort(seqs)
-	return seqs, nil
-}
-
-// liveRecord is a live Put found during replay, with its position.
-type liveRecord struct {
-	n   uint64
-	rec Record
-}
-
-// replay is the state carried across segments during Open.
-type replay struct {
-	recs map[string]liveRecord
-	n    uint64
-}
-
-// replaySegment reads one segment, applies its records and repairs a torn
-// tail if it is the last segment.
-func (j *Journal) replaySegment(seq uint64, last bool, rp *replay) error {
-	name := segName(seq)
-	path := filepath.Join(j.dir, name)
-	data, unmap, err := mapSegment(path)
-	if err != nil {
-		return fmt.Errorf("journal: read segment: %w", err)
-	}
-	defer unmap()
-	if err := checkSegHeader(data, seq); err != nil {
-		return fmt.Errorf("%w: segment %s offset 0: %v", ErrCorrupt, path, err)
-	}
-	seg := &segment{seq: seq, name: name, refs: make(map[uint64]int)}
-	j.addSegment(seg)
-	end, t, err := scanSegment(data, path, last, func(r rawRecord) {
-		switch r.kind {
-		case KindPut:
-			id := string(r.id)
-			j.applyPut(seg, id)
-			rp.n++
-			rp.recs[id] = liveRecord{n: rp.n, rec: Record{
-				Kind:  KindPut,
-				ID:    id,
-				Queue: string(r.queue),
-				Data:  append([]byte(nil), r.data...), // do not pin the segment buffer
-			}}
-		case KindAck:
-			if j.applyAck(seg, string(r.id)) {
-				delete(rp.recs, string(r.id))
-			}
-		}
-	})
-	if err != nil {
-		return err
-	}
-	seg.size = int64(end)
-	j.nBytes.Add(seg.size)
-	if t == nil {
-		// Clean: the data ends where the zeros of preallocated space (if
-		// any) begin. Those zeros stay: replay reads them as the end, and
-		// cutting them would cost the new master a truncate and an fsync
-		// before it serves. Compaction deletes the file in time.
-		return nil
-	}
-	if t != nil {
-		j.log.WithFields(logrus.Fields{
-			"segment": name, "offset": t.offset, "truncate_at": end, "dropped_bytes": len(data) - end,
-		}).Warnf("journal: torn write at tail of last segment, truncating: %s", t.reason)
-	}
-	// Cut off the torn batch, or the unused preallocated zeros: this file
-	// will never be written again, and from now on it is not the last one.
-	f, err := os.OpenFile(path, os.O_WRONLY, 0)
-	if err != nil {
-		return fmt.Errorf("journal: repair segment: %w", err)
-	}
-	err = f.Truncate(int64(end))
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("journal: truncate segment %s to offset %d: %w", path, end, err)
 	}
 	return nil
 }

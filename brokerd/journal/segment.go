@@ -108,7 +108,9 @@ func (j *Journal) createSegment(seq uint64) (*segment, *os.File, error) {
 		os.Remove(path)
 		return nil, nil, fmt.Errorf("install segment %s: fsync directory: %w", path, err)
 	}
-	return &segment{seq: seq, name: name, size: segHeaderSize, refs: make(map[uint64]int), zeroed: zeroed}, f, nil
+	seg := newSegment(seq, segHeaderSize)
+	seg.zeroed = zeroed
+	return seg, f, nil
 }
 
 // newSegmentFile writes the temporary file for segment seq: header, reserved

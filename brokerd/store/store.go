@@ -81,10 +81,14 @@ type Record struct {
 // Standby reads it. Its methods are called from the goroutine that called
 // CatchUp or Promote, one at a time.
 type Index interface {
-	// Put says message id, of size bytes, is live in queue. A Put of an id
-	// that is already live means the store moved its body (compaction): the
-	// message keeps its place in its queue.
-	Put(id, queue string, size int)
+	// Put says message id, of size bytes, is live in queue. order is the
+	// message's place in the store's append order: Puts normally arrive in
+	// increasing order, but one whose body the store moved (compaction) may
+	// come late with its original, lower order, and belongs at that place
+	// in its queue. A Put of an id that is already live with the same order
+	// is such a move, and changes nothing; with another order, it replaces
+	// the message at the new place.
+	Put(id, queue string, size int, order uint64)
 	// Ack says message id is no longer live. It may name an id the index
 	// never saw (a message put and acknowledged before a segment the
 	// standby had not read yet was compacted away); that is a no-op.

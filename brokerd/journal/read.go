@@ -1,0 +1,194 @@
+package journal
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+
+	"github.com/sirupsen/logrus"
+
+	"handover/brokerd/store"
+)
+
+// Read returns the Data of the live Put id, read back from its segment and
+// checked against its CRC: memory holds where each live message is, not
+// its body. It is safe to call from any goroutine, alongside appends.
+func (j *Journal) Read(id string) ([]byte, error) {
+	// A record may move (carried forward) and its old segment be deleted
+	// between the look-up and the read; the second look finds it moved.
+	for attempt := 0; ; attempt++ {
+		l, ok := j.st.lookup(id)
+		if !ok {
+			return nil, fmt.Errorf("journal: read %q: %w", id, store.ErrNotFound)
+		}
+		data, err := j.readAt(id, l)
+		if err == nil {
+			return data, nil
+		}
+		if attempt == 0 && errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		return nil, err
+	}
+}
+
+// readAt reads and checks the record of id at l.
+func (j *Journal) readAt(id string, l loc) ([]byte, error) {
+	f, err := j.reader(l.seg)
+	if err != nil {
+		return nil, err
+	}
+	buf := make([]byte, l.n)
+	path := filepath.Join(j.dir, segName(l.seg))
+	if _, err := f.ReadAt(buf, int64(l.off)); err != nil {
+		// Past the end of its file: the index and the file disagree.
+		return nil, fmt.Errorf("%w: segment %s offset %d: reading %d-byte record of %q: %v", ErrCorrupt, path, l.off, l.n, id, err)
+	}
+	if int(le.Uint32(buf)) != len(buf)-recHeaderSize {
+		return nil, fmt.Errorf("%w: segment %s offset %d: record length %d, index says %d", ErrCorrupt, path, l.off, le.Uint32(buf), len(buf)-recHeaderSize)
+	}
+	r, why := checkRecord(buf)
+	if why == "" && string(r.id) != id {
+		why = fmt.Sprintf("record holds id %q", r.id)
+	}
+	if why != "" {
+		return nil, fmt.Errorf("%w: segment %s offset %d: reading %q: %s", ErrCorrupt, path, l.off, id, why)
+	}
+	if r.kind == kindMove {
+		return r.data[moveKeyLen:], nil
+	}
+	return r.data, nil
+}
+
+// reader returns the read-only descriptor of segment seq, opening it once.
+func (j *Journal) reader(seq uint64) (*os.File, error) {
+	j.rmu.Lock()
+	defer j.rmu.Unlock()
+	if f := j.rfiles[seq]; f != nil {
+		return f, nil
+	}
+	if j.rfiles == nil {
+		return nil, ErrClosed
+	}
+	f, err := os.Open(filepath.Join(j.dir, segName(seq)))
+	if err != nil {
+		return nil, err
+	}
+	j.rfiles[seq] = f
+	return f, nil
+}
+
+// closeReader closes segment seq's read descriptor, once it is deleted.
+func (j *Journal) closeReader(seq uint64) {
+	j.rmu.Lock()
+	f := j.rfiles[seq]
+	delete(j.rfiles, seq)
+	j.rmu.Unlock()
+	if f != nil {
+		f.Close()
+	}
+}
+
+// closeReaders closes every read descriptor (at Close).
+func (j *Journal) closeReaders() {
+	j.rmu.Lock()
+	fs := j.rfiles
+	j.rfiles = nil
+	j.rmu.Unlock()
+	for _, f := range fs {
+		f.Close()
+	}
+}
+
+// carryBytes bounds the records carried forward in one go, so that
+// producers' batches are never held up behind a large copy.
+const carryBytes = 1 << 20
+
+// carry copies live records out of the oldest segment into the one being
+// written, as kindMove records, so that one old unacknowledged message
+// cannot pin a segment (and every segment after it that retired records
+// there) on disk: disk use stays within about twice the live data plus two
+// segments whatever the pattern of acknowledgements. It runs on the writer
+// and queues the moves as the journal's own Append; the segment empties
+// once they are applied, and compaction deletes it.
+func (j *Journal) carry() {
+	// Only a segment that is mostly retired records is worth copying out
+	// of: the copies are live records, so they are never a candidate
+	// themselves until acknowledgements make them so, and carrying cannot
+	// feed on itself.
+	var seg *segment
+	for _, seq := range j.st.order {
+		if s := j.st.segs[seq]; s != j.active && s.live > 0 && 2*s.liveBytes < s.recBytes {
+			seg = s
+			break
+		}
+	}
+	if seg == nil {
+		return
+	}
+	path := filepath.Join(j.dir, seg.name)
+	data, unmap, err := mapSegment(path)
+	if err != nil {
+		j.log.WithError(err).WithField("segment", seg.name).Warn("journal: cannot read segment to carry its live records forward")
+		return
+	}
+	defer unmap()
+	var moves []Record
+	size := 0
+	from := max(seg.carried, segHeaderSize)
+	end, _, err := scanSegment(data[:seg.size], int(from), path, scanFinal, func(r rawRecord, off int) {
+		if size >= carryBytes {
+			return
+		}
+		seg.carried = int64(off + r.n)
+		var cur loc
+		var ok bool
+		var data []byte
+		kind := r.kind
+		switch r.kind {
+		case store.KindPut:
+			kind = kindMove
+			cur, ok = j.st.lookup(string(r.id))
+			data = le.AppendUint64(make([]byte, 0, moveKeyLen+len(r.data)), loc{seg: seg.seq, off: uint32(off)}.order())
+			data = append(data, r.data...)
+		case kindMove:
+			cur, ok = j.st.lookup(string(r.id))
+			data = append([]byte(nil), r.data...)
+		case store.KindProducer:
+			cur, ok = j.st.producers[string(r.id)]
+			data = append([]byte(nil), r.data...)
+		}
+		if !ok || cur.seg != seg.seq || cur.off != uint32(off) {
+			return // retired, or carried already
+		}
+		moves = append(moves, Record{Kind: kind, ID: string(r.id), Queue: string(r.queue), Data: data})
+		size += r.n
+	})
+	if err != nil {
+		j.log.WithError(err).WithField("segment", seg.name).Error("journal: cannot carry live records forward")
+		return
+	}
+	if size < carryBytes {
+		seg.carried = int64(end)
+	}
+	if len(moves) == 0 {
+		return
+	}
+	j.log.WithFields(logrus.Fields{"segment": seg.name, "records": len(moves), "bytes": size}).Debug("journal: carrying live records forward")
+	// The moves go ahead of everything queued: they copy records live as
+	// of now, and an Ack queued meanwhile must land after its move, or
+	// replay would bring the message back.
+	j.carrying = true
+	j.mu.Lock()
+	j.pending = slices.Insert(j.pending, 0, request{recs: moves, internal: true, done: func(err error) {
+		j.carrying = false // on the writer, like carry
+		if err != nil {
+			j.log.WithError(err).Warn("journal: carrying live records forward failed")
+		}
+		j.st.compactDue = true
+	}})
+	j.mu.Unlock()
+}
