@@ -10,8 +10,8 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"handover/brokerd"
-	"handover/brokerd/journal"
 	"handover/brokerd/pgstore"
+	"handover/brokerd/store"
 	"handover/internal/pgtest"
 	"handover/lockstore"
 	"handover/stompclient"
@@ -73,7 +73,7 @@ func sendReceipts(b *testing.B, s *brokerd.Server, conns int) {
 func startPGBroker(b *testing.B, srv *pgtest.Server) *brokerd.Server {
 	b.Helper()
 	ctx := context.Background()
-	if _, err := srv.Conn().Exec(ctx, "DROP TABLE IF EXISTS handover_messages, handover_schema_version; DROP FUNCTION IF EXISTS handover_fence"); err != nil {
+	if _, err := srv.Conn().Exec(ctx, "DROP TABLE IF EXISTS handover_messages, handover_acks, handover_ack_trim, handover_producers, handover_schema_version; DROP FUNCTION IF EXISTS handover_fence"); err != nil {
 		b.Fatal(err)
 	}
 	quiet := logrus.New()
@@ -87,14 +87,14 @@ func startPGBroker(b *testing.B, srv *pgtest.Server) *brokerd.Server {
 	o.Listen, o.Admin, o.Data = "127.0.0.1:0", "127.0.0.1:0", b.TempDir()
 	o.Locker = locker
 	o.StoreName = locker.String()
-	o.Store = func(lease lockstore.Lease, log *logrus.Entry) (brokerd.Store, []journal.Record, error) {
+	o.Store = func(log *logrus.Entry) (store.Standby, error) {
 		octx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()
-		st, live, err := pgstore.Open(octx, pgstore.Options{DSN: srv.DSN(), Epoch: lease.Epoch(), Log: log})
+		sb, err := pgstore.Follow(octx, pgstore.Options{DSN: srv.DSN(), Log: log})
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
-		return st, live, nil
+		return sb, nil
 	}
 	s, err := brokerd.New(o)
 	if err != nil {

@@ -23,16 +23,24 @@ type Status struct {
 	Queues      []queueStats `json:"queues"`
 	Topics      []queueStats `json:"topics"`
 	Journal     *JournalStat `json:"journal,omitempty"`
-	Version     string       `json:"version"`
+	// Memory is the memory budget for message bodies.
+	Memory memoryStatus `json:"memory"`
+	// Standby is a slave's view of the store it follows (nil on a master).
+	Standby *standbyStatus `json:"standby,omitempty"`
+	// Damaged lists the latest stored messages whose body could not be
+	// read back, with the file and offset in the error.
+	Damaged []damageReport `json:"damaged,omitempty"`
+	Version string         `json:"version"`
 }
 
 // JournalStat is the journal part of Status.
 type JournalStat struct {
-	Segments int    `json:"segments"`
-	Bytes    int64  `json:"bytes"`
-	Live     int    `json:"live"`
-	Syncs    uint64 `json:"syncs"`
-	Records  uint64 `json:"records"`
+	Segments  int    `json:"segments"`
+	Bytes     int64  `json:"bytes"`
+	Live      int    `json:"live"`
+	LiveBytes int64  `json:"live_bytes"`
+	Syncs     uint64 `json:"syncs"`
+	Records   uint64 `json:"records"`
 }
 
 // Status returns a snapshot of the server's state.
@@ -65,7 +73,7 @@ func (s *Server) Status() Status {
 	for _, t := range s.topics {
 		ts = append(ts, t)
 	}
-	j := s.journal
+	j := s.st
 	s.destMu.Unlock()
 	for _, q := range qs {
 		st.Queues = append(st.Queues, q.stats())
@@ -77,8 +85,21 @@ func (s *Server) Status() Status {
 	sort.Slice(st.Topics, func(a, b int) bool { return st.Topics[a].Name < st.Topics[b].Name })
 	if j != nil {
 		js := j.Stats()
-		st.Journal = &JournalStat{Segments: js.Segments, Bytes: js.Bytes, Live: js.Live, Syncs: js.Syncs, Records: js.Records}
+		st.Journal = &JournalStat{Segments: js.Segments, Bytes: js.Bytes, Live: js.Live, LiveBytes: js.LiveBytes, Syncs: js.Syncs, Records: js.Records}
 	}
+	st.Memory = s.mem.status()
+	if st.Role == RoleSlave {
+		s.sbMu.Lock()
+		sb := s.standby
+		s.sbMu.Unlock()
+		if !sb.LastCatchUp.IsZero() {
+			sb.AgeSeconds = time.Since(sb.LastCatchUp).Seconds()
+		}
+		st.Standby = &sb
+	}
+	s.dmgMu.Lock()
+	st.Damaged = append([]damageReport(nil), s.damage...)
+	s.dmgMu.Unlock()
 	return st
 }
 

@@ -14,10 +14,9 @@ import (
 
 	"github.com/sirupsen/logrus"
 
-	"handover/brokerd/journal"
+	"handover/brokerd/store"
 	"handover/frame"
 	"handover/internal/testutil"
-	"handover/lockstore"
 	"handover/stompclient"
 )
 
@@ -369,24 +368,32 @@ func readAll(resp *http.Response) string {
 // failingStore refuses every write, as a full disk does.
 type failingStore struct{}
 
-func (failingStore) Append(recs []journal.Record, done func(error)) {
+func (failingStore) Append(recs []store.Record, done func(error)) {
 	if len(recs) == 0 {
 		done(nil)
 		return
 	}
 	done(errors.New("write /data/journal/00000001.log: no space left on device"))
 }
-func (failingStore) Close() error         { return nil }
-func (failingStore) Stats() journal.Stats { return journal.Stats{} }
+func (failingStore) Close() error                   { return nil }
+func (failingStore) Stats() store.Stats             { return store.Stats{} }
+func (failingStore) Read(id string) ([]byte, error) { return nil, store.ErrNotFound }
+
+// failingStandby promotes to a failingStore.
+type failingStandby struct{}
+
+func (failingStandby) CatchUp(store.Index) (store.Progress, error) { return store.Progress{}, nil }
+func (failingStandby) Promote(store.Promotion, store.Index) (store.Store, error) {
+	return failingStore{}, nil
+}
+func (failingStandby) Close() error { return nil }
 
 // TestStoreFailure: when the store cannot persist (a full disk), the
 // producer gets an ERROR instead of a RECEIPT, the message is not delivered
 // (it was never accepted), and other clients keep working.
 func TestStoreFailure(t *testing.T) {
 	s := startServer(t, t.TempDir(), func(o *Options) {
-		o.Store = func(lockstore.Lease, *logrus.Entry) (Store, []journal.Record, error) {
-			return failingStore{}, nil, nil
-		}
+		o.Store = func(*logrus.Entry) (store.Standby, error) { return failingStandby{}, nil }
 	})
 	s.waitReady(t)
 	c := dial(t, s.Addr())

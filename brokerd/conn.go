@@ -14,7 +14,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
-	"handover/brokerd/journal"
+	"handover/brokerd/store"
 	"handover/frame"
 	"handover/internal/rawsock"
 )
@@ -86,11 +86,12 @@ type outFrame struct {
 	onWritten  func()
 	closeAfter bool
 	reason     string
+	mem        int64 // bytes pinned in the budget until written or dropped
 }
 
 // step is one client frame's effect: records to make durable, then apply.
 type step struct {
-	recs  []journal.Record
+	recs  []store.Record
 	apply func(error)
 	done  bool
 	err   error
@@ -264,6 +265,9 @@ func (c *conn) handle(f *frame.Frame) bool {
 	}
 	switch f.Command {
 	case frame.SEND, frame.ACK, frame.NACK:
+		if f.Command == frame.SEND && !c.flowControl(f) {
+			return false
+		}
 		recs, apply, err := c.prepare(f)
 		if err == errDuplicate {
 			c.duplicate(f)
@@ -311,6 +315,29 @@ func (c *conn) handle(f *frame.Frame) bool {
 	return true
 }
 
+// flowControl holds a SEND whose body would be pinned in memory (a
+// non-persistent or topic message) while the memory budget is spent, as
+// ActiveMQ's producer flow control does: the producer's socket is not read
+// meanwhile, so TCP slows it down. A SEND still held after
+// FlowControlTimeout is refused with an ERROR (it has no receipt, so the
+// producer knows it was not taken). Persistent queue messages never wait:
+// their bodies go to the store, not to memory.
+func (c *conn) flowControl(f *frame.Frame) bool {
+	mem := c.s.mem
+	if !mem.full() {
+		return true
+	}
+	if isQueue, _ := splitDestination(f.Value("destination")); isQueue && f.Value("persistent") == "true" {
+		return true
+	}
+	ok := mem.wait(c.s.opts.FlowControlTimeout.D(), c.closed, c.s.stopping)
+	if !ok {
+		c.log.WithField("max_memory", mem.limit).Warn("producer flow control: memory still full after flow_control_timeout; refusing the SEND")
+		c.protocolError(f, "the broker's memory for messages is full (max_memory); this message was not accepted: retry later", nil)
+	}
+	return ok
+}
+
 // errDuplicate marks a stamped SEND whose sequence was already accepted.
 var errDuplicate = errors.New("duplicate SEND")
 
@@ -350,7 +377,7 @@ func (c *conn) applied(f *frame.Frame, apply func(), err error) bool {
 // needs and the in-memory effect to apply once they are durable. Effects on
 // deliveries (ACK, NACK) happen here, at once, so the freed prefetch slot is
 // refilled without waiting for the disk; only the RECEIPT waits.
-func (c *conn) prepare(f *frame.Frame) ([]journal.Record, func(), error) {
+func (c *conn) prepare(f *frame.Frame) ([]store.Record, func(), error) {
 	switch f.Command {
 	case frame.SEND:
 		m, err := c.s.newMessage(f)
@@ -358,7 +385,7 @@ func (c *conn) prepare(f *frame.Frame) ([]journal.Record, func(), error) {
 			return nil, nil, err
 		}
 		st, stamped := stampOf(f)
-		var recs []journal.Record
+		var recs []store.Record
 		if stamped {
 			fresh, evicted := c.s.dedup.accept(st)
 			if !fresh {
@@ -403,10 +430,10 @@ func (c *conn) prepare(f *frame.Frame) ([]journal.Record, func(), error) {
 		if err != nil {
 			return nil, nil, err
 		}
-		var recs []journal.Record
+		var recs []store.Record
 		for _, m := range acked {
 			if m.persistent {
-				recs = append(recs, journal.Record{Kind: journal.KindAck, ID: m.id, Queue: m.dest})
+				recs = append(recs, store.Record{Kind: store.KindAck, ID: m.id, Queue: m.dest})
 			}
 		}
 		return recs, nil, nil
@@ -518,7 +545,7 @@ func (c *conn) transaction(f *frame.Frame) bool {
 		c.submit(nil, func(error) { c.receipt(f) })
 		return true
 	}
-	var recs []journal.Record
+	var recs []store.Record
 	var applies []func()
 	for _, tf := range frames {
 		r, apply, err := c.prepare(tf)
@@ -547,7 +574,7 @@ func (c *conn) transaction(f *frame.Frame) bool {
 }
 
 // submit queues a step behind this connection's earlier steps; see conn.
-func (c *conn) submit(recs []journal.Record, apply func(error)) {
+func (c *conn) submit(recs []store.Record, apply func(error)) {
 	st := &step{recs: recs, apply: apply}
 	c.pmu.Lock()
 	if len(c.steps) == 0 && len(recs) == 0 && !c.draining {
@@ -562,13 +589,7 @@ func (c *conn) submit(recs []journal.Record, apply func(error)) {
 		c.complete(st, nil)
 		return
 	}
-	c.s.journal.Append(recs, func(err error) { c.complete(st, err) })
-}
-
-// nowAppender is a Store that can commit on the caller's goroutine when it
-// is idle (journal.Journal.AppendNow).
-type nowAppender interface {
-	AppendNow(recs []journal.Record, done func(error))
+	c.s.st.Append(recs, func(err error) { c.complete(st, err) })
 }
 
 // submitFrame is submit for f's records. When the client waits for f's
@@ -577,8 +598,8 @@ type nowAppender interface {
 // is idle: a producer that waits for each receipt is then spared two
 // goroutine hand-offs per message. With more input buffered the frames are
 // queued instead, so that they share one commit.
-func (c *conn) submitFrame(f *frame.Frame, recs []journal.Record, apply func(error)) {
-	na, ok := c.s.journal.(nowAppender)
+func (c *conn) submitFrame(f *frame.Frame, recs []store.Record, apply func(error)) {
+	na, ok := c.s.st.(nowAppender)
 	if _, receipt := f.Get("receipt"); !ok || !receipt || len(recs) == 0 || c.fr.Buffered() > 0 {
 		c.submit(recs, apply)
 		return
@@ -597,7 +618,7 @@ func (c *conn) submitBarrier(apply func(error)) {
 	c.pmu.Lock()
 	c.steps = append(c.steps, st)
 	c.pmu.Unlock()
-	c.s.journal.Append(nil, func(err error) { c.complete(st, err) })
+	c.s.st.Append(nil, func(err error) { c.complete(st, err) })
 }
 
 // complete marks st done and applies every done step at the head of the
@@ -675,7 +696,16 @@ func (c *conn) deliver(s *subscription, m *message) {
 		c.acks[m.id] = s
 		c.mu.Unlock()
 	}
-	if !c.send(outFrame{f: f, onWritten: onWritten}) {
+	o := outFrame{f: f, onWritten: onWritten}
+	if s.q == nil {
+		// A topic message's only copy for this subscriber is this frame:
+		// it counts against the budget until written (a queue message's
+		// body is counted by the queue while it is in flight).
+		o.mem = int64(m.size)
+		c.s.mem.pin(o.mem)
+	}
+	if !c.send(o) {
+		c.s.mem.unpin(o.mem)
 		return
 	}
 	c.s.metrics.delivered.Inc()
@@ -689,7 +719,7 @@ func (c *conn) autoAck(s *subscription, m *message) {
 	}
 	for _, a := range acked {
 		if a.persistent {
-			c.s.journal.Append([]journal.Record{{Kind: journal.KindAck, ID: a.id, Queue: a.dest}}, func(error) {})
+			c.s.st.Append([]store.Record{{Kind: store.KindAck, ID: a.id, Queue: a.dest}}, func(error) {})
 		}
 	}
 }
@@ -759,7 +789,7 @@ func (c *conn) flush() {
 	c.outMu.Lock()
 	plain := len(c.outq) > 0 && !c.closing
 	for _, o := range c.outq {
-		if o.f == nil || o.onWritten != nil || o.closeAfter {
+		if o.f == nil || o.onWritten != nil || o.closeAfter || o.mem != 0 {
 			plain = false
 			break
 		}
@@ -897,6 +927,7 @@ func (c *conn) writeLoop() {
 			if o.onWritten != nil {
 				o.onWritten()
 			}
+			c.s.mem.unpin(o.mem)
 			batch[i] = outFrame{}
 		}
 		if closeAfter {
@@ -919,6 +950,7 @@ const writeTimeout = 30 * time.Second
 // and go back to the queue when the connection's subscriptions are dropped.
 func (c *conn) abandon(batch []outFrame) {
 	for i := range batch {
+		c.s.mem.unpin(batch[i].mem)
 		batch[i] = outFrame{}
 	}
 }
@@ -930,8 +962,10 @@ func (c *conn) close(reason string) {
 	c.closeOnce.Do(func() {
 		c.outMu.Lock()
 		c.closing = true
+		dropped := c.outq
 		c.outq = nil
 		c.outMu.Unlock()
+		c.abandon(dropped)
 		c.reason = reason
 		c.nc.Close()
 		close(c.closed)

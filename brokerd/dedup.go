@@ -5,7 +5,7 @@ import (
 	"strconv"
 	"sync"
 
-	"handover/brokerd/journal"
+	"handover/brokerd/store"
 	"handover/frame"
 )
 
@@ -18,17 +18,15 @@ import (
 //
 // The window is one number per producer: the highest sequence persisted. It
 // survives failover because it is in the store: each stamped persistent SEND
-// carries, in the same atomic batch as the message, a record under the
-// reserved queue dedupQueue whose id names the producer and whose data is
-// the sequence. A later record of the same producer supersedes the earlier
-// one, so the store holds one per producer.
+// carries, in the same atomic batch as the message, a store.KindProducer
+// record naming the producer, with the sequence as its data. A later record
+// of the same producer supersedes the earlier one, so the store holds one
+// per producer.
 const (
 	// HeaderProducer and HeaderSeq are the SEND headers the sidecar adds.
 	HeaderProducer = "handover-producer"
 	HeaderSeq      = "handover-seq"
 
-	dedupQueue  = "\x00dedup"
-	dedupPrefix = "producer:"
 	// maxProducers bounds the window: the least recently used producer is
 	// forgotten (and its record removed from the store) beyond it. A
 	// session of the sidecar lives as long as one client connection.
@@ -84,7 +82,7 @@ func (d *dedup) get(id string) *producerState {
 
 // accept reports whether a SEND with st is new, and takes it in if so. It
 // also returns the store records of producers evicted from the window.
-func (d *dedup) accept(st stamp) (fresh bool, evicted []journal.Record) {
+func (d *dedup) accept(st stamp) (fresh bool, evicted []store.Record) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	p := d.get(st.producer)
@@ -96,7 +94,7 @@ func (d *dedup) accept(st stamp) (fresh bool, evicted []journal.Record) {
 	for len(d.producers) > maxProducers {
 		old := d.lru.Remove(d.lru.Back()).(*producerState)
 		delete(d.producers, old.id)
-		evicted = append(evicted, journal.Record{Kind: journal.KindAck, ID: dedupPrefix + old.id, Queue: dedupQueue})
+		evicted = append(evicted, store.Record{Kind: store.KindProducerEnd, ID: old.id})
 	}
 	return true, evicted
 }
@@ -118,15 +116,11 @@ func (d *dedup) isPersisted(st stamp) bool {
 	return p != nil && p.persisted >= st.seq
 }
 
-// restore loads a producer's sequence from a recovered store record.
-func (d *dedup) restore(r journal.Record) {
-	seq, err := strconv.ParseUint(string(r.Data), 10, 64)
-	if err != nil {
-		return
-	}
+// restore loads a producer's sequence from the store.
+func (d *dedup) restore(id string, seq uint64) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	p := d.get(r.ID[len(dedupPrefix):])
+	p := d.get(id)
 	p.accepted, p.persisted = max(p.accepted, seq), max(p.persisted, seq)
 }
 
@@ -137,6 +131,6 @@ func (d *dedup) droppedCount() uint64 {
 }
 
 // dedupRecord is the store record of a producer's sequence.
-func dedupRecord(st stamp) journal.Record {
-	return journal.Record{Kind: journal.KindPut, ID: dedupPrefix + st.producer, Queue: dedupQueue, Data: strconv.AppendUint(nil, st.seq, 10)}
+func dedupRecord(st stamp) store.Record {
+	return store.Record{Kind: store.KindProducer, ID: st.producer, Data: strconv.AppendUint(nil, st.seq, 10)}
 }

@@ -17,12 +17,65 @@ const (
 // message is one message held by a destination. Its frame is the MESSAGE
 // frame every delivery starts from; deliveries add subscription, ack and
 // redelivered headers to a copy of the header list and share the body.
+//
+// A persistent message's frame may be nil: its body is only in the store
+// (a backlog larger than the cache, or one recovered from the store), and
+// is read back when the message is delivered. What memory holds for such a
+// message is this struct and its place in its queue. Fields other than id,
+// dest and persistent are guarded by the queue's lock.
 type message struct {
 	id          string
 	dest        string
 	frame       *frame.Frame
-	persistent  bool // journaled: its acknowledgement must be journaled too
+	order       uint64 // place in store order (recovered messages)
+	size        int32  // bytes of the encoded frame
+	mem         int32  // bytes of it charged to the budget
+	memPinned   bool   // mem is pinned, else cached
+	persistent  bool   // journaled: its acknowledgement must be journaled too
 	redelivered bool
+	gone        bool // acknowledged while in a standby's backlog
+}
+
+// hold charges m's body to the budget as it enters a queue: a persistent
+// body is kept only if the cache has room (it is in the store anyway), a
+// non-persistent one always (producers were held back before it came).
+func (m *message) hold(b *budget) {
+	if m.frame == nil || m.mem != 0 {
+		return
+	}
+	switch {
+	case !m.persistent:
+		b.pin(int64(m.size))
+		m.mem, m.memPinned = m.size, true
+	case b.cache(int64(m.size)):
+		m.mem, m.memPinned = m.size, false
+	default:
+		m.frame = nil
+	}
+}
+
+// pin charges m's body as pinned: it is being delivered.
+func (m *message) pin(b *budget) {
+	if m.memPinned {
+		return
+	}
+	b.uncache(int64(m.mem))
+	b.pin(int64(m.size))
+	m.mem, m.memPinned = m.size, true
+}
+
+// release gives back what m's body was charged, and drops a persistent
+// body (requeued messages are read back when delivered again).
+func (m *message) release(b *budget) {
+	if m.memPinned {
+		b.unpin(int64(m.mem))
+	} else {
+		b.uncache(int64(m.mem))
+	}
+	m.mem, m.memPinned = 0, false
+	if m.persistent {
+		m.frame = nil
+	}
 }
 
 // ackMode is a subscription's acknowledgement mode (STOMP 1.2 "SUBSCRIBE ack
@@ -68,6 +121,7 @@ func splitDestination(dest string) (isQueue bool, err error) {
 // those with room under their prefetch limit.
 type queue struct {
 	name string
+	s    *Server
 
 	mu       sync.Mutex
 	pending  []*message // pending[head:] wait for a subscriber, oldest first
@@ -106,6 +160,9 @@ func (q *queue) stats() queueStats {
 func (q *queue) enqueue(ms ...*message) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	for _, m := range ms {
+		m.hold(q.s.mem)
+	}
 	q.pending = append(q.pending, ms...)
 	q.enqueued += uint64(len(ms))
 	q.dispatchLocked()
@@ -119,6 +176,8 @@ func (q *queue) requeueLocked(ms []*message) {
 	}
 	for _, m := range ms {
 		m.redelivered = true
+		m.release(q.s.mem)
+		m.hold(q.s.mem)
 	}
 	if q.head >= len(ms) {
 		q.head -= len(ms)
@@ -162,6 +221,10 @@ func (q *queue) dispatchLocked() {
 			return
 		}
 		m := q.popLocked()
+		if !q.load(m) {
+			continue
+		}
+		m.pin(q.s.mem)
 		s.inflight = append(s.inflight, m)
 		q.inflight++
 		s.c.deliver(s, m)
@@ -222,6 +285,9 @@ func (q *queue) ack(s *subscription, id string, cumulative bool) ([]*message, er
 	}
 	q.inflight -= len(acked)
 	q.dequeued += uint64(len(acked))
+	for _, m := range acked {
+		m.release(q.s.mem)
+	}
 	s.c.forget(acked)
 	q.dispatchLocked()
 	return acked, nil
@@ -296,4 +362,22 @@ func (t *topic) stats() queueStats {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return queueStats{Name: t.name, Consumers: len(t.subs), Enqueued: t.enqueued, Dequeued: t.dequeued}
+}
+
+// load reads m's body back from the store if memory does not hold it. A
+// body the store cannot give back (damaged on disk, say) is reported with
+// where it is, and the message is dropped from memory, never delivered:
+// every other message keeps flowing. It stays in the store, for an
+// operator to look at.
+func (q *queue) load(m *message) bool {
+	if m.frame != nil {
+		return true
+	}
+	f, err := q.s.readMessage(m)
+	if err != nil {
+		q.s.damaged(m, err)
+		return false
+	}
+	m.frame = f
+	return true
 }

@@ -34,7 +34,7 @@ func TestReceiptedSendsInlineAndPipelined(t *testing.T) {
 	}
 
 	const burst = 500
-	before := s.journal.Stats()
+	before := s.st.Stats()
 	w := bufio.NewWriter(c.nc)
 	for i := range burst {
 		fmt.Fprintf(w, "SEND\ndestination:/queue/in\npersistent:true\nreceipt:b%d\nn:%d\n\n\x00", i, one+i)
@@ -51,7 +51,7 @@ func TestReceiptedSendsInlineAndPipelined(t *testing.T) {
 			t.Fatalf("burst %d: got %s %v", i, r.Command, r.Headers)
 		}
 	}
-	after := s.journal.Stats()
+	after := s.st.Stats()
 	recs, syncs := after.Records-before.Records, after.Syncs-before.Syncs
 	t.Logf("burst: %d records in %d commits", recs, syncs)
 	if recs < burst || syncs*2 > recs {

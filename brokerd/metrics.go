@@ -14,6 +14,7 @@ type metrics struct {
 	delivered      prometheus.Counter
 	protocolErrors prometheus.Counter
 	duplicates     prometheus.Counter
+	damaged        prometheus.Counter
 	closes         *prometheus.CounterVec
 }
 
@@ -30,10 +31,12 @@ func newMetrics(s *Server) *metrics {
 			Name: "brokerd_protocol_errors_total", Help: "ERROR frames sent to clients for bad input."}),
 		duplicates: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "brokerd_duplicate_sends_dropped_total", Help: "SENDs dropped because their (handover-producer, handover-seq) was already accepted."}),
+		damaged: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "brokerd_damaged_messages_total", Help: "Stored messages whose body could not be read back (see /status damaged); they are not delivered."}),
 		closes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "brokerd_connections_closed_total", Help: "Client connections closed, by reason."}, []string{"reason"}),
 	}
-	m.reg.MustRegister(m.accepted, m.received, m.delivered, m.protocolErrors, m.duplicates, m.closes,
+	m.reg.MustRegister(m.accepted, m.received, m.delivered, m.protocolErrors, m.duplicates, m.damaged, m.closes,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		stateCollector{s})
 	return m
@@ -56,6 +59,14 @@ var (
 	descJRecords = prometheus.NewDesc("brokerd_journal_records_total", "Records written to the journal.", nil, nil)
 	descJBytes   = prometheus.NewDesc("brokerd_journal_bytes", "Bytes of journal segments on disk.", nil, nil)
 	descJSegs    = prometheus.NewDesc("brokerd_journal_segments", "Journal segment files on disk.", nil, nil)
+	descJLive    = prometheus.NewDesc("brokerd_store_live_bytes", "Bytes of the live messages in the store.", nil, nil)
+	descMem      = prometheus.NewDesc("brokerd_memory_bytes", "Message bodies held in memory, by kind: pinned (cannot be dropped) or cached (persistent, also in the store).", []string{"kind"}, nil)
+	descMemLimit = prometheus.NewDesc("brokerd_memory_limit_bytes", "The memory budget for message bodies (max_memory).", nil, nil)
+	descFlowWait = prometheus.NewDesc("brokerd_flow_control_waits_total", "SENDs held by producer flow control because the memory budget was spent.", nil, nil)
+	descFlowTO   = prometheus.NewDesc("brokerd_flow_control_timeouts_total", "SENDs refused after waiting flow_control_timeout for memory.", nil, nil)
+	descSbMsgs   = prometheus.NewDesc("brokerd_standby_messages", "Live messages a slave's standby has indexed.", nil, nil)
+	descSbAge    = prometheus.NewDesc("brokerd_standby_catch_up_age_seconds", "Seconds since a slave's standby last read the store.", nil, nil)
+	descSbBehind = prometheus.NewDesc("brokerd_standby_behind_records", "Records the standby's last catch-up found to read.", nil, nil)
 )
 
 func (c stateCollector) Describe(ch chan<- *prometheus.Desc) { prometheus.DescribeByCollect(c, ch) }
@@ -83,5 +94,17 @@ func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descJRecords, prometheus.CounterValue, float64(j.Records))
 		ch <- prometheus.MustNewConstMetric(descJBytes, prometheus.GaugeValue, float64(j.Bytes))
 		ch <- prometheus.MustNewConstMetric(descJSegs, prometheus.GaugeValue, float64(j.Segments))
+		ch <- prometheus.MustNewConstMetric(descJLive, prometheus.GaugeValue, float64(j.LiveBytes))
+	}
+	m := st.Memory
+	ch <- prometheus.MustNewConstMetric(descMem, prometheus.GaugeValue, float64(m.Pinned), "pinned")
+	ch <- prometheus.MustNewConstMetric(descMem, prometheus.GaugeValue, float64(m.Cached), "cached")
+	ch <- prometheus.MustNewConstMetric(descMemLimit, prometheus.GaugeValue, float64(m.Limit))
+	ch <- prometheus.MustNewConstMetric(descFlowWait, prometheus.CounterValue, float64(m.FlowControlled))
+	ch <- prometheus.MustNewConstMetric(descFlowTO, prometheus.CounterValue, float64(m.FlowTimeouts))
+	if sb := st.Standby; sb != nil {
+		ch <- prometheus.MustNewConstMetric(descSbMsgs, prometheus.GaugeValue, float64(sb.Messages))
+		ch <- prometheus.MustNewConstMetric(descSbAge, prometheus.GaugeValue, sb.AgeSeconds)
+		ch <- prometheus.MustNewConstMetric(descSbBehind, prometheus.GaugeValue, float64(sb.BehindRecords))
 	}
 }

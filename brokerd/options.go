@@ -53,6 +53,19 @@ type Options struct {
 	ShutdownGrace conf.Duration `toml:"shutdown_grace"`
 	// SegmentSize is the journal segment size in bytes.
 	SegmentSize int64 `toml:"segment_size"`
+	// MaxMemory is the memory budget for message bodies, in bytes (see
+	// memory.go): persistent bodies beyond a quarter of it stay in the
+	// store until delivered, and producers of non-persistent and topic
+	// messages wait while it is spent (flow control).
+	MaxMemory int64 `toml:"max_memory"`
+	// FlowControlTimeout is how long a producer waits for memory before
+	// its SEND is refused with an ERROR (the connection then closes; the
+	// message had no receipt, so nothing acknowledged is lost).
+	FlowControlTimeout conf.Duration `toml:"flow_control_timeout"`
+	// StandbyInterval is how often a slave reads what the master appended
+	// to the store, keeping its index current so that a takeover reads
+	// only the tail.
+	StandbyInterval conf.Duration `toml:"standby_interval"`
 
 	// Locker overrides the master lock; nil means the file lock in Data.
 	// Not settable from the config file (cmd/brokerd builds it from -lock).
@@ -83,6 +96,10 @@ func NewOptions() Options {
 		MaxPendingFrames: 100000,
 		ShutdownGrace:    conf.Duration(5 * time.Second),
 		SegmentSize:      64 << 20,
+		MaxMemory:        256 << 20,
+
+		FlowControlTimeout: conf.Duration(30 * time.Second),
+		StandbyInterval:    conf.Duration(100 * time.Millisecond),
 	}
 }
 
@@ -109,6 +126,9 @@ func (o *Options) Validate() error {
 		{"max_pending_frames", int64(o.MaxPendingFrames)},
 		{"segment_size", o.SegmentSize},
 		{"connect_timeout", int64(o.ConnectTimeout)},
+		{"max_memory", o.MaxMemory},
+		{"flow_control_timeout", int64(o.FlowControlTimeout)},
+		{"standby_interval", int64(o.StandbyInterval)},
 	}
 	for _, p := range positive {
 		if p.v <= 0 {

@@ -2,14 +2,16 @@
 // master/slave locking.
 //
 // A Server first takes the master lock (lockstore). While it waits it is a
-// slave: its STOMP port stays closed and only its admin port answers. Once
-// master it replays the journal, opens the STOMP port and serves until it is
-// told to stop or loses the lock; a lost lock stops it at once, because two
-// brokers writing one journal would corrupt it.
+// slave: its STOMP port stays closed and only its admin port answers, and
+// it follows the store (a warm standby), keeping an index of the backlog
+// current. Once master it reads only what was written since its last look,
+// opens the STOMP port and serves until it is told to stop or loses the
+// lock; a lost lock stops it at once, because two brokers writing one
+// store would corrupt it.
 //
 // Reading order for one client connection: server.go (accept), conn.go (the
-// frame pipeline), destination.go (queues and topics), store.go (journal
-// records).
+// frame pipeline), destination.go (queues and topics), memory.go (the
+// memory budget), store.go and backlog.go (the store, the standby).
 package brokerd
 
 import (
@@ -19,7 +21,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -28,7 +29,7 @@ import (
 	"github.com/sirupsen/logrus"
 	"golang.org/x/net/netutil"
 
-	"handover/brokerd/journal"
+	"handover/brokerd/store"
 	"handover/frame"
 	"handover/lockstore"
 )
@@ -71,10 +72,20 @@ type Server struct {
 	destMu  sync.Mutex
 	queues  map[string]*queue
 	topics  map[string]*topic
-	journal Store
+	st      store.Store // set once master
 	dedup   *dedup
+	mem     *budget
 	seq     atomic.Uint64
 	connSeq atomic.Uint64
+
+	// backlog is the slave's index of the store, owned by the follow
+	// goroutine and then by promote; sbMu guards standby, its status.
+	backlog *backlog
+	sbMu    sync.Mutex
+	standby standbyStatus
+
+	dmgMu  sync.Mutex
+	damage []damageReport
 }
 
 // New validates opts and binds the admin port, so that a slave can be
@@ -117,6 +128,8 @@ func New(opts Options) (*Server, error) {
 		queues:   map[string]*queue{},
 		topics:   map[string]*topic{},
 		dedup:    newDedup(),
+		mem:      newBudget(opts.MaxMemory),
+		backlog:  newBacklog(),
 	}
 	s.metrics = newMetrics(s)
 	s.admin = &http.Server{Handler: s.adminHandler(), ReadHeaderTimeout: 5 * time.Second}
@@ -158,8 +171,21 @@ func (s *Server) Run(ctx context.Context) error {
 	}()
 
 	s.log.WithFields(logrus.Fields{"lock": s.locker.String(), "admin": s.AdminAddr()}).Info("slave: waiting for the master lock")
+	// The standby follows the store while the lock is awaited.
+	var sb store.Standby
+	fctx, stopFollow := context.WithCancel(ctx)
+	followDone := make(chan struct{})
+	go func() {
+		defer close(followDone)
+		s.follow(fctx, &sb)
+	}()
 	lease, err := s.locker.Acquire(ctx)
+	stopFollow()
+	<-followDone
 	if err != nil {
+		if sb != nil {
+			sb.Close()
+		}
 		s.setRole(RoleStopped, 0)
 		if ctx.Err() != nil {
 			s.log.Info("stopped while slave")
@@ -171,7 +197,7 @@ func (s *Server) Run(ctx context.Context) error {
 	log.Info("master: acquired the lock")
 	s.setRole(RoleMaster, lease.Epoch())
 
-	if err := s.startMaster(lease); err != nil {
+	if err := s.startMaster(lease, sb); err != nil {
 		s.closeJournal()
 		lease.Release()
 		s.setRole(RoleStopped, lease.Epoch())
@@ -197,42 +223,20 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 }
 
-// openJournal is the default StoreOpener: the file journal in Data, its
-// writes fenced by the lease (a batch is refused once the lease is lost).
-func (s *Server) openJournal(lease lockstore.Lease, log *logrus.Entry) (Store, []journal.Record, error) {
-	return journal.Open(journal.Options{
-		Dir:         filepath.Join(s.opts.Data, "journal"),
-		SegmentSize: s.opts.SegmentSize,
-		Log:         log.WithField("component", "journal"),
-		Fence: func() error {
-			select {
-			case <-lease.Done():
-				return fmt.Errorf("%w: %v", ErrLeaseLost, lease.Err())
-			default:
-				return nil
-			}
-		},
-	})
-}
-
-// startMaster replays the journal, then opens the STOMP port.
-func (s *Server) startMaster(lease lockstore.Lease) error {
+// startMaster promotes the standby (reading the store's tail), then opens
+// the STOMP port.
+func (s *Server) startMaster(lease lockstore.Lease, sb store.Standby) error {
 	start := time.Now()
-	open := s.opts.Store
-	if open == nil {
-		open = s.openJournal
-	}
-	j, live, err := open(lease, s.log)
+	messages := 0
+	st, err := s.promote(lease, sb)
 	if err != nil {
 		return fmt.Errorf("opening the store: %w", err)
 	}
 	s.destMu.Lock()
-	s.journal = j
+	s.st = st
 	s.destMu.Unlock()
-	if err := s.recover(live); err != nil {
-		return err
-	}
-	s.log.WithFields(logrus.Fields{"messages": len(live), "took": time.Since(start).Round(time.Millisecond)}).Info("journal replayed")
+	messages = st.Stats().Live
+	s.log.WithFields(logrus.Fields{"messages": messages, "took": time.Since(start).Round(time.Millisecond).String()}).Info("store opened: backlog recovered")
 
 	ln, err := net.Listen("tcp", s.opts.Listen)
 	if err != nil {
@@ -339,7 +343,7 @@ func (s *Server) shutdown(abrupt bool) {
 
 func (s *Server) closeJournal() {
 	s.destMu.Lock()
-	j := s.journal
+	j := s.st
 	s.destMu.Unlock()
 	if j != nil {
 		if err := j.Close(); err != nil {
@@ -359,7 +363,7 @@ func (s *Server) queue(name string) *queue {
 	defer s.destMu.Unlock()
 	q := s.queues[name]
 	if q == nil {
-		q = &queue{name: name}
+		q = &queue{name: name, s: s}
 		s.queues[name] = q
 	}
 	return q
@@ -404,6 +408,7 @@ func (s *Server) newMessage(f *frame.Frame) (*message, error) {
 		id:    id,
 		dest:  dest,
 		frame: mf,
+		size:  frameSize(mf),
 		// Topic messages are never journaled: a topic keeps nothing for
 		// absent subscribers, so there is nothing to recover.
 		persistent: isQueue && f.Value("persistent") == "true",
@@ -423,3 +428,12 @@ func (s *Server) route(m *message) {
 type discard struct{}
 
 func (discard) Write(p []byte) (int, error) { return len(p), nil }
+
+// frameSize is about what f takes encoded, what its body costs the budget.
+func frameSize(f *frame.Frame) int32 {
+	n := len(f.Command) + 2 + len(f.Body)
+	for _, h := range f.Headers {
+		n += len(h.Key) + len(h.Value) + 2
+	}
+	return int32(min(n, 1<<31-1))
+}

@@ -2,69 +2,197 @@ package brokerd
 
 import (
 	"bytes"
+	"context"
 	"fmt"
+	"path/filepath"
+	"time"
 
 	"github.com/sirupsen/logrus"
 
 	"handover/brokerd/journal"
+	"handover/brokerd/store"
 	"handover/frame"
 	"handover/lockstore"
 )
 
-// Store keeps the records of persistent messages: the file journal
-// (handover/brokerd/journal, the default) or PostgreSQL. The broker needs
-// three things of it, which the journal's own methods already are.
-type Store interface {
-	// Append makes recs durable, then calls done exactly once, in Append
-	// order (group commit: concurrent Appends may share one flush). done
-	// runs on the goroutine doing the commit (the store's own, or for the
-	// journal a connection's reader that committed with AppendNow), one at
-	// a time, and must not block. An Append with no records is a barrier:
-	// its done runs after every earlier Append's.
-	Append(recs []journal.Record, done func(error))
-	// Close flushes pending Appends and releases the store; idempotent.
-	Close() error
-	// Stats reports the store's size and activity for /status and /metrics.
-	Stats() journal.Stats
+// StoreOpener opens a standby reader of the store where persistent
+// messages live (handover/brokerd/store): the broker follows it while it
+// is a slave and promotes it once it holds the master lock. It is called
+// again after a failure, until it succeeds.
+type StoreOpener func(log *logrus.Entry) (store.Standby, error)
+
+// nowAppender is a store that can commit on the caller's goroutine when it
+// is idle (the journal's AppendNow).
+type nowAppender interface {
+	AppendNow(recs []store.Record, done func(error))
 }
 
-// StoreOpener opens the store once this broker is master, given the lease
-// it holds (a store that can fence its writes by the lease's epoch must).
-// It returns the store and the live (unacknowledged) Put records to
-// recover, in the order they were appended.
-type StoreOpener func(lease lockstore.Lease, log *logrus.Entry) (Store, []journal.Record, error)
-
-// putRecord is the journal record of a persistent message: its MESSAGE frame
-// encoded as STOMP 1.2, so the journal stores exactly what will be delivered.
-func putRecord(m *message) journal.Record {
-	return journal.Record{Kind: journal.KindPut, ID: m.id, Queue: m.dest, Data: frame.Append(nil, m.frame, frame.V12)}
+// openJournal is the default StoreOpener: the file journal in Data.
+func (s *Server) openJournal(log *logrus.Entry) (store.Standby, error) {
+	return journal.Follow(journal.Options{
+		Dir:         filepath.Join(s.opts.Data, "journal"),
+		SegmentSize: s.opts.SegmentSize,
+		Log:         log.WithField("component", "journal"),
+	})
 }
 
-// recover rebuilds the queues from the journal's unacknowledged messages, in
-// the order they were sent. Each is marked redelivered: the store does not
-// record deliveries, so any of them may have reached a consumer of the
-// previous master before it died, and a consumer that de-duplicates must
-// be told to check. Over-marking a message never delivered costs that
+// putRecord is the store record of a persistent message: its MESSAGE frame
+// encoded as STOMP 1.2, so the store keeps exactly what will be delivered.
+func putRecord(m *message) store.Record {
+	return store.Record{Kind: store.KindPut, ID: m.id, Queue: m.dest, Data: frame.Append(nil, m.frame, frame.V12)}
+}
+
+// follow keeps the slave's backlog current until ctx is done: every
+// StandbyInterval it reads what the master appended since the last look,
+// so that a takeover reads only the tail. It owns sb and s.backlog while
+// it runs.
+func (s *Server) follow(ctx context.Context, sb *store.Standby) {
+	log := s.log.WithField("component", "standby")
+	t := time.NewTicker(s.opts.StandbyInterval.D())
+	defer t.Stop()
+	lastErr := ""
+	for {
+		if *sb == nil {
+			open := s.opts.Store
+			if open == nil {
+				open = s.openJournal
+			}
+			var err error
+			if *sb, err = open(s.log); err != nil {
+				*sb = nil
+				s.noteStandby(store.Progress{}, err, &lastErr, log)
+			}
+		}
+		if *sb != nil {
+			p, err := (*sb).CatchUp(s.backlog)
+			s.noteStandby(p, err, &lastErr, log)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// noteStandby records a catch-up for /status, and logs its failures once
+// each (a standby that cannot read retries every interval).
+func (s *Server) noteStandby(p store.Progress, err error, lastErr *string, log *logrus.Entry) {
+	s.sbMu.Lock()
+	defer s.sbMu.Unlock()
+	st := &s.standby
+	st.Messages, st.Bytes = s.backlog.live, s.backlog.bytes
+	if err != nil {
+		st.Error = err.Error()
+		if *lastErr != st.Error {
+			log.WithError(err).Warn("standby: cannot read the store; retrying")
+			*lastErr = st.Error
+		}
+		return
+	}
+	if *lastErr != "" {
+		log.Info("standby: reading the store again")
+		*lastErr = ""
+	}
+	st.Following, st.Error = true, ""
+	st.LastCatchUp = time.Now()
+	st.BehindRecords, st.BehindBytes = p.Records, p.Bytes
+	st.TotalRecords += uint64(p.Records)
+	st.Position, st.Waiting = p.Position, p.Waiting
+}
+
+// promote makes the standby the master's store and turns the backlog into
+// queues. It reads only what was appended since the standby's last look.
+func (s *Server) promote(lease lockstore.Lease, sb store.Standby) (store.Store, error) {
+	if sb == nil {
+		open := s.opts.Store
+		if open == nil {
+			open = s.openJournal
+		}
+		var err error
+		if sb, err = open(s.log); err != nil {
+			return nil, err
+		}
+	}
+	st, err := sb.Promote(store.Promotion{
+		Epoch: lease.Epoch(),
+		Fence: func() error {
+			select {
+			case <-lease.Done():
+				return fmt.Errorf("%w: %v", ErrLeaseLost, lease.Err())
+			default:
+				return nil
+			}
+		},
+	}, s.backlog)
+	if err != nil {
+		return nil, err
+	}
+	s.adopt(s.backlog)
+	s.sbMu.Lock()
+	s.backlog = newBacklog()
+	s.standby = standbyStatus{}
+	s.sbMu.Unlock()
+	return st, nil
+}
+
+// adopt turns a standby's backlog into the queues, in store order, with
+// bodies left in the store. Each message is marked redelivered: the store
+// does not record deliveries, so any of them may have reached a consumer
+// of the previous master before it died, and a consumer that de-duplicates
+// must be told to check. Over-marking a message never delivered costs that
 // consumer a look-up; under-marking one that was would hide a duplicate.
-func (s *Server) recover(live []journal.Record) error {
-	byQueue := map[string][]*message{}
-	var order []string
-	for _, r := range live {
-		if r.Queue == dedupQueue {
-			s.dedup.restore(r)
+func (s *Server) adopt(b *backlog) {
+	for name, l := range b.queues {
+		l.sweep()
+		if len(l.ms) == 0 {
 			continue
 		}
-		f, err := frame.NewReader(bytes.NewReader(r.Data), frame.Limits{MaxBody: -1, MaxHeaders: -1, MaxLine: -1}).Read()
-		if err != nil {
-			return fmt.Errorf("journal record %s: %w", r.ID, err)
-		}
-		if _, ok := byQueue[r.Queue]; !ok {
-			order = append(order, r.Queue)
-		}
-		byQueue[r.Queue] = append(byQueue[r.Queue], &message{id: r.ID, dest: r.Queue, frame: f, persistent: true, redelivered: true})
+		q := s.queue(name)
+		q.mu.Lock()
+		q.pending = append(l.ms, q.pending[q.head:]...)
+		q.head = 0
+		q.enqueued += uint64(len(l.ms))
+		q.mu.Unlock()
 	}
-	for _, name := range order {
-		s.queue(name).enqueue(byQueue[name]...)
+	for id, seq := range b.producers {
+		s.dedup.restore(id, seq)
 	}
-	return nil
+}
+
+// readMessage reads a message's MESSAGE frame back from the store.
+func (s *Server) readMessage(m *message) (*frame.Frame, error) {
+	data, err := s.st.Read(m.id)
+	if err != nil {
+		return nil, err
+	}
+	f, err := frame.NewReaderSize(bytes.NewReader(data), frame.Limits{MaxBody: -1, MaxHeaders: -1, MaxLine: -1}, len(data)+16).Read()
+	if err != nil {
+		return nil, fmt.Errorf("%w: message %s: stored frame: %v", store.ErrCorrupt, m.id, err)
+	}
+	return f, nil
+}
+
+// damageReport is one message whose body the store could not give back.
+type damageReport struct {
+	ID    string    `json:"id"`
+	Queue string    `json:"queue"`
+	Error string    `json:"error"`
+	At    time.Time `json:"at"`
+}
+
+// maxDamageReports bounds the reports /status keeps (the most recent).
+const maxDamageReports = 20
+
+// damaged reports a message dropped because its body could not be read.
+func (s *Server) damaged(m *message, err error) {
+	s.log.WithFields(logrus.Fields{"id": m.id, "queue": m.dest}).WithError(err).
+		Error("stored message cannot be read back; it is not delivered and stays in the store")
+	s.metrics.damaged.Inc()
+	s.dmgMu.Lock()
+	defer s.dmgMu.Unlock()
+	s.damage = append(s.damage, damageReport{ID: m.id, Queue: m.dest, Error: err.Error(), At: time.Now()})
+	if len(s.damage) > maxDamageReports {
+		s.damage = s.damage[len(s.damage)-maxDamageReports:]
+	}
 }

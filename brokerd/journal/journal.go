@@ -204,6 +204,9 @@ type Journal struct {
 
 	nSyncs   atomic.Uint64
 	nRecords atomic.Uint64
+	// abandoned makes the journal behave as a killed process's: it writes,
+	// deletes and truncates nothing more (tests).
+	abandoned atomic.Bool
 }
 
 // Open replays every segment in opts.Dir and returns the journal, ready for
@@ -512,7 +515,7 @@ func (j *Journal) closeSegment() error {
 	}
 	j.stopDirect()
 	var err error
-	if j.broken == nil && j.prealloc != preallocNone {
+	if j.broken == nil && j.prealloc != preallocNone && j.fenced() == nil {
 		err = j.f.Truncate(j.active.size)
 	}
 	if serr := j.f.Sync(); err == nil {
@@ -622,10 +625,8 @@ func (j *Journal) writeBatch(count int) (int64, error) {
 	if j.broken != nil {
 		return 0, j.broken
 	}
-	if j.fence != nil {
-		if err := j.fence(); err != nil {
-			return 0, fmt.Errorf("journal: fence refused batch of %d records: %w: %w", count, store.ErrFenced, err)
-		}
+	if err := j.fenced(); err != nil {
+		return 0, fmt.Errorf("journal: fence refused batch of %d records: %w", count, err)
 	}
 	full := j.active.size > segHeaderSize && j.active.size+int64(len(j.buf)) > j.segSize
 	if full || j.spareReady() {
@@ -656,6 +657,21 @@ func (j *Journal) writeBatch(count int) (int64, error) {
 	j.nSyncs.Add(1)
 	j.nRecords.Add(uint64(count))
 	return off, nil
+}
+
+// fenced reports why this journal may no longer write, if it may not: the
+// lease's fence refused (another process is master) or the journal was
+// abandoned as a crashed process would be (tests).
+func (j *Journal) fenced() error {
+	if j.abandoned.Load() {
+		return fmt.Errorf("%w: abandoned", store.ErrFenced)
+	}
+	if j.fence != nil {
+		if err := j.fence(); err != nil {
+			return fmt.Errorf("%w: %w", store.ErrFenced, err)
+		}
+	}
+	return nil
 }
 
 // writeSync writes b at off in the active segment and makes it durable,
@@ -747,6 +763,11 @@ func (j *Journal) undo(off int64) error {
 func (j *Journal) compact() {
 	st := j.st
 	st.compactDue = false
+	// Deleting files is destructive: a writer that lost its lease must not,
+	// since its successor may need them.
+	if j.fenced() != nil {
+		return
+	}
 	if j.dirDirty {
 		if err := syncDir(j.dir); err != nil {
 			j.log.WithError(err).Warn("journal: fsync directory failed, compaction postponed")

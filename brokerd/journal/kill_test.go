@@ -91,15 +91,26 @@ func TestSIGKILL(t *testing.T) {
 			t.Fatal(err)
 		}
 		lines := make(chan []string)
+		started := make(chan struct{})
 		go func() {
 			var got []string
 			sc := bufio.NewScanner(out)
 			for sc.Scan() {
+				if len(got) == 0 {
+					close(started)
+				}
 				got = append(got, sc.Text())
 			}
 			lines <- got
 		}()
-		time.Sleep(time.Duration(300+rand.IntN(500)) * time.Millisecond)
+		// Kill at a random moment once the child is writing: how long its
+		// replay takes depends on the machine's load, not on the test.
+		select {
+		case <-started:
+		case <-time.After(time.Minute):
+			t.Fatalf("round %d: child reported nothing in a minute", round)
+		}
+		time.Sleep(time.Duration(rand.IntN(500)) * time.Millisecond)
 		if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
 			t.Fatal(err)
 		}

@@ -36,8 +36,8 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"handover/brokerd"
-	"handover/brokerd/journal"
 	"handover/brokerd/pgstore"
+	"handover/brokerd/store"
 	"handover/internal/conf"
 	"handover/lockstore"
 )
@@ -202,35 +202,18 @@ func backends(cfg *fileConfig, opts *brokerd.Options, logger *logrus.Logger) err
 	}
 	dsn := cfg.StoreURL
 	opts.StoreName = name
-	opts.Store = func(lease lockstore.Lease, log *logrus.Entry) (brokerd.Store, []journal.Record, error) {
+	opts.Store = func(log *logrus.Entry) (store.Standby, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), storeOpenTimeout)
 		defer cancel()
-		// Losing the lease while opening makes the store useless: stop.
-		go func() {
-			select {
-			case <-lease.Done():
-				cancel()
-			case <-ctx.Done():
-			}
-		}()
-		st, live, err := pgstore.Open(ctx, pgstore.Options{
+		sb, err := pgstore.Follow(ctx, pgstore.Options{
 			DSN:      dsn,
-			Epoch:    lease.Epoch(),
 			LockName: lockName,
 			Log:      log.WithField("component", "pgstore"),
-			Fence: func() error {
-				select {
-				case <-lease.Done():
-					return lease.Err()
-				default:
-					return nil
-				}
-			},
 		})
 		if err != nil {
-			return nil, nil, err // not st: a nil *Store in a Store is not nil
+			return nil, err // not sb: a nil *Standby in a Standby is not nil
 		}
-		return st, live, nil
+		return sb, nil
 	}
 	return nil
 }

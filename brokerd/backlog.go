@@ -1,0 +1,120 @@
+package brokerd
+
+import (
+	"cmp"
+	"slices"
+	"time"
+)
+
+// backlog is the store.Index (handover/brokerd/store) a slave keeps current while it waits for the
+// master lock, and that a new master turns into its queues (adopt): one
+// small message per live persistent message, its body left in the store.
+// Only the goroutine calling the standby's CatchUp or Promote touches it.
+type backlog struct {
+	msgs      map[string]*message
+	queues    map[string]*blist
+	producers map[string]uint64
+	live      int
+	bytes     int64
+}
+
+// blist is one queue's messages in store order. Acknowledged messages are
+// left in place, marked, and swept when they are the majority, so that an
+// acknowledgement costs a map delete and not a slice shift.
+type blist struct {
+	ms       []*message
+	dead     int
+	unsorted bool // a moved message arrived behind younger ones
+}
+
+func newBacklog() *backlog {
+	return &backlog{msgs: map[string]*message{}, queues: map[string]*blist{}, producers: map[string]uint64{}}
+}
+
+// Put implements store.Index.
+func (b *backlog) Put(id, queue string, size int, order uint64) {
+	if old := b.msgs[id]; old != nil {
+		if old.order == order {
+			return // the store moved its body; nothing changes here
+		}
+		b.Ack(id)
+	}
+	l := b.queues[queue]
+	if l == nil {
+		l = &blist{}
+		b.queues[queue] = l
+	}
+	m := &message{id: id, dest: queue, persistent: true, redelivered: true, size: int32(min(size, 1<<31-1)), order: order}
+	if n := len(l.ms); n > 0 && l.ms[n-1].order > order {
+		l.unsorted = true
+	}
+	l.ms = append(l.ms, m)
+	b.msgs[id] = m
+	b.live++
+	b.bytes += int64(size)
+}
+
+// Ack implements store.Index.
+func (b *backlog) Ack(id string) {
+	m := b.msgs[id]
+	if m == nil {
+		return
+	}
+	delete(b.msgs, id)
+	b.live--
+	b.bytes -= int64(m.size)
+	m.gone = true
+	l := b.queues[m.dest]
+	l.dead++
+	if l.dead > 1024 && l.dead > len(l.ms)/2 {
+		l.sweep()
+	}
+}
+
+// Producer implements store.Index.
+func (b *backlog) Producer(id string, seq uint64) {
+	if seq == 0 {
+		delete(b.producers, id)
+		return
+	}
+	b.producers[id] = seq
+}
+
+// sweep drops acknowledged messages and puts the rest in store order.
+func (l *blist) sweep() {
+	live := l.ms[:0]
+	for _, m := range l.ms {
+		if !m.gone {
+			live = append(live, m)
+		}
+	}
+	clear(l.ms[len(live):])
+	l.ms, l.dead = live, 0
+	if l.unsorted {
+		slices.SortStableFunc(l.ms, func(a, b *message) int { return cmp.Compare(a.order, b.order) })
+		l.unsorted = false
+	}
+}
+
+// standbyStatus is what /status shows of a slave's standby.
+type standbyStatus struct {
+	// Following is false when the store has no standby reader running (a
+	// master, or a slave whose store failed to open; see Error).
+	Following bool `json:"following"`
+	// Messages and Bytes are the live messages the standby has indexed.
+	Messages int   `json:"messages"`
+	Bytes    int64 `json:"bytes"`
+	// LastCatchUp is when the standby last read the store; AgeSeconds how
+	// long ago that was when this status was taken.
+	LastCatchUp time.Time `json:"last_catch_up"`
+	AgeSeconds  float64   `json:"age_seconds"`
+	// BehindRecords and BehindBytes are what that catch-up found to read:
+	// how far behind the master the standby was when it looked.
+	BehindRecords int    `json:"behind_records"`
+	BehindBytes   int64  `json:"behind_bytes"`
+	Position      string `json:"position"`
+	Waiting       string `json:"waiting,omitempty"`
+	Error         string `json:"error,omitempty"`
+	// TotalRecords counts records read since the standby started.
+	TotalRecords uint64 `json:"total_records"`
+}

@@ -1,0 +1,132 @@
+package brokerd
+
+import (
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// budget is the broker's one memory budget (max_memory), in bytes of
+// message bodies. Two kinds of holding count against it:
+//
+//   - pinned: bodies that exist nowhere else or are on their way out:
+//     non-persistent messages waiting in a queue, messages delivered and
+//     not yet acknowledged, topic messages waiting in a subscriber's output.
+//     They cannot be dropped, so producers of such messages wait while
+//     the budget is spent (producer flow control, as ActiveMQ's).
+//   - cached: bodies of persistent messages kept in memory after they
+//     were journaled, to deliver them without reading the store. They may
+//     use at most a quarter of the budget; past it a persistent message's
+//     body is dropped from memory once it is durable and read back from
+//     the store when delivered.
+//
+// So memory grows with the backlog only by a small index entry per
+// message, whatever the size of the bodies.
+type budget struct {
+	limit    int64
+	pinned   atomic.Int64
+	cached   atomic.Int64
+	waiting  atomic.Int64 // producers held by flow control now
+	blocked  atomic.Uint64
+	timeouts atomic.Uint64
+
+	mu    sync.Mutex
+	freed chan struct{} // closed and replaced whenever usage falls below the limit
+}
+
+func newBudget(limit int64) *budget {
+	return &budget{limit: limit, freed: make(chan struct{})}
+}
+
+func (b *budget) used() int64 { return b.pinned.Load() + b.cached.Load() }
+
+// full reports whether producers of pinned bodies must wait.
+func (b *budget) full() bool { return b.used() >= b.limit }
+
+func (b *budget) pin(n int64) { b.pinned.Add(n) }
+
+func (b *budget) unpin(n int64) {
+	if n != 0 {
+		b.pinned.Add(-n)
+		b.wake()
+	}
+}
+
+// cache charges n bytes of cached body if they fit; it reports whether
+// they did.
+func (b *budget) cache(n int64) bool {
+	if b.cached.Load()+n > b.limit/4 || b.used()+n > b.limit {
+		return false
+	}
+	b.cached.Add(n)
+	return true
+}
+
+func (b *budget) uncache(n int64) {
+	if n != 0 {
+		b.cached.Add(-n)
+		b.wake()
+	}
+}
+
+// wake lets waiting producers look again once usage is below the limit.
+func (b *budget) wake() {
+	if b.waiting.Load() == 0 || b.full() {
+		return
+	}
+	b.mu.Lock()
+	close(b.freed)
+	b.freed = make(chan struct{})
+	b.mu.Unlock()
+}
+
+// wait blocks while the budget is spent, until it is not (true), or until
+// timeout or either done channel is closed (false).
+func (b *budget) wait(timeout time.Duration, done, done2 <-chan struct{}) bool {
+	if !b.full() {
+		return true
+	}
+	b.waiting.Add(1)
+	defer b.waiting.Add(-1)
+	b.blocked.Add(1)
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	for {
+		b.mu.Lock()
+		ch := b.freed
+		b.mu.Unlock()
+		// Looked at after taking ch: a release between the two closes ch.
+		if !b.full() {
+			return true
+		}
+		select {
+		case <-ch:
+		case <-t.C:
+			b.timeouts.Add(1)
+			return false
+		case <-done:
+			return false
+		case <-done2:
+			return false
+		}
+	}
+}
+
+// memoryStatus is the budget as /status shows it.
+type memoryStatus struct {
+	Limit  int64 `json:"limit"`
+	Pinned int64 `json:"pinned"`
+	Cached int64 `json:"cached"`
+	// ProducersWaiting are held by flow control now; FlowControlled and
+	// FlowTimeouts count such waits, and those that gave up, since start.
+	ProducersWaiting int64  `json:"producers_waiting"`
+	FlowControlled   uint64 `json:"flow_controlled"`
+	FlowTimeouts     uint64 `json:"flow_timeouts"`
+}
+
+func (b *budget) status() memoryStatus {
+	return memoryStatus{
+		Limit: b.limit, Pinned: b.pinned.Load(), Cached: b.cached.Load(),
+		ProducersWaiting: b.waiting.Load(), FlowControlled: b.blocked.Load(), FlowTimeouts: b.timeouts.Load(),
+	}
+}
