@@ -33,9 +33,10 @@ func seedSegment(batches ...[]Record) []byte {
 	return b
 }
 
-// FuzzReplay writes arbitrary bytes as the last segment file. Open must not
-// panic; it either fails or returns records, and if it succeeds, opening
-// again must give the same live set (the repair it made is stable).
+// FuzzReplay writes arbitrary bytes as the last segment file. A standby's
+// CatchUp must not fail on them, Open must not panic; it either fails or
+// returns records, and if it succeeds, opening again must give the same
+// live set (the repair it made is stable).
 func FuzzReplay(f *testing.F) {
 	f.Add([]byte{})
 	f.Add([]byte("garbage"))
@@ -57,6 +58,17 @@ func FuzzReplay(f *testing.F) {
 		}
 		if err := os.WriteFile(filepath.Join(dir, segName(2)), seg, 0o644); err != nil {
 			t.Fatal(err)
+		}
+		// A standby reading the same files while their writer might still
+		// be alive must not fail on anything a torn or damaged batch holds:
+		// it waits there.
+		sb, err := Follow(Options{Dir: dir})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var idx orderIndex
+		if _, err := sb.CatchUp(&idx); err != nil {
+			t.Fatalf("standby CatchUp: %v", err)
 		}
 		j, live, err := Open(Options{Dir: dir})
 		if err != nil {

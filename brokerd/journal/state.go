@@ -95,26 +95,27 @@ func (st *state) lookup(id string) (loc, bool) {
 // applyRecord applies one record read from the files at l, telling idx
 // what it changed. intern gives the queue name's shared string.
 func (st *state) applyRecord(r *rawRecord, l loc, idx store.Index, intern func([]byte) string) {
+	id := string(r.id) // one copy, shared by the live set and the index
 	switch r.kind {
 	case store.KindPut, kindMove:
-		if st.apply(r.kind, string(r.id), l) && idx != nil {
+		if st.apply(r.kind, id, l) && idx != nil {
 			data, order := r.data, l.order()
 			if r.kind == kindMove {
 				data, order = r.data[moveKeyLen:], le.Uint64(r.data)
 			}
-			idx.Put(string(r.id), intern(r.queue), len(data), order)
+			idx.Put(id, intern(r.queue), len(data), order)
 		}
 	case store.KindAck:
-		if st.apply(r.kind, string(r.id), l) && idx != nil {
-			idx.Ack(string(r.id))
+		if st.apply(r.kind, id, l) && idx != nil {
+			idx.Ack(id)
 		}
 	case store.KindProducer, store.KindProducerEnd:
-		if st.apply(r.kind, string(r.id), l) && idx != nil {
+		if st.apply(r.kind, id, l) && idx != nil {
 			seq := uint64(0)
 			if r.kind == store.KindProducer {
 				seq, _ = strconv.ParseUint(string(r.data), 10, 64)
 			}
-			idx.Producer(string(r.id), seq)
+			idx.Producer(id, seq)
 		}
 	}
 }
