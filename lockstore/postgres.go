@@ -67,7 +67,7 @@ type PostgresOptions struct {
 // Each acquisition increments the row's epoch in the same session before
 // Acquire returns (a committed, synchronous_commit=on transaction). The
 // increment is ordered after every write transaction that still holds
-// "FOR SHARE" on the row, which is how brokerd/pgstore fences a deposed
+// a row lock on it (FOR NO KEY UPDATE), which is how brokerd/pgstore fences a deposed
 // master: its writes check the row under that lock and fail once the epoch
 // is not theirs.
 //
@@ -147,7 +147,7 @@ func (p *Postgres) Retry() time.Duration { return p.retry }
 // Once it holds the lock it creates PostgresLockTable if missing and
 // increments the epoch row of Name (inserting it at 1), committed before
 // Acquire returns. That UPDATE waits for every in-flight write transaction
-// of the previous master that holds the row FOR SHARE, so whatever that
+// of the previous master that holds a lock on the row, so whatever that
 // master committed is committed before the new master reads anything.
 func (p *Postgres) Acquire(ctx context.Context) (Lease, error) {
 	if err := ctx.Err(); err != nil {
