@@ -1,8 +1,7 @@
 package brokerd
 
 import (
-	"cmp"
-	"slices"
+	"sort"
 	"time"
 )
 
@@ -23,6 +22,7 @@ type backlog struct {
 // acknowledgement costs a map delete and not a slice shift.
 type blist struct {
 	ms       []*message
+	orders   []uint64 // each message's store order, for sorting
 	dead     int
 	unsorted bool // a moved message arrived behind younger ones
 }
@@ -33,22 +33,20 @@ func newBacklog() *backlog {
 
 // Put implements store.Index.
 func (b *backlog) Put(id, queue string, size int, order uint64) {
-	if old := b.msgs[id]; old != nil {
-		if old.order == order {
-			return // the store moved its body; nothing changes here
-		}
-		b.Ack(id)
+	if b.msgs[id] != nil {
+		b.Ack(id) // put again: it takes its new place
 	}
 	l := b.queues[queue]
 	if l == nil {
 		l = &blist{}
 		b.queues[queue] = l
 	}
-	m := &message{id: id, dest: queue, persistent: true, redelivered: true, size: int32(min(size, 1<<31-1)), order: order}
-	if n := len(l.ms); n > 0 && l.ms[n-1].order > order {
+	m := &message{id: id, dest: queue, persistent: true, redelivered: true, size: int32(min(size, 1<<31-1))}
+	if n := len(l.orders); n > 0 && l.orders[n-1] > order {
 		l.unsorted = true
 	}
 	l.ms = append(l.ms, m)
+	l.orders = append(l.orders, order)
 	b.msgs[id] = m
 	b.live++
 	b.bytes += int64(size)
@@ -82,18 +80,29 @@ func (b *backlog) Producer(id string, seq uint64) {
 
 // sweep drops acknowledged messages and puts the rest in store order.
 func (l *blist) sweep() {
-	live := l.ms[:0]
-	for _, m := range l.ms {
+	live, orders := l.ms[:0], l.orders[:0]
+	for i, m := range l.ms {
 		if !m.gone {
 			live = append(live, m)
+			orders = append(orders, l.orders[i])
 		}
 	}
 	clear(l.ms[len(live):])
-	l.ms, l.dead = live, 0
+	l.ms, l.orders, l.dead = live, orders, 0
 	if l.unsorted {
-		slices.SortStableFunc(l.ms, func(a, b *message) int { return cmp.Compare(a.order, b.order) })
+		sort.Stable(byOrder{l})
 		l.unsorted = false
 	}
+}
+
+// byOrder sorts a blist's messages and orders together.
+type byOrder struct{ l *blist }
+
+func (b byOrder) Len() int           { return len(b.l.ms) }
+func (b byOrder) Less(i, j int) bool { return b.l.orders[i] < b.l.orders[j] }
+func (b byOrder) Swap(i, j int) {
+	b.l.ms[i], b.l.ms[j] = b.l.ms[j], b.l.ms[i]
+	b.l.orders[i], b.l.orders[j] = b.l.orders[j], b.l.orders[i]
 }
 
 // standbyStatus is what /status shows of a slave's standby.

@@ -27,11 +27,10 @@ type message struct {
 	id          string
 	dest        string
 	frame       *frame.Frame
-	order       uint64 // place in store order (recovered messages)
-	size        int32  // bytes of the encoded frame
-	mem         int32  // bytes of it charged to the budget
-	memPinned   bool   // mem is pinned, else cached
-	persistent  bool   // journaled: its acknowledgement must be journaled too
+	size        int32 // bytes of the encoded frame
+	charged     bool  // size is charged to the budget,
+	pinned      bool  // as pinned, else as cached
+	persistent  bool  // journaled: its acknowledgement must be journaled too
 	redelivered bool
 	gone        bool // acknowledged while in a standby's backlog
 }
@@ -40,15 +39,15 @@ type message struct {
 // body is kept only if the cache has room (it is in the store anyway), a
 // non-persistent one always (producers were held back before it came).
 func (m *message) hold(b *budget) {
-	if m.frame == nil || m.mem != 0 {
+	if m.frame == nil || m.charged {
 		return
 	}
 	switch {
 	case !m.persistent:
 		b.pin(int64(m.size))
-		m.mem, m.memPinned = m.size, true
+		m.charged, m.pinned = true, true
 	case b.cache(int64(m.size)):
-		m.mem, m.memPinned = m.size, false
+		m.charged, m.pinned = true, false
 	default:
 		m.frame = nil
 	}
@@ -56,23 +55,26 @@ func (m *message) hold(b *budget) {
 
 // pin charges m's body as pinned: it is being delivered.
 func (m *message) pin(b *budget) {
-	if m.memPinned {
+	if m.charged && m.pinned {
 		return
 	}
-	b.uncache(int64(m.mem))
+	if m.charged {
+		b.uncache(int64(m.size))
+	}
 	b.pin(int64(m.size))
-	m.mem, m.memPinned = m.size, true
+	m.charged, m.pinned = true, true
 }
 
 // release gives back what m's body was charged, and drops a persistent
 // body (requeued messages are read back when delivered again).
 func (m *message) release(b *budget) {
-	if m.memPinned {
-		b.unpin(int64(m.mem))
-	} else {
-		b.uncache(int64(m.mem))
+	switch {
+	case m.charged && m.pinned:
+		b.unpin(int64(m.size))
+	case m.charged:
+		b.uncache(int64(m.size))
 	}
-	m.mem, m.memPinned = 0, false
+	m.charged, m.pinned = false, false
 	if m.persistent {
 		m.frame = nil
 	}

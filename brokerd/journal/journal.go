@@ -228,29 +228,29 @@ func Open(opts Options) (*Journal, []Record, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	slices.SortStableFunc(idx.order, func(a, b string) int { return cmp.Compare(idx.keys[a], idx.keys[b]) })
 	out := make([]Record, 0, len(idx.live))
-	for i, id := range idx.order {
-		q, ok := idx.live[id]
-		if !ok || (i > 0 && idx.order[i-1] == id) {
-			continue
-		}
+	for _, id := range idx.ids() {
 		data, err := j.Read(id)
 		if err != nil {
 			j.Close()
 			return nil, nil, err
 		}
-		out = append(out, Record{Kind: KindPut, ID: id, Queue: q, Data: data})
+		out = append(out, Record{Kind: KindPut, ID: id, Queue: idx.live[id], Data: data})
 	}
 	return j, out, nil
 }
 
-// orderIndex is the store.Index of Open: live ids in append order (a
-// moved id keeps its place).
+// orderIndex is the store.Index of Open: the live ids and their queues,
+// listed in store order by ids.
 type orderIndex struct {
 	live  map[string]string
 	keys  map[string]uint64
-	order []string // may hold an id more than once; keys says where it is
+	order []keyed // every Put seen; keys says which is current
+}
+
+type keyed struct {
+	id  string
+	key uint64
 }
 
 func (x *orderIndex) Put(id, queue string, _ int, order uint64) {
@@ -258,17 +258,26 @@ func (x *orderIndex) Put(id, queue string, _ int, order uint64) {
 		x.live = map[string]string{}
 		x.keys = map[string]uint64{}
 	}
-	if k, ok := x.keys[id]; ok && k == order {
-		return // moved
-	}
 	x.live[id] = queue
 	x.keys[id] = order
-	x.order = append(x.order, id)
+	x.order = append(x.order, keyed{id, order})
 }
 
 func (x *orderIndex) Ack(id string) { delete(x.live, id) }
 
 func (x *orderIndex) Producer(string, uint64) {}
+
+// ids returns the live ids in store order.
+func (x *orderIndex) ids() []string {
+	slices.SortStableFunc(x.order, func(a, b keyed) int { return cmp.Compare(a.key, b.key) })
+	var out []string
+	for _, k := range x.order {
+		if _, ok := x.live[k.id]; ok && x.keys[k.id] == k.key && (len(out) == 0 || out[len(out)-1] != k.id) {
+			out = append(out, k.id)
+		}
+	}
+	return out
+}
 
 // newJournal makes a Journal that is not yet writing (see start).
 func newJournal(opts Options, log *logrus.Entry) *Journal {

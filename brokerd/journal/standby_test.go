@@ -1,7 +1,6 @@
 package journal
 
 import (
-	"cmp"
 	"errors"
 	"fmt"
 	"os"
@@ -15,18 +14,6 @@ import (
 
 // liveIndex is a store.Index that keeps the live ids in order.
 type liveIndex struct{ orderIndex }
-
-func (x *liveIndex) ids() []string {
-	var out []string
-	idx := x.orderIndex
-	slices.SortStableFunc(idx.order, func(a, b string) int { return cmp.Compare(idx.keys[a], idx.keys[b]) })
-	for i, id := range idx.order {
-		if _, ok := idx.live[id]; ok && (i == 0 || idx.order[i-1] != id) {
-			out = append(out, id)
-		}
-	}
-	return out
-}
 
 // TestStandbyWaitsForHalfWrittenBatch: a standby that sees the start of a
 // batch the writer is still writing waits for it; it neither fails nor

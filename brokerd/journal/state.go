@@ -98,6 +98,12 @@ func (st *state) applyRecord(r *rawRecord, l loc, idx store.Index, intern func([
 	id := string(r.id) // one copy, shared by the live set and the index
 	switch r.kind {
 	case store.KindPut, kindMove:
+		if r.kind == kindMove {
+			if _, known := st.lookup(id); known {
+				st.apply(r.kind, id, l) // the index has it where it belongs
+				return
+			}
+		}
 		if st.apply(r.kind, id, l) && idx != nil {
 			data, order := r.data, l.order()
 			if r.kind == kindMove {

@@ -83,11 +83,11 @@ type Record struct {
 type Index interface {
 	// Put says message id, of size bytes, is live in queue. order is the
 	// message's place in the store's append order: Puts normally arrive in
-	// increasing order, but one whose body the store moved (compaction) may
-	// come late with its original, lower order, and belongs at that place
-	// in its queue. A Put of an id that is already live with the same order
-	// is such a move, and changes nothing; with another order, it replaces
-	// the message at the new place.
+	// increasing order, but one whose body the store moved (compaction)
+	// before the standby saw its first Put comes late, with its original,
+	// lower order, and belongs at that place in its queue. (A store does
+	// not tell an index about moving a message the index already has.) A
+	// Put of an id that is already live replaces it, at the new order.
 	Put(id, queue string, size int, order uint64)
 	// Ack says message id is no longer live. It may name an id the index
 	// never saw (a message put and acknowledged before a segment the
