@@ -336,10 +336,11 @@ const (
 )
 
 // scanSegment walks the batches of one segment file from offset from,
-// calling fn for every record of every intact batch, and returns the end
-// of the well-formed data. What it finds that is not a whole batch it
+// calling fn for every record of every intact batch, and batchDone (if
+// set) with the end of each batch once its records are applied; it returns
+// the end of the well-formed data. What it finds that is not a whole batch it
 // reports as a tear or, per mode, as an error wrapping ErrCorrupt.
-func scanSegment(data []byte, from int, path string, mode scanMode, fn func(r rawRecord, off int)) (end int, t *tear, err error) {
+func scanSegment(data []byte, from int, path string, mode scanMode, fn func(r rawRecord, off int), batchDone func(end int)) (end int, t *tear, err error) {
 	bad := func(batchStart, off int, reason string, fatal bool) (int, *tear, error) {
 		if mode == scanFollow {
 			return batchStart, &tear{offset: off, reason: reason}, nil
@@ -377,6 +378,9 @@ func scanSegment(data []byte, from int, path string, mode scanMode, fn func(r ra
 		}
 		forEachRecord(payload, pos+batchHeaderSize, fn)
 		pos += batchHeaderSize + h.length
+		if batchDone != nil {
+			batchDone(pos)
+		}
 	}
 	return pos, nil, nil
 }

@@ -17,6 +17,8 @@ package journal
 
 import (
 	"cmp"
+	"math/rand/v2"
+	"strconv"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -204,6 +206,8 @@ type Journal struct {
 
 	nSyncs   atomic.Uint64
 	nRecords atomic.Uint64
+	// token names this journal's temporary files (see tmpPath).
+	token string
 	// abandoned makes the journal behave as a killed process's: it writes,
 	// deletes and truncates nothing more (tests).
 	abandoned atomic.Bool
@@ -291,6 +295,7 @@ func newJournal(opts Options, log *logrus.Entry) *Journal {
 		tryDirect: !opts.buffered && opts.hooks == nil,
 		exited:    make(chan struct{}),
 		rfiles:    make(map[uint64]*os.File),
+		token:     strconv.FormatUint(rand.Uint64(), 36),
 	}
 	j.cond.L = &j.mu
 	if j.segSize <= 0 {
@@ -516,20 +521,16 @@ func (j *Journal) run() {
 	j.closeErr = j.closeSegment()
 }
 
-// closeSegment fsyncs and closes the segment being written. It first cuts
-// off the unused preallocated space, so that the next Open need not read it.
+// closeSegment fsyncs and closes the segment being written. It leaves the
+// unused preallocated space in place: a standby may be reading the file
+// through a mapping, and a page cut off under it would kill it (SIGBUS);
+// replay reads zeros as the end of the data.
 func (j *Journal) closeSegment() error {
 	if j.f == nil {
 		return j.broken
 	}
 	j.stopDirect()
-	var err error
-	if j.broken == nil && j.prealloc != preallocNone && j.fenced() == nil {
-		err = j.f.Truncate(j.active.size)
-	}
-	if serr := j.f.Sync(); err == nil {
-		err = serr
-	}
+	err := j.f.Sync()
 	if cerr := j.f.Close(); err == nil {
 		err = cerr
 	}
@@ -876,7 +877,7 @@ func (j *Journal) setAsideLeftovers() error {
 	}
 	for _, e := range ents {
 		name := e.Name()
-		if strings.HasSuffix(name, ".log.tmp") {
+		if isTemp(name) {
 			if err := os.Rename(filepath.Join(j.dir, name), filepath.Join(j.dir, name+trashSuffix)); err != nil {
 				return fmt.Errorf("journal: set aside leftover %s: %w", name, err)
 			}

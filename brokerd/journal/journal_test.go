@@ -246,7 +246,7 @@ func TestTornTail(t *testing.T) {
 				warned := false
 				for _, e := range hook.AllEntries() {
 					if e.Level == logrus.WarnLevel && e.Data["segment"] == seg && e.Data["offset"] != nil &&
-						e.Data["truncate_at"] == int(offs[n-1]) {
+						e.Data["zeroed_from"] == int(offs[n-1]) {
 						warned = true
 					}
 				}

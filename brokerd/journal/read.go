@@ -115,13 +115,13 @@ const carryBytes = 1 << 20
 // and queues the moves as the journal's own Append; the segment empties
 // once they are applied, and compaction deletes it.
 func (j *Journal) carry() {
-	// Only a segment that is mostly retired records is worth copying out
-	// of: the copies are live records, so they are never a candidate
-	// themselves until acknowledgements make them so, and carrying cannot
-	// feed on itself.
+	// Worth copying out of: a segment that is mostly retired records, or
+	// one that keeps an otherwise dead newer segment on disk (it retired
+	// records here). Either way the copy frees more than it writes, so
+	// carrying cannot feed on itself: the copies are live records.
 	var seg *segment
 	for _, seq := range j.st.order {
-		if s := j.st.segs[seq]; s != j.active && s.live > 0 && 2*s.liveBytes < s.recBytes {
+		if s := j.st.segs[seq]; s != j.active && s.live > 0 && (2*s.liveBytes < s.recBytes || j.pinsDead(seq)) {
 			seg = s
 			break
 		}
@@ -166,7 +166,7 @@ func (j *Journal) carry() {
 		}
 		moves = append(moves, Record{Kind: kind, ID: string(r.id), Queue: string(r.queue), Data: data})
 		size += r.n
-	})
+	}, nil)
 	if err != nil {
 		j.log.WithError(err).WithField("segment", seg.name).Error("journal: cannot carry live records forward")
 		return
@@ -191,4 +191,15 @@ func (j *Journal) carry() {
 		j.st.compactDue = true
 	}})
 	j.mu.Unlock()
+}
+
+// pinsDead reports whether a segment with nothing live is kept only
+// because it retired records of segment seq.
+func (j *Journal) pinsDead(seq uint64) bool {
+	for _, s := range j.st.segs {
+		if s != j.active && s.live == 0 && s.refs[seq] > 0 {
+			return true
+		}
+	}
+	return false
 }

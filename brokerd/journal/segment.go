@@ -2,11 +2,24 @@ package journal
 
 import (
 	"fmt"
+	"strings"
 	"os"
 	"path/filepath"
 )
 
 func segName(seq uint64) string { return fmt.Sprintf("%08d.log", seq) }
+
+// tmpPath is where this journal prepares segment seq before installing it.
+// The name is this journal's own (j.token), so that a deposed writer and
+// its successor never write, or remove, each other's files.
+func (j *Journal) tmpPath(seq uint64) string {
+	return filepath.Join(j.dir, segName(seq)+"."+j.token+".tmp")
+}
+
+// isTemp says whether a file name is a segment being prepared.
+func isTemp(name string) bool {
+	return strings.HasSuffix(name, ".tmp") && strings.Contains(name, ".log.")
+}
 
 // spare is a segment file prepared ahead of time under its temporary name.
 type spare struct {
@@ -76,7 +89,7 @@ func (j *Journal) dropSpare() {
 
 func (j *Journal) discard(sp spare) {
 	sp.f.Close()
-	os.Remove(filepath.Join(j.dir, segName(sp.seq)+".tmp"))
+	os.Remove(j.tmpPath(sp.seq))
 }
 
 // createSegment makes segment seq the next file to write. It is prepared
@@ -98,9 +111,14 @@ func (j *Journal) createSegment(seq uint64) (*segment, *os.File, error) {
 	}
 	name := segName(seq)
 	path := filepath.Join(j.dir, name)
-	if err := os.Rename(path+".tmp", path); err != nil {
+	// Linked into place, not renamed: a link never replaces a segment
+	// another writer (a deposed master that has not noticed yet) put
+	// there first.
+	tmp := j.tmpPath(seq)
+	err := os.Link(tmp, path)
+	os.Remove(tmp)
+	if err != nil {
 		f.Close()
-		os.Remove(path + ".tmp")
 		return nil, nil, fmt.Errorf("install segment %s: %w", path, err)
 	}
 	if err := syncDir(j.dir); err != nil {
@@ -119,7 +137,7 @@ func (j *Journal) createSegment(seq uint64) (*segment, *os.File, error) {
 // It may run on its own goroutine; it touches no Journal state but j's
 // immutable configuration and logger.
 func (j *Journal) newSegmentFile(seq uint64, mode preallocMode) (*os.File, error) {
-	tmp := filepath.Join(j.dir, segName(seq)+".tmp")
+	tmp := j.tmpPath(seq)
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("create segment: %w", err)

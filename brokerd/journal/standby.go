@@ -1,7 +1,9 @@
 package journal
 
 import (
+	"bytes"
 	"errors"
+	"runtime/debug"
 	"fmt"
 	"io"
 	"io/fs"
@@ -131,7 +133,7 @@ func (s *Standby) position() string {
 // readSegment reads segment seq from where the last call stopped. It
 // returns done=false when it stopped at something it must look at again
 // later (a batch being written), with p.Waiting saying what.
-func (s *Standby) readSegment(seq uint64, last bool, idx store.Index, p *store.Progress) (bool, error) {
+func (s *Standby) readSegment(seq uint64, last bool, idx store.Index, p *store.Progress) (done bool, err error) {
 	path := filepath.Join(s.dir, segName(seq))
 	data, unmap, err := mapSegment(path)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -160,18 +162,32 @@ func (s *Standby) readSegment(seq uint64, last bool, idx store.Index, p *store.P
 			mode = scanFinalLast
 		}
 	}
-	before := s.pos
+	// Another process may shorten the file under the mapping (a writer
+	// undoing a failed write); touching a page past its new end is a
+	// SIGBUS, which this turns into a panic recovered below: the standby
+	// keeps what it applied up to the last whole batch and looks again.
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if r := recover(); r != nil {
+			if _, fault := r.(interface{ Addr() uintptr }); !fault || mode != scanFollow {
+				panic(r)
+			}
+			done, err = false, nil
+			p.Waiting = fmt.Sprintf("segment %s changed while being read; reading it again", path)
+		}
+	}()
 	end, t, err := scanSegment(data, s.pos, path, mode, func(r rawRecord, off int) {
 		s.st.applyRecord(&r, loc{seg: seq, off: uint32(off), n: uint32(r.n)}, idx, s.intern)
 		p.Records++
+	}, func(end int) {
+		p.Bytes += int64(end - s.pos)
+		seg.size = int64(end)
+		s.st.nBytes.Add(int64(end - s.pos))
+		s.pos = end
 	})
 	if err != nil {
 		return false, err
 	}
-	p.Bytes += int64(end - before)
-	seg.size = int64(end)
-	s.st.nBytes.Add(int64(end - before))
-	s.pos = end
 	if t == nil {
 		return true, nil
 	}
@@ -179,16 +195,21 @@ func (s *Standby) readSegment(seq uint64, last bool, idx store.Index, p *store.P
 		p.Waiting = fmt.Sprintf("segment %s offset %d: %s", path, t.offset, t.reason)
 		return false, nil
 	}
+	// Zero the torn batch: this file will never be written again, and from
+	// now on it is not the last one, so what follows its data must read as
+	// the end. Zeroing rather than truncating leaves the file's size alone
+	// for other standbys that may have it mapped (a page cut off under a
+	// mapping is a SIGBUS).
+	tail := data[end:min(len(data), end+zeroScanWindow)]
+	n := lastNonZero(tail) + 1
 	s.log.WithFields(logrus.Fields{
-		"segment": segName(seq), "offset": t.offset, "truncate_at": end, "dropped_bytes": len(data) - end,
-	}).Warnf("journal: torn write at tail of last segment, truncating: %s", t.reason)
-	// Cut off the torn batch: this file will never be written again, and
-	// from now on it is not the last one.
+		"segment": segName(seq), "offset": t.offset, "zeroed_from": end, "zeroed_bytes": n,
+	}).Warnf("journal: torn write at tail of last segment, zeroing it: %s", t.reason)
 	f, err := os.OpenFile(path, os.O_WRONLY, 0)
 	if err != nil {
 		return false, fmt.Errorf("journal: repair segment: %w", err)
 	}
-	err = f.Truncate(int64(end))
+	_, err = f.WriteAt(make([]byte, n), int64(end))
 	if err == nil {
 		err = f.Sync()
 	}
@@ -196,9 +217,25 @@ func (s *Standby) readSegment(seq uint64, last bool, idx store.Index, p *store.P
 		err = cerr
 	}
 	if err != nil {
-		return false, fmt.Errorf("journal: truncate segment %s to offset %d: %w", path, end, err)
+		return false, fmt.Errorf("journal: zero torn tail of segment %s at offset %d: %w", path, end, err)
 	}
 	return true, nil
+}
+
+// lastNonZero returns the index of the last non-zero byte of b, or -1.
+func lastNonZero(b []byte) int {
+	for i := len(b); i > 0; i -= len(zeroBlock) {
+		lo := max(0, i-len(zeroBlock))
+		if bytes.Equal(b[lo:i], zeroBlock[:i-lo]) {
+			continue
+		}
+		for k := i - 1; k >= lo; k-- {
+			if b[k] != 0 {
+				return k
+			}
+		}
+	}
+	return -1
 }
 
 // Promote makes this process the journal's writer: it sets aside what a
