@@ -17,14 +17,14 @@ package journal
 
 import (
 	"cmp"
-	"math/rand/v2"
-	"strconv"
 	"errors"
 	"fmt"
 	"io/fs"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -84,6 +84,9 @@ type Options struct {
 	// noEarlyRoll keeps writing the segment made at Open until it is full
 	// (tests that need every record in one segment).
 	noEarlyRoll bool
+	// noCarry turns off carrying live records forward (tests of the
+	// deletion rules alone).
+	noCarry bool
 	// hooks replaces file operations to inject faults (tests); it implies
 	// buffered writes.
 	hooks *hooks
@@ -173,6 +176,7 @@ type Journal struct {
 	// earlyRoll: leave a segment made on the spot for a zero-filled spare
 	// as soon as one is ready (see spareReady).
 	earlyRoll bool
+	noCarry   bool
 
 	mu      sync.Mutex
 	cond    sync.Cond
@@ -292,6 +296,7 @@ func newJournal(opts Options, log *logrus.Entry) *Journal {
 		log:       log,
 		prealloc:  opts.prealloc,
 		earlyRoll: !opts.noEarlyRoll,
+		noCarry:   opts.noCarry,
 		tryDirect: !opts.buffered && opts.hooks == nil,
 		exited:    make(chan struct{}),
 		rfiles:    make(map[uint64]*os.File),
@@ -814,7 +819,7 @@ func (j *Journal) compact() {
 	clear(st.order[len(kept):])
 	st.order = kept
 	j.signalTrash()
-	if !stop && !j.carrying && st.nBytes.Load() > 2*st.nLiveBytes.Load()+2*j.segSize {
+	if !stop && !j.carrying && !j.noCarry && st.nBytes.Load() > 2*st.nLiveBytes.Load()+2*j.segSize {
 		j.carry()
 	}
 }

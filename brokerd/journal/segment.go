@@ -2,9 +2,9 @@ package journal
 
 import (
 	"fmt"
-	"strings"
 	"os"
 	"path/filepath"
+	"strings"
 )
 
 func segName(seq uint64) string { return fmt.Sprintf("%08d.log", seq) }

@@ -3,12 +3,12 @@ package journal
 import (
 	"bytes"
 	"errors"
-	"runtime/debug"
 	"fmt"
 	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
