@@ -166,7 +166,10 @@ func (s *Server) readMessage(m *message) (*frame.Frame, error) {
 	if err != nil {
 		return nil, err
 	}
-	f, err := frame.NewReaderSize(bytes.NewReader(data), frame.Limits{MaxBody: -1, MaxHeaders: -1, MaxLine: -1}, len(data)+16).Read()
+	// A line is never longer than the record, so the reader's buffer is
+	// the record's size, not the 1 MiB an unlimited line would take.
+	lim := frame.Limits{MaxBody: -1, MaxHeaders: -1, MaxLine: len(data) + 1}
+	f, err := frame.NewReaderSize(bytes.NewReader(data), lim, len(data)+16).Read()
 	if err != nil {
 		return nil, fmt.Errorf("%w: message %s: stored frame: %v", store.ErrCorrupt, m.id, err)
 	}

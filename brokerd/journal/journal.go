@@ -207,6 +207,7 @@ type Journal struct {
 	// segment, opened on first use and closed when the segment is deleted.
 	rmu    sync.Mutex
 	rfiles map[uint64]*os.File
+	ahead  map[uint64]int64 // how far read-ahead was asked for, per segment
 
 	nSyncs   atomic.Uint64
 	nRecords atomic.Uint64
@@ -300,6 +301,7 @@ func newJournal(opts Options, log *logrus.Entry) *Journal {
 		tryDirect: !opts.buffered && opts.hooks == nil,
 		exited:    make(chan struct{}),
 		rfiles:    make(map[uint64]*os.File),
+		ahead:     make(map[uint64]int64),
 		token:     strconv.FormatUint(rand.Uint64(), 36),
 	}
 	j.cond.L = &j.mu

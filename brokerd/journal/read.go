@@ -41,6 +41,7 @@ func (j *Journal) readAt(id string, l loc) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	j.readAhead(f, l)
 	buf := make([]byte, l.n)
 	path := filepath.Join(j.dir, segName(l.seg))
 	if _, err := f.ReadAt(buf, int64(l.off)); err != nil {
@@ -61,6 +62,28 @@ func (j *Journal) readAt(id string, l loc) ([]byte, error) {
 		return r.data[moveKeyLen:], nil
 	}
 	return r.data, nil
+}
+
+// readAheadBytes is how far ahead of a read the kernel is asked to fetch.
+// Queues are delivered in about the order they were written, so the
+// records after the one read now are the ones read next; the journal's
+// writes bypass the page cache (O_DIRECT), so without this every delivery
+// of a backlog would wait for the disk.
+const readAheadBytes = 2 << 20
+
+// readAhead asks the kernel to fetch the next readAheadBytes of l's
+// segment once reads come within half of that of where it last asked.
+func (j *Journal) readAhead(f *os.File, l loc) {
+	j.rmu.Lock()
+	ahead := j.ahead[l.seg]
+	due := int64(l.off)+readAheadBytes/2 > ahead
+	if due {
+		j.ahead[l.seg] = int64(l.off) + readAheadBytes
+	}
+	j.rmu.Unlock()
+	if due {
+		fadviseWillNeed(f, int64(l.off), readAheadBytes)
+	}
 }
 
 // reader returns the read-only descriptor of segment seq, opening it once.
@@ -86,6 +109,7 @@ func (j *Journal) closeReader(seq uint64) {
 	j.rmu.Lock()
 	f := j.rfiles[seq]
 	delete(j.rfiles, seq)
+	delete(j.ahead, seq)
 	j.rmu.Unlock()
 	if f != nil {
 		f.Close()

@@ -94,3 +94,9 @@ func mapSegment(path string) (data []byte, unmap func(), err error) {
 	}
 	return data, func() { unix.Munmap(data) }, nil
 }
+
+// fadviseWillNeed asks the kernel to read [off, off+n) of f into the page
+// cache in the background. It is advice: a failure changes nothing.
+func fadviseWillNeed(f *os.File, off, n int64) {
+	_ = unix.Fadvise(int(f.Fd()), off, n, unix.FADV_WILLNEED)
+}

@@ -36,3 +36,6 @@ func openDirect(string, int64, []byte) (*direct, error) { return nil, errors.Err
 func (*direct) writeSync([]byte, int64) error { return errors.ErrUnsupported }
 
 func (*direct) close() error { return nil }
+
+// fadviseWillNeed is not available here; reads wait for the disk.
+func fadviseWillNeed(*os.File, int64, int64) {}
