@@ -65,8 +65,8 @@ type fileConfig struct {
 	LockRetry conf.Duration `toml:"lock_retry"`
 }
 
-// storeOpenTimeout bounds connecting to PostgreSQL, migrating and loading
-// the backlog when a broker becomes master.
+// storeOpenTimeout bounds connecting to PostgreSQL when a broker opens its
+// standby reader of the store.
 const storeOpenTimeout = 60 * time.Second
 
 func main() {

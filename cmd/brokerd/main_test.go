@@ -67,6 +67,8 @@ func TestFlagsAndConfig(t *testing.T) {
 		{"unknown config key", "listen = \"127.0.0.1:0\"\nlisen = 1\n", nil, 2, `b.toml:2: unknown key "lisen"`},
 		{"bad duration", "heart_beat = \"10\"\n", nil, 2, "bad duration"},
 		{"invalid value", "prefetch = 0\n", nil, 2, "prefetch: must be positive"},
+		{"no memory", "max_memory = 0\nstandby_interval = \"0s\"\n", nil, 2, "max_memory: must be positive"},
+		{"no standby interval", "standby_interval = \"0s\"\n", nil, 2, "standby_interval: must be positive"},
 		{"bad log level", "", []string{"-log-level", "loud"}, 2, "log level"},
 	}
 	for _, tt := range tests {
