@@ -27,6 +27,9 @@
 // Entry points: TestChaosShort runs in go test (a fault of each kind);
 // TestChaosPostgres runs in go test too (master and slave kills and a
 // database restart, on the database topology);
+// TestChaosBacklog runs in go test too (a backlog that grows while the
+// master is killed again and again, then is drained: nothing lost, and
+// each slave's standby following the backlog before each kill);
 // TestScenario/<kind> runs one fault alone, when named with -run;
 // TestChaosLong, behind CHAOS_KILLS, is `make chaos`.
 //
