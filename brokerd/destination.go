@@ -27,27 +27,37 @@ type message struct {
 	id          string
 	dest        string
 	frame       *frame.Frame
-	size        int32 // bytes of the encoded frame
-	charged     bool  // size is charged to the budget,
-	pinned      bool  // as pinned, else as cached
-	persistent  bool  // journaled: its acknowledgement must be journaled too
+	size        int32    // bytes of the encoded frame
+	mem         memState // what of size is charged to the budget
+	persistent  bool     // journaled: its acknowledgement must be journaled too
 	redelivered bool
 	gone        bool // acknowledged while in a standby's backlog
 }
+
+// memState says how a message's body counts against the budget. It is a
+// byte so that a message stays within 48 bytes: a backlog of a million
+// costs memory per message, and this struct is most of it.
+type memState uint8
+
+const (
+	memNone memState = iota
+	memCached
+	memPinned
+)
 
 // hold charges m's body to the budget as it enters a queue: a persistent
 // body is kept only if the cache has room (it is in the store anyway), a
 // non-persistent one always (producers were held back before it came).
 func (m *message) hold(b *budget) {
-	if m.frame == nil || m.charged {
+	if m.frame == nil || m.mem != memNone {
 		return
 	}
 	switch {
 	case !m.persistent:
 		b.pin(int64(m.size))
-		m.charged, m.pinned = true, true
+		m.mem = memPinned
 	case b.cache(int64(m.size)):
-		m.charged, m.pinned = true, false
+		m.mem = memCached
 	default:
 		m.frame = nil
 	}
@@ -55,26 +65,26 @@ func (m *message) hold(b *budget) {
 
 // pin charges m's body as pinned: it is being delivered.
 func (m *message) pin(b *budget) {
-	if m.charged && m.pinned {
+	switch m.mem {
+	case memPinned:
 		return
-	}
-	if m.charged {
+	case memCached:
 		b.uncache(int64(m.size))
 	}
 	b.pin(int64(m.size))
-	m.charged, m.pinned = true, true
+	m.mem = memPinned
 }
 
 // release gives back what m's body was charged, and drops a persistent
 // body (requeued messages are read back when delivered again).
 func (m *message) release(b *budget) {
-	switch {
-	case m.charged && m.pinned:
+	switch m.mem {
+	case memPinned:
 		b.unpin(int64(m.size))
-	case m.charged:
+	case memCached:
 		b.uncache(int64(m.size))
 	}
-	m.charged, m.pinned = false, false
+	m.mem = memNone
 	if m.persistent {
 		m.frame = nil
 	}
