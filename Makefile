@@ -12,7 +12,7 @@ PKGS     := ./...
 # found. FUZZTIME (say FUZZTIME=1m) sets one budget for every target.
 fuzzbudget = $(or $(FUZZTIME),$(1))
 
-.PHONY: all build test test-short fuzz bench lint run clean deps chaos
+.PHONY: all build test test-short fuzz bench bench-backlog lint run clean deps chaos
 
 all: build
 
@@ -55,8 +55,17 @@ chaos:
 	CHAOS_KILLS=$(CHAOS_KILLS) $(GO) test -count=1 -run '^TestChaosLong$$' -v -timeout 60m ./e2e/
 	CHAOS_STOMP_KILLS=$(CHAOS_STOMP_KILLS) $(GO) test -count=1 -run '^TestStompSessionLong$$' -v -timeout 60m ./e2e/
 
+# The backlog benchmarks (takeover, RSS and drain with a deep backlog,
+# beside ActiveMQ when Debian's activemq is installed) take minutes per
+# case, so they run with no test timeout; BACKLOG_SIZES picks the sizes.
+BACKLOG_SIZES ?= 100000,1000000
+
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 3s ./bench/ ./brokerd/journal/
+	$(MAKE) bench-backlog
+
+bench-backlog:
+	BACKLOG_SIZES=$(BACKLOG_SIZES) $(GO) test -run '^$$' -bench 'TakeoverBacklog' -benchtime 1x -timeout 0 ./bench/
 
 run: build
 	./scripts/run-cluster.sh
