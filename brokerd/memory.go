@@ -62,6 +62,10 @@ func (b *budget) cache(n int64) bool {
 	return true
 }
 
+// cacheAnyway charges n bytes of cached body whether or not they fit (a
+// bounded read-ahead, delivered next).
+func (b *budget) cacheAnyway(n int64) { b.cached.Add(n) }
+
 func (b *budget) uncache(n int64) {
 	if n != 0 {
 		b.cached.Add(-n)

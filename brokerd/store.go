@@ -166,6 +166,11 @@ func (s *Server) readMessage(m *message) (*frame.Frame, error) {
 	if err != nil {
 		return nil, err
 	}
+	return parseMessage(m, data)
+}
+
+// parseMessage parses a message's MESSAGE frame as the store keeps it.
+func parseMessage(m *message, data []byte) (*frame.Frame, error) {
 	// A line is never longer than the record, so the reader's buffer is
 	// the record's size, not the 1 MiB an unlimited line would take.
 	lim := frame.Limits{MaxBody: -1, MaxHeaders: -1, MaxLine: len(data) + 1}

@@ -1,6 +1,7 @@
 package journal
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -35,6 +36,61 @@ func (j *Journal) Read(id string) ([]byte, error) {
 	}
 }
 
+// maxRun bounds one read of adjacent records in ReadMany.
+const maxRun = 256 << 10
+
+// ReadMany implements store.BatchReader: records that lie next to each
+// other in one segment (a queue's messages, usually) are read with one
+// system call.
+func (j *Journal) ReadMany(ids []string) ([][]byte, []error) {
+	data := make([][]byte, len(ids))
+	errs := make([]error, len(ids))
+	type want struct {
+		i int
+		l loc
+	}
+	ws := make([]want, 0, len(ids))
+	for i, id := range ids {
+		l, ok := j.st.lookup(id)
+		if !ok {
+			errs[i] = fmt.Errorf("journal: read %q: %w", id, store.ErrNotFound)
+			continue
+		}
+		ws = append(ws, want{i, l})
+	}
+	slices.SortFunc(ws, func(a, b want) int { return cmp.Compare(a.l.order(), b.l.order()) })
+	for len(ws) > 0 {
+		n, end := 1, int64(ws[0].l.off)+int64(ws[0].l.n)
+		for n < len(ws) && ws[n].l.seg == ws[0].l.seg && int64(ws[n].l.off) == end && end-int64(ws[0].l.off) < maxRun {
+			end += int64(ws[n].l.n)
+			n++
+		}
+		run := ws[:n]
+		ws = ws[n:]
+		if n == 1 {
+			data[run[0].i], errs[run[0].i] = j.Read(ids[run[0].i])
+			continue
+		}
+		f, err := j.reader(run[0].l.seg)
+		var buf []byte
+		if err == nil {
+			j.readAhead(f, run[0].l)
+			buf = make([]byte, end-int64(run[0].l.off))
+			_, err = f.ReadAt(buf, int64(run[0].l.off))
+		}
+		for _, w := range run {
+			if err != nil {
+				// Moved or deleted meanwhile, or unreadable: each alone.
+				data[w.i], errs[w.i] = j.Read(ids[w.i])
+				continue
+			}
+			rel := int64(w.l.off) - int64(run[0].l.off)
+			data[w.i], errs[w.i] = j.checkAt(ids[w.i], w.l, buf[rel:rel+int64(w.l.n):rel+int64(w.l.n)])
+		}
+	}
+	return data, errs
+}
+
 // readAt reads and checks the record of id at l.
 func (j *Journal) readAt(id string, l loc) ([]byte, error) {
 	f, err := j.reader(l.seg)
@@ -43,11 +99,18 @@ func (j *Journal) readAt(id string, l loc) ([]byte, error) {
 	}
 	j.readAhead(f, l)
 	buf := make([]byte, l.n)
-	path := filepath.Join(j.dir, segName(l.seg))
 	if _, err := f.ReadAt(buf, int64(l.off)); err != nil {
 		// Past the end of its file: the index and the file disagree.
+		path := filepath.Join(j.dir, segName(l.seg))
 		return nil, fmt.Errorf("%w: segment %s offset %d: reading %d-byte record of %q: %v", ErrCorrupt, path, l.off, l.n, id, err)
 	}
+	return j.checkAt(id, l, buf)
+}
+
+// checkAt checks that buf is the whole record of id found at l, and
+// returns its data.
+func (j *Journal) checkAt(id string, l loc, buf []byte) ([]byte, error) {
+	path := filepath.Join(j.dir, segName(l.seg))
 	if int(le.Uint32(buf)) != len(buf)-recHeaderSize {
 		return nil, fmt.Errorf("%w: segment %s offset %d: record length %d, index says %d", ErrCorrupt, path, l.off, le.Uint32(buf), len(buf)-recHeaderSize)
 	}

@@ -243,43 +243,10 @@ func (s *Store) Read(id string) ([]byte, error) {
 	if !textOK(id) || id == "" || len(id) > maxFieldLen {
 		return nil, fmt.Errorf("pgstore: reading message %.64q: %w", id, store.ErrNotFound)
 	}
-	var conn *pgx.Conn
-	select {
-	case conn = <-s.readSlots:
-	case <-s.readDone:
-		return nil, ErrClosed
-	}
-	s.mu.Lock()
-	closed := s.closed
-	s.mu.Unlock()
-	if closed {
-		s.readSlots <- conn
-		return nil, ErrClosed
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
-	defer cancel()
-	var (
-		data []byte
-		err  error
-	)
-	// A connection found broken (the server restarted, an administrator
-	// ended the session) is reopened and the read tried once more: reads
-	// are idempotent, and a delivery should not fail for a stale socket.
-	for attempt := 0; attempt < 2; attempt++ {
-		if conn == nil {
-			if conn, err = pgx.ConnectConfig(ctx, s.readCfg); err != nil {
-				conn = nil
-				err = fmt.Errorf("connecting to %s: %w", s.desc, err)
-				break
-			}
-		}
-		err = conn.QueryRow(ctx, readSQL, id).Scan(&data)
-		if err == nil || !conn.IsClosed() {
-			break
-		}
-		conn = nil
-	}
-	s.readSlots <- conn
+	var data []byte
+	err := s.withReadConn(func(ctx context.Context, conn *pgx.Conn) error {
+		return conn.QueryRow(ctx, readSQL, id).Scan(&data)
+	})
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
 		return nil, fmt.Errorf("pgstore: reading message %.64q: %w", id, store.ErrNotFound)
@@ -290,6 +257,92 @@ func (s *Store) Read(id string) ([]byte, error) {
 		data = []byte{}
 	}
 	return data, nil
+}
+
+// withReadConn runs fn on one of the read connections. A connection found
+// broken (the server restarted, an administrator ended the session) is
+// reopened and fn tried once more: reads are idempotent, and a delivery
+// should not fail for a stale socket.
+func (s *Store) withReadConn(fn func(ctx context.Context, conn *pgx.Conn) error) error {
+	var conn *pgx.Conn
+	select {
+	case conn = <-s.readSlots:
+	case <-s.readDone:
+		return ErrClosed
+	}
+	s.mu.Lock()
+	closed := s.closed
+	s.mu.Unlock()
+	if closed {
+		s.readSlots <- conn
+		return ErrClosed
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
+	defer cancel()
+	var err error
+	for attempt := 0; attempt < 2; attempt++ {
+		if conn == nil {
+			if conn, err = pgx.ConnectConfig(ctx, s.readCfg); err != nil {
+				conn = nil
+				err = fmt.Errorf("connecting to %s: %w", s.desc, err)
+				break
+			}
+		}
+		err = fn(ctx, conn)
+		if err == nil || !conn.IsClosed() {
+			break
+		}
+		conn = nil
+	}
+	s.readSlots <- conn
+	return err
+}
+
+// readManySQL reads many bodies in one round trip.
+const readManySQL = `SELECT id, data FROM ` + messagesTable + ` WHERE id = ANY($1::text[])`
+
+// ReadMany implements store.BatchReader with one query.
+func (s *Store) ReadMany(ids []string) ([][]byte, []error) {
+	data := make([][]byte, len(ids))
+	errs := make([]error, len(ids))
+	valid := make([]string, 0, len(ids))
+	for _, id := range ids {
+		if textOK(id) && id != "" && len(id) <= maxFieldLen {
+			valid = append(valid, id)
+		}
+	}
+	found := make(map[string][]byte, len(valid))
+	err := s.withReadConn(func(ctx context.Context, conn *pgx.Conn) error {
+		clear(found)
+		rows, err := conn.Query(ctx, readManySQL, valid)
+		if err != nil {
+			return err
+		}
+		for rows.Next() {
+			var id string
+			var d []byte
+			if err := rows.Scan(&id, &d); err != nil {
+				rows.Close()
+				return err
+			}
+			if d == nil {
+				d = []byte{}
+			}
+			found[id] = d
+		}
+		return rows.Err()
+	})
+	for i, id := range ids {
+		switch d, ok := found[id]; {
+		case err != nil:
+			errs[i] = fmt.Errorf("pgstore: reading message %.64q: %w", id, err)
+		case !ok:
+			errs[i] = fmt.Errorf("pgstore: reading message %.64q: %w", id, store.ErrNotFound)
+		default:
+			data[i] = d
+		}
+	}
+	return data, errs
 }
 
 // Close commits every Append queued before it, stops the writer and closes

@@ -157,6 +157,15 @@ type Store interface {
 	Stats() Stats
 }
 
+// BatchReader is a Store that reads many bodies at once: the broker reads a
+// queue's head this way, so that draining a backlog from the store costs a
+// database round trip or a system call per batch, not per message.
+type BatchReader interface {
+	// ReadMany returns, for each of ids, what Read would: data[i] and
+	// errs[i] are the body and error of ids[i].
+	ReadMany(ids []string) (data [][]byte, errs []error)
+}
+
 // Stats is a snapshot of a store's counters.
 type Stats struct {
 	Segments int    // files on disk (journal); 0 for PostgreSQL

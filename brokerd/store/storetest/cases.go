@@ -1,10 +1,12 @@
 package storetest
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -959,4 +961,46 @@ func testPartialWrite(e *env) {
 	e.mustWrite(s, model, put("w3", "/queue/partial", body("w3", 200)))
 	sb.converge(model)
 	e.checkRead(s, "p2", body("p2", 64<<10))
+}
+
+// testReadMany: a store that reads many bodies at once (store.BatchReader)
+// gives, for each id, what Read gives: bodies written together and apart,
+// in any order asked, with acknowledged and unknown ids not found.
+func testReadMany(e *env) {
+	t := e.t
+	m, _ := e.cold()
+	br, ok := m.Store.(store.BatchReader)
+	if !ok {
+		t.Skip("the store does not implement store.BatchReader")
+	}
+	var recs []store.Record
+	var ids []string
+	for i := range 40 {
+		id := "rm-" + strconv.Itoa(i)
+		recs = append(recs, put(id, "/queue/rm", body(id, 100+i*37)))
+		ids = append(ids, id)
+	}
+	e.mustWrite(m, nil, recs[:30]...)
+	e.mustWrite(m, nil, recs[30:]...)
+	e.mustWrite(m, nil, ack("rm-5"), ack("rm-31"))
+	ask := append([]string{"rm-39", "no-such-id"}, ids...)
+	data, errs := br.ReadMany(ask)
+	if len(data) != len(ask) || len(errs) != len(ask) {
+		t.Fatalf("ReadMany of %d ids gave %d bodies and %d errors", len(ask), len(data), len(errs))
+	}
+	for i, id := range ask {
+		switch id {
+		case "no-such-id", "rm-5", "rm-31":
+			if !errors.Is(errs[i], store.ErrNotFound) {
+				t.Errorf("ReadMany: %q gave %d bytes, error %v; want ErrNotFound", id, len(data[i]), errs[i])
+			}
+			continue
+		}
+		if errs[i] != nil {
+			t.Errorf("ReadMany: %q: %v", id, errs[i])
+		} else if want := body(id, len(data[i])); len(data[i]) < 100 || !bytes.Equal(data[i], want) {
+			t.Errorf("ReadMany: %q = %d bytes %s", id, len(data[i]), preview(data[i]))
+		}
+	}
+	m.Close()
 }

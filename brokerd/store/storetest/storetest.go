@@ -145,6 +145,7 @@ var cases = []struct {
 	{"TakeoverReadsTail", testTakeoverReadsTail, nil},
 	{"Fencing", testFencing, nil},
 	{"Scale", testScale, nil},
+	{"ReadMany", testReadMany, nil},
 	{"TornTail", testTornTail, needsTornTailer},
 	{"BitFlip", testBitFlip, needsBitFlipper},
 	{"PartialWrite", testPartialWrite, needsPartialWriter},
