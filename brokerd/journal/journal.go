@@ -349,6 +349,15 @@ func (j *Journal) start(st *state) error {
 		next = st.order[n-1] + 1
 	}
 	seg, f, err := j.createSegment(next)
+	for tries := 0; errors.Is(err, fs.ErrExist) && tries < 10; tries++ {
+		// A deposed writer that has not noticed yet made that segment
+		// since the listing. What it writes there was never acknowledged
+		// (it checks its lease after each write), so the next number
+		// will do; the next replay reads that file as an older one.
+		j.log.WithField("segment", segName(next)).Warn("journal: segment appeared after the listing; another writer is still running")
+		next++
+		seg, f, err = j.createSegment(next)
+	}
 	if err != nil {
 		return fmt.Errorf("journal: %w", err)
 	}
@@ -666,6 +675,14 @@ func (j *Journal) writeBatch(count int) (int64, error) {
 		}
 		return 0, werr
 	}
+	// Checked again once the batch is durable, before anyone is told so:
+	// a writer that lost its lease while writing may have had its batch
+	// cut off as a torn tail by its successor, so it must not acknowledge
+	// it. (A batch that lands after the takeover was never acknowledged;
+	// dropping it loses nothing a client was promised.)
+	if err := j.fenced(); err != nil {
+		return 0, fmt.Errorf("journal: batch of %d records written, but the lease was lost before it could be acknowledged: %w", count, err)
+	}
 	seg.size += int64(len(j.buf))
 	j.st.nBytes.Add(int64(len(j.buf)))
 	if j.prealloc == preallocZero && j.spare == nil && (seg.size > j.segSize/2 || !seg.zeroed) {
@@ -885,7 +902,7 @@ func (j *Journal) setAsideLeftovers() error {
 	for _, e := range ents {
 		name := e.Name()
 		if isTemp(name) {
-			if err := os.Rename(filepath.Join(j.dir, name), filepath.Join(j.dir, name+trashSuffix)); err != nil {
+			if err := os.Rename(filepath.Join(j.dir, name), filepath.Join(j.dir, name+trashSuffix)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 				return fmt.Errorf("journal: set aside leftover %s: %w", name, err)
 			}
 			j.log.WithField("segment", name).Info("journal: set aside unfinished segment file")
