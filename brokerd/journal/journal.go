@@ -1,9 +1,16 @@
-// Package journal is the durable, append-only journal of brokerd.
+// Package journal is the durable, append-only journal of brokerd, one of
+// the stores behind handover/brokerd/store.
 //
 // A persistent SEND is appended as a Put and fsync'd before the broker sends
-// its RECEIPT; the consumer's ACK is appended as an Ack naming the Put. On
-// restart Open replays the segment files and hands back the Puts that were
-// never acknowledged, in the order they were appended.
+// its RECEIPT; the consumer's ACK is appended as an Ack naming the Put.
+// Memory holds where each live record is (state.go), not its body: Read
+// reads a body back, checked against its CRC, when it is delivered.
+//
+// A Standby (standby.go) reads the segment files while another process may
+// be writing them, never writing and never waiting for the writer, and
+// keeps the live set current; Promote makes it the writer, reading only
+// what was appended since its last look. A cold start is a Standby promoted
+// at once, so there is one reading path.
 //
 // One writer goroutine owns the files. It takes every Append queued since its
 // last batch, encodes them into one buffer and commits them with one
@@ -12,7 +19,9 @@
 // flush (group commit). The on-disk format is described in format.go.
 //
 // Disk use follows the backlog, not the history: a segment is deleted as soon
-// as nothing in it is needed to reconstruct the live set (see compact).
+// as nothing in it is needed to reconstruct the live set (see compact), and
+// the few live records left in a mostly dead segment are carried forward
+// into the current one (read.go, carry).
 package journal
 
 import (
