@@ -183,4 +183,13 @@ func TestReadDamagedBody(t *testing.T) {
 	if _, err := j.Read("zz"); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("Read of an unknown id: %v, want ErrNotFound", err)
 	}
+	// The file cut short under the index: b's entry points past its end.
+	lb, _ := j.st.lookup("b")
+	if err := os.Truncate(path, int64(lb.off)+2); err != nil {
+		t.Fatal(err)
+	}
+	_, err = j.Read("b")
+	if want := fmt.Sprintf("%s offset %d", path, lb.off); !errors.Is(err, store.ErrCorrupt) || !strings.Contains(err.Error(), want) {
+		t.Fatalf("Read past the end of the segment: %v, want ErrCorrupt naming %q", err, want)
+	}
 }
