@@ -59,7 +59,7 @@ type foKill struct {
 	killed   time.Time
 	down     time.Time // the sidecar took the old master down
 	locked   time.Time // the slave acquired the lock
-	replayed time.Time // ... replayed the journal
+	replayed time.Time // ... opened the store (read its tail)
 	serving  time.Time // ... opened its STOMP port (and /readyz turned 200)
 	elected  time.Time // the sidecar made it master
 	done     time.Time // the client's first receipted SEND
@@ -186,7 +186,7 @@ func (c *foCluster) kill(b *testing.B) foKill {
 	<-old.proc.Done()
 
 	k.locked = foLogTime(b, next.proc, "master: acquired the lock", nil)
-	k.replayed = foLogTime(b, next.proc, "journal replayed", nil)
+	k.replayed = foLogTime(b, next.proc, "store opened: backlog recovered", nil)
 	k.serving = foLogTime(b, next.proc, "master: serving STOMP", nil)
 	k.down = foLogTime(b, c.sidecar, "backend down", func(f map[string]any) bool {
 		return f["backend"] == old.listen && !foTime(f).Before(k.killed.Truncate(time.Millisecond))
@@ -245,7 +245,7 @@ func foKills(b *testing.B) int {
 // reports the time from kill -9 to the first receipted SEND through the
 // sidecar: p50, p99 and max in ms, and the median of each step of the
 // failover, so a slow p99 can be pinned on a component: kill → the slave
-// holds the lock (lock-ms) → journal replayed (replay-ms) → STOMP port open
+// holds the lock (lock-ms) → store opened, its tail read (replay-ms) → STOMP port open
 // (open-ms) → the sidecar elects it (elect-ms) → the client's RECEIPT
 // (client-ms). down-ms is kill → the sidecar takes the old master down. The
 // log has p50, p99 and max of each step. The kills run once, in the parent;
