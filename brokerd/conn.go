@@ -331,11 +331,19 @@ func (c *conn) flowControl(f *frame.Frame) bool {
 		return true
 	}
 	ok := mem.wait(c.s.opts.FlowControlTimeout.D(), c.closed, c.s.stopping)
-	if !ok {
-		c.log.WithField("max_memory", mem.limit).Warn("producer flow control: memory still full after flow_control_timeout; refusing the SEND")
-		c.protocolError(f, "the broker's memory for messages is full (max_memory); this message was not accepted: retry later", nil)
+	if ok {
+		return true
 	}
-	return ok
+	select {
+	case <-c.closed:
+		return false // gone while held: nobody to tell
+	case <-c.s.stopping:
+		return false // the shutdown ends the connection its own way
+	default:
+	}
+	c.log.WithField("max_memory", mem.limit).Warn("producer flow control: memory still full after flow_control_timeout; refusing the SEND")
+	c.protocolError(f, "the broker's memory for messages is full (max_memory); this message was not accepted: retry later", nil)
+	return false
 }
 
 // errDuplicate marks a stamped SEND whose sequence was already accepted.
