@@ -139,25 +139,19 @@ func (st *state) apply(kind store.Kind, id string, l loc) bool {
 	seg := st.segs[l.seg]
 	seg.recBytes += int64(l.n)
 	switch kind {
-	case store.KindPut:
+	case store.KindPut, kindMove:
+		// A move (carried forward by compaction, ahead of every record
+		// appended after compaction looked: see carry) moves a live
+		// record; found without its Put (its segment was deleted after
+		// the move), it is the Put.
 		st.mu.Lock()
-		_, again := st.retire(st.live, seg, id)
+		was := st.retire(st.live, seg, id)
 		st.live[id] = l
 		st.mu.Unlock()
-		st.hold(seg, l, !again)
-	case kindMove:
-		// Carried forward by compaction, ahead of every record appended
-		// after compaction looked (see carry), so it moves a live record.
-		// Found without its Put (its segment was deleted after the move),
-		// it is the Put.
-		st.mu.Lock()
-		_, moved := st.retire(st.live, seg, id)
-		st.live[id] = l
-		st.mu.Unlock()
-		st.hold(seg, l, !moved)
+		st.hold(seg, l, !was)
 	case store.KindAck:
 		st.mu.Lock()
-		_, ok := st.retire(st.live, seg, id)
+		ok := st.retire(st.live, seg, id)
 		if ok {
 			delete(st.live, id)
 		}
@@ -171,7 +165,7 @@ func (st *state) apply(kind store.Kind, id string, l loc) bool {
 		st.producers[id] = l
 		st.hold(seg, l, false)
 	case store.KindProducerEnd:
-		if _, ok := st.retire(st.producers, seg, id); !ok {
+		if !st.retire(st.producers, seg, id) {
 			return false
 		}
 		delete(st.producers, id)
@@ -192,15 +186,15 @@ func (st *state) hold(seg *segment, l loc, newMsg bool) {
 
 // retire marks the live record id of m, if any, as no longer needed
 // because of a record in seg, and remembers the cross-segment dependency.
-// It does not remove id from m.
-func (st *state) retire(m map[string]loc, seg *segment, id string) (loc, bool) {
+// It does not remove id from m. It reports whether id was live.
+func (st *state) retire(m map[string]loc, seg *segment, id string) bool {
 	old, ok := m[id]
 	if !ok {
-		return loc{}, false
+		return false
 	}
 	s := st.segs[old.seg]
 	if s == nil {
-		return old, true // its segment is gone (a standby saw it deleted)
+		return true // its segment is gone (a standby saw it deleted)
 	}
 	s.live--
 	s.liveBytes -= int64(old.n)
@@ -211,7 +205,7 @@ func (st *state) retire(m map[string]loc, seg *segment, id string) (loc, bool) {
 	if s.live == 0 {
 		st.compactDue = true
 	}
-	return old, true
+	return true
 }
 
 // dropSegment forgets a segment that another process deleted: everything
