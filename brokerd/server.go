@@ -227,7 +227,6 @@ func (s *Server) Run(ctx context.Context) error {
 // the STOMP port.
 func (s *Server) startMaster(lease lockstore.Lease, sb store.Standby) error {
 	start := time.Now()
-	messages := 0
 	st, err := s.promote(lease, sb)
 	if err != nil {
 		return fmt.Errorf("opening the store: %w", err)
@@ -235,8 +234,7 @@ func (s *Server) startMaster(lease lockstore.Lease, sb store.Standby) error {
 	s.destMu.Lock()
 	s.st = st
 	s.destMu.Unlock()
-	messages = st.Stats().Live
-	s.log.WithFields(logrus.Fields{"messages": messages, "took": time.Since(start).Round(time.Millisecond).String()}).Info("store opened: backlog recovered")
+	s.log.WithFields(logrus.Fields{"messages": st.Stats().Live, "took": time.Since(start).Round(time.Millisecond).String()}).Info("store opened: backlog recovered")
 
 	ln, err := net.Listen("tcp", s.opts.Listen)
 	if err != nil {

@@ -36,6 +36,15 @@ func (s *Server) openJournal(log *logrus.Entry) (store.Standby, error) {
 	})
 }
 
+// openStandby opens a standby reader of the configured store (Options.Store,
+// or the journal in Data).
+func (s *Server) openStandby() (store.Standby, error) {
+	if s.opts.Store != nil {
+		return s.opts.Store(s.log)
+	}
+	return s.openJournal(s.log)
+}
+
 // putRecord is the store record of a persistent message: its MESSAGE frame
 // encoded as STOMP 1.2, so the store keeps exactly what will be delivered.
 func putRecord(m *message) store.Record {
@@ -53,12 +62,8 @@ func (s *Server) follow(ctx context.Context, sb *store.Standby) {
 	lastErr := ""
 	for {
 		if *sb == nil {
-			open := s.opts.Store
-			if open == nil {
-				open = s.openJournal
-			}
 			var err error
-			if *sb, err = open(s.log); err != nil {
+			if *sb, err = s.openStandby(); err != nil {
 				*sb = nil
 				s.noteStandby(store.Progress{}, err, &lastErr, log)
 			}
@@ -105,12 +110,8 @@ func (s *Server) noteStandby(p store.Progress, err error, lastErr *string, log *
 // queues. It reads only what was appended since the standby's last look.
 func (s *Server) promote(lease lockstore.Lease, sb store.Standby) (store.Store, error) {
 	if sb == nil {
-		open := s.opts.Store
-		if open == nil {
-			open = s.openJournal
-		}
 		var err error
-		if sb, err = open(s.log); err != nil {
+		if sb, err = s.openStandby(); err != nil {
 			return nil, err
 		}
 	}
