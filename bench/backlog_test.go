@@ -274,7 +274,7 @@ func blRunCase(b *testing.B, br blBroker, size, queues int) *blResult {
 	p := blStartPair(b, br)
 	defer p.stop()
 	if limit, _ := br.memory(b, p.master); limit > 0 {
-		r.refSize = min(r.refSize, int(limit/4/blRefMsgBytes))
+		r.refSize = min(r.refSize, int(limit/blRefMsgBytes))
 	}
 
 	start := time.Now()
@@ -321,8 +321,8 @@ type blBroker interface {
 	// on queues whose names start with prefix, or -1 when the broker does
 	// not tell.
 	depth(b *testing.B, n *blNode, prefix string) int
-	// memory is master n's memory budget for bodies and the bytes of
-	// bodies it has cached now, each -1 when the broker does not tell.
+	// memory is how many bytes of bodies master n may cache and has
+	// cached now, each -1 when the broker does not tell.
 	memory(b *testing.B, n *blNode) (limit, cached int64)
 }
 
@@ -821,8 +821,8 @@ func (d *blBrokerd) memory(b *testing.B, n *blNode) (limit, cached int64) {
 	b.Helper()
 	var st struct {
 		Memory *struct {
-			Limit  int64 `json:"limit"`
-			Cached int64 `json:"cached"`
+			CacheLimit int64 `json:"cache_limit"`
+			Cached     int64 `json:"cached"`
 		} `json:"memory"`
 	}
 	if err := d.get(n, "/status", &st); err != nil {
@@ -831,7 +831,7 @@ func (d *blBrokerd) memory(b *testing.B, n *blNode) (limit, cached int64) {
 	if st.Memory == nil {
 		return -1, -1
 	}
-	return st.Memory.Limit, st.Memory.Cached
+	return st.Memory.CacheLimit, st.Memory.Cached
 }
 
 // blHavePostgres says why internal/pgtest can't start a server here, or

@@ -174,6 +174,9 @@ func (q *queue) enqueue(ms ...*message) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	for _, m := range ms {
+		// The queue's own copy of the name: m's would keep the SEND's
+		// header buffer alive for as long as m is queued.
+		m.dest = q.name
 		m.hold(q.s.mem)
 	}
 	q.pending = append(q.pending, ms...)

@@ -16,9 +16,11 @@ import (
 //     the budget is spent (producer flow control, as ActiveMQ's).
 //   - cached: bodies of persistent messages kept in memory after they
 //     were journaled, to deliver them without reading the store. They may
-//     use at most a quarter of the budget; past it a persistent message's
-//     body is dropped from memory once it is durable and read back from
-//     the store when delivered.
+//     use at most an eighth of the budget (cacheShare); past it a
+//     persistent message's body is dropped from memory once it is durable
+//     and read back from the store when delivered. The cache pays off for
+//     consumers that keep up; a deep backlog is read from the store in
+//     batches anyway, so a larger share would cost RSS and gain little.
 //
 // So memory grows with the backlog only by a small index entry per
 // message, whatever the size of the bodies.
@@ -34,9 +36,15 @@ type budget struct {
 	freed chan struct{} // closed and replaced whenever usage falls below the limit
 }
 
+// cacheShare: cached bodies may use 1/cacheShare of the budget.
+const cacheShare = 8
+
 func newBudget(limit int64) *budget {
 	return &budget{limit: limit, freed: make(chan struct{})}
 }
+
+// cacheLimit is the most cached bodies may hold.
+func (b *budget) cacheLimit() int64 { return b.limit / cacheShare }
 
 func (b *budget) used() int64 { return b.pinned.Load() + b.cached.Load() }
 
@@ -55,7 +63,7 @@ func (b *budget) unpin(n int64) {
 // cache charges n bytes of cached body if they fit; it reports whether
 // they did.
 func (b *budget) cache(n int64) bool {
-	if b.cached.Load()+n > b.limit/4 || b.used()+n > b.limit {
+	if b.cached.Load()+n > b.cacheLimit() || b.used()+n > b.limit {
 		return false
 	}
 	b.cached.Add(n)
@@ -121,6 +129,8 @@ type memoryStatus struct {
 	Limit  int64 `json:"limit"`
 	Pinned int64 `json:"pinned"`
 	Cached int64 `json:"cached"`
+	// CacheLimit is the part of Limit that cached bodies may use.
+	CacheLimit int64 `json:"cache_limit"`
 	// ProducersWaiting are held by flow control now; FlowControlled and
 	// FlowTimeouts count such waits, and those that gave up, since start.
 	ProducersWaiting int64  `json:"producers_waiting"`
@@ -130,7 +140,7 @@ type memoryStatus struct {
 
 func (b *budget) status() memoryStatus {
 	return memoryStatus{
-		Limit: b.limit, Pinned: b.pinned.Load(), Cached: b.cached.Load(),
+		Limit: b.limit, Pinned: b.pinned.Load(), Cached: b.cached.Load(), CacheLimit: b.cacheLimit(),
 		ProducersWaiting: b.waiting.Load(), FlowControlled: b.blocked.Load(), FlowTimeouts: b.timeouts.Load(),
 	}
 }

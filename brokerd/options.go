@@ -54,7 +54,7 @@ type Options struct {
 	// SegmentSize is the journal segment size in bytes.
 	SegmentSize int64 `toml:"segment_size"`
 	// MaxMemory is the memory budget for message bodies, in bytes (see
-	// memory.go): persistent bodies beyond a quarter of it stay in the
+	// memory.go): persistent bodies beyond an eighth of it stay in the
 	// store until delivered, and producers of non-persistent and topic
 	// messages wait while it is spent (flow control).
 	MaxMemory int64 `toml:"max_memory"`
