@@ -106,7 +106,7 @@ func (s *Server) Status() Status {
 func (s *Server) adminHandler() http.Handler {
 	// healthz (in adminmux) says the process is alive and answering, in
 	// any role.
-	mux := adminmux.New(func() any { return s.Status() }, s.metrics.reg)
+	mux := adminmux.New(func() any { return s.Status() }, s.metrics.reg, adminmux.Options{Pprof: s.opts.Pprof})
 	// readyz is what a load balancer or the handover sidecar checks: 200
 	// only from the master that is accepting clients.
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
@@ -119,7 +119,7 @@ func (s *Server) adminHandler() http.Handler {
 		}
 		json.NewEncoder(w).Encode(map[string]any{"ready": ready, "role": role, "epoch": epoch})
 	})
-	return mux
+	return adminmux.Guard(mux)
 }
 
 func (s *Server) storeName() string {

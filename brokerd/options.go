@@ -51,6 +51,9 @@ type Options struct {
 	// ShutdownGrace bounds how long SIGTERM waits for connections to finish
 	// in-flight work before they are cut.
 	ShutdownGrace conf.Duration `toml:"shutdown_grace"`
+	// Pprof serves the Go runtime's profiles on the admin port under
+	// /debug/pprof/ (off by default).
+	Pprof bool `toml:"pprof"`
 	// SegmentSize is the journal segment size in bytes.
 	SegmentSize int64 `toml:"segment_size"`
 	// MaxMemory is the memory budget for message bodies, in bytes (see

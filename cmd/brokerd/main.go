@@ -102,6 +102,7 @@ func run(args []string) int {
 	lockRetry := fs.Duration("lock-retry", cfg.LockRetry.D(), "how often slaves poll a postgres lock and the master re-verifies it")
 	level := fs.String("log-level", cfg.LogLevel, "log level: debug, info, warn, error")
 	format := fs.String("log-format", cfg.LogFormat, "log format: text or json")
+	pprofOn := fs.Bool("pprof", false, "serve the Go runtime's profiles on the admin port under /debug/pprof/")
 	version := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -134,6 +135,8 @@ func run(args []string) int {
 			cfg.LogLevel = *level
 		case "log-format":
 			cfg.LogFormat = *format
+		case "pprof":
+			cfg.Pprof = *pprofOn
 		}
 	})
 	logger, err := conf.NewLogger(os.Stderr, cfg.LogLevel, cfg.LogFormat)

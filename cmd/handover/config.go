@@ -38,6 +38,10 @@ type AdminConfig struct {
 	// Listen is the admin HTTP address (/status, /healthz, /metrics);
 	// default 127.0.0.1:9090, an empty string after defaults disables it.
 	Listen string `toml:"listen"`
+	// Pprof serves the Go runtime's profiles under /debug/pprof/; off by
+	// default, since they show the process's memory to whoever can reach
+	// the port.
+	Pprof bool `toml:"pprof"`
 }
 
 // ServiceConfig is one [[service]]: a local listener and the brokers behind it.

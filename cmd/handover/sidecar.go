@@ -770,7 +770,10 @@ func (sc *sidecar) status() Status {
 }
 
 func (sc *sidecar) adminHandler() http.Handler {
-	mux := adminmux.New(func() any { return sc.status() }, sc.reg)
+	sc.mu.Lock()
+	pprofOn := sc.cfg.Admin.Pprof
+	sc.mu.Unlock()
+	mux := adminmux.New(func() any { return sc.status() }, sc.reg, adminmux.Options{Pprof: pprofOn})
 	// POST /reload re-reads the config file, as SIGHUP does, and answers
 	// with the outcome: 200, or 400 with every problem of a rejected file.
 	mux.HandleFunc("POST /reload", func(w http.ResponseWriter, r *http.Request) {
@@ -783,5 +786,5 @@ func (sc *sidecar) adminHandler() http.Handler {
 		sc.mu.Unlock()
 		fmt.Fprintf(w, "reloaded: generation %d\n", gen)
 	})
-	return mux
+	return adminmux.Guard(mux)
 }

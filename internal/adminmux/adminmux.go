@@ -1,28 +1,40 @@
 // Package adminmux is what the admin servers of brokerd and handover have in
 // common: GET /status (a JSON document), GET /healthz, GET /metrics
-// (Prometheus) and the Go runtime's profiles under /debug/pprof/. Each
-// binary adds its own routes (brokerd's /readyz, the sidecar's POST
-// /reload) to the mux New returns.
+// (Prometheus) and, when enabled, the Go runtime's profiles under
+// /debug/pprof/. Each binary adds its own routes (brokerd's /readyz, the
+// sidecar's POST /reload) to the mux New returns, and serves it through
+// Guard.
 //
 // The profiles are there as in nsqd and most Go daemons: an operator
 // chasing CPU or latency in production runs `go tool pprof
 // http://ADMIN/debug/pprof/profile` against the live process instead of
-// reproducing the load elsewhere. The admin listener binds loopback by
-// default, which is what keeps them private.
+// reproducing the load elsewhere. They are off unless asked for: a profile
+// shows the process's memory and code to whoever can reach the port. The
+// command line profile is never served, because a -store URL on the command
+// line may hold a password.
 package adminmux
 
 import (
 	"encoding/json"
+	"net"
 	"net/http"
 	"net/http/pprof"
+	"net/url"
+	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
+// Options says what New serves besides status, health and metrics.
+type Options struct {
+	// Pprof serves the runtime profiles under /debug/pprof/.
+	Pprof bool
+}
+
 // New returns a mux serving status() as indented JSON at /status, "ok" at
-// /healthz, metrics at /metrics and the profiles.
-func New(status func() any, metrics prometheus.Gatherer) *http.ServeMux {
+// /healthz, metrics at /metrics and, if opts.Pprof, the profiles.
+func New(status func() any, metrics prometheus.Gatherer, opts Options) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
@@ -33,11 +45,58 @@ func New(status func() any, metrics prometheus.Gatherer) *http.ServeMux {
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Write([]byte("ok\n"))
 	})
-	mux.Handle("GET /metrics", promhttp.HandlerFor(metrics, promhttp.HandlerOpts{}))
-	mux.HandleFunc("GET /debug/pprof/", pprof.Index) // also serves heap, goroutine, block, ...
-	mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
-	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
-	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	// A metric that cannot be gathered (a bad label value, say) is left
+	// out and logged by the registry's owner, never a 500 for the rest.
+	mux.Handle("GET /metrics", promhttp.HandlerFor(metrics, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError}))
+	if opts.Pprof {
+		mux.HandleFunc("GET /debug/pprof/", pprof.Index) // also serves heap, goroutine, block, ...
+		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+		mux.HandleFunc("GET /debug/pprof/cmdline", func(w http.ResponseWriter, r *http.Request) {
+			http.Error(w, "not served: the command line may hold credentials", http.StatusNotFound)
+		})
+	}
 	return mux
+}
+
+// Guard refuses state-changing requests (any method but GET and HEAD) that
+// a web page could have made on an operator's behalf: those whose Host is
+// not an IP address or localhost (DNS rebinding: a hostile name that
+// resolves to the admin address) and those whose Origin is not their own
+// Host (a cross-site form or fetch). curl sends no Origin; reads stay open
+// to any Host, so that Prometheus and people can use the machine's name.
+func Guard(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			if !localHost(r.Host) {
+				http.Error(w, "forbidden: address the admin port by IP address or localhost to change anything", http.StatusForbidden)
+				return
+			}
+			if o := r.Header.Get("Origin"); o != "" && !sameOrigin(o, r.Host) {
+				http.Error(w, "forbidden: cross-origin request", http.StatusForbidden)
+				return
+			}
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// localHost reports whether a Host header names an IP address or
+// localhost, with or without a port.
+func localHost(hostport string) bool {
+	host := hostport
+	if h, _, err := net.SplitHostPort(hostport); err == nil {
+		host = h
+	}
+	host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	return net.ParseIP(host) != nil
+}
+
+func sameOrigin(origin, host string) bool {
+	u, err := url.Parse(origin)
+	return err == nil && (u.Scheme == "http" || u.Scheme == "https") && strings.EqualFold(u.Host, host)
 }

@@ -10,38 +10,135 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
+func get(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body)
+}
+
 func TestNew(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	c := prometheus.NewCounter(prometheus.CounterOpts{Name: "adminmux_test_total", Help: "a test counter"})
 	reg.MustRegister(c)
 	c.Add(3)
-	srv := httptest.NewServer(New(func() any { return map[string]int{"epoch": 7} }, reg))
+	for _, pprofOn := range []bool{false, true} {
+		srv := httptest.NewServer(New(func() any { return map[string]int{"epoch": 7} }, reg, Options{Pprof: pprofOn}))
+		for _, tt := range []struct {
+			path, want, contentType string
+			pprof                   bool // served only with Options.Pprof
+		}{
+			{"/status", "\"epoch\": 7", "application/json", false},
+			{"/healthz", "ok\n", "", false},
+			{"/metrics", "adminmux_test_total 3", "", false},
+			{"/debug/pprof/", "goroutine", "", true},
+			{"/debug/pprof/goroutine?debug=1", "goroutine profile", "", true},
+			{"/debug/pprof/profile?seconds=1", "", "", true},
+		} {
+			resp, err := http.Get(srv.URL + tt.path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if tt.pprof && !pprofOn {
+				if resp.StatusCode != http.StatusNotFound {
+					t.Errorf("GET %s without Pprof: %d, want 404", tt.path, resp.StatusCode)
+				}
+				continue
+			}
+			if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), tt.want) || len(body) == 0 {
+				t.Errorf("GET %s: %d, %d bytes; want 200 containing %q", tt.path, resp.StatusCode, len(body), tt.want)
+			}
+			if ct := resp.Header.Get("Content-Type"); tt.contentType != "" && ct != tt.contentType {
+				t.Errorf("GET %s: Content-Type %q, want %q", tt.path, ct, tt.contentType)
+			}
+		}
+		// The command line may hold a -store URL with a password.
+		if code, body := get(t, srv.URL+"/debug/pprof/cmdline"); code != http.StatusNotFound || strings.Contains(body, "adminmux.test") {
+			t.Errorf("GET /debug/pprof/cmdline (pprof %v): %d %q; want 404 without the command line", pprofOn, code, body)
+		}
+		if resp, err := http.Post(srv.URL+"/status", "text/plain", nil); err != nil || resp.StatusCode != http.StatusMethodNotAllowed {
+			t.Errorf("POST /status: %v, %v; want 405", resp, err)
+		}
+		srv.Close()
+	}
+}
+
+// TestMetricsSurviveBadLabel: a label value that is not valid UTF-8 (a
+// client-chosen destination name, say) costs that one series, never the
+// whole /metrics page.
+func TestMetricsSurviveBadLabel(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(byName{prometheus.NewDesc("adminmux_test_by_name_total", "by name", []string{"name"}, nil)})
+	srv := httptest.NewServer(New(func() any { return nil }, reg, Options{}))
+	defer srv.Close()
+	code, body := get(t, srv.URL+"/metrics")
+	if code != http.StatusOK || !strings.Contains(body, `adminmux_test_by_name_total{name="good"} 1`) {
+		t.Errorf("GET /metrics: %d\n%s\nwant 200 with the good series", code, body)
+	}
+}
+
+func TestGuard(t *testing.T) {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /reload", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("reloaded\n")) })
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("{}\n")) })
+	srv := httptest.NewServer(Guard(mux))
 	defer srv.Close()
 	for _, tt := range []struct {
-		path, want, contentType string
+		name, method, path, host, origin string
+		want                             int
 	}{
-		{"/status", "\"epoch\": 7", "application/json"},
-		{"/healthz", "ok\n", ""},
-		{"/metrics", "adminmux_test_total 3", ""},
-		{"/debug/pprof/", "goroutine", ""},
-		{"/debug/pprof/goroutine?debug=1", "goroutine profile", ""},
-		{"/debug/pprof/cmdline", "adminmux.test", ""},
-		{"/debug/pprof/profile?seconds=1", "", ""},
+		{"curl by IP", "POST", "/reload", "", "", 200},
+		{"localhost", "POST", "/reload", "localhost:9000", "", 200},
+		{"IPv6 literal", "POST", "/reload", "[::1]:9000", "", 200},
+		{"same origin", "POST", "/reload", "", "self", 200},
+		{"foreign origin", "POST", "/reload", "", "http://evil.example", 403},
+		{"null origin", "POST", "/reload", "", "null", 403},
+		{"rebinding host", "POST", "/reload", "evil.example:9000", "", 403},
+		{"read by name", "GET", "/status", "broker1.internal:9000", "", 200},
+		{"read cross-origin", "GET", "/status", "", "http://evil.example", 200},
 	} {
-		resp, err := http.Get(srv.URL + tt.path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), tt.want) || len(body) == 0 {
-			t.Errorf("GET %s: %d, %d bytes; want 200 containing %q", tt.path, resp.StatusCode, len(body), tt.want)
-		}
-		if ct := resp.Header.Get("Content-Type"); tt.contentType != "" && ct != tt.contentType {
-			t.Errorf("GET %s: Content-Type %q, want %q", tt.path, ct, tt.contentType)
-		}
+		t.Run(tt.name, func(t *testing.T) {
+			req, _ := http.NewRequest(tt.method, srv.URL+tt.path, nil)
+			if tt.host != "" {
+				req.Host = tt.host
+			}
+			switch tt.origin {
+			case "":
+			case "self":
+				req.Header.Set("Origin", srv.URL)
+			default:
+				req.Header.Set("Origin", tt.origin)
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != tt.want {
+				t.Errorf("%s %s Host %q Origin %q: %d, want %d", tt.method, tt.path, tt.host, tt.origin, resp.StatusCode, tt.want)
+			}
+		})
 	}
-	if resp, err := http.Post(srv.URL+"/status", "text/plain", nil); err != nil || resp.StatusCode != http.StatusMethodNotAllowed {
-		t.Errorf("POST /status: %v, %v; want 405", resp, err)
+}
+
+// byName collects one good series and one whose label is not UTF-8, as a
+// collector of per-destination figures would if nothing checked names.
+type byName struct{ desc *prometheus.Desc }
+
+func (c byName) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c byName) Collect(ch chan<- prometheus.Metric) {
+	for _, name := range []string{"good", "bad\xff"} {
+		m, err := prometheus.NewConstMetric(c.desc, prometheus.CounterValue, 1, name)
+		if err != nil {
+			m = prometheus.NewInvalidMetric(c.desc, err)
+		}
+		ch <- m
 	}
 }
