@@ -60,8 +60,10 @@ func TestBacklogBodiesStayInStore(t *testing.T) {
 	s := startServer(t, t.TempDir(), func(o *Options) { o.MaxMemory = budget })
 	s.waitReady(t)
 	p := dial(t, s.Addr())
-	for i := 0; i < n; i += 200 {
-		sendBatch(t, p, "/queue/deep", i, min(200, n-i), size)
+	// Transactions of 50 (800 KiB): a transaction's bodies are held in
+	// memory until COMMIT, so it must fit in the budget.
+	for i := 0; i < n; i += 50 {
+		sendBatch(t, p, "/queue/deep", i, min(50, n-i), size)
 	}
 	// The whole test process's heap, the client's included, against the
 	// bodies queued: what stays is the index, the journal's batch buffer,
@@ -179,8 +181,9 @@ func TestFlowControl(t *testing.T) {
 func TestDamagedBodySkipped(t *testing.T) {
 	const size = 4 << 10
 	dir := t.TempDir()
-	// A budget too small to cache any body: all three are read back.
-	s := startServer(t, dir, func(o *Options) { o.MaxMemory = 8 << 10 })
+	// A budget whose cache (an eighth) is too small for any body: all
+	// three are read back.
+	s := startServer(t, dir, func(o *Options) { o.MaxMemory = 32 << 10 })
 	s.waitReady(t)
 	p := dial(t, s.Addr())
 	sendBatch(t, p, "/queue/dmg", 0, 3, size)

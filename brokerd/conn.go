@@ -7,10 +7,12 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unicode/utf8"
 
 	"github.com/sirupsen/logrus"
 
@@ -41,10 +43,16 @@ type conn struct {
 
 	version  atomic.Value // frame.Version once CONNECTED
 	readIdle atomic.Int64 // read deadline in ns; 0 = none
+	// connectBy is when the whole CONNECT frame must have arrived (zero
+	// once connected). It is fixed at accept, not renewed by each read,
+	// so a client trickling a byte at a time cannot hold a connection.
+	// Only readLoop's goroutine uses it.
+	connectBy time.Time
 
 	// outMu guards the queue of frames waiting for writeLoop.
 	outMu   sync.Mutex
 	outq    []outFrame
+	outSize int64 // bytes of the frames in outq
 	outWake chan struct{}
 	closing bool // no more frames are accepted
 
@@ -61,7 +69,7 @@ type conn struct {
 	mu   sync.Mutex
 	subs map[string]*subscription
 	acks map[string]*subscription // message id -> subscription holding the delivery
-	txs  map[string][]*frame.Frame
+	txs  map[string]*txn
 
 	// fr is readLoop's frame reader; only readLoop's goroutine uses it.
 	fr *frame.Reader
@@ -89,6 +97,13 @@ type outFrame struct {
 	mem        int64 // bytes pinned in the budget until written or dropped
 }
 
+// txn is an open transaction: its frames wait in memory until COMMIT, so
+// their bytes are pinned in the budget and capped by MaxTransactionBytes.
+type txn struct {
+	frames []*frame.Frame
+	bytes  int64
+}
+
 // step is one client frame's effect: records to make durable, then apply.
 type step struct {
 	recs  []store.Record
@@ -106,11 +121,11 @@ func newConn(s *Server, nc net.Conn, id string) *conn {
 		outWake: make(chan struct{}, 1),
 		subs:    map[string]*subscription{},
 		acks:    map[string]*subscription{},
-		txs:     map[string][]*frame.Frame{},
+		txs:     map[string]*txn{},
 		closed:  make(chan struct{}),
 	}
 	c.version.Store(frame.V10)
-	c.readIdle.Store(int64(s.opts.ConnectTimeout))
+	c.connectBy = time.Now().Add(s.opts.ConnectTimeout.D())
 	if sc, ok := nc.(syscall.Conn); ok {
 		c.raw, _ = sc.SyscallConn()
 	}
@@ -123,7 +138,9 @@ func (c *conn) ver() frame.Version { return c.version.Load().(frame.Version) }
 // before each read so that a client silent for longer than its heart-beat
 // allowance (or that never sends CONNECT) is dropped.
 func (c *conn) Read(p []byte) (int, error) {
-	if d := time.Duration(c.readIdle.Load()); d > 0 {
+	if !c.connectBy.IsZero() {
+		c.nc.SetReadDeadline(c.connectBy)
+	} else if d := time.Duration(c.readIdle.Load()); d > 0 {
 		c.nc.SetReadDeadline(time.Now().Add(d))
 	} else {
 		c.nc.SetReadDeadline(time.Time{})
@@ -162,6 +179,12 @@ func (c *conn) readLoop() {
 			c.readError(err)
 			return
 		}
+		if h, bad := invalidHeader(f); bad {
+			// STOMP 1.1+ headers are UTF-8; a name that is not would
+			// reach logs, /status and /metrics as garbage.
+			c.protocolError(f, fmt.Sprintf("header %q is not valid UTF-8", strings.ToValidUTF8(h, "\uFFFD")), nil)
+			return
+		}
 		if !connected {
 			if f.Command != frame.CONNECT && f.Command != frame.STOMP {
 				c.protocolError(f, "the first frame must be CONNECT or STOMP, got "+f.Command, nil)
@@ -170,6 +193,7 @@ func (c *conn) readLoop() {
 			if !c.handleConnect(f) {
 				return
 			}
+			c.connectBy = time.Time{}
 			r.SetVersion(c.ver())
 			connected = true
 			continue
@@ -178,6 +202,20 @@ func (c *conn) readLoop() {
 			return
 		}
 	}
+}
+
+// invalidHeader returns the first header key or value of f that is not
+// valid UTF-8.
+func invalidHeader(f *frame.Frame) (string, bool) {
+	for _, h := range f.Headers {
+		if !utf8.ValidString(h.Key) {
+			return h.Key, true
+		}
+		if !utf8.ValidString(h.Value) {
+			return h.Key, true
+		}
+	}
+	return "", false
 }
 
 func (c *conn) readError(err error) {
@@ -190,6 +228,11 @@ func (c *conn) readError(err error) {
 		case <-c.s.stopping:
 			// Shutdown interrupts reads with a past deadline.
 		default:
+			if !c.connectBy.IsZero() {
+				c.log.WithField("connect_timeout", c.s.opts.ConnectTimeout.D()).Info("dropping client: no complete CONNECT frame within connect_timeout")
+				c.close("connect timeout")
+				return
+			}
 			c.log.WithField("timeout", time.Duration(c.readIdle.Load())).Info("dropping silent client: no frame or heart-beat in time")
 			c.close("heart-beat timeout")
 		}
@@ -250,18 +293,7 @@ func (c *conn) handleConnect(f *frame.Frame) bool {
 // connection must stop reading.
 func (c *conn) handle(f *frame.Frame) bool {
 	if tx := f.Value("transaction"); tx != "" && (f.Command == frame.SEND || f.Command == frame.ACK || f.Command == frame.NACK) {
-		c.mu.Lock()
-		frames, ok := c.txs[tx]
-		if ok {
-			c.txs[tx] = append(frames, f)
-		}
-		c.mu.Unlock()
-		if !ok {
-			c.protocolError(f, fmt.Sprintf("%s names transaction %q, which is not open", f.Command, tx), nil)
-			return false
-		}
-		c.submit(nil, func(error) { c.receipt(f) })
-		return true
+		return c.transacted(f, tx)
 	}
 	switch f.Command {
 	case frame.SEND, frame.ACK, frame.NACK:
@@ -315,6 +347,41 @@ func (c *conn) handle(f *frame.Frame) bool {
 	return true
 }
 
+// transacted holds f in open transaction tx until COMMIT. Its bytes are
+// pinned in the memory budget, so a SEND waits for memory as a
+// non-persistent one does; a transaction that grows past
+// MaxTransactionBytes is refused, since waiting cannot help it.
+func (c *conn) transacted(f *frame.Frame, tx string) bool {
+	c.mu.Lock()
+	t := c.txs[tx]
+	c.mu.Unlock()
+	if t == nil {
+		c.protocolError(f, fmt.Sprintf("%s names transaction %q, which is not open", f.Command, tx), nil)
+		return false
+	}
+	n := int64(frameSize(f))
+	if t.bytes+n > c.s.opts.MaxTransactionBytes {
+		c.log.WithFields(logrus.Fields{"transaction": tx, "bytes": t.bytes + n, "max_transaction_bytes": c.s.opts.MaxTransactionBytes}).Warn("transaction too large; refusing it")
+		c.protocolError(f, fmt.Sprintf("transaction %q would hold %d bytes, over max_transaction_bytes (%d); it is aborted and nothing in it was accepted", tx, t.bytes+n, c.s.opts.MaxTransactionBytes), nil)
+		return false
+	}
+	if f.Command == frame.SEND && !c.waitForMemory(f) {
+		return false
+	}
+	c.s.mem.pin(n)
+	c.mu.Lock()
+	if c.txs[tx] != t { // the connection closed meanwhile
+		c.mu.Unlock()
+		c.s.mem.unpin(n)
+		return false
+	}
+	t.frames = append(t.frames, f)
+	t.bytes += n
+	c.mu.Unlock()
+	c.submit(nil, func(error) { c.receipt(f) })
+	return true
+}
+
 // flowControl holds a SEND whose body would be pinned in memory (a
 // non-persistent or topic message) while the memory budget is spent, as
 // ActiveMQ's producer flow control does: the producer's socket is not read
@@ -330,6 +397,13 @@ func (c *conn) flowControl(f *frame.Frame) bool {
 	if isQueue, _ := splitDestination(f.Value("destination")); isQueue && f.Value("persistent") == "true" {
 		return true
 	}
+	return c.waitForMemory(f)
+}
+
+// waitForMemory holds f while the memory budget is spent, up to
+// FlowControlTimeout; past it f is refused with an ERROR.
+func (c *conn) waitForMemory(f *frame.Frame) bool {
+	mem := c.s.mem
 	ok := mem.wait(c.s.opts.FlowControlTimeout.D(), c.closed, c.s.stopping)
 	if ok {
 		return true
@@ -484,14 +558,20 @@ func (c *conn) subscribe(f *frame.Frame) error {
 		c.mu.Unlock()
 		return fmt.Errorf("SUBSCRIBE: subscription id %q is already in use on this connection", id)
 	}
+	if len(c.subs) >= c.s.opts.MaxSubscriptions {
+		c.mu.Unlock()
+		return fmt.Errorf("SUBSCRIBE: this connection already has %d subscriptions, the most allowed (max_subscriptions)", len(c.subs))
+	}
 	c.subs[id] = sub
 	c.mu.Unlock()
+	// A destination reclaimed between the lookup and the subscribe is
+	// looked up again.
 	if isQueue {
-		sub.q = c.s.queue(dest)
-		sub.q.subscribe(sub)
+		for sub.q = c.s.queue(dest); !sub.q.subscribe(sub); sub.q = c.s.queue(dest) {
+		}
 	} else {
-		sub.t = c.s.topic(dest)
-		sub.t.subscribe(sub)
+		for sub.t = c.s.topic(dest); !sub.t.subscribe(sub); sub.t = c.s.topic(dest) {
+		}
 	}
 	return nil
 }
@@ -533,14 +613,14 @@ func (c *conn) transaction(f *frame.Frame) bool {
 		return false
 	}
 	c.mu.Lock()
-	frames, open := c.txs[tx]
+	t, open := c.txs[tx]
 	switch {
 	case f.Command == frame.BEGIN && open:
 		c.mu.Unlock()
 		c.protocolError(f, fmt.Sprintf("transaction %q is already open", tx), nil)
 		return false
 	case f.Command == frame.BEGIN:
-		c.txs[tx] = nil
+		c.txs[tx] = &txn{}
 	case !open:
 		c.mu.Unlock()
 		c.protocolError(f, fmt.Sprintf("%s of transaction %q, which is not open", f.Command, tx), nil)
@@ -549,6 +629,13 @@ func (c *conn) transaction(f *frame.Frame) bool {
 		delete(c.txs, tx)
 	}
 	c.mu.Unlock()
+	var frames []*frame.Frame
+	if t != nil {
+		// Prepared below, the frames become messages that the queues
+		// charge on their own.
+		frames = t.frames
+		c.s.mem.unpin(t.bytes)
+	}
 	if f.Command != frame.COMMIT {
 		c.submit(nil, func(error) { c.receipt(f) })
 		return true
@@ -760,10 +847,11 @@ func (c *conn) wake() {
 }
 
 // enqueue queues a frame without waking writeLoop; the caller must send,
-// wake or flush afterwards. A client that lets MaxPendingFrames pile up is
-// dropped as a slow consumer rather than letting it grow the broker's memory
-// without bound.
+// wake or flush afterwards. A client that lets MaxPendingFrames or
+// MaxPendingBytes pile up is dropped as a slow consumer rather than letting
+// it grow the broker's memory without bound.
 func (c *conn) enqueue(o outFrame) bool {
+	n := outSize(o)
 	c.outMu.Lock()
 	if c.closing {
 		c.outMu.Unlock()
@@ -772,16 +860,47 @@ func (c *conn) enqueue(o outFrame) bool {
 	if o.closeAfter {
 		c.closing = true
 	}
-	if len(c.outq) >= c.s.opts.MaxPendingFrames {
-		c.closing = true
+	if len(c.outq) > 0 && (len(c.outq) >= c.s.opts.MaxPendingFrames || c.outSize+n > c.s.opts.MaxPendingBytes) {
+		frames, bytes := len(c.outq), c.outSize
+		c.dropSlowLocked()
 		c.outMu.Unlock()
-		c.log.WithField("pending", len(c.outq)).Warn("dropping slow consumer: too many frames waiting to be written")
-		go c.close("slow consumer")
+		c.log.WithFields(logrus.Fields{"pending_frames": frames, "pending_bytes": bytes}).Warn("dropping slow consumer: too much waiting to be written (max_pending_frames, max_pending_bytes)")
+		c.s.metrics.slowConsumers.Inc()
+		c.wake()
 		return false
 	}
 	c.outq = append(c.outq, o)
+	c.outSize += n
 	c.outMu.Unlock()
 	return true
+}
+
+// dropSlowLocked replaces what waits for a slow consumer with an ERROR
+// that says why, and gives the writer a second to deliver it. The
+// dropped MESSAGEs were never written: queue messages among them are
+// still unacknowledged deliveries and go back to their queue when the
+// connection closes, auto-ack ones included. outMu must be held.
+func (c *conn) dropSlowLocked() {
+	dropped := c.outq
+	c.outq, c.outSize = nil, 0
+	c.closing = true
+	e := frame.New(frame.ERROR, "message", "slow consumer: too many frames waiting to be written to this connection; it is closed and its unacknowledged messages are redelivered",
+		"content-type", "text/plain")
+	c.outq = append(c.outq, outFrame{f: e, closeAfter: true, reason: "slow consumer"})
+	c.outSize = outSize(c.outq[0])
+	go c.abandon(dropped)
+	// A writer stuck on the full socket gives up soon, then writes the
+	// ERROR if the client reads at all, then closes.
+	c.nc.SetWriteDeadline(time.Now().Add(time.Second))
+	time.AfterFunc(2*time.Second, func() { c.close("slow consumer") })
+}
+
+// outSize is the bytes o holds while it waits to be written.
+func outSize(o outFrame) int64 {
+	if o.f != nil {
+		return int64(frameSize(o.f))
+	}
+	return int64(len(o.raw))
 }
 
 // flush writes the queued frames from the calling goroutine if the socket
@@ -817,7 +936,7 @@ func (c *conn) flush() {
 		buf = frame.Append(buf, o.f, v)
 		c.outq[i] = outFrame{}
 	}
-	c.outq = c.outq[:0]
+	c.outq, c.outSize = c.outq[:0], 0
 	c.outMu.Unlock()
 
 	n, err := c.writeNow(buf)
@@ -829,6 +948,7 @@ func (c *conn) flush() {
 		c.outq = append(c.outq, outFrame{})
 		copy(c.outq[1:], c.outq)
 		c.outq[0] = outFrame{raw: rest}
+		c.outSize += int64(len(rest))
 		c.outMu.Unlock()
 		if err != nil {
 			c.log.WithError(err).Debug("direct write failed; leaving it to the writer")
@@ -901,6 +1021,7 @@ func (c *conn) writeLoop() {
 		c.wmu.Lock()
 		c.outMu.Lock()
 		batch, c.outq = c.outq, batch[:0]
+		c.outSize = 0
 		c.outMu.Unlock()
 		var err error
 		closeAfter, reason := false, ""
@@ -971,7 +1092,7 @@ func (c *conn) close(reason string) {
 		c.outMu.Lock()
 		c.closing = true
 		dropped := c.outq
-		c.outq = nil
+		c.outq, c.outSize = nil, 0
 		c.outMu.Unlock()
 		c.abandon(dropped)
 		c.reason = reason
@@ -983,8 +1104,13 @@ func (c *conn) close(reason string) {
 			subs = append(subs, s)
 		}
 		c.subs = map[string]*subscription{}
-		c.txs = map[string][]*frame.Frame{}
+		var txBytes int64
+		for _, t := range c.txs {
+			txBytes += t.bytes
+		}
+		c.txs = map[string]*txn{}
 		c.mu.Unlock()
+		c.s.mem.unpin(txBytes)
 		for _, s := range subs {
 			c.dropSubscription(s)
 		}

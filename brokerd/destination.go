@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"time"
 
 	"handover/brokerd/store"
 	"handover/frame"
@@ -110,6 +111,10 @@ type subscription struct {
 	c        *conn
 	q        *queue // nil for a topic subscription
 	t        *topic
+	// pos is s's index in its destination's subs, guarded by that
+	// destination's mu, so that unsubscribing is O(1) whatever the number
+	// of subscribers.
+	pos int
 	// inflight holds the queue messages delivered to this subscription and
 	// not yet acknowledged, in delivery order. Guarded by q.mu.
 	inflight []*message
@@ -144,6 +149,11 @@ type queue struct {
 	inflight int // delivered, not acknowledged, over all subscriptions
 	enqueued uint64
 	dequeued uint64
+	// idleSince is when the queue was first seen empty and without
+	// subscribers by the reclaimer; removed marks it reclaimed, so that
+	// whoever still holds it looks it up again.
+	idleSince time.Time
+	removed   bool
 }
 
 // queueStats is a snapshot for /status and /metrics.
@@ -169,10 +179,14 @@ func (q *queue) stats() queueStats {
 	}
 }
 
-// enqueue adds messages at the tail and delivers what it can.
-func (q *queue) enqueue(ms ...*message) {
+// enqueue adds messages at the tail and delivers what it can. It returns
+// false, doing nothing, if the queue was reclaimed.
+func (q *queue) enqueue(ms ...*message) bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	if q.removed {
+		return false
+	}
 	for _, m := range ms {
 		// The queue's own copy of the name: m's would keep the SEND's
 		// header buffer alive for as long as m is queued.
@@ -182,6 +196,7 @@ func (q *queue) enqueue(ms ...*message) {
 	q.pending = append(q.pending, ms...)
 	q.enqueued += uint64(len(ms))
 	q.dispatchLocked()
+	return true
 }
 
 // requeueLocked puts messages back at the head, in their original order,
@@ -247,11 +262,36 @@ func (q *queue) dispatchLocked() {
 	}
 }
 
-func (q *queue) subscribe(s *subscription) {
+// subscribe adds s; it returns false, doing nothing, if the queue was
+// reclaimed.
+func (q *queue) subscribe(s *subscription) bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	q.subs = append(q.subs, s)
+	if q.removed {
+		return false
+	}
+	q.subs = addSub(q.subs, s)
 	q.dispatchLocked()
+	return true
+}
+
+// addSub and removeSub keep a destination's subscriptions in a slice
+// with each one's index in it: a removal moves the last one into the gap.
+func addSub(subs []*subscription, s *subscription) []*subscription {
+	s.pos = len(subs)
+	return append(subs, s)
+}
+
+func removeSub(subs []*subscription, s *subscription) []*subscription {
+	i := s.pos
+	if i >= len(subs) || subs[i] != s {
+		return subs
+	}
+	last := len(subs) - 1
+	subs[i] = subs[last]
+	subs[i].pos = i
+	subs[last] = nil
+	return subs[:last]
 }
 
 // unsubscribe removes s and gives its unacknowledged messages back to the
@@ -259,18 +299,8 @@ func (q *queue) subscribe(s *subscription) {
 func (q *queue) unsubscribe(s *subscription) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	for i, c := range q.subs {
-		if c == s {
-			q.subs = append(q.subs[:i], q.subs[i+1:]...)
-			if q.next > i {
-				q.next--
-			}
-			break
-		}
-	}
-	if len(q.subs) > 0 {
-		q.next %= len(q.subs)
-	} else {
+	q.subs = removeSub(q.subs, s)
+	if q.next >= len(q.subs) {
 		q.next = 0
 	}
 	back := s.inflight
@@ -341,37 +371,46 @@ func indexOf(ms []*message, id string) int {
 type topic struct {
 	name string
 
-	mu       sync.Mutex
-	subs     []*subscription
-	enqueued uint64
-	dequeued uint64
+	mu        sync.Mutex
+	subs      []*subscription
+	enqueued  uint64
+	dequeued  uint64
+	idleSince time.Time // see queue
+	removed   bool
 }
 
-func (t *topic) publish(m *message) {
+// publish delivers m to every subscriber; it returns false, doing
+// nothing, if the topic was reclaimed.
+func (t *topic) publish(m *message) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if t.removed {
+		return false
+	}
 	t.enqueued++
 	for _, s := range t.subs {
 		s.c.deliver(s, m)
 		t.dequeued++
 	}
+	return true
 }
 
-func (t *topic) subscribe(s *subscription) {
+// subscribe adds s; it returns false, doing nothing, if the topic was
+// reclaimed.
+func (t *topic) subscribe(s *subscription) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	t.subs = append(t.subs, s)
+	if t.removed {
+		return false
+	}
+	t.subs = addSub(t.subs, s)
+	return true
 }
 
 func (t *topic) unsubscribe(s *subscription) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	for i, c := range t.subs {
-		if c == s {
-			t.subs = append(t.subs[:i], t.subs[i+1:]...)
-			return
-		}
-	}
+	t.subs = removeSub(t.subs, s)
 }
 
 func (t *topic) stats() queueStats {

@@ -18,7 +18,9 @@ import (
 // their remainders must go out first. The stream must still be exactly
 // MESSAGE i, RECEIPT i, in order, with no frame torn or interleaved.
 func TestOutputOrderWhenClientStopsReading(t *testing.T) {
-	s := startServer(t, t.TempDir(), nil)
+	// Room for the whole stream in the output queue: this test is about
+	// order, not the slow-consumer limit.
+	s := startServer(t, t.TempDir(), func(o *Options) { o.MaxPendingBytes = 64 << 20 })
 	s.waitReady(t)
 	c := connectRaw(t, s.Addr())
 	c.send("SUBSCRIBE\nid:s\ndestination:/topic/order\n\n\x00")

@@ -16,6 +16,8 @@ type metrics struct {
 	duplicates     prometheus.Counter
 	damaged        prometheus.Counter
 	closes         *prometheus.CounterVec
+	refused        *prometheus.CounterVec
+	slowConsumers  prometheus.Counter
 }
 
 func newMetrics(s *Server) *metrics {
@@ -35,8 +37,12 @@ func newMetrics(s *Server) *metrics {
 			Name: "brokerd_damaged_messages_total", Help: "Stored messages whose body could not be read back (see /status damaged); they are not delivered."}),
 		closes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "brokerd_connections_closed_total", Help: "Client connections closed, by reason."}, []string{"reason"}),
+		slowConsumers: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "brokerd_slow_consumers_dropped_total", Help: "Connections dropped because too many frames or bytes waited to be written to them."}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "brokerd_connections_refused_total", Help: "Client connections refused at accept, by the limit they were over."}, []string{"limit"}),
 	}
-	m.reg.MustRegister(m.accepted, m.received, m.delivered, m.protocolErrors, m.duplicates, m.damaged, m.closes,
+	m.reg.MustRegister(m.accepted, m.received, m.delivered, m.protocolErrors, m.duplicates, m.damaged, m.closes, m.refused, m.slowConsumers,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		stateCollector{s})
 	return m
@@ -77,34 +83,46 @@ func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
 	if st.Ready {
 		master = 1
 	}
-	ch <- prometheus.MustNewConstMetric(descMaster, prometheus.GaugeValue, master)
-	ch <- prometheus.MustNewConstMetric(descEpoch, prometheus.GaugeValue, float64(st.Epoch))
-	ch <- prometheus.MustNewConstMetric(descConns, prometheus.GaugeValue, float64(st.Connections))
+	ch <- constMetric(descMaster, prometheus.GaugeValue, master)
+	ch <- constMetric(descEpoch, prometheus.GaugeValue, float64(st.Epoch))
+	ch <- constMetric(descConns, prometheus.GaugeValue, float64(st.Connections))
 	for _, q := range st.Queues {
-		ch <- prometheus.MustNewConstMetric(descDepth, prometheus.GaugeValue, float64(q.Depth), q.Name)
-		ch <- prometheus.MustNewConstMetric(descInflight, prometheus.GaugeValue, float64(q.Inflight), q.Name)
+		ch <- constMetric(descDepth, prometheus.GaugeValue, float64(q.Depth), q.Name)
+		ch <- constMetric(descInflight, prometheus.GaugeValue, float64(q.Inflight), q.Name)
 	}
 	for _, d := range append(st.Queues, st.Topics...) {
-		ch <- prometheus.MustNewConstMetric(descConsumer, prometheus.GaugeValue, float64(d.Consumers), d.Name)
-		ch <- prometheus.MustNewConstMetric(descEnq, prometheus.CounterValue, float64(d.Enqueued), d.Name)
-		ch <- prometheus.MustNewConstMetric(descDeq, prometheus.CounterValue, float64(d.Dequeued), d.Name)
+		ch <- constMetric(descConsumer, prometheus.GaugeValue, float64(d.Consumers), d.Name)
+		ch <- constMetric(descEnq, prometheus.CounterValue, float64(d.Enqueued), d.Name)
+		ch <- constMetric(descDeq, prometheus.CounterValue, float64(d.Dequeued), d.Name)
 	}
 	if j := st.Journal; j != nil {
-		ch <- prometheus.MustNewConstMetric(descJSyncs, prometheus.CounterValue, float64(j.Syncs))
-		ch <- prometheus.MustNewConstMetric(descJRecords, prometheus.CounterValue, float64(j.Records))
-		ch <- prometheus.MustNewConstMetric(descJBytes, prometheus.GaugeValue, float64(j.Bytes))
-		ch <- prometheus.MustNewConstMetric(descJSegs, prometheus.GaugeValue, float64(j.Segments))
-		ch <- prometheus.MustNewConstMetric(descJLive, prometheus.GaugeValue, float64(j.LiveBytes))
+		ch <- constMetric(descJSyncs, prometheus.CounterValue, float64(j.Syncs))
+		ch <- constMetric(descJRecords, prometheus.CounterValue, float64(j.Records))
+		ch <- constMetric(descJBytes, prometheus.GaugeValue, float64(j.Bytes))
+		ch <- constMetric(descJSegs, prometheus.GaugeValue, float64(j.Segments))
+		ch <- constMetric(descJLive, prometheus.GaugeValue, float64(j.LiveBytes))
 	}
 	m := st.Memory
-	ch <- prometheus.MustNewConstMetric(descMem, prometheus.GaugeValue, float64(m.Pinned), "pinned")
-	ch <- prometheus.MustNewConstMetric(descMem, prometheus.GaugeValue, float64(m.Cached), "cached")
-	ch <- prometheus.MustNewConstMetric(descMemLimit, prometheus.GaugeValue, float64(m.Limit))
-	ch <- prometheus.MustNewConstMetric(descFlowWait, prometheus.CounterValue, float64(m.FlowControlled))
-	ch <- prometheus.MustNewConstMetric(descFlowTO, prometheus.CounterValue, float64(m.FlowTimeouts))
+	ch <- constMetric(descMem, prometheus.GaugeValue, float64(m.Pinned), "pinned")
+	ch <- constMetric(descMem, prometheus.GaugeValue, float64(m.Cached), "cached")
+	ch <- constMetric(descMemLimit, prometheus.GaugeValue, float64(m.Limit))
+	ch <- constMetric(descFlowWait, prometheus.CounterValue, float64(m.FlowControlled))
+	ch <- constMetric(descFlowTO, prometheus.CounterValue, float64(m.FlowTimeouts))
 	if sb := st.Standby; sb != nil {
-		ch <- prometheus.MustNewConstMetric(descSbMsgs, prometheus.GaugeValue, float64(sb.Messages))
-		ch <- prometheus.MustNewConstMetric(descSbAge, prometheus.GaugeValue, sb.AgeSeconds)
-		ch <- prometheus.MustNewConstMetric(descSbBehind, prometheus.GaugeValue, float64(sb.BehindRecords))
+		ch <- constMetric(descSbMsgs, prometheus.GaugeValue, float64(sb.Messages))
+		ch <- constMetric(descSbAge, prometheus.GaugeValue, sb.AgeSeconds)
+		ch <- constMetric(descSbBehind, prometheus.GaugeValue, float64(sb.BehindRecords))
 	}
+}
+
+// constMetric is prometheus.MustNewConstMetric without the panic: a label
+// value the registry refuses (a destination name recovered from an old
+// store that is not UTF-8, say) costs that one series, which promhttp
+// leaves out, not the whole scrape.
+func constMetric(d *prometheus.Desc, t prometheus.ValueType, v float64, labels ...string) prometheus.Metric {
+	m, err := prometheus.NewConstMetric(d, t, v, labels...)
+	if err != nil {
+		return prometheus.NewInvalidMetric(d, err)
+	}
+	return m
 }

@@ -32,14 +32,33 @@ type Options struct {
 	MaxHeaders    int `toml:"max_headers"`
 	MaxHeaderLine int `toml:"max_header_line"`
 	// MaxConnections caps concurrent client connections; 0 means no cap.
+	// A connection over it gets an ERROR frame and is closed at once, so
+	// that its client knows why instead of hanging in the listen queue.
 	MaxConnections int `toml:"max_connections"`
+	// MaxConnectionsPerSource caps the concurrent connections from one IP
+	// address; 0 means no cap. A sidecar funnels a whole host's clients
+	// through one address, so it is a fraction of MaxConnections, not one.
+	MaxConnectionsPerSource int `toml:"max_connections_per_source"`
+	// InactiveDestinationTimeout is how long a destination may stay empty
+	// and without subscribers before it is removed (its counters with it).
+	InactiveDestinationTimeout conf.Duration `toml:"inactive_destination_timeout"`
+	// MaxSubscriptions caps the subscriptions of one connection.
+	MaxSubscriptions int `toml:"max_subscriptions"`
+	// MaxTransactionBytes caps the bytes of frames one open transaction
+	// holds until COMMIT; past it the client gets an ERROR (waiting cannot
+	// help a transaction that only grows).
+	MaxTransactionBytes int64 `toml:"max_transaction_bytes"`
+	// MaxPendingBytes is how many bytes of frames may wait to be written to
+	// one client before it is dropped as a slow consumer.
+	MaxPendingBytes int64 `toml:"max_pending_bytes"`
 
 	// HeartBeat is what the broker offers in CONNECTED: it can send every
 	// HeartBeat and wants to hear from the client every HeartBeat. The
 	// interval used is negotiated with the client's own offer (STOMP 1.2
 	// "Heart-beating"); zero disables heart-beats from the broker side.
 	HeartBeat conf.Duration `toml:"heart_beat"`
-	// ConnectTimeout drops a connection that has not sent CONNECT in time.
+	// ConnectTimeout drops a connection that has not sent its whole CONNECT
+	// frame this long after it was accepted, however it trickles bytes.
 	ConnectTimeout conf.Duration `toml:"connect_timeout"`
 	// Prefetch is the default number of unacknowledged messages a queue
 	// subscription may hold; a SUBSCRIBE may lower or raise it with the
@@ -97,9 +116,18 @@ func NewOptions() Options {
 		ConnectTimeout:   conf.Duration(10 * time.Second),
 		Prefetch:         1000,
 		MaxPendingFrames: 100000,
-		ShutdownGrace:    conf.Duration(5 * time.Second),
-		SegmentSize:      64 << 20,
-		MaxMemory:        256 << 20,
+		MaxPendingBytes:  16 << 20,
+
+		MaxConnections:          10000,
+		MaxConnectionsPerSource: 2000,
+		MaxSubscriptions:        1000,
+
+		InactiveDestinationTimeout: conf.Duration(time.Minute),
+		MaxTransactionBytes:        16 << 20,
+
+		ShutdownGrace: conf.Duration(5 * time.Second),
+		SegmentSize:   64 << 20,
+		MaxMemory:     256 << 20,
 
 		FlowControlTimeout: conf.Duration(30 * time.Second),
 		StandbyInterval:    conf.Duration(100 * time.Millisecond),
@@ -127,6 +155,10 @@ func (o *Options) Validate() error {
 		{"max_header_line", int64(o.MaxHeaderLine)},
 		{"prefetch", int64(o.Prefetch)},
 		{"max_pending_frames", int64(o.MaxPendingFrames)},
+		{"max_pending_bytes", o.MaxPendingBytes},
+		{"max_subscriptions", int64(o.MaxSubscriptions)},
+		{"inactive_destination_timeout", int64(o.InactiveDestinationTimeout)},
+		{"max_transaction_bytes", o.MaxTransactionBytes},
 		{"segment_size", o.SegmentSize},
 		{"connect_timeout", int64(o.ConnectTimeout)},
 		{"max_memory", o.MaxMemory},
@@ -140,6 +172,9 @@ func (o *Options) Validate() error {
 	}
 	if o.MaxConnections < 0 {
 		errs = append(errs, fmt.Errorf("max_connections: must be 0 (no cap) or positive, got %d", o.MaxConnections))
+	}
+	if o.MaxConnectionsPerSource < 0 {
+		errs = append(errs, fmt.Errorf("max_connections_per_source: must be 0 (no cap) or positive, got %d", o.MaxConnectionsPerSource))
 	}
 	if o.HeartBeat < 0 || o.ShutdownGrace < 0 {
 		errs = append(errs, errors.New("heart_beat and shutdown_grace must not be negative"))

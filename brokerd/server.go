@@ -27,7 +27,6 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
-	"golang.org/x/net/netutil"
 
 	"handover/brokerd/store"
 	"handover/frame"
@@ -67,6 +66,7 @@ type Server struct {
 	isReady bool
 	ln      net.Listener
 	conns   map[*conn]struct{}
+	sources map[string]int // open connections per client IP address
 	connWG  sync.WaitGroup
 
 	destMu  sync.Mutex
@@ -77,6 +77,8 @@ type Server struct {
 	mem     *budget
 	seq     atomic.Uint64
 	connSeq atomic.Uint64
+
+	refusedLog atomic.Int64 // unix ns of the last "refusing connection" line
 
 	// backlog is the slave's index of the store, owned by the follow
 	// goroutine and then by promote; sbMu guards standby, its status.
@@ -125,6 +127,7 @@ func New(opts Options) (*Server, error) {
 		since:    time.Now(),
 		ready:    make(chan struct{}),
 		conns:    map[*conn]struct{}{},
+		sources:  map[string]int{},
 		queues:   map[string]*queue{},
 		topics:   map[string]*topic{},
 		dedup:    newDedup(),
@@ -204,6 +207,14 @@ func (s *Server) Run(ctx context.Context) error {
 		return err
 	}
 
+	rctx, stopReclaim := context.WithCancel(ctx)
+	reclaimDone := make(chan struct{})
+	go func() {
+		defer close(reclaimDone)
+		s.reclaimLoop(rctx)
+	}()
+	defer func() { stopReclaim(); <-reclaimDone }()
+
 	select {
 	case <-ctx.Done():
 		log.Info("shutting down: stop accepting, drain connections, flush, release the lock")
@@ -240,9 +251,6 @@ func (s *Server) startMaster(lease lockstore.Lease, sb store.Standby) error {
 	if err != nil {
 		return fmt.Errorf("STOMP listener: %w", err)
 	}
-	if s.opts.MaxConnections > 0 {
-		ln = netutil.LimitListener(ln, s.opts.MaxConnections)
-	}
 	s.mu.Lock()
 	s.ln = ln
 	s.isReady = true
@@ -278,6 +286,7 @@ func (s *Server) acceptLoop(ln net.Listener) {
 			tc.SetKeepAlivePeriod(30 * time.Second)
 		}
 		c := newConn(s, nc, "c"+strconv.FormatUint(s.connSeq.Add(1), 10))
+		src := sourceOf(nc)
 		s.mu.Lock()
 		select {
 		case <-s.stopping:
@@ -286,7 +295,13 @@ func (s *Server) acceptLoop(ln net.Listener) {
 			return
 		default:
 		}
+		if limit := s.admit(src); limit != "" {
+			s.mu.Unlock()
+			s.refuse(nc, src, limit)
+			continue
+		}
 		s.conns[c] = struct{}{}
+		s.sources[src]++
 		s.connWG.Add(1)
 		s.mu.Unlock()
 		s.metrics.accepted.Inc()
@@ -295,9 +310,52 @@ func (s *Server) acceptLoop(ln net.Listener) {
 			c.serve()
 			s.mu.Lock()
 			delete(s.conns, c)
+			if s.sources[src]--; s.sources[src] <= 0 {
+				delete(s.sources, src)
+			}
 			s.mu.Unlock()
 		}()
 	}
+}
+
+// sourceOf is the IP address a connection comes from.
+func sourceOf(nc net.Conn) string {
+	if a, ok := nc.RemoteAddr().(*net.TCPAddr); ok {
+		return a.IP.String()
+	}
+	return nc.RemoteAddr().String()
+}
+
+// admit says which connection limit a new connection from src would
+// exceed ("" if none). s.mu must be held.
+func (s *Server) admit(src string) string {
+	switch {
+	case s.opts.MaxConnections > 0 && len(s.conns) >= s.opts.MaxConnections:
+		return "max_connections"
+	case s.opts.MaxConnectionsPerSource > 0 && s.sources[src] >= s.opts.MaxConnectionsPerSource:
+		return "max_connections_per_source"
+	}
+	return ""
+}
+
+// refuse tells a connection over a limit why, in an ERROR frame, and
+// closes it. The write is bounded and off the accept loop: a refused
+// client that does not read must not hold up the others.
+func (s *Server) refuse(nc net.Conn, src, limit string) {
+	s.metrics.refused.WithLabelValues(limit).Inc()
+	if now := time.Now().UnixNano(); now-s.refusedLog.Load() > int64(time.Second) {
+		// At most one line a second: a flood of connections must not
+		// become a flood of log lines.
+		s.refusedLog.Store(now)
+		s.log.WithFields(logrus.Fields{"source": src, "limit": limit}).Warn("refusing connection: over a connection limit")
+	}
+	go func() {
+		e := frame.New(frame.ERROR, "message", "too many connections ("+limit+")", "content-type", "text/plain")
+		e.Body = []byte("The broker refused this connection: it is over its " + limit + " limit.\n")
+		nc.SetWriteDeadline(time.Now().Add(time.Second))
+		nc.Write(frame.Append(nil, e, frame.V12))
+		nc.Close()
+	}()
 }
 
 // shutdown stops serving. Gracefully, connections stop reading, finish what
@@ -367,6 +425,78 @@ func (s *Server) queue(name string) *queue {
 	return q
 }
 
+// lockedQueue returns the queue called name with its mu held.
+func (s *Server) lockedQueue(name string) *queue {
+	for {
+		q := s.queue(name)
+		q.mu.Lock()
+		if !q.removed {
+			return q
+		}
+		q.mu.Unlock()
+	}
+}
+
+// reclaimLoop removes destinations that stayed empty and without
+// subscribers for InactiveDestinationTimeout, as ActiveMQ's
+// gcInactiveDestinations does: a client that touches a hundred thousand
+// names must not leave a hundred thousand destinations in memory, /status
+// and /metrics. It runs until ctx ends.
+func (s *Server) reclaimLoop(ctx context.Context) {
+	every := max(s.opts.InactiveDestinationTimeout.D()/2, 10*time.Millisecond)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			if n := s.reclaim(now); n > 0 {
+				s.log.WithField("destinations", n).Debug("reclaimed inactive destinations")
+			}
+		}
+	}
+}
+
+// reclaim removes the destinations inactive since before now minus
+// InactiveDestinationTimeout and returns how many it removed.
+func (s *Server) reclaim(now time.Time) int {
+	timeout := s.opts.InactiveDestinationTimeout.D()
+	idle := func(since *time.Time, empty bool) bool {
+		switch {
+		case !empty:
+			*since = time.Time{}
+		case since.IsZero():
+			*since = now
+		case now.Sub(*since) >= timeout:
+			return true
+		}
+		return false
+	}
+	n := 0
+	s.destMu.Lock()
+	defer s.destMu.Unlock()
+	for name, q := range s.queues {
+		q.mu.Lock()
+		if idle(&q.idleSince, q.head == len(q.pending) && q.inflight == 0 && len(q.subs) == 0) {
+			q.removed = true
+			delete(s.queues, name)
+			n++
+		}
+		q.mu.Unlock()
+	}
+	for name, t := range s.topics {
+		t.mu.Lock()
+		if idle(&t.idleSince, len(t.subs) == 0) {
+			t.removed = true
+			delete(s.topics, name)
+			n++
+		}
+		t.mu.Unlock()
+	}
+	return n
+}
+
 func (s *Server) topic(name string) *topic {
 	s.destMu.Lock()
 	defer s.destMu.Unlock()
@@ -417,9 +547,12 @@ func (s *Server) newMessage(f *frame.Frame) (*message, error) {
 func (s *Server) route(m *message) {
 	s.metrics.received.Inc()
 	if isQueue, _ := splitDestination(m.dest); isQueue {
-		s.queue(m.dest).enqueue(m)
+		for !s.queue(m.dest).enqueue(m) {
+			// Reclaimed between the lookup and the enqueue: look again.
+		}
 	} else {
-		s.topic(m.dest).publish(m)
+		for !s.topic(m.dest).publish(m) {
+		}
 	}
 }
 

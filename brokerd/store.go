@@ -149,8 +149,7 @@ func (s *Server) adopt(b *backlog) {
 		if len(l.ms) == 0 {
 			continue
 		}
-		q := s.queue(name)
-		q.mu.Lock()
+		q := s.lockedQueue(name)
 		q.pending = append(l.ms, q.pending[q.head:]...)
 		q.head = 0
 		q.enqueued += uint64(len(l.ms))
