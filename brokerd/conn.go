@@ -444,6 +444,12 @@ func (c *conn) duplicate(f *frame.Frame) {
 // applied runs apply after the step's records were made durable, or reports
 // the journal's failure to the client. It returns whether it succeeded.
 func (c *conn) applied(f *frame.Frame, apply func(), err error) bool {
+	if errors.Is(err, store.ErrFull) {
+		c.s.metrics.diskFull.Inc()
+		c.log.WithError(err).Warn("disk full: refusing a persistent SEND; acknowledgements go on")
+		c.protocolError(f, "the broker's disk is full (max_disk, disk_reserve); this message was not accepted: retry once consumers have drained", err)
+		return false
+	}
 	if err != nil {
 		c.log.WithError(err).WithField("command", f.Command).Error("journal write failed; the client gets an ERROR and no receipt")
 		c.protocolError(f, "the broker could not persist this frame; it was not accepted", err)
@@ -814,7 +820,12 @@ func (c *conn) autoAck(s *subscription, m *message) {
 	}
 	for _, a := range acked {
 		if a.persistent {
-			c.s.st.Append([]store.Record{{Kind: store.KindAck, ID: a.id, Queue: a.dest}}, func(error) {})
+			id := a.id
+			c.s.st.Append([]store.Record{{Kind: store.KindAck, ID: a.id, Queue: a.dest}}, func(err error) {
+				if err != nil {
+					c.log.WithError(err).WithField("message", id).Warn("auto-ack not journaled: the message will be delivered again after a restart")
+				}
+			})
 		}
 	}
 }

@@ -324,3 +324,54 @@ func TestInactiveDestinationsReclaimed(t *testing.T) {
 		return len(getStatus(t, s.AdminAddr()).Queues) == 0
 	})
 }
+
+// TestDiskFullConsumersDrain: when the journal reaches max_disk, a
+// persistent SEND gets an ERROR and no receipt, but consumers keep
+// acknowledging every message already stored; once they have drained,
+// producers are taken again.
+func TestDiskFullConsumersDrain(t *testing.T) {
+	s := startServer(t, t.TempDir(), func(o *Options) {
+		o.MaxDisk, o.SegmentSize, o.DiskReserve = 256<<10, 64<<10, -1
+	})
+	s.waitReady(t)
+	body := []byte(strings.Repeat("d", 4<<10))
+	persistent := frame.Header{Key: "persistent", Value: "true"}
+	p := dial(t, s.Addr())
+	stored := 0
+	for ; ; stored++ {
+		if stored > 1000 {
+			t.Fatal("4 MB taken with max_disk 256 KiB")
+		}
+		err := p.SendReceipt(ctx5(t), "/queue/full", body, persistent)
+		if err == nil {
+			continue
+		}
+		if !strings.Contains(err.Error(), "disk is full") {
+			t.Fatalf("SEND %d: %v, want an ERROR saying the disk is full", stored, err)
+		}
+		break
+	}
+	if !strings.Contains(scrape(t, s.AdminAddr()), "brokerd_disk_full_refusals_total 1") {
+		t.Error("the refusal is not counted in /metrics")
+	}
+	c := dial(t, s.Addr())
+	sub, err := c.SubscribeReceipt(ctx5(t), "/queue/full", stompclient.AckClientIndividual)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range stored {
+		select {
+		case m := <-sub.C():
+			if err := c.AckReceipt(ctx5(t), m); err != nil {
+				t.Fatalf("ACK %d of %d on a full disk: %v", i, stored, err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("message %d of %d stored was not delivered", i, stored)
+		}
+	}
+	waitUntil(t, 10*time.Second, "producers still refused after the queue was drained", func() bool {
+		q := dial(t, s.Addr())
+		defer q.Close()
+		return q.SendReceipt(ctx5(t), "/queue/full", body, persistent) == nil
+	})
+}

@@ -18,6 +18,7 @@ type metrics struct {
 	closes         *prometheus.CounterVec
 	refused        *prometheus.CounterVec
 	slowConsumers  prometheus.Counter
+	diskFull       prometheus.Counter
 }
 
 func newMetrics(s *Server) *metrics {
@@ -37,12 +38,14 @@ func newMetrics(s *Server) *metrics {
 			Name: "brokerd_damaged_messages_total", Help: "Stored messages whose body could not be read back (see /status damaged); they are not delivered."}),
 		closes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "brokerd_connections_closed_total", Help: "Client connections closed, by reason."}, []string{"reason"}),
+		diskFull: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "brokerd_disk_full_refusals_total", Help: "Persistent SENDs (or COMMITs) refused because the journal reached max_disk or the disk reserve."}),
 		slowConsumers: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "brokerd_slow_consumers_dropped_total", Help: "Connections dropped because too many frames or bytes waited to be written to them."}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "brokerd_connections_refused_total", Help: "Client connections refused at accept, by the limit they were over."}, []string{"limit"}),
 	}
-	m.reg.MustRegister(m.accepted, m.received, m.delivered, m.protocolErrors, m.duplicates, m.damaged, m.closes, m.refused, m.slowConsumers,
+	m.reg.MustRegister(m.accepted, m.received, m.delivered, m.protocolErrors, m.duplicates, m.damaged, m.closes, m.refused, m.slowConsumers, m.diskFull,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		stateCollector{s})
 	return m

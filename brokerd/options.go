@@ -73,6 +73,15 @@ type Options struct {
 	// Pprof serves the Go runtime's profiles on the admin port under
 	// /debug/pprof/ (off by default).
 	Pprof bool `toml:"pprof"`
+	// MaxDisk caps the journal's bytes on disk: past it a persistent SEND
+	// gets an ERROR, while acknowledgements and compaction go on. Zero
+	// means no cap but the reserve.
+	MaxDisk int64 `toml:"max_disk"`
+	// DiskReserve is the free space of the journal's file system that
+	// persistent SENDs may not use, kept for acknowledgements and
+	// compaction, so that consumers can drain a full disk. Zero means two
+	// segments but at most an eighth of the file system; negative, none.
+	DiskReserve int64 `toml:"disk_reserve"`
 	// SegmentSize is the journal segment size in bytes.
 	SegmentSize int64 `toml:"segment_size"`
 	// MaxMemory is the memory budget for message bodies, in bytes (see
@@ -172,6 +181,9 @@ func (o *Options) Validate() error {
 	}
 	if o.MaxConnections < 0 {
 		errs = append(errs, fmt.Errorf("max_connections: must be 0 (no cap) or positive, got %d", o.MaxConnections))
+	}
+	if o.MaxDisk < 0 {
+		errs = append(errs, fmt.Errorf("max_disk: must be 0 (no cap) or positive, got %d", o.MaxDisk))
 	}
 	if o.MaxConnectionsPerSource < 0 {
 		errs = append(errs, fmt.Errorf("max_connections_per_source: must be 0 (no cap) or positive, got %d", o.MaxConnectionsPerSource))

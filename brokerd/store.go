@@ -32,6 +32,8 @@ func (s *Server) openJournal(log *logrus.Entry) (store.Standby, error) {
 	return journal.Follow(journal.Options{
 		Dir:         filepath.Join(s.opts.Data, "journal"),
 		SegmentSize: s.opts.SegmentSize,
+		MaxBytes:    s.opts.MaxDisk,
+		Reserve:     s.opts.DiskReserve,
 		Log:         log.WithField("component", "journal"),
 	})
 }

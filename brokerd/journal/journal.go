@@ -87,6 +87,16 @@ type Options struct {
 	// Log receives warnings (torn tails, write failures) and segment events.
 	// Nil discards them.
 	Log *logrus.Entry
+	// MaxBytes caps the bytes of segment files: an Append holding a Put
+	// fails with ErrFull while they are at or over it. Zero means no cap.
+	MaxBytes int64
+	// Reserve is the free space of the file system that Puts may not
+	// use: an Append holding a Put fails with ErrFull while less is free,
+	// and a new segment is not preallocated where that would cut into it.
+	// Acknowledgements and compaction write on, so consumers can drain
+	// the queues whose deletion frees space. Zero means DefaultReserve;
+	// negative means none.
+	Reserve int64
 
 	// prealloc overrides the preallocation strategy (tests and benchmarks).
 	prealloc preallocMode
@@ -102,6 +112,9 @@ type Options struct {
 	// buffered turns off O_DIRECT writes (tests and benchmarks comparing
 	// the two paths).
 	buffered bool
+	// space replaces the file system's free and total bytes (tests of a
+	// full disk).
+	space func() (free, total int64, err error)
 }
 
 var (
@@ -124,7 +137,19 @@ var (
 	// Nothing of such an Append is written; other Appends are unaffected.
 	// It wraps store.ErrInvalid.
 	ErrInvalid = fmt.Errorf("journal: %w", store.ErrInvalid)
+	// ErrFull is passed to done for an Append holding a Put while the
+	// journal is at MaxBytes or the file system has less than Reserve
+	// free. It wraps store.ErrFull.
+	ErrFull = fmt.Errorf("journal: %w", store.ErrFull)
 )
+
+// DefaultReserve is the free space Puts leave, unless Options.Reserve
+// says otherwise: two segments (room for a great many acknowledgements
+// and for compaction's carried records), but at most an eighth of the
+// file system, so a small one is still usable.
+func DefaultReserve(segSize, fsSize int64) int64 {
+	return min(2*segSize, fsSize/8)
+}
 
 // preallocMode says how a new segment's space is reserved. Preallocation
 // matters because an fdatasync after a write that grew the file must also
@@ -178,6 +203,9 @@ type Journal struct {
 	log      *logrus.Entry
 	prealloc preallocMode
 	hooks    hooks
+	maxBytes int64
+	reserve  int64 // set by start; 0 = none
+	space    func() (free, total int64, err error)
 
 	trash     chan struct{} // wakes removeTrash; closed by Close
 	trashDone chan struct{}
@@ -208,6 +236,7 @@ type Journal struct {
 	buf       []byte
 	offs      []int // offset in buf of each record encoded, in order
 	errs      []error
+	fullErr   error      // why Puts are refused in the batches of this process call
 	dirDirty  bool       // a removal has not been made durable yet
 	spare     chan spare // result of the background zero-fill, if started
 	carrying  bool       // a batch of carried-forward records is pending
@@ -305,6 +334,9 @@ func newJournal(opts Options, log *logrus.Entry) *Journal {
 		fence:     opts.Fence,
 		log:       log,
 		prealloc:  opts.prealloc,
+		maxBytes:  opts.MaxBytes,
+		reserve:   opts.Reserve,
+		space:     opts.space,
 		earlyRoll: !opts.noEarlyRoll,
 		noCarry:   opts.noCarry,
 		tryDirect: !opts.buffered && opts.hooks == nil,
@@ -319,6 +351,9 @@ func newJournal(opts Options, log *logrus.Entry) *Journal {
 	}
 	if j.prealloc == preallocDefault {
 		j.prealloc = defaultPrealloc
+	}
+	if j.space == nil {
+		j.space = func() (int64, int64, error) { return diskSpace(j.dir) }
 	}
 	j.hooks = hooks{
 		writeAt:   (*os.File).WriteAt,
@@ -353,6 +388,14 @@ func newJournal(opts Options, log *logrus.Entry) *Journal {
 // segment after the last one.
 func (j *Journal) start(st *state) error {
 	j.st = st
+	switch {
+	case j.reserve < 0:
+		j.reserve = 0
+	case j.reserve == 0:
+		if _, total, err := j.space(); err == nil {
+			j.reserve = DefaultReserve(j.segSize, total)
+		}
+	}
 	next := uint64(1)
 	if n := len(st.order); n > 0 {
 		next = st.order[n-1] + 1
@@ -571,6 +614,7 @@ func (j *Journal) closeSegment() error {
 
 // process commits work in batches of at most about maxBatchBytes.
 func (j *Journal) process(work []request) {
+	j.fullErr = j.spaceLeft()
 	for len(work) > 0 {
 		j.buf = append(j.buf[:0], make([]byte, batchHeaderSize)...)
 		j.offs = j.offs[:0]
@@ -602,6 +646,9 @@ func (j *Journal) encode(req *request) error {
 		if !req.internal {
 			if err := validate(&req.recs[i]); err != nil {
 				return err
+			}
+			if j.fullErr != nil && req.recs[i].Kind == KindPut {
+				return j.fullErr
 			}
 		}
 		size += encodedLen(&req.recs[i])
@@ -700,6 +747,23 @@ func (j *Journal) writeBatch(count int) (int64, error) {
 	j.nSyncs.Add(1)
 	j.nRecords.Add(uint64(count))
 	return off, nil
+}
+
+// spaceLeft returns an ErrFull error saying why, if Puts must be refused
+// now: MaxBytes reached or the file system's free space under the reserve.
+func (j *Journal) spaceLeft() error {
+	if j.maxBytes > 0 {
+		if n := j.st.nBytes.Load(); n >= j.maxBytes {
+			return fmt.Errorf("%w: %d bytes of segments, max_disk %d", ErrFull, n, j.maxBytes)
+		}
+	}
+	if j.reserve > 0 {
+		free, _, err := j.space()
+		if err == nil && free < j.reserve {
+			return fmt.Errorf("%w: %d bytes free on the file system, below the reserve of %d kept for acknowledgements", ErrFull, free, j.reserve)
+		}
+	}
+	return nil
 }
 
 // fenced reports why this journal may no longer write, if it may not: the

@@ -150,6 +150,13 @@ func (j *Journal) newSegmentFile(seq uint64, mode preallocMode) (*os.File, error
 	if _, err := f.Write(encodeSegHeader(seq)); err != nil {
 		return fail(err)
 	}
+	if mode != preallocNone && !j.roomFor(j.segSize) {
+		// Reserving a whole segment would eat into the free space kept
+		// for acknowledgements (or fail half-way, having used it all
+		// meanwhile): the file grows as it is written instead.
+		j.log.WithField("segment", segName(seq)).Info("journal: not preallocating: free space is short")
+		mode = preallocNone
+	}
 	if err := j.preallocate(f, mode); err != nil {
 		j.log.WithField("segment", segName(seq)).WithError(err).Warn("journal: preallocation failed")
 		// Leave no partly reserved tail: zeros would be harmless to
@@ -162,6 +169,13 @@ func (j *Journal) newSegmentFile(seq uint64, mode preallocMode) (*os.File, error
 		return fail(err)
 	}
 	return f, nil
+}
+
+// roomFor reports whether n more bytes fit on the file system without
+// cutting into the reserve (true when the free space is unknown).
+func (j *Journal) roomFor(n int64) bool {
+	free, _, err := j.space()
+	return err != nil || free-n >= j.reserve
 }
 
 // preallocate reserves the segment's space after its header.

@@ -100,3 +100,13 @@ func mapSegment(path string) (data []byte, unmap func(), err error) {
 func fadviseWillNeed(f *os.File, off, n int64) {
 	_ = unix.Fadvise(int(f.Fd()), off, n, unix.FADV_WILLNEED)
 }
+
+// diskSpace returns the bytes of dir's file system available to this
+// process, and its size.
+func diskSpace(dir string) (free, total int64, err error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return 0, 0, err
+	}
+	return int64(st.Bavail) * st.Bsize, int64(st.Blocks) * st.Bsize, nil
+}

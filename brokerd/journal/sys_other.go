@@ -39,3 +39,6 @@ func (*direct) close() error { return nil }
 
 // fadviseWillNeed is not available here; reads wait for the disk.
 func fadviseWillNeed(*os.File, int64, int64) {}
+
+// diskSpace is unknown here: no reserve is kept.
+func diskSpace(string) (free, total int64, err error) { return 0, 0, errors.ErrUnsupported }

@@ -194,4 +194,10 @@ var (
 	// ErrFenced is wrapped by write errors once the lease's fence refused
 	// a write: another broker is master.
 	ErrFenced = errors.New("store: writes fenced off")
+	// ErrFull is passed to done for an Append holding a Put that the
+	// store refused because its disk space is spent (its size limit, or
+	// the free space it keeps in reserve). Nothing of that Append is
+	// written; Appends without Puts (acknowledgements) still are, from
+	// the reserve, so that consumers can drain what frees the space.
+	ErrFull = errors.New("store: full")
 )
