@@ -96,6 +96,17 @@ func BenchmarkSendNoReceipt(b *testing.B) {
 // BenchmarkConsumeClientIndividual: drain b.N persistent messages with a
 // client-individual subscription, acking each.
 func BenchmarkConsumeClientIndividual(b *testing.B) {
+	consume(b, stompclient.AckClientIndividual)
+}
+
+// BenchmarkConsumeAuto: drain b.N persistent messages with an auto-ack
+// subscription (the broker acknowledges each once the client's TCP stack
+// has it).
+func BenchmarkConsumeAuto(b *testing.B) {
+	consume(b, stompclient.AckAuto)
+}
+
+func consume(b *testing.B, mode stompclient.AckMode) {
 	s := startBroker(b)
 	p := dial(b, s.Addr())
 	for i := 0; i < b.N; i++ {
@@ -108,13 +119,16 @@ func BenchmarkConsumeClientIndividual(b *testing.B) {
 	}
 	c := dial(b, s.Addr())
 	b.ResetTimer()
-	sub, err := c.Subscribe("/queue/bench", stompclient.AckClientIndividual)
+	sub, err := c.Subscribe("/queue/bench", mode)
 	if err != nil {
 		b.Fatal(err)
 	}
 	for i := 0; i < b.N; i++ {
 		select {
 		case m := <-sub.C():
+			if mode == stompclient.AckAuto {
+				continue
+			}
 			if err := c.Ack(m); err != nil {
 				b.Fatal(err)
 			}

@@ -52,7 +52,7 @@ type conn struct {
 	// outMu guards the queue of frames waiting for writeLoop.
 	outMu   sync.Mutex
 	outq    []outFrame
-	outSize int64 // bytes of the frames in outq
+	outSize int64 // bytes of the topic frames in outq (see enqueue)
 	outWake chan struct{}
 	closing bool // no more frames are accepted
 
@@ -64,6 +64,8 @@ type conn struct {
 	raw       syscall.RawConn
 	flushBuf  []byte
 	lastWrite atomic.Int64 // unix ns of the last write, for heart-beats
+	sent      atomic.Int64 // bytes handed to the socket so far
+	delivered deliveries   // auto-ack deliveries the client may not have yet (delivered.go)
 
 	// mu guards the session state.
 	mu   sync.Mutex
@@ -85,9 +87,9 @@ type conn struct {
 	writeHB   time.Duration
 }
 
-// outFrame is a frame queued for writeLoop. onWritten runs after the frame
-// reached the socket (auto-ack uses it: a message counts as consumed once it
-// is written). closeAfter closes the connection after flushing.
+// outFrame is a frame queued for writeLoop. onWritten runs once the client's
+// TCP stack has the frame (auto-ack uses it: see delivered.go). closeAfter
+// closes the connection after flushing.
 type outFrame struct {
 	f          *frame.Frame
 	raw        []byte // already encoded bytes (what a partial flush left)
@@ -858,11 +860,14 @@ func (c *conn) wake() {
 }
 
 // enqueue queues a frame without waking writeLoop; the caller must send,
-// wake or flush afterwards. A client that lets MaxPendingFrames or
-// MaxPendingBytes pile up is dropped as a slow consumer rather than letting
-// it grow the broker's memory without bound.
+// wake or flush afterwards. A client that lets MaxPendingFrames, or
+// MaxPendingBytes of topic messages, pile up is dropped as a slow consumer
+// rather than letting it grow the broker's memory without bound. Queue
+// messages are not counted in bytes here: a queue delivers to a
+// subscription only within its prefetch and MaxPendingBytes, so a slow
+// consumer of a queue holds back its own deliveries instead.
 func (c *conn) enqueue(o outFrame) bool {
-	n := outSize(o)
+	n := o.mem
 	c.outMu.Lock()
 	if c.closing {
 		c.outMu.Unlock()
@@ -871,11 +876,11 @@ func (c *conn) enqueue(o outFrame) bool {
 	if o.closeAfter {
 		c.closing = true
 	}
-	if len(c.outq) > 0 && (len(c.outq) >= c.s.opts.MaxPendingFrames || c.outSize+n > c.s.opts.MaxPendingBytes) {
+	if len(c.outq) > 0 && (len(c.outq) >= c.s.opts.MaxPendingFrames || n > 0 && c.outSize+n > c.s.opts.MaxPendingBytes) {
 		frames, bytes := len(c.outq), c.outSize
 		c.dropSlowLocked()
 		c.outMu.Unlock()
-		c.log.WithFields(logrus.Fields{"pending_frames": frames, "pending_bytes": bytes}).Warn("dropping slow consumer: too much waiting to be written (max_pending_frames, max_pending_bytes)")
+		c.log.WithFields(logrus.Fields{"pending_frames": frames, "pending_topic_bytes": bytes}).Warn("dropping slow consumer: too much waiting to be written (max_pending_frames, max_pending_bytes)")
 		c.s.metrics.slowConsumers.Inc()
 		c.wake()
 		return false
@@ -898,20 +903,11 @@ func (c *conn) dropSlowLocked() {
 	e := frame.New(frame.ERROR, "message", "slow consumer: too many frames waiting to be written to this connection; it is closed and its unacknowledged messages are redelivered",
 		"content-type", "text/plain")
 	c.outq = append(c.outq, outFrame{f: e, closeAfter: true, reason: "slow consumer"})
-	c.outSize = outSize(c.outq[0])
 	go c.abandon(dropped)
 	// A writer stuck on the full socket gives up soon, then writes the
 	// ERROR if the client reads at all, then closes.
 	c.nc.SetWriteDeadline(time.Now().Add(time.Second))
 	time.AfterFunc(2*time.Second, func() { c.close("slow consumer") })
-}
-
-// outSize is the bytes o holds while it waits to be written.
-func outSize(o outFrame) int64 {
-	if o.f != nil {
-		return int64(frameSize(o.f))
-	}
-	return int64(len(o.raw))
 }
 
 // flush writes the queued frames from the calling goroutine if the socket
@@ -959,7 +955,6 @@ func (c *conn) flush() {
 		c.outq = append(c.outq, outFrame{})
 		copy(c.outq[1:], c.outq)
 		c.outq[0] = outFrame{raw: rest}
-		c.outSize += int64(len(rest))
 		c.outMu.Unlock()
 		if err != nil {
 			c.log.WithError(err).Debug("direct write failed; leaving it to the writer")
@@ -986,6 +981,7 @@ func (c *conn) writeNow(buf []byte) (int, error) {
 		return true // never wait for the socket to become writable
 	})
 	if n > 0 {
+		c.sent.Add(int64(n))
 		c.lastWrite.Store(time.Now().UnixNano())
 	}
 	if err == nil && werr != nil && werr != rawsock.ErrWouldBlock {
@@ -1002,13 +998,21 @@ func (c *conn) queueClose(reason string) {
 }
 
 func (c *conn) writeLoop() {
-	w := frame.NewWriter(c.nc)
+	w := frame.NewWriter(countingWriter{c})
 	var batch []outFrame
 	var hb *time.Ticker
 	var hbC <-chan time.Time
+	confirm := time.NewTimer(confirmEvery)
+	confirm.Stop()
+	defer confirm.Stop()
 	c.lastWrite.Store(time.Now().UnixNano())
 	for {
 		select {
+		case <-confirm.C:
+			if c.confirmDeliveries() {
+				confirm.Reset(confirmEvery)
+			}
+			continue
 		case <-c.outWake:
 		case <-hbC:
 			if time.Since(time.Unix(0, c.lastWrite.Load())) < c.writeHB {
@@ -1039,6 +1043,7 @@ func (c *conn) writeLoop() {
 		w.SetVersion(c.ver())
 		// Before the first Write: a big batch flushes from inside Write.
 		c.nc.SetWriteDeadline(time.Now().Add(writeTimeout))
+		confirms := false
 		for _, o := range batch {
 			switch {
 			case err != nil:
@@ -1046,6 +1051,13 @@ func (c *conn) writeLoop() {
 				err = w.WriteRaw(o.raw)
 			case o.f != nil:
 				err = w.Write(o.f)
+			}
+			if err == nil && o.onWritten != nil {
+				// Registered as soon as the frame's place in the stream is
+				// known, so that a write that blocks (or fails) later in
+				// the batch does not hide what the client already has.
+				c.delivered.add(c.sent.Load()+int64(w.Buffered()), o.onWritten)
+				confirms = true
 			}
 			if o.closeAfter {
 				closeAfter, reason = true, o.reason
@@ -1064,11 +1076,11 @@ func (c *conn) writeLoop() {
 		}
 		c.lastWrite.Store(time.Now().UnixNano())
 		for i, o := range batch {
-			if o.onWritten != nil {
-				o.onWritten()
-			}
 			c.s.mem.unpin(o.mem)
 			batch[i] = outFrame{}
+		}
+		if confirms && c.confirmDeliveries() {
+			confirm.Reset(confirmEvery)
 		}
 		if closeAfter {
 			c.close(reason)
@@ -1079,6 +1091,16 @@ func (c *conn) writeLoop() {
 			hbC = hb.C
 		}
 	}
+}
+
+// countingWriter writes to the connection's socket, counting the bytes
+// for the confirmation of deliveries.
+type countingWriter struct{ c *conn }
+
+func (w countingWriter) Write(p []byte) (int, error) {
+	n, err := w.c.nc.Write(p)
+	w.c.sent.Add(int64(n))
+	return n, err
 }
 
 // writeTimeout bounds one flush; a client that stops reading for this long
@@ -1107,6 +1129,11 @@ func (c *conn) close(reason string) {
 		c.outMu.Unlock()
 		c.abandon(dropped)
 		c.reason = reason
+		// What the client has is consumed; the rest of its auto-ack
+		// deliveries stay unacknowledged and go back to their queues
+		// below, with the subscriptions.
+		c.confirmDeliveries()
+		c.delivered.seal()
 		c.nc.Close()
 		close(c.closed)
 		c.mu.Lock()

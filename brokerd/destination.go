@@ -118,6 +118,10 @@ type subscription struct {
 	// inflight holds the queue messages delivered to this subscription and
 	// not yet acknowledged, in delivery order. Guarded by q.mu.
 	inflight []*message
+	// inflightBytes is the size of inflight: a subscription takes no more
+	// deliveries past MaxPendingBytes, whatever its prefetch, so that a
+	// queue's output to one connection is bounded in bytes too.
+	inflightBytes int64
 }
 
 // splitDestination checks a destination header and says whether it names a
@@ -242,7 +246,7 @@ func (q *queue) dispatchLocked() {
 		var s *subscription
 		for i := range q.subs {
 			c := q.subs[(q.next+i)%len(q.subs)]
-			if len(c.inflight) < c.prefetch {
+			if len(c.inflight) < c.prefetch && (c.inflightBytes < q.s.opts.MaxPendingBytes || len(c.inflight) == 0) {
 				s = c
 				q.next = (q.next + i + 1) % len(q.subs)
 				break
@@ -257,6 +261,7 @@ func (q *queue) dispatchLocked() {
 		}
 		m.pin(q.s.mem)
 		s.inflight = append(s.inflight, m)
+		s.inflightBytes += int64(m.size)
 		q.inflight++
 		s.c.deliver(s, m)
 	}
@@ -304,7 +309,7 @@ func (q *queue) unsubscribe(s *subscription) {
 		q.next = 0
 	}
 	back := s.inflight
-	s.inflight = nil
+	s.inflight, s.inflightBytes = nil, 0
 	q.inflight -= len(back)
 	s.c.forget(back)
 	q.requeueLocked(back)
@@ -332,6 +337,7 @@ func (q *queue) ack(s *subscription, id string, cumulative bool) ([]*message, er
 	q.inflight -= len(acked)
 	q.dequeued += uint64(len(acked))
 	for _, m := range acked {
+		s.inflightBytes -= int64(m.size)
 		m.release(q.s.mem)
 	}
 	s.c.forget(acked)
@@ -349,6 +355,7 @@ func (q *queue) nack(s *subscription, id string) error {
 	}
 	m := s.inflight[i]
 	s.inflight = append(s.inflight[:i], s.inflight[i+1:]...)
+	s.inflightBytes -= int64(m.size)
 	q.inflight--
 	s.c.forget([]*message{m})
 	q.requeueLocked([]*message{m})

@@ -1,14 +1,18 @@
 package brokerd
 
 import (
+	"bytes"
 	"fmt"
 	"io"
+	"net"
 	"math/rand/v2"
 	"net/http"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"handover/frame"
 	"handover/internal/conf"
@@ -374,4 +378,108 @@ func TestDiskFullConsumersDrain(t *testing.T) {
 		defer q.Close()
 		return q.SendReceipt(ctx5(t), "/queue/full", body, persistent) == nil
 	})
+}
+
+// TestSlowAutoAckConsumerLosesNothing: an auto-ack consumer stops reading,
+// then dies. Every message is either among the bytes its TCP stack had
+// taken (they count as consumed: the client had them) or is delivered to
+// the next consumer: what was still in the broker's send queue goes back
+// to the queue.
+func TestSlowAutoAckConsumerLosesNothing(t *testing.T) {
+	const n, size = 1500, 16 << 10
+	s := startServer(t, t.TempDir(), func(o *Options) { o.MaxPendingBytes = 1 << 20 })
+	s.waitReady(t)
+	slow := connectRaw(t, s.Addr())
+	slow.send("SUBSCRIBE\nid:s\ndestination:/queue/slow\nack:auto\nactivemq.prefetchSize:100000\nreceipt:r\n\n\x00")
+	if f := slow.read(); f.Command != frame.RECEIPT {
+		t.Fatalf("SUBSCRIBE: %v", f)
+	}
+	p := dial(t, s.Addr())
+	body := []byte(strings.Repeat("s", size))
+	for i := range n {
+		if err := p.Send("/queue/slow", body, frame.Header{Key: "persistent", Value: "true"}, frame.Header{Key: "n", Value: strconv.Itoa(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := p.SendReceipt(ctx5(t), "/queue/fence", nil); err != nil {
+		t.Fatal(err)
+	}
+	// The consumer's socket buffers fill and deliveries stop.
+	depth := func() int {
+		for _, q := range getStatus(t, s.AdminAddr()).Queues {
+			if q.Name == "/queue/slow" {
+				return q.Depth - q.Inflight
+			}
+		}
+		return -1
+	}
+	last := -1
+	waitUntil(t, 20*time.Second, "deliveries to the consumer that does not read did not stop", func() bool {
+		d := depth()
+		stable := d == last && d > 0
+		last = d
+		time.Sleep(100 * time.Millisecond)
+		return stable
+	})
+
+	// What the dead client had: the bytes in its receive queue now,
+	// peeked, so that its receive window stays shut and nothing more
+	// arrives before it dies.
+	seen := map[int]int{}
+	tc := slow.nc.(*net.TCPConn)
+	sc, _ := tc.SyscallConn()
+	var buf []byte
+	sc.Control(func(fd uintptr) {
+		queued, err := unix.IoctlGetInt(int(fd), unix.SIOCINQ)
+		if err != nil {
+			t.Fatal(err)
+		}
+		buf = make([]byte, queued)
+		k, _, err := unix.Recvfrom(int(fd), buf, unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		if err != nil {
+			t.Fatal(err)
+		}
+		buf = buf[:k]
+	})
+	r := frame.NewReader(bytes.NewReader(buf), frame.Limits{MaxBody: -1})
+	had := 0
+	for {
+		f, err := r.Read()
+		if err != nil {
+			break
+		}
+		if f.Command == frame.MESSAGE {
+			k, _ := strconv.Atoi(f.Value("n"))
+			seen[k]++
+			had++
+		}
+	}
+	tc.SetLinger(0)
+	tc.Close() // the client dies: nothing more reaches it
+
+	c := dial(t, s.Addr())
+	sub, err := c.SubscribeReceipt(ctx5(t), "/queue/slow", stompclient.AckClientIndividual)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again := 0
+	for len(seen) < n {
+		select {
+		case m := <-sub.C():
+			k, _ := strconv.Atoi(m.Value("n"))
+			seen[k]++
+			again++
+			if err := c.Ack(m); err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("lost %d of %d messages: the dead consumer had %d, the next one got %d", n-len(seen), n, had, again)
+		}
+	}
+	t.Logf("the dead consumer had %d messages, the next one got %d", had, again)
+	// Exactly: a message counts as consumed when its last byte is in the
+	// client's TCP stack, so none of those is delivered twice either.
+	if had+again != n {
+		t.Errorf("the dead consumer had %d and the next one got %d: %d delivered twice", had, again, had+again-n)
+	}
 }
