@@ -107,6 +107,7 @@ func TestFlowControl(t *testing.T) {
 	const size = 64 << 10
 	s := startServer(t, t.TempDir(), func(o *Options) {
 		o.MaxMemory = 1 << 20
+		o.MaxDestinationMemory = o.MaxMemory // the whole budget, not a queue's share, is tested here
 		o.FlowControlTimeout = conf.Duration(2 * time.Second)
 	})
 	s.waitReady(t)

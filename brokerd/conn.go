@@ -367,7 +367,7 @@ func (c *conn) transacted(f *frame.Frame, tx string) bool {
 		c.protocolError(f, fmt.Sprintf("transaction %q would hold %d bytes, over max_transaction_bytes (%d); it is aborted and nothing in it was accepted", tx, t.bytes+n, c.s.opts.MaxTransactionBytes), nil)
 		return false
 	}
-	if f.Command == frame.SEND && !c.waitForMemory(f) {
+	if f.Command == frame.SEND && !c.waitForMemory(f, c.s.mem.full, "max_memory") {
 		return false
 	}
 	c.s.mem.pin(n)
@@ -393,20 +393,36 @@ func (c *conn) transacted(f *frame.Frame, tx string) bool {
 // their bodies go to the store, not to memory.
 func (c *conn) flowControl(f *frame.Frame) bool {
 	mem := c.s.mem
+	dest := f.Value("destination")
+	isQueue, err := splitDestination(dest)
+	if isQueue && f.Value("persistent") == "true" || err != nil {
+		return true // a bad destination is refused later, with its reason
+	}
+	if !isQueue {
+		return c.waitForMemory(f, mem.full, "max_memory")
+	}
+	// A queue's own share, so that one flooded queue does not take the
+	// whole budget from the others.
+	limit := c.s.opts.MaxDestinationMemory
+	if limit == 0 {
+		limit = mem.limit / 4
+	}
+	q := c.s.queue(dest)
+	if !mem.full() && q.pinned.Load() < limit {
+		return true
+	}
+	what := "max_memory"
 	if !mem.full() {
-		return true
+		what = "max_destination_memory"
 	}
-	if isQueue, _ := splitDestination(f.Value("destination")); isQueue && f.Value("persistent") == "true" {
-		return true
-	}
-	return c.waitForMemory(f)
+	return c.waitForMemory(f, func() bool { return mem.full() || q.pinned.Load() >= limit }, what)
 }
 
-// waitForMemory holds f while the memory budget is spent, up to
-// FlowControlTimeout; past it f is refused with an ERROR.
-func (c *conn) waitForMemory(f *frame.Frame) bool {
+// waitForMemory holds f while blocked() says memory is spent, up to
+// FlowControlTimeout; past it f is refused with an ERROR naming limit.
+func (c *conn) waitForMemory(f *frame.Frame, blocked func() bool, limit string) bool {
 	mem := c.s.mem
-	ok := mem.wait(c.s.opts.FlowControlTimeout.D(), c.closed, c.s.stopping)
+	ok := mem.wait(blocked, c.s.opts.FlowControlTimeout.D(), c.closed, c.s.stopping)
 	if ok {
 		return true
 	}
@@ -417,8 +433,8 @@ func (c *conn) waitForMemory(f *frame.Frame) bool {
 		return false // the shutdown ends the connection its own way
 	default:
 	}
-	c.log.WithField("max_memory", mem.limit).Warn("producer flow control: memory still full after flow_control_timeout; refusing the SEND")
-	c.protocolError(f, "the broker's memory for messages is full (max_memory); this message was not accepted: retry later", nil)
+	c.log.WithFields(logrus.Fields{"limit": limit, "destination": f.Value("destination")}).Warn("producer flow control: memory still full after flow_control_timeout; refusing the SEND")
+	c.protocolError(f, "the broker's memory for messages is full ("+limit+"); this message was not accepted: retry later", nil)
 	return false
 }
 

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"handover/brokerd/store"
@@ -47,15 +48,17 @@ const (
 	memPinned
 )
 
-// hold charges m's body to the budget as it enters a queue: a persistent
+// hold charges m's body to the budget as it enters queue q: a persistent
 // body is kept only if the cache has room (it is in the store anyway), a
 // non-persistent one always (producers were held back before it came).
-func (m *message) hold(b *budget) {
+func (m *message) hold(q *queue) {
 	if m.frame == nil || m.mem != memNone {
 		return
 	}
+	b := q.s.mem
 	switch {
 	case !m.persistent:
+		q.pinned.Add(int64(m.size))
 		b.pin(int64(m.size))
 		m.mem = memPinned
 	case b.cache(int64(m.size)):
@@ -65,23 +68,28 @@ func (m *message) hold(b *budget) {
 	}
 }
 
-// pin charges m's body as pinned: it is being delivered.
-func (m *message) pin(b *budget) {
+// pin charges m's body as pinned in q: it is being delivered.
+func (m *message) pin(q *queue) {
+	b := q.s.mem
 	switch m.mem {
 	case memPinned:
 		return
 	case memCached:
 		b.uncache(int64(m.size))
 	}
+	q.pinned.Add(int64(m.size))
 	b.pin(int64(m.size))
 	m.mem = memPinned
 }
 
-// release gives back what m's body was charged, and drops a persistent
-// body (requeued messages are read back when delivered again).
-func (m *message) release(b *budget) {
+// release gives back what m's body was charged in q, and drops a
+// persistent body (requeued messages are read back when delivered again).
+// The queue's count goes first: unpinning wakes producers that look at it.
+func (m *message) release(q *queue) {
+	b := q.s.mem
 	switch m.mem {
 	case memPinned:
+		q.pinned.Add(-int64(m.size))
 		b.unpin(int64(m.size))
 	case memCached:
 		b.uncache(int64(m.size))
@@ -158,6 +166,12 @@ type queue struct {
 	// whoever still holds it looks it up again.
 	idleSince time.Time
 	removed   bool
+
+	// pinned is the bytes of this queue's bodies pinned in the budget
+	// (non-persistent messages waiting, deliveries not acknowledged);
+	// producers of non-persistent messages to a queue at
+	// MaxDestinationMemory wait, as for the whole budget.
+	pinned atomic.Int64
 }
 
 // queueStats is a snapshot for /status and /metrics.
@@ -168,6 +182,9 @@ type queueStats struct {
 	Consumers int    `json:"consumers"`
 	Enqueued  uint64 `json:"enqueued"`
 	Dequeued  uint64 `json:"dequeued"`
+	// Memory is the bytes of bodies the destination holds pinned in the
+	// memory budget.
+	Memory int64 `json:"memory"`
 }
 
 func (q *queue) stats() queueStats {
@@ -180,6 +197,7 @@ func (q *queue) stats() queueStats {
 		Consumers: len(q.subs),
 		Enqueued:  q.enqueued,
 		Dequeued:  q.dequeued,
+		Memory:    q.pinned.Load(),
 	}
 }
 
@@ -195,7 +213,7 @@ func (q *queue) enqueue(ms ...*message) bool {
 		// The queue's own copy of the name: m's would keep the SEND's
 		// header buffer alive for as long as m is queued.
 		m.dest = q.name
-		m.hold(q.s.mem)
+		m.hold(q)
 	}
 	q.pending = append(q.pending, ms...)
 	q.enqueued += uint64(len(ms))
@@ -211,8 +229,8 @@ func (q *queue) requeueLocked(ms []*message) {
 	}
 	for _, m := range ms {
 		m.redelivered = true
-		m.release(q.s.mem)
-		m.hold(q.s.mem)
+		m.release(q)
+		m.hold(q)
 	}
 	if q.head >= len(ms) {
 		q.head -= len(ms)
@@ -259,7 +277,7 @@ func (q *queue) dispatchLocked() {
 		if !q.load(m) {
 			continue
 		}
-		m.pin(q.s.mem)
+		m.pin(q)
 		s.inflight = append(s.inflight, m)
 		s.inflightBytes += int64(m.size)
 		q.inflight++
@@ -338,7 +356,7 @@ func (q *queue) ack(s *subscription, id string, cumulative bool) ([]*message, er
 	q.dequeued += uint64(len(acked))
 	for _, m := range acked {
 		s.inflightBytes -= int64(m.size)
-		m.release(q.s.mem)
+		m.release(q)
 	}
 	s.c.forget(acked)
 	q.dispatchLocked()

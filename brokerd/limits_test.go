@@ -483,3 +483,90 @@ func TestSlowAutoAckConsumerLosesNothing(t *testing.T) {
 		t.Errorf("the dead consumer had %d and the next one got %d: %d delivered twice", had, again, had+again-n)
 	}
 }
+
+// TestShutdownWithMassSubscriptions: a client holding a great many
+// subscriptions on one topic (here with max_subscriptions raised to allow
+// it) does not hold up a SIGTERM: the teardown of its subscriptions is
+// linear, and the broker stops (releasing the master lock) well within its
+// grace.
+func TestShutdownWithMassSubscriptions(t *testing.T) {
+	const n = 200000
+	s := startServer(t, t.TempDir(), func(o *Options) {
+		o.MaxSubscriptions = n + 1
+		o.ShutdownGrace = conf.Duration(time.Second)
+	})
+	s.waitReady(t)
+	c := connectRaw(t, s.Addr())
+	var b strings.Builder
+	for i := range n {
+		fmt.Fprintf(&b, "SUBSCRIBE\nid:%d\ndestination:/topic/mass\n\n\x00", i)
+		if b.Len() > 1<<20 {
+			c.send(b.String())
+			b.Reset()
+		}
+	}
+	b.WriteString("SUBSCRIBE\nid:last\ndestination:/topic/other\nreceipt:r\n\n\x00")
+	c.send(b.String())
+	if f, err := c.tryRead(60 * time.Second); err != nil || f.Command != frame.RECEIPT {
+		t.Fatalf("after %d SUBSCRIBEs: %v, %v", n, f, err)
+	}
+	start := time.Now()
+	if err := s.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	// Quadratic teardown took minutes at this size; the bound leaves
+	// room for a loaded machine.
+	if took := time.Since(start); took > 15*time.Second {
+		t.Errorf("shutdown with %d subscriptions on one topic took %v", n, took)
+	}
+}
+
+// TestDestinationMemoryShare: a queue flooded with non-persistent messages
+// that nobody consumes is held at max_destination_memory, while producers
+// to other queues go on; its held producer gets an ERROR naming the limit.
+func TestDestinationMemoryShare(t *testing.T) {
+	const size = 64 << 10
+	s := startServer(t, t.TempDir(), func(o *Options) {
+		o.MaxMemory, o.MaxDestinationMemory = 8<<20, 1<<20
+		o.FlowControlTimeout = conf.Duration(time.Second)
+	})
+	s.waitReady(t)
+	flood := connectRaw(t, s.Addr())
+	held := false
+	for i := 0; i < 64 && !held; i++ {
+		f := frame.New(frame.SEND, "destination", "/queue/flooded", "receipt", strconv.Itoa(i))
+		f.Body = make([]byte, size)
+		flood.sendFrame(f)
+		r, err := flood.tryRead(5 * time.Second)
+		switch {
+		case err != nil:
+			t.Fatal(err)
+		case r.Command == frame.ERROR:
+			if !strings.Contains(r.Value("message"), "max_destination_memory") {
+				t.Fatalf("the flooding producer: %v, want an ERROR naming max_destination_memory", r)
+			}
+			held = true
+		case r.Command != frame.RECEIPT:
+			t.Fatalf("want RECEIPT or ERROR, got %v", r)
+		}
+	}
+	if !held {
+		t.Fatal("4 MiB of non-persistent SENDs to one queue taken with a 1 MiB share")
+	}
+	var flooded queueStats
+	for _, q := range getStatus(t, s.AdminAddr()).Queues {
+		if q.Name == "/queue/flooded" {
+			flooded = q
+		}
+	}
+	if flooded.Memory < 1<<20 || flooded.Memory > 1<<20+2*size {
+		t.Errorf("the flooded queue holds %d bytes, want its share of %d", flooded.Memory, 1<<20)
+	}
+	// Another queue is not held back by the flooded one.
+	other := dial(t, s.Addr())
+	for i := range 8 {
+		if err := other.SendReceipt(ctx5(t), "/queue/other", make([]byte, size)); err != nil {
+			t.Fatalf("SEND %d to another queue: %v", i, err)
+		}
+	}
+}

@@ -92,10 +92,13 @@ func (b *budget) wake() {
 	b.mu.Unlock()
 }
 
-// wait blocks while the budget is spent, until it is not (true), or until
-// timeout or either done channel is closed (false).
-func (b *budget) wait(timeout time.Duration, done, done2 <-chan struct{}) bool {
-	if !b.full() {
+// wait blocks while blocked() holds (it is looked at again whenever
+// memory is freed), until it does not (true), or until timeout or either
+// done channel is closed (false). blocked may only depend on usage that
+// wakes the budget's waiters when it falls (the budget's own, or a
+// queue's, which falls together with it).
+func (b *budget) wait(blocked func() bool, timeout time.Duration, done, done2 <-chan struct{}) bool {
+	if !blocked() {
 		return true
 	}
 	b.waiting.Add(1)
@@ -108,7 +111,7 @@ func (b *budget) wait(timeout time.Duration, done, done2 <-chan struct{}) bool {
 		ch := b.freed
 		b.mu.Unlock()
 		// Looked at after taking ch: a release between the two closes ch.
-		if !b.full() {
+		if !blocked() {
 			return true
 		}
 		select {

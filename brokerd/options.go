@@ -89,6 +89,11 @@ type Options struct {
 	// store until delivered, and producers of non-persistent and topic
 	// messages wait while it is spent (flow control).
 	MaxMemory int64 `toml:"max_memory"`
+	// MaxDestinationMemory is one queue's share of MaxMemory: producers of
+	// non-persistent messages to a queue that holds this many bytes of
+	// bodies wait as for the whole budget. Zero means a quarter of
+	// MaxMemory.
+	MaxDestinationMemory int64 `toml:"max_destination_memory"`
 	// FlowControlTimeout is how long a producer waits for memory before
 	// its SEND is refused with an ERROR (the connection then closes; the
 	// message had no receipt, so nothing acknowledged is lost).
@@ -181,6 +186,9 @@ func (o *Options) Validate() error {
 	}
 	if o.MaxConnections < 0 {
 		errs = append(errs, fmt.Errorf("max_connections: must be 0 (no cap) or positive, got %d", o.MaxConnections))
+	}
+	if o.MaxDestinationMemory < 0 {
+		errs = append(errs, fmt.Errorf("max_destination_memory: must be 0 (a quarter of max_memory) or positive, got %d", o.MaxDestinationMemory))
 	}
 	if o.MaxDisk < 0 {
 		errs = append(errs, fmt.Errorf("max_disk: must be 0 (no cap) or positive, got %d", o.MaxDisk))
