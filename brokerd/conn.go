@@ -140,6 +140,14 @@ func (c *conn) ver() frame.Version { return c.version.Load().(frame.Version) }
 // before each read so that a client silent for longer than its heart-beat
 // allowance (or that never sends CONNECT) is dropped.
 func (c *conn) Read(p []byte) (int, error) {
+	select {
+	case <-c.s.stopping:
+		// Shutdown stops reading: a frame parsed since it interrupted
+		// the last read must not renew the deadline.
+		c.nc.SetReadDeadline(time.Now())
+		return c.nc.Read(p)
+	default:
+	}
 	if !c.connectBy.IsZero() {
 		c.nc.SetReadDeadline(c.connectBy)
 	} else if d := time.Duration(c.readIdle.Load()); d > 0 {
