@@ -103,6 +103,17 @@ type Options struct {
 	// only the tail.
 	StandbyInterval conf.Duration `toml:"standby_interval"`
 
+	// LeaseRenew is how often the master renews its lease (the file lock's
+	// heartbeat; PostgreSQL's lease renews every lock_retry instead).
+	LeaseRenew conf.Duration `toml:"lease_renew"`
+	// LeaseTimeout is how long a master's lease lasts without renewal:
+	// a slave that sees none for this long takes over from a master that
+	// is alive but frozen (and so never frees its lock), and a master
+	// that could not renew for three quarters of it stops writing and
+	// exits 3. Choose it well above the worst pause of the shared file
+	// system or database (an NFS server failover, a checkpoint).
+	LeaseTimeout conf.Duration `toml:"lease_timeout"`
+
 	// Locker overrides the master lock; nil means the file lock in Data.
 	// Not settable from the config file (cmd/brokerd builds it from -lock).
 	Locker lockstore.Locker `toml:"-"`
@@ -145,6 +156,8 @@ func NewOptions() Options {
 
 		FlowControlTimeout: conf.Duration(30 * time.Second),
 		StandbyInterval:    conf.Duration(100 * time.Millisecond),
+		LeaseRenew:         conf.Duration(lockstore.DefaultCheckInterval),
+		LeaseTimeout:       conf.Duration(lockstore.DefaultLeaseTimeout),
 	}
 }
 
@@ -178,6 +191,8 @@ func (o *Options) Validate() error {
 		{"max_memory", o.MaxMemory},
 		{"flow_control_timeout", int64(o.FlowControlTimeout)},
 		{"standby_interval", int64(o.StandbyInterval)},
+		{"lease_renew", int64(o.LeaseRenew)},
+		{"lease_timeout", int64(o.LeaseTimeout)},
 	}
 	for _, p := range positive {
 		if p.v <= 0 {
@@ -186,6 +201,9 @@ func (o *Options) Validate() error {
 	}
 	if o.MaxConnections < 0 {
 		errs = append(errs, fmt.Errorf("max_connections: must be 0 (no cap) or positive, got %d", o.MaxConnections))
+	}
+	if o.LeaseRenew > 0 && o.LeaseTimeout < 2*o.LeaseRenew {
+		errs = append(errs, fmt.Errorf("lease_timeout (%v) must be at least twice lease_renew (%v)", o.LeaseTimeout.D(), o.LeaseRenew.D()))
 	}
 	if o.MaxDestinationMemory < 0 {
 		errs = append(errs, fmt.Errorf("max_destination_memory: must be 0 (a quarter of max_memory) or positive, got %d", o.MaxDestinationMemory))

@@ -65,9 +65,11 @@ type Server struct {
 	ready   chan struct{} // closed once serving as master
 	isReady bool
 	ln      net.Listener
-	conns   map[*conn]struct{}
-	sources map[string]int // open connections per client IP address
-	connWG  sync.WaitGroup
+	// abdicated is why a write gave the lease up (see abdicate).
+	abdicated error
+	conns     map[*conn]struct{}
+	sources   map[string]int // open connections per client IP address
+	connWG    sync.WaitGroup
 
 	destMu  sync.Mutex
 	queues  map[string]*queue
@@ -108,7 +110,12 @@ func New(opts Options) (*Server, error) {
 			return nil, fmt.Errorf("data directory: %w", err)
 		}
 		var err error
-		locker, err = lockstore.NewFile(lockstore.FileOptions{Dir: opts.Data, Log: log.WithField("component", "lockstore")})
+		locker, err = lockstore.NewFile(lockstore.FileOptions{
+			Dir:           opts.Data,
+			CheckInterval: opts.LeaseRenew.D(),
+			LeaseTimeout:  opts.LeaseTimeout.D(),
+			Log:           log.WithField("component", "lockstore"),
+		})
 		if err != nil {
 			return nil, fmt.Errorf("master lock: %w", err)
 		}
@@ -226,11 +233,17 @@ func (s *Server) Run(ctx context.Context) error {
 		log.Info("stopped")
 		return nil
 	case <-lease.Done():
-		log.WithError(lease.Err()).Error("master lock lost: stopping at once")
+		why := lease.Err()
+		s.mu.Lock()
+		if s.abdicated != nil {
+			why = s.abdicated
+		}
+		s.mu.Unlock()
+		log.WithError(why).Error("master lock lost: stopping at once")
 		s.shutdown(true)
 		lease.Release()
 		s.setRole(RoleStopped, lease.Epoch())
-		return fmt.Errorf("%w: %v", ErrLeaseLost, lease.Err())
+		return fmt.Errorf("%w: %v", ErrLeaseLost, why)
 	}
 }
 

@@ -108,6 +108,23 @@ func (s *Server) noteStandby(p store.Progress, err error, lastErr *string, log *
 	st.Position, st.Waiting = p.Position, p.Waiting
 }
 
+// abdicate gives up the lease because a write found it could not be relied
+// on; Run then stops the broker as for a lost lock. Only the first reason
+// is kept.
+func (s *Server) abdicate(lease lockstore.Lease, why error) {
+	s.mu.Lock()
+	first := s.abdicated == nil
+	if first {
+		s.abdicated = why
+	}
+	s.mu.Unlock()
+	if first {
+		// Not here: Release waits for the lock's watcher, and the caller
+		// is a store's writer that shutdown will wait for.
+		go lease.Release()
+	}
+}
+
 // promote makes the standby the master's store and turns the backlog into
 // queues. It reads only what was appended since the standby's last look.
 func (s *Server) promote(lease lockstore.Lease, sb store.Standby) (store.Store, error) {
@@ -117,16 +134,24 @@ func (s *Server) promote(lease lockstore.Lease, sb store.Standby) (store.Store, 
 			return nil, err
 		}
 	}
-	st, err := sb.Promote(store.Promotion{
-		Epoch: lease.Epoch(),
-		Fence: func() error {
-			select {
-			case <-lease.Done():
-				return fmt.Errorf("%w: %v", ErrLeaseLost, lease.Err())
-			default:
-				return nil
+	// A lease that cannot be relied on ends this master's term: whatever
+	// the reason (superseded, or not renewed in time because the process
+	// was frozen or starved), a slave may be serving by now, so this
+	// process stops and exits 3 rather than wait to find out.
+	fence := func(check func() error) func() error {
+		return func() error {
+			err := check()
+			if err != nil {
+				s.abdicate(lease, err)
+				return fmt.Errorf("%w: %v", ErrLeaseLost, err)
 			}
-		},
+			return nil
+		}
+	}
+	st, err := sb.Promote(store.Promotion{
+		Epoch:  lease.Epoch(),
+		Fence:  fence(lease.Valid),
+		Verify: fence(lease.Verify),
 	}, s.backlog)
 	if err != nil {
 		return nil, err

@@ -22,8 +22,9 @@ type ScheduleOptions struct {
 	// Warmup is how long the workload runs before the first fault; zero
 	// means Pace.
 	Warmup time.Duration
-	// Freeze is how long sigstop-master keeps the master stopped; zero
-	// means 6s. It must exceed the sidecar's detection time (~3.5s).
+	// Freeze is how long sigstop-master keeps the master stopped at least
+	// (it stays stopped until a slave took over by lease in any case);
+	// zero means 3s.
 	Freeze time.Duration
 	// Drain bounds the wait, after the producers stop, for every receipted
 	// message to be delivered; zero means 60s.
@@ -41,7 +42,7 @@ func (o *ScheduleOptions) defaults() {
 		o.Warmup = o.Pace
 	}
 	if o.Freeze == 0 {
-		o.Freeze = 6 * time.Second
+		o.Freeze = 3 * time.Second
 	}
 	if o.Drain == 0 {
 		o.Drain = 60 * time.Second
@@ -347,7 +348,7 @@ func (rep *Report) String() string {
 		}
 		b.WriteString("\n")
 	}
-	b.WriteString("  (takeover, rerouted, no-master and restart are maxima; rerouted is from SIGCONT for sigstop-master)\n")
+	b.WriteString("  (takeover, rerouted, no-master and restart are maxima; for sigstop-master they are from SIGSTOP)\n")
 	if len(rep.Lost) > 0 {
 		fmt.Fprintf(&b, "  LOST: %s\n", head(rep.Lost, 50))
 	}

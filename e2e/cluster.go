@@ -31,6 +31,10 @@ type ClusterOptions struct {
 	// every broker with -store DSN and a -data of its own; the lock is in
 	// the database and slaves poll it every -lock-retry, 500ms).
 	Store string
+	// BrokerConfig, when set, is the text of a brokerd TOML config file
+	// given to every broker as -config (limits such as max_disk); the
+	// harness's flags (addresses, data, store, log level) override it.
+	BrokerConfig string
 }
 
 // The stores a cluster can run on.
@@ -56,6 +60,7 @@ type Cluster struct {
 	logs       *logSet
 	data       string
 	brokerBin  string
+	brokerCfg  string // -config of every broker ("" for none): ClusterOptions.BrokerConfig
 	sidecarBin string
 	sidecarCfg string
 	// pg is the database of a StorePostgres cluster (nil otherwise): its
@@ -106,6 +111,12 @@ func StartCluster(t testing.TB, opts ClusterOptions) *Cluster {
 	}
 	if opts.Store == StorePostgres {
 		c.pg = pgtest.Start(t)
+	}
+	if opts.BrokerConfig != "" {
+		c.brokerCfg = filepath.Join(c.logs.dir, "brokerd.toml")
+		if err := os.WriteFile(c.brokerCfg, []byte(opts.BrokerConfig), 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
 	var backends []string
 	for i := range opts.Brokers {
@@ -186,6 +197,9 @@ func (c *Cluster) startBroker(b *Broker) error {
 	args := []string{"-listen", b.Listen, "-admin", b.Admin, "-data", b.data, "-log-level", "debug"}
 	if c.pg != nil {
 		args = append(args, "-store", c.pg.DSN())
+	}
+	if c.brokerCfg != "" {
+		args = append(args, "-config", c.brokerCfg)
 	}
 	p, err := startProc(c.t, c.logs.dir, b.Name, nil, c.exited, c.brokerBin, args...)
 	if err != nil {

@@ -30,6 +30,11 @@
 // TestChaosBacklog runs in go test too (a backlog that grows while the
 // master is killed again and again, then is drained: nothing lost, and
 // each slave's standby following the backlog before each kill);
+// TestChaosLimits runs in go test too (brokers with a small max_disk: a
+// disk that fills and drains as a consumer pauses and resumes, a topic
+// subscriber that never reads dropped as a slow consumer, the master
+// killed with the disk full and while it drains: nothing receipted lost,
+// nothing refused delivered);
 // TestScenario/<kind> runs one fault alone, when named with -run;
 // TestChaosLong, behind CHAOS_KILLS, is `make chaos`.
 //

@@ -27,8 +27,9 @@ const (
 	// supervisor would after a crash. Every client connection is reset and
 	// clients reconnect to the same address.
 	SidecarRestart FaultKind = "sidecar-restart"
-	// SigstopMaster: freeze the master with SIGSTOP for Freeze, then
-	// SIGCONT. See Chaos.sigstopMaster for what must happen meanwhile.
+	// SigstopMaster: freeze the master with SIGSTOP until a slave took
+	// over by lease (and at least Freeze), then SIGCONT. See
+	// Chaos.sigstopMaster for what must happen.
 	SigstopMaster FaultKind = "sigstop-master"
 	// SidecarSigterm: restart the sidecar gracefully, as a supervisor
 	// would: SIGTERM, wait for it to drain and exit, start it again.
@@ -311,23 +312,24 @@ func (ch *Chaos) sidecarSigterm(f *Fault) error {
 	return nil
 }
 
-// sigstopMaster freezes the master for ch.opts.Freeze, then resumes it.
+// sigstopMaster freezes the master with SIGSTOP, then resumes it.
 //
 // A frozen master still holds its OFD lock (the kernel keeps it for the
-// stopped process), so no slave can take over however long the freeze: the
-// lock protects the journal, not availability. What the sidecar can do is
-// notice: its http checks of the frozen master's /readyz time out (500ms),
-// and after Fall (3) of them, about 3.5s with a 1s interval, the master is
-// down; the sidecar then reports no master (/status master ""), closes the
-// connections bound to it and holds new ones. So this fault asserts:
+// stopped process) or its database session, so only its lease can replace
+// it: it stops renewing, and once lease_timeout (2 s by default) passes a
+// slave takes over with a higher epoch. Thawed, the old master finds its
+// lease invalid before it acts and exits 3 by itself. So this fault
+// asserts:
 //
-//   - during the freeze, the sidecar reports no master, and no other broker
-//     becomes master;
-//   - after SIGCONT, the same broker is still master at the same epoch (its
-//     lease survived) and the sidecar routes to it again by itself, with
-//     no restart of anything.
+//   - a slave takes over, with a higher epoch, and the sidecar routes to
+//     it, while the old master is still frozen;
+//   - after SIGCONT (once the freeze has lasted ch.opts.Freeze, or the
+//     takeover, whichever is later), the old master exits with status 3
+//     and no other;
+//   - it comes back as a slave.
 //
-// Freeze must exceed the detection time, ~3.5s; the default is 6s.
+// That nothing it receipted is lost, and nothing it acknowledged after the
+// takeover counts, is the run's verdict (lost, phantom).
 func (ch *Chaos) sigstopMaster(f *Fault) error {
 	c := ch.c
 	m, st, err := c.Master()
@@ -335,7 +337,7 @@ func (ch *Chaos) sigstopMaster(f *Fault) error {
 		return err
 	}
 	f.Target = m.Name
-	slaves := c.Slaves(m)
+	m.proc.expected.Store(true)
 	f.At = time.Now()
 	if err := m.proc.signal(syscall.SIGSTOP); err != nil {
 		return err
@@ -350,50 +352,33 @@ func (ch *Chaos) sigstopMaster(f *Fault) error {
 	}
 	defer resume() // on every error path: the next checks need it running
 
-	thaw := f.At.Add(ch.opts.Freeze)
-	// Poll until the freeze is over: this is the fault's deliberate length,
-	// used to watch what must (and must not) happen during it.
-	for time.Now().Before(thaw) {
-		for _, s := range slaves {
-			sst, err := c.Status(s)
-			if err != nil {
-				return fmt.Errorf("%s during the freeze: %w", s.Name, err)
-			}
-			if sst.Role != "slave" {
-				return fmt.Errorf("%s became %s while %s, frozen, held the lock", s.Name, sst.Role, m.Name)
-			}
-		}
-		if f.NoMaster == 0 {
-			sm, err := c.SidecarMaster()
-			if err != nil {
-				return fmt.Errorf("sidecar during the freeze: %w", err)
-			}
-			if sm == "" {
-				f.NoMaster = time.Since(f.At)
-			}
-		}
-		time.Sleep(min(50*time.Millisecond, time.Until(thaw)))
+	nm, nst, err := c.waitMaster(m, takeoverTimeout)
+	if err != nil {
+		return fmt.Errorf("no takeover from the frozen master: %w", err)
 	}
-	if f.NoMaster == 0 {
-		return fmt.Errorf("the sidecar still routed to %s after %v frozen; it should report no master once its checks time out", m.Name, ch.opts.Freeze)
+	f.Takeover = time.Since(f.At)
+	if nst.Epoch <= st.Epoch {
+		return fmt.Errorf("%s took over with epoch %d, not above the frozen master's %d", nm.Name, nst.Epoch, st.Epoch)
+	}
+	if err := c.waitSidecarMaster(nm.Listen, rerouteTimeout); err != nil {
+		return fmt.Errorf("sidecar did not follow the takeover by %s: %w", nm.Name, err)
+	}
+	f.Rerouted = time.Since(f.At)
+	f.Recovered = time.Now()
+	if d := time.Until(f.At.Add(ch.opts.Freeze)); d > 0 {
+		time.Sleep(d) // the freeze's deliberate length
 	}
 	if err := resume(); err != nil {
 		return err
 	}
-	resumedAt := time.Now()
-	if err := c.waitSidecarMaster(m.Listen, rerouteTimeout); err != nil {
-		return fmt.Errorf("after SIGCONT the sidecar did not route to %s again: %w", m.Name, err)
-	}
-	f.Rerouted = time.Since(resumedAt)
-	f.Recovered = time.Now()
-	nm, nst, err := c.Master()
+	ps, err := m.proc.wait(exitTimeout)
 	if err != nil {
-		return fmt.Errorf("after SIGCONT: %w", err)
+		return fmt.Errorf("the thawed master did not stop: %w", err)
 	}
-	if nm != m || nst.Epoch != st.Epoch {
-		return fmt.Errorf("after SIGCONT the master is %s at epoch %d, want %s still at epoch %d", nm.Name, nst.Epoch, m.Name, st.Epoch)
+	if ps.ExitCode() != 3 {
+		return fmt.Errorf("the thawed master %s exited %v, want status 3 (lease lost)", m.Name, ps)
 	}
-	return nil
+	return ch.restartBroker(f, m)
 }
 
 // dbRestart stops PostgreSQL with a fast shutdown and starts it again.

@@ -43,11 +43,14 @@ import (
 // A File may be used for any number of Acquire calls, also concurrently;
 // each successful one is a separate holding that conflicts with all others.
 type File struct {
-	dir       string
-	lockPath  string
-	epochPath string
-	interval  time.Duration
-	log       *logrus.Entry
+	dir          string
+	lockPath     string
+	epochPath    string
+	leasePath    string // the master's heartbeat
+	takeoverPath string // serializes takeovers by lease among slaves
+	interval     time.Duration
+	timeout      time.Duration
+	log          *logrus.Entry
 
 	mu sync.Mutex
 	// idle holds waiters whose Acquire was cancelled while they were still
@@ -96,6 +99,13 @@ func NewFile(opts FileOptions) (*File, error) {
 	case interval == 0:
 		interval = DefaultCheckInterval
 	}
+	timeout := opts.LeaseTimeout
+	switch {
+	case timeout == 0:
+		timeout = DefaultLeaseTimeout
+	case timeout < 2*interval:
+		return nil, fmt.Errorf("lockstore: LeaseTimeout %v must be at least twice CheckInterval %v (the lease is renewed every CheckInterval)", timeout, interval)
+	}
 	log := opts.Log
 	if log == nil {
 		l := logrus.New()
@@ -104,11 +114,14 @@ func NewFile(opts FileOptions) (*File, error) {
 	}
 	lockPath := filepath.Join(dir, "lock")
 	return &File{
-		dir:       dir,
-		lockPath:  lockPath,
-		epochPath: filepath.Join(dir, "epoch"),
-		interval:  interval,
-		log:       log.WithField("lock", lockPath),
+		dir:          dir,
+		lockPath:     lockPath,
+		epochPath:    filepath.Join(dir, "epoch"),
+		leasePath:    filepath.Join(dir, "lease"),
+		takeoverPath: filepath.Join(dir, "takeover"),
+		interval:     interval,
+		timeout:      timeout,
+		log:          log.WithField("lock", lockPath),
 	}, nil
 }
 
@@ -117,6 +130,19 @@ func (f *File) String() string { return "file:" + f.lockPath }
 
 // Acquire blocks until this process holds the lock on Dir/lock or ctx is
 // done, in which case it returns ctx.Err() and leaves the lock unheld.
+//
+// There are two ways to become master. The usual one is the kernel lock:
+// the master's death or release frees it, and the waiting slave gets it
+// within milliseconds. The other is the lease, for a master that is alive
+// but frozen (SIGSTOP, a hung NFS client, a paused VM) and so keeps the
+// kernel lock forever: the master rewrites Dir/lease every CheckInterval,
+// and a slave that sees neither it nor Dir/epoch change for LeaseTimeout
+// (on its own monotonic clock) takes over without the kernel lock, one
+// slave at a time (a non-blocking lock on Dir/takeover). The frozen master,
+// once it runs again, finds its lease invalid before it acts (Lease.Valid)
+// and the epoch no longer its own (Lease.Verify, and its renewal), and
+// stops. The new master keeps waiting for the kernel lock in the
+// background and holds it too once the old one is gone.
 //
 // Before returning a Lease it durably records the new fencing epoch
 // (previous epoch + 1) in Dir/epoch: write to a temporary file, fsync,
@@ -137,54 +163,240 @@ func (f *File) Acquire(ctx context.Context) (Lease, error) {
 	}
 	start := time.Now()
 	f.log.Debug("waiting for master lock")
+	var w *waiter
+	defer func() {
+		if w != nil {
+			f.abandon(w)
+		}
+	}()
+	var stale staleness
+	tick := time.NewTicker(f.interval)
+	defer tick.Stop()
 	for {
-		w, err := f.claimWaiter()
-		if err != nil {
-			return nil, err
+		if w == nil {
+			var err error
+			if w, err = f.claimWaiter(); err != nil {
+				return nil, err
+			}
 		}
 		select {
-		case <-w.done:
 		case <-ctx.Done():
-			f.abandon(w)
 			return nil, ctx.Err()
+		case <-tick.C:
+			stale.observe(f.mark(), time.Now())
+			if !stale.expired(time.Now(), f.timeout) {
+				continue
+			}
+			l, err := f.takeOverByLease(w, start, &stale)
+			if err != nil {
+				return nil, err
+			}
+			if l != nil {
+				w = nil // the lease waits on for the kernel lock
+				return l, nil
+			}
+			continue
+		case <-w.done:
 		}
-		if w.err != nil {
-			_ = unix.Close(w.fd)
-			return nil, fmt.Errorf("lockstore: locking %s: %w", f.lockPath, w.err)
+		fd, werr := w.fd, w.err
+		w = nil
+		if werr != nil {
+			_ = unix.Close(fd)
+			return nil, fmt.Errorf("lockstore: locking %s: %w", f.lockPath, werr)
 		}
 		// The file we locked may have been deleted or replaced while we
 		// waited (e.g. the old master's lease noticed this and gave up).
 		// Locking an orphaned inode would exclude nobody, so retry on the
 		// file that is now at the path.
-		st, same, err := f.sameFile(w.fd)
+		st, same, err := f.sameFile(fd)
 		if err != nil {
-			_ = unix.Close(w.fd)
+			_ = unix.Close(fd)
 			return nil, err
 		}
 		if !same {
-			_ = unix.Close(w.fd)
+			_ = unix.Close(fd)
 			f.log.Warn("lock file was replaced while waiting; retrying on the new file")
 			continue
 		}
+		// A master that took over by lease does not hold the kernel lock,
+		// so getting it says nothing about that master: give way while
+		// its heartbeat still moves.
+		if alive, err := f.leaseHolderAlive(ctx); alive || err != nil {
+			_ = unix.Close(fd)
+			if err != nil {
+				return nil, err
+			}
+			f.log.Info("got the kernel lock, but the master holds a live lease without it; waiting again")
+			continue
+		}
+		bumped := time.Now()
 		epoch, err := f.bumpEpoch()
 		if err != nil {
-			_ = unix.Close(w.fd)
+			_ = unix.Close(fd)
 			return nil, err
 		}
-		l := &fileLease{
-			f:         f,
-			fd:        w.fd,
-			dev:       st.Dev,
-			ino:       st.Ino,
-			leaseCore: newLeaseCore(epoch, f.lockPath),
-		}
-		go l.watch()
+		l := f.newLease(epoch, bumped, fd, &st, nil)
 		f.log.WithFields(logrus.Fields{
 			"epoch":  epoch,
 			"waited": time.Since(start).Round(time.Millisecond).String(),
 		}).Info("master lock acquired")
 		return l, nil
 	}
+}
+
+// takeOverByLease makes this process master without the kernel lock,
+// because the master's lease expired; w keeps waiting for the kernel lock
+// on the new lease's behalf. It returns nil, and no error, if another
+// slave is taking over or the lease moved after all.
+func (f *File) takeOverByLease(w *waiter, start time.Time, stale *staleness) (*fileLease, error) {
+	tfd, err := unix.Open(f.takeoverPath, unix.O_RDWR|unix.O_CREAT|unix.O_CLOEXEC, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("lockstore: opening %s: %w", f.takeoverPath, err)
+	}
+	defer unix.Close(tfd)
+	lk := unix.Flock_t{Type: unix.F_WRLCK, Whence: io.SeekStart}
+	if err := unix.FcntlFlock(uintptr(tfd), unix.F_OFD_SETLK, &lk); err != nil {
+		if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EACCES) {
+			f.log.Info("the master's lease expired; another slave is taking over")
+			return nil, nil
+		}
+		return nil, fmt.Errorf("lockstore: locking %s: %w", f.takeoverPath, err)
+	}
+	// Looked at again under the takeover lock: a slave that just took
+	// over has changed the epoch.
+	if stale.observe(f.mark(), time.Now()); !stale.expired(time.Now(), f.timeout) {
+		return nil, nil
+	}
+	bumped := time.Now()
+	epoch, err := f.bumpEpoch()
+	if err != nil {
+		return nil, err
+	}
+	l := f.newLease(epoch, bumped, -1, nil, w)
+	f.log.WithFields(logrus.Fields{
+		"epoch":         epoch,
+		"lease_timeout": f.timeout.String(),
+		"waited":        time.Since(start).Round(time.Millisecond).String(),
+	}).Warn("master lock taken over by lease: the master did not renew its lease (frozen?); it keeps the kernel lock until it stops")
+	return l, nil
+}
+
+// newLease starts the lease of epoch, bumped at the given time: with the
+// kernel lock on fd (st its file), or without it (fd -1) and w still
+// waiting for it. It writes the first heartbeat before returning; the
+// lease counts as renewed when the epoch was bumped, since that is when
+// other slaves' timers started again.
+func (f *File) newLease(epoch uint64, bumped time.Time, fd int, st *unix.Stat_t, w *waiter) *fileLease {
+	l := &fileLease{f: f, fd: fd, w: w, leaseCore: newLeaseCore(epoch, f.lockPath, bumped, validFor(f.timeout))}
+	if st != nil {
+		l.dev, l.ino = st.Dev, st.Ino
+	}
+	if err := l.beat(); err != nil {
+		f.log.WithError(err).Warn("writing the first lease heartbeat")
+	}
+	go l.watch()
+	return l
+}
+
+// mark is what a waiting slave watches for change: the heartbeat and the
+// epoch. Missing files read as empty.
+func (f *File) mark() string {
+	hb, _ := os.ReadFile(f.leasePath)
+	ep, _ := os.ReadFile(f.epochPath)
+	return string(hb) + "|" + string(ep)
+}
+
+// leaseHolderAlive reports whether the master of the current epoch holds
+// it by lease (not the kernel lock) and renews it: it watches the
+// heartbeat for up to LeaseTimeout and answers as soon as it moves.
+func (f *File) leaseHolderAlive(ctx context.Context) (bool, error) {
+	h, err := f.readHeartbeat()
+	if err != nil || h.locked {
+		return false, nil // no heartbeat, or its master held the kernel lock we now have
+	}
+	if cur, err := readEpoch(f.epochPath); err != nil || cur != h.epoch {
+		return false, nil // a master that acquired after the heartbeat's is gone too
+	}
+	first := f.mark()
+	deadline := time.Now().Add(f.timeout)
+	t := time.NewTicker(f.interval)
+	defer t.Stop()
+	for time.Now().Before(deadline) {
+		select {
+		case <-ctx.Done():
+			return false, ctx.Err()
+		case <-t.C:
+		}
+		if f.mark() != first {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// staleness follows a mark (see File.mark) on the local monotonic clock.
+type staleness struct {
+	mark  string
+	since time.Time
+	seen  bool
+}
+
+// observe records mark as seen at now.
+func (s *staleness) observe(mark string, now time.Time) {
+	if !s.seen || mark != s.mark {
+		s.mark, s.since, s.seen = mark, now, true
+	}
+}
+
+// expired reports whether a heartbeat exists and has not changed for
+// timeout. Without a heartbeat nothing expires: the master is from a
+// version without leases, or there is none and the kernel lock is free.
+func (s *staleness) expired(now time.Time, timeout time.Duration) bool {
+	return s.seen && !strings.HasPrefix(s.mark, "|") && now.Sub(s.since) >= timeout
+}
+
+// heartbeat is what a master writes to Dir/lease at each renewal: its
+// epoch, a counter, and whether it holds the kernel lock.
+type heartbeat struct {
+	epoch, seq uint64
+	locked     bool
+}
+
+func (h heartbeat) String() string {
+	how := "lease"
+	if h.locked {
+		how = "lock"
+	}
+	return fmt.Sprintf("%d %d %s\n", h.epoch, h.seq, how)
+}
+
+func (f *File) readHeartbeat() (heartbeat, error) {
+	b, err := os.ReadFile(f.leasePath)
+	if err != nil {
+		return heartbeat{}, err
+	}
+	var h heartbeat
+	var how string
+	if _, err := fmt.Sscanf(string(b), "%d %d %s", &h.epoch, &h.seq, &how); err != nil {
+		return heartbeat{}, fmt.Errorf("lockstore: heartbeat %s: %q: %w", f.leasePath, b, err)
+	}
+	h.locked = how == "lock"
+	return h, nil
+}
+
+// writeHeartbeat replaces Dir/lease's content. It is not fsync'd: a slave
+// needs to see it change, not to find it after a crash. Open, write and
+// close is what makes it visible to other NFS clients (close-to-open).
+func (f *File) writeHeartbeat(h heartbeat) error {
+	fh, err := os.OpenFile(f.leasePath, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	_, err = fh.WriteString(h.String())
+	if cerr := fh.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 // claimWaiter adopts an idle waiter or starts a new one, marked claimed.
@@ -369,36 +581,110 @@ func writeFileDurable(dir, path string, data []byte) (err error) {
 // fileLease is one holding of a File lock. Its descriptor is owned by the
 // watch goroutine, which alone closes it; this avoids closing it under a
 // concurrent fcntl/fstat (the number could be reused by another open).
+// A lease taken over by lease starts without the kernel lock (fd -1) and
+// its waiter w still blocked for it; watch adopts the descriptor once the
+// kernel grants it.
 type fileLease struct {
 	f   *File
 	fd  int
+	w   *waiter
 	dev uint64
 	ino uint64
-	leaseCore
+	seq uint64 // heartbeats written
+	*leaseCore
 }
 
-// watch verifies the lease every CheckInterval until it is released or lost.
+// Verify is Valid and the epoch file still holding this lease's epoch.
+func (l *fileLease) Verify() error {
+	if err := l.Valid(); err != nil {
+		return err
+	}
+	epoch, err := readEpoch(l.f.epochPath)
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrLost, err)
+	}
+	if epoch != l.epoch {
+		return fmt.Errorf("%w: epoch file %s holds %d, ours is %d", ErrLost, l.f.epochPath, epoch, l.epoch)
+	}
+	return nil
+}
+
+// beat writes the next heartbeat.
+func (l *fileLease) beat() error {
+	l.seq++
+	return l.f.writeHeartbeat(heartbeat{epoch: l.epoch, seq: l.seq, locked: l.fd >= 0})
+}
+
+// letGo closes the kernel lock's descriptor, or hands a waiter that has
+// not got it yet back to the File.
+func (l *fileLease) letGo() error {
+	if l.w != nil {
+		l.f.abandon(l.w)
+		l.w = nil
+	}
+	if l.fd >= 0 {
+		fd := l.fd
+		l.fd = -1
+		return unix.Close(fd)
+	}
+	return nil
+}
+
+// adopt takes the kernel lock a lease taken over by lease was waiting for.
+func (l *fileLease) adopt() {
+	w := l.w
+	l.w = nil
+	if w.err != nil {
+		_ = unix.Close(w.fd)
+		l.f.log.WithError(w.err).Warn("waiting for the kernel lock failed; holding the lease without it")
+		return
+	}
+	st, same, err := l.f.sameFile(w.fd)
+	if err != nil || !same {
+		_ = unix.Close(w.fd)
+		l.f.log.Warn("the lock file was replaced; holding the lease without the kernel lock")
+		return
+	}
+	l.fd, l.dev, l.ino = w.fd, st.Dev, st.Ino
+	l.f.log.WithField("epoch", l.epoch).Info("master now holds the kernel lock too")
+}
+
+// watch renews the lease every CheckInterval until it is released or lost.
 func (l *fileLease) watch() {
 	defer close(l.exited)
 	t := time.NewTicker(l.f.interval)
 	defer t.Stop()
 	log := l.f.log.WithField("epoch", l.epoch)
 	for {
+		var granted <-chan struct{}
+		if l.w != nil {
+			granted = l.w.done
+		}
 		select {
 		case <-l.stop:
-			cerr := unix.Close(l.fd)
+			cerr := l.letGo()
 			log.Info("master lock released")
 			l.finish(ErrReleased, cerr)
 			return
+		case <-granted:
+			l.adopt()
 		case <-t.C:
-			if reason := l.check(); reason != "" {
-				// Close first: once Done is observed, the lock is gone.
-				_ = unix.Close(l.fd)
-				log.WithField("reason", reason).Error("master lock lost")
-				l.finish(fmt.Errorf("%w: %s", ErrLost, reason), nil)
-				return
+		}
+		start := time.Now()
+		reason := l.check()
+		if reason == "" {
+			if err := l.beat(); err != nil {
+				reason = "writing the lease heartbeat: " + err.Error()
 			}
 		}
+		if reason != "" {
+			// Let go first: once Done is observed, the lock is gone.
+			_ = l.letGo()
+			log.WithField("reason", reason).Error("master lock lost")
+			l.finish(fmt.Errorf("%w: %s", ErrLost, reason), nil)
+			return
+		}
+		l.renewedAt(start)
 	}
 }
 
@@ -418,6 +704,9 @@ func (l *fileLease) check() string {
 		return err.Error()
 	case epoch != l.epoch:
 		return fmt.Sprintf("epoch file %s holds %d, ours is %d (another process acquired the lock)", l.f.epochPath, epoch, l.epoch)
+	}
+	if l.fd < 0 {
+		return "" // held by lease: there is no kernel lock of ours to check
 	}
 	// A deleted or replaced lock file means a newcomer would lock a
 	// different inode than ours, so our lock no longer excludes anyone.

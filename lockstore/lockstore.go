@@ -20,6 +20,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -50,6 +51,19 @@ type Lease interface {
 	// ErrReleased if Release was called first, or otherwise the reason the
 	// lease was lost, which wraps ErrLost.
 	Err() error
+	// Valid reports whether the holder may still act as master now: nil
+	// while the lease is held and was renewed within its validity (a
+	// fraction of the lease timeout, measured on this process's monotonic
+	// clock), so that no other process can have taken over by lease
+	// expiry yet. A process that was frozen finds its lease invalid the
+	// moment it runs again, before its renewal has had a chance to notice
+	// that it was replaced. It is cheap: call it before any write.
+	Valid() error
+	// Verify is Valid and, where the backend can tell from durable state
+	// at little cost (the file lock's epoch file), that no other process
+	// has taken the lock since. Call it after a write is durable and
+	// before it is acknowledged.
+	Verify() error
 	// Release releases the lock, stops any background verification and
 	// closes Done. It is idempotent and safe to call concurrently; calls
 	// after the first return nil. Releasing a lease that was already lost
@@ -64,13 +78,30 @@ type Lease interface {
 // errors.Is(err, ErrLost).
 var ErrLost = errors.New("lockstore: master lock lost")
 
+// ErrExpired is wrapped by Lease.Valid's error while the lease is held but
+// was not renewed recently enough to be relied on: the process was frozen
+// or starved, and a slave may have taken over. Its renewal will either
+// succeed (valid again) or find the lease lost.
+var ErrExpired = errors.New("lockstore: master lease not renewed in time")
+
 // ErrReleased is returned by Lease.Err after the lease was released by
 // Release.
 var ErrReleased = errors.New("lockstore: master lock released")
 
 // DefaultCheckInterval is the CheckInterval used when FileOptions leaves it
-// zero.
+// zero: how often a master renews its lease.
 const DefaultCheckInterval = 250 * time.Millisecond
+
+// DefaultLeaseTimeout is how long a master's lease lasts without renewal
+// before a slave may take over by lease (FileOptions.LeaseTimeout,
+// PostgresOptions.LeaseTimeout).
+const DefaultLeaseTimeout = 2 * time.Second
+
+// validFor is how long after the start of its last successful renewal a
+// lease may be relied on (Lease.Valid): three quarters of the timeout, so
+// that clocks running up to a quarter apart in rate cannot let the holder
+// act after a slave took over.
+func validFor(timeout time.Duration) time.Duration { return timeout - timeout/4 }
 
 // FileOptions configures a File locker.
 type FileOptions struct {
@@ -78,9 +109,15 @@ type FileOptions struct {
 	// Dir/lock and the fencing epoch is Dir/epoch.
 	Dir string
 	// CheckInterval is how often a held lease verifies that it is still the
-	// master (default DefaultCheckInterval). It bounds how long a deposed
-	// master can go on serving before noticing.
+	// master and renews its heartbeat (lease_renew; default
+	// DefaultCheckInterval). It bounds how long a deposed master can go
+	// on serving before noticing.
 	CheckInterval time.Duration
+	// LeaseTimeout is how long a slave waits without seeing the master's
+	// heartbeat change before it takes over without the kernel lock (the
+	// master is frozen: SIGSTOP, a hung NFS client, a paused VM). Default
+	// DefaultLeaseTimeout; it must be several CheckIntervals.
+	LeaseTimeout time.Duration
 	// Log receives lock events; nil discards them.
 	Log *logrus.Entry
 }
@@ -93,6 +130,12 @@ type leaseCore struct {
 	epoch uint64
 	desc  string // names the lock in Release's error
 
+	// base and renewed give the monotonic time of the start of the last
+	// successful renewal (renewed is nanoseconds since base).
+	base     time.Time
+	renewed  atomic.Int64
+	validFor time.Duration
+
 	done     chan struct{} // closed by finish, after the handle was let go
 	stop     chan struct{} // closed by the first Release
 	stopOnce sync.Once
@@ -103,8 +146,32 @@ type leaseCore struct {
 	closeErr error // error letting the handle go on Release
 }
 
-func newLeaseCore(epoch uint64, desc string) leaseCore {
-	return leaseCore{epoch: epoch, desc: desc, done: make(chan struct{}), stop: make(chan struct{}), exited: make(chan struct{})}
+// newLeaseCore starts a lease renewed at start (the acquisition began
+// then), valid for validFor after each renewal.
+func newLeaseCore(epoch uint64, desc string, start time.Time, validFor time.Duration) *leaseCore {
+	l := &leaseCore{epoch: epoch, desc: desc, done: make(chan struct{}), stop: make(chan struct{}), exited: make(chan struct{}),
+		base: start, validFor: validFor}
+	return l
+}
+
+// renewedAt records a successful renewal that started at t.
+func (l *leaseCore) renewedAt(t time.Time) {
+	if d := int64(t.Sub(l.base)); d > l.renewed.Load() {
+		l.renewed.Store(d)
+	}
+}
+
+// Valid is nil while the lease is held and its last renewal is recent.
+func (l *leaseCore) Valid() error {
+	select {
+	case <-l.done:
+		return l.Err()
+	default:
+	}
+	if age := time.Since(l.base) - time.Duration(l.renewed.Load()); age > l.validFor {
+		return fmt.Errorf("%w: not renewed for %v (valid for %v after a renewal)", ErrExpired, age.Round(time.Millisecond), l.validFor)
+	}
+	return nil
 }
 
 // Epoch returns the fencing epoch recorded by this acquisition.

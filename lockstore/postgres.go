@@ -46,9 +46,21 @@ type PostgresOptions struct {
 	// master whose database session is gone goes on serving, and how soon
 	// a slave takes over after the master's session ended.
 	Retry time.Duration
+	// LeaseTimeout is how long the master's lease in PostgresLeaseTable
+	// lasts without renewal (it renews every Retry). A slave that finds it
+	// expired while the advisory lock is still held (the master is frozen
+	// or its connection stalled, so the server keeps its session) ends
+	// that session with pg_terminate_backend, which frees the lock, and
+	// takes it. Expiry is judged by the database's clock alone. Default
+	// DefaultLeaseTimeout; it must be at least twice Retry.
+	LeaseTimeout time.Duration
 	// Log receives lock events; nil discards them.
 	Log *logrus.Entry
 }
+
+// PostgresLeaseTable holds each lock's lease expiry, apart from the epoch
+// row so that renewing it never waits for the store's fenced writes.
+const PostgresLeaseTable = "handover_lease"
 
 // Postgres is a Locker backed by a PostgreSQL session-level advisory lock,
 // with the fencing epoch in a row of PostgresLockTable.
@@ -82,9 +94,10 @@ type PostgresOptions struct {
 // used for any number of Acquire calls, also concurrently; each uses its own
 // connection and conflicts with all others.
 type Postgres struct {
-	cfg    *pgx.ConnConfig
-	name   string
-	retry  time.Duration
+	cfg     *pgx.ConnConfig
+	name    string
+	retry   time.Duration
+	timeout time.Duration
 	log    *logrus.Entry
 	desc   string
 	holder string
@@ -109,6 +122,13 @@ func NewPostgres(opts PostgresOptions) (*Postgres, error) {
 	case retry == 0:
 		retry = DefaultPostgresRetry
 	}
+	timeout := opts.LeaseTimeout
+	switch {
+	case timeout == 0:
+		timeout = max(DefaultLeaseTimeout, 2*retry)
+	case timeout < 2*retry:
+		return nil, fmt.Errorf("lockstore: LeaseTimeout %v must be at least twice Retry %v (the lease is renewed every Retry)", timeout, retry)
+	}
 	name := opts.Name
 	if name == "" {
 		name = DefaultPostgresName
@@ -121,9 +141,10 @@ func NewPostgres(opts PostgresOptions) (*Postgres, error) {
 	}
 	host, _ := os.Hostname()
 	p := &Postgres{
-		cfg:    cfg,
-		name:   name,
-		retry:  retry,
+		cfg:     cfg,
+		name:    name,
+		retry:   retry,
+		timeout: timeout,
 		desc:   describe(&cfg.Config),
 		holder: host + "/" + strconv.Itoa(os.Getpid()),
 	}
@@ -214,8 +235,15 @@ func (p *Postgres) Acquire(ctx context.Context) (Lease, error) {
 				waiting = true
 				p.log.WithField("holder", s.holder(ctx, p.name, p.retry)).Info("lock held by another session; waiting")
 			}
+			if pids, err := s.endExpired(ctx, p.name, p.retry); err != nil {
+				p.log.WithError(err).Debug("looking for an expired lease")
+			} else if len(pids) > 0 {
+				p.log.WithFields(logrus.Fields{"backends": pids, "lease_timeout": p.timeout.String()}).
+					Warn("the master's lease expired while its session holds the lock (frozen, or its connection stalled): ended its session")
+			}
 			continue
 		}
+		bumped := time.Now()
 		epoch, err := s.bump(ctx, p.name, p.holder)
 		if err != nil {
 			// Closing the session drops the advisory lock.
@@ -233,8 +261,19 @@ func (p *Postgres) Acquire(ctx context.Context) (Lease, error) {
 		l := &pgLease{
 			p:         p,
 			s:         s,
-			leaseCore: newLeaseCore(epoch, p.desc),
+			leaseCore: newLeaseCore(epoch, p.desc, bumped, validFor(p.timeout)),
 		}
+		renew := time.Now()
+		if err := s.renew(ctx, p.name, epoch, p.timeout, p.retry); err != nil {
+			s.close()
+			s = nil
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			fail("cannot start the lease", err)
+			continue
+		}
+		l.renewedAt(renew)
 		s = nil // owned by the lease now
 		go l.watch()
 		p.log.WithFields(logrus.Fields{
@@ -321,6 +360,14 @@ func (s *pgSession) bump(ctx context.Context, name, holder string) (uint64, erro
 	)`); err != nil {
 		return 0, fmt.Errorf("creating %s: %w", PostgresLockTable, err)
 	}
+	if _, err := s.conn.Exec(ctx, `CREATE TABLE IF NOT EXISTS `+PostgresLeaseTable+` (
+		name        text PRIMARY KEY,
+		epoch       bigint NOT NULL,
+		pid         integer NOT NULL,
+		lease_until timestamptz NOT NULL
+	)`); err != nil {
+		return 0, fmt.Errorf("creating %s: %w", PostgresLeaseTable, err)
+	}
 	var epoch int64
 	err := s.conn.QueryRow(ctx, `INSERT INTO `+PostgresLockTable+` AS l (name, epoch, holder, acquired_at)
 		VALUES ($1, 1, $2, now())
@@ -330,6 +377,50 @@ func (s *pgSession) bump(ctx context.Context, name, holder string) (uint64, erro
 		return 0, fmt.Errorf("incrementing the epoch of %q: %w", name, err)
 	}
 	return uint64(epoch), nil
+}
+
+// renew extends the lease of name at epoch to timeout from now, by the
+// database's clock. The write need not survive a crash of the database
+// (a master without its session is no master), so it is not waited for.
+func (s *pgSession) renew(ctx context.Context, name string, epoch uint64, timeout, wait time.Duration) error {
+	qctx, cancel := context.WithTimeout(ctx, max(wait, time.Second))
+	defer cancel()
+	b := &pgx.Batch{}
+	b.Queue("BEGIN")
+	b.Queue("SET LOCAL synchronous_commit = off")
+	b.Queue(`INSERT INTO `+PostgresLeaseTable+` AS l (name, epoch, pid, lease_until)
+		VALUES ($1, $2, pg_backend_pid(), clock_timestamp() + make_interval(secs => $3))
+		ON CONFLICT (name) DO UPDATE SET epoch = EXCLUDED.epoch, pid = EXCLUDED.pid, lease_until = EXCLUDED.lease_until`,
+		name, int64(epoch), timeout.Seconds())
+	b.Queue("COMMIT")
+	return s.conn.SendBatch(qctx, b).Close()
+}
+
+// endExpired ends the session of the master whose lease of name expired,
+// if that session (the one the lease names) still holds the advisory lock,
+// and returns its backend pid. Naming the session matters: a slave that
+// has just taken the lock, and not yet renewed the lease, is not ended.
+// The CTE is materialized so that pg_terminate_backend runs only on the
+// rows that qualify, whatever order the planner picks.
+func (s *pgSession) endExpired(ctx context.Context, name string, timeout time.Duration) ([]uint32, error) {
+	qctx, cancel := context.WithTimeout(ctx, max(timeout, time.Second))
+	defer cancel()
+	rows, err := s.conn.Query(qctx, `WITH expired AS MATERIALIZED (
+			SELECT l.pid FROM `+PostgresLeaseTable+` l JOIN pg_locks k ON k.pid = l.pid
+			WHERE l.name = $1 AND l.lease_until < clock_timestamp() AND l.pid <> pg_backend_pid()
+			  AND k.locktype = 'advisory' AND k.granted
+			  AND k.classid = $2 AND k.objid = $3 AND k.objsubid = 1)
+		SELECT pid::bigint FROM expired WHERE pg_terminate_backend(pid)`,
+		name, uint32(uint64(s.key)>>32), uint32(uint64(s.key)))
+	if err != nil {
+		return nil, err
+	}
+	pids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	out := make([]uint32, len(pids))
+	for i, p := range pids {
+		out[i] = uint32(p)
+	}
+	return out, err
 }
 
 // check returns why the session no longer proves we are master, or "".
@@ -380,8 +471,12 @@ func (s *pgSession) close() error {
 type pgLease struct {
 	p *Postgres
 	s *pgSession
-	leaseCore
+	*leaseCore
 }
+
+// Verify is Valid: the store checks the epoch itself, in the transaction
+// of each write.
+func (l *pgLease) Verify() error { return l.Valid() }
 
 // watch verifies the session every Retry until the lease is released or
 // lost.
@@ -405,13 +500,21 @@ func (l *pgLease) watch() {
 			l.finish(ErrReleased, err)
 			return
 		case <-t.C:
-			if reason := l.s.check(context.Background(), l.p.name, l.epoch, l.p.retry); reason != "" {
+			start := time.Now()
+			reason := l.s.check(context.Background(), l.p.name, l.epoch, l.p.retry)
+			if reason == "" {
+				if err := l.s.renew(context.Background(), l.p.name, l.epoch, l.p.timeout, l.p.retry); err != nil {
+					reason = "renewing the lease: " + err.Error()
+				}
+			}
+			if reason != "" {
 				// Close first: once Done is observed, the session is gone.
 				l.s.close()
 				log.WithField("reason", reason).Error("master lock lost")
 				l.finish(fmt.Errorf("%w: %s", ErrLost, reason), nil)
 				return
 			}
+			l.renewedAt(start)
 		}
 	}
 }

@@ -84,6 +84,9 @@ type Options struct {
 	// fails the batch without writing it. The broker passes "is my master
 	// lease still held", so a deposed master stops writing.
 	Fence func() error
+	// Verify, if set, is called after each batch is durable and before its
+	// Appends are told so, instead of Fence: a non-nil error fails them.
+	Verify func() error
 	// Log receives warnings (torn tails, write failures) and segment events.
 	// Nil discards them.
 	Log *logrus.Entry
@@ -200,6 +203,7 @@ type Journal struct {
 	dir      string
 	segSize  int64
 	fence    func() error
+	verify   func() error
 	log      *logrus.Entry
 	prealloc preallocMode
 	hooks    hooks
@@ -332,6 +336,7 @@ func newJournal(opts Options, log *logrus.Entry) *Journal {
 		dir:       opts.Dir,
 		segSize:   opts.SegmentSize,
 		fence:     opts.Fence,
+		verify:    opts.Verify,
 		log:       log,
 		prealloc:  opts.prealloc,
 		maxBytes:  opts.MaxBytes,
@@ -736,7 +741,7 @@ func (j *Journal) writeBatch(count int) (int64, error) {
 	// cut off as a torn tail by its successor, so it must not acknowledge
 	// it. (A batch that lands after the takeover was never acknowledged;
 	// dropping it loses nothing a client was promised.)
-	if err := j.fenced(); err != nil {
+	if err := j.verified(); err != nil {
 		return 0, fmt.Errorf("journal: batch of %d records written, but the lease was lost before it could be acknowledged: %w", count, err)
 	}
 	seg.size += int64(len(j.buf))
@@ -777,6 +782,18 @@ func (j *Journal) fenced() error {
 		if err := j.fence(); err != nil {
 			return fmt.Errorf("%w: %w", store.ErrFenced, err)
 		}
+	}
+	return nil
+}
+
+// verified is fenced for a batch that is durable and about to be
+// acknowledged: with Options.Verify it also reads the epoch back.
+func (j *Journal) verified() error {
+	if j.verify == nil || j.abandoned.Load() {
+		return j.fenced()
+	}
+	if err := j.verify(); err != nil {
+		return fmt.Errorf("%w: %w", store.ErrFenced, err)
 	}
 	return nil
 }

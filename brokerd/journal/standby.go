@@ -261,6 +261,9 @@ func (s *Standby) promoteJournal(p store.Promotion, idx store.Index) (*Journal, 
 	if p.Fence != nil {
 		opts.Fence = p.Fence
 	}
+	if p.Verify != nil {
+		opts.Verify = p.Verify
+	}
 	j := newJournal(opts, s.log)
 	if err := j.makeDir(); err != nil {
 		return nil, err

@@ -102,9 +102,16 @@ type Index interface {
 type Promotion struct {
 	// Epoch is the fencing epoch of the lease (lockstore.Lease.Epoch).
 	Epoch uint64
-	// Fence is called before each write; a non-nil error refuses it. The
-	// broker passes "is my lease still held".
+	// Fence is called before each write and before anything destructive
+	// (deleting files, rows); a non-nil error refuses it. The broker passes
+	// "is my lease still valid" (lockstore.Lease.Valid).
 	Fence func() error
+	// Verify is called after a write is durable and before it is
+	// acknowledged; a non-nil error fails the write, unacknowledged. The
+	// broker passes lockstore.Lease.Verify, which also reads the epoch
+	// back. Nil means Fence. A store whose writes check the epoch
+	// themselves, in the same transaction, may ignore it.
+	Verify func() error
 }
 
 // Standby reads a store without writing to it, for a slave that keeps its

@@ -196,10 +196,11 @@ func backends(cfg *fileConfig, opts *brokerd.Options, logger *logrus.Logger) err
 	}
 	const lockName = lockstore.DefaultPostgresName
 	locker, err := lockstore.NewPostgres(lockstore.PostgresOptions{
-		DSN:   lockURL,
-		Name:  lockName,
-		Retry: cfg.LockRetry.D(),
-		Log:   logger.WithField("component", "lockstore"),
+		DSN:          lockURL,
+		Name:         lockName,
+		Retry:        cfg.LockRetry.D(),
+		LeaseTimeout: cfg.LeaseTimeout.D(),
+		Log:          logger.WithField("component", "lockstore"),
 	})
 	if err != nil {
 		return fmt.Errorf("lock: %w", err)

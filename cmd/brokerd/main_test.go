@@ -20,11 +20,11 @@ type broker struct {
 	p             *testutil.Process
 }
 
-func startBroker(t *testing.T, name, data string) *broker {
+func startBroker(t *testing.T, name, data string, args ...string) *broker {
 	t.Helper()
 	b := &broker{listen: testutil.FreePort(t), admin: testutil.FreePort(t)}
 	b.p = testutil.Start(t, name, testutil.Binary(t, "handover/cmd/brokerd"),
-		"-listen", b.listen, "-admin", b.admin, "-data", data, "-log-level", "debug")
+		append([]string{"-listen", b.listen, "-admin", b.admin, "-data", data, "-log-level", "debug"}, args...)...)
 	return b
 }
 
@@ -119,6 +119,45 @@ func TestKill9MasterUnderLoad(t *testing.T) {
 	t.Logf("slave serving %v after kill -9; first receipt after the kill within %v; %d receipted", servedAfter, firstAfterKill, len(receipted))
 	if servedAfter > time.Second {
 		t.Errorf("slave took %v to serve, want under 1s", servedAfter)
+	}
+	drain(t, b.listen, queue, receipted)
+}
+
+// TestSIGSTOPMasterUnderLoad: the master is frozen (SIGSTOP) in the middle
+// of a stream of receipted persistent sends. It keeps its file lock, yet
+// the slave takes over once the lease times out; thawed, the old master
+// exits 3 by itself; and every message that got a RECEIPT, from either
+// broker, is delivered afterwards.
+func TestSIGSTOPMasterUnderLoad(t *testing.T) {
+	data := t.TempDir()
+	cfg := t.TempDir() + "/lease.toml"
+	if err := os.WriteFile(cfg, []byte("lease_renew = \"50ms\"\nlease_timeout = \"600ms\"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	a := startBroker(t, "brokerd-a", data, "-config", cfg)
+	a.waitRole(t, "master")
+	b := startBroker(t, "brokerd-b", data, "-config", cfg)
+	b.waitRole(t, "slave")
+
+	const queue = "/queue/orders"
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	p := startProducer(ctx, queue, a.listen, b.listen)
+	p.await(t, 300, time.Time{})
+
+	frozenAt := time.Now()
+	a.p.Signal(syscall.SIGSTOP)
+	b.waitRole(t, "master")
+	servedAfter := time.Since(frozenAt)
+	p.await(t, 1, frozenAt)
+	a.p.Signal(syscall.SIGCONT)
+	if err := a.p.Wait(10 * time.Second); a.p.ExitCode() != 3 {
+		t.Fatalf("the thawed master ended with %v (exit %d), want exit 3", err, a.p.ExitCode())
+	}
+	receipted := p.halt(t)
+	t.Logf("slave serving %v after SIGSTOP (lease_timeout 600ms); %d receipted", servedAfter, len(receipted))
+	if servedAfter < 600*time.Millisecond {
+		t.Errorf("the slave served %v after the freeze, before the lease could have expired", servedAfter)
 	}
 	drain(t, b.listen, queue, receipted)
 }
