@@ -98,9 +98,9 @@ type Postgres struct {
 	name    string
 	retry   time.Duration
 	timeout time.Duration
-	log    *logrus.Entry
-	desc   string
-	holder string
+	log     *logrus.Entry
+	desc    string
+	holder  string
 }
 
 var _ Locker = (*Postgres)(nil)
@@ -145,8 +145,8 @@ func NewPostgres(opts PostgresOptions) (*Postgres, error) {
 		name:    name,
 		retry:   retry,
 		timeout: timeout,
-		desc:   describe(&cfg.Config),
-		holder: host + "/" + strconv.Itoa(os.Getpid()),
+		desc:    describe(&cfg.Config),
+		holder:  host + "/" + strconv.Itoa(os.Getpid()),
 	}
 	p.log = log.WithFields(logrus.Fields{"lock": p.desc, "lock_name": name})
 	return p, nil
