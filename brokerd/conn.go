@@ -83,7 +83,8 @@ type conn struct {
 
 	closeOnce sync.Once
 	closed    chan struct{}
-	reason    string // why the connection closed, for logs and metrics
+	slow      atomic.Bool // dropped as a slow consumer: that is why writes fail
+	reason    string      // why the connection closed, for logs and metrics
 	writeHB   time.Duration
 }
 
@@ -372,7 +373,7 @@ func (c *conn) transacted(f *frame.Frame, tx string) bool {
 	n := int64(frameSize(f))
 	if t.bytes+n > c.s.opts.MaxTransactionBytes {
 		c.log.WithFields(logrus.Fields{"transaction": tx, "bytes": t.bytes + n, "max_transaction_bytes": c.s.opts.MaxTransactionBytes}).Warn("transaction too large; refusing it")
-		c.protocolError(f, fmt.Sprintf("transaction %q would hold %d bytes, over max_transaction_bytes (%d); it is aborted and nothing in it was accepted", tx, t.bytes+n, c.s.opts.MaxTransactionBytes), nil)
+		c.refuse(f, "max_transaction_bytes", fmt.Sprintf("transaction %q would hold %d bytes, over max_transaction_bytes (%d); it is aborted and nothing in it was accepted", tx, t.bytes+n, c.s.opts.MaxTransactionBytes), nil)
 		return false
 	}
 	if f.Command == frame.SEND && !c.waitForMemory(f, c.s.mem.full, "max_memory") {
@@ -441,8 +442,7 @@ func (c *conn) waitForMemory(f *frame.Frame, blocked func() bool, limit string) 
 		return false // the shutdown ends the connection its own way
 	default:
 	}
-	c.log.WithFields(logrus.Fields{"limit": limit, "destination": f.Value("destination")}).Warn("producer flow control: memory still full after flow_control_timeout; refusing the SEND")
-	c.protocolError(f, "the broker's memory for messages is full ("+limit+"); this message was not accepted: retry later", nil)
+	c.refuse(f, limit, "the broker's memory for messages is full ("+limit+", still after flow_control_timeout); this message was not accepted: retry later", nil)
 	return false
 }
 
@@ -472,8 +472,7 @@ func (c *conn) duplicate(f *frame.Frame) {
 func (c *conn) applied(f *frame.Frame, apply func(), err error) bool {
 	if errors.Is(err, store.ErrFull) {
 		c.s.metrics.diskFull.Inc()
-		c.log.WithError(err).Warn("disk full: refusing a persistent SEND; acknowledgements go on")
-		c.protocolError(f, "the broker's disk is full (max_disk, disk_reserve); this message was not accepted: retry once consumers have drained", err)
+		c.refuse(f, "max_disk", "the broker's disk is full (max_disk, disk_reserve); this message was not accepted: retry once consumers have drained", err)
 		return false
 	}
 	if err != nil {
@@ -779,6 +778,25 @@ func (c *conn) receipt(f *frame.Frame) {
 	}
 }
 
+// refuse turns a frame away because a limit of the broker's (named by its
+// config key) is reached, not because the client erred: an ERROR frame as
+// for a protocol error, then the connection closes, but logged as a
+// warning and counted by limit, apart from bad input.
+func (c *conn) refuse(f *frame.Frame, limit, msg string, cause error) {
+	e := frame.New(frame.ERROR, "message", msg, "content-type", "text/plain")
+	if id, ok := f.Get("receipt"); ok {
+		e.Set("receipt-id", id)
+	}
+	e.Body = []byte(msg + "\n")
+	l := c.log.WithFields(logrus.Fields{"limit": limit, "command": f.Command, "destination": f.Value("destination")})
+	if cause != nil {
+		l = l.WithError(cause)
+	}
+	l.Warn("refusing a frame: a limit is reached; closing the connection")
+	c.s.metrics.refusals.WithLabelValues(limit).Inc()
+	c.send(outFrame{f: e, closeAfter: true, reason: "refused"})
+}
+
 // protocolError tells the client what it did wrong in an ERROR frame (with
 // the receipt-id of the offending frame, STOMP 1.2 "ERROR"), then closes.
 // cause, when set, is logged but not sent: the client learns what it did,
@@ -902,7 +920,11 @@ func (c *conn) enqueue(o outFrame) bool {
 	}
 	if len(c.outq) > 0 && (len(c.outq) >= c.s.opts.MaxPendingFrames || n > 0 && c.outSize+n > c.s.opts.MaxPendingBytes) {
 		frames, bytes := len(c.outq), c.outSize
-		c.dropSlowLocked()
+		limit := "max_pending_frames"
+		if len(c.outq) < c.s.opts.MaxPendingFrames {
+			limit = "max_pending_bytes"
+		}
+		c.dropSlowLocked(limit)
 		c.outMu.Unlock()
 		c.log.WithFields(logrus.Fields{"pending_frames": frames, "pending_topic_bytes": bytes}).Warn("dropping slow consumer: too much waiting to be written (max_pending_frames, max_pending_bytes)")
 		c.s.metrics.slowConsumers.Inc()
@@ -916,15 +938,17 @@ func (c *conn) enqueue(o outFrame) bool {
 }
 
 // dropSlowLocked replaces what waits for a slow consumer with an ERROR
-// that says why, and gives the writer a second to deliver it. The
+// that names the limit, and gives the writer a second to deliver it (a
+// client that does not read at all never gets it: its connection is cut). The
 // dropped MESSAGEs were never written: queue messages among them are
 // still unacknowledged deliveries and go back to their queue when the
 // connection closes, auto-ack ones included. outMu must be held.
-func (c *conn) dropSlowLocked() {
+func (c *conn) dropSlowLocked(limit string) {
 	dropped := c.outq
 	c.outq, c.outSize = nil, 0
 	c.closing = true
-	e := frame.New(frame.ERROR, "message", "slow consumer: too many frames waiting to be written to this connection; it is closed and its unacknowledged messages are redelivered",
+	c.slow.Store(true)
+	e := frame.New(frame.ERROR, "message", "slow consumer: more than "+limit+" waiting to be written to this connection; it is closed and its unacknowledged messages are redelivered",
 		"content-type", "text/plain")
 	c.outq = append(c.outq, outFrame{f: e, closeAfter: true, reason: "slow consumer"})
 	go c.abandon(dropped)
@@ -1095,7 +1119,11 @@ func (c *conn) writeLoop() {
 		if err != nil {
 			c.log.WithError(err).Debug("write failed")
 			c.abandon(batch)
-			c.close("write failed")
+			if c.slow.Load() {
+				c.close("slow consumer")
+			} else {
+				c.close("write failed")
+			}
 			continue
 		}
 		c.lastWrite.Store(time.Now().UnixNano())

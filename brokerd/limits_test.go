@@ -355,8 +355,9 @@ func TestDiskFullConsumersDrain(t *testing.T) {
 		}
 		break
 	}
-	if !strings.Contains(scrape(t, s.AdminAddr()), "brokerd_disk_full_refusals_total 1") {
-		t.Error("the refusal is not counted in /metrics")
+	if m := scrape(t, s.AdminAddr()); !strings.Contains(m, "brokerd_disk_full_refusals_total 1") ||
+		!strings.Contains(m, `brokerd_refusals_total{limit="max_disk"} 1`) || strings.Contains(m, "brokerd_protocol_errors_total 1") {
+		t.Error("the refusal is not counted in /metrics as a refusal (and not as a protocol error)")
 	}
 	c := dial(t, s.Addr())
 	sub, err := c.SubscribeReceipt(ctx5(t), "/queue/full", stompclient.AckClientIndividual)

@@ -19,6 +19,7 @@ type metrics struct {
 	refused        *prometheus.CounterVec
 	slowConsumers  prometheus.Counter
 	diskFull       prometheus.Counter
+	refusals       *prometheus.CounterVec
 }
 
 func newMetrics(s *Server) *metrics {
@@ -38,6 +39,8 @@ func newMetrics(s *Server) *metrics {
 			Name: "brokerd_damaged_messages_total", Help: "Stored messages whose body could not be read back (see /status damaged); they are not delivered."}),
 		closes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "brokerd_connections_closed_total", Help: "Client connections closed, by reason."}, []string{"reason"}),
+		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "brokerd_refusals_total", Help: "Frames refused because a limit was reached (an ERROR, then the connection closes), by the limit's config key."}, []string{"limit"}),
 		diskFull: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "brokerd_disk_full_refusals_total", Help: "Persistent SENDs (or COMMITs) refused because the journal reached max_disk or the disk reserve."}),
 		slowConsumers: prometheus.NewCounter(prometheus.CounterOpts{
@@ -45,7 +48,7 @@ func newMetrics(s *Server) *metrics {
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "brokerd_connections_refused_total", Help: "Client connections refused at accept, by the limit they were over."}, []string{"limit"}),
 	}
-	m.reg.MustRegister(m.accepted, m.received, m.delivered, m.protocolErrors, m.duplicates, m.damaged, m.closes, m.refused, m.slowConsumers, m.diskFull,
+	m.reg.MustRegister(m.accepted, m.received, m.delivered, m.protocolErrors, m.duplicates, m.damaged, m.closes, m.refused, m.slowConsumers, m.diskFull, m.refusals,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		stateCollector{s})
 	return m
