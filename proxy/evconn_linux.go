@@ -53,6 +53,9 @@ type lconn struct {
 	held bool
 	// since is when the loop accepted c, on its clock (loop.now).
 	since time.Duration
+	// src is c's source address as admitted (admission.admit): the zero
+	// Addr unless the per-source cap is on.
+	src netip.Addr
 	// changed is the Picker's change channel as of the dial: closed when
 	// the answer the dial followed is out of date.
 	changed  <-chan struct{}
@@ -352,11 +355,11 @@ func (l *loop) handoff(c *lconn) {
 	nc, err := net.FileConn(f)
 	f.Close()
 	if err != nil {
-		l.g.release()
+		l.g.adm.release(c.src)
 		l.g.s.log.WithError(err).Warn("closing client: could not pass it to a goroutine")
 		return
 	}
-	l.g.handoff(nc.(*net.TCPConn), c.started())
+	l.g.handoff(nc.(*net.TCPConn), c.started(), c.src)
 }
 
 // event handles what epoll reported for fd.
@@ -591,7 +594,7 @@ func (l *loop) close(c *lconn, reason string) {
 			}).Debug("closed")
 		}
 	}
-	g.release()
+	g.adm.release(c.src)
 	g.s.lc.Leave()
 }
 

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"net/netip"
 	"os"
 	"runtime"
 	"sync"
@@ -71,7 +72,6 @@ const (
 	cmdSweep         = 1 << iota // targets changed: close stale connections
 	cmdCloseAll                  // shutdown grace over
 	cmdStopAccepting             // close the listening socket
-	cmdResume                    // a MaxConnections slot was freed
 	cmdQuit                      // exit once every connection is gone
 )
 
@@ -86,12 +86,9 @@ type loopGroup struct {
 	// keepAlive once it has lived keepAliveAfter.
 	backendOpts, keepAlive []sockopt
 
-	// max is MaxConnections (0: no cap); live counts connections against
-	// it, in the loops and handed off; paused counts loops that stopped
-	// accepting because live reached max.
-	max    int64
-	live   atomic.Int64
-	paused atomic.Int32
+	// adm applies the connection caps to every connection the loops
+	// accept, in the loops and handed off.
+	adm *admission
 	// proxied counts connections the loops are proxying to a backend.
 	proxied atomic.Int64
 
@@ -101,8 +98,11 @@ type loopGroup struct {
 	closed      bool
 	queue       []*net.TCPConn // handed off, for AcceptTCP
 	since       map[*net.TCPConn]time.Time
-	notify      chan struct{} // wakes AcceptTCP
-	wg          sync.WaitGroup
+	// src is the source address of each connection handed off, as
+	// admitted, until its release.
+	src    map[*net.TCPConn]netip.Addr
+	notify chan struct{} // wakes AcceptTCP
+	wg     sync.WaitGroup
 
 	activeMu sync.Mutex
 	active   map[string]*atomic.Int64 // proxied connections by backend
@@ -135,7 +135,6 @@ type loop struct {
 	accepting bool
 	retryAt   time.Duration
 	delay     time.Duration
-	full      bool // paused for MaxConnections
 
 	conns   []*lconn // by file descriptor, both of a connection's
 	n       int      // connections in the loop
@@ -167,11 +166,12 @@ var loopEpoch = time.Now()
 func newLoopGroup(s *Service, n int) (*loopGroup, error) {
 	g := &loopGroup{
 		s:           s,
-		max:         int64(s.opts.MaxConnections),
+		adm:         newAdmission(s.opts, s.log, s.metrics.rejected),
 		backendOpts: []sockopt{{unix.IPPROTO_TCP, unix.TCP_NODELAY, 1}},
 		keepAlive:   keepAliveSockopts(s.opts.KeepAlive),
 		notify:      make(chan struct{}, 1),
 		since:       map[*net.TCPConn]time.Time{},
+		src:         map[*net.TCPConn]netip.Addr{},
 		active:      map[string]*atomic.Int64{},
 	}
 	for i := range n {
@@ -384,9 +384,10 @@ func (g *loopGroup) wake() {
 
 // handoff queues c for the goroutine path, or closes it after Close.
 // since is when the loop accepted c: the goroutine path holds it until
-// Timeout after that (heldSince).
-func (g *loopGroup) handoff(c *net.TCPConn, since time.Time) {
+// Timeout after that (heldSince). src is c's source address as admitted.
+func (g *loopGroup) handoff(c *net.TCPConn, since time.Time, src netip.Addr) {
 	g.mu.Lock()
+	g.src[c] = src
 	if g.closed {
 		g.mu.Unlock()
 		g.refuse(c)
@@ -402,7 +403,7 @@ func (g *loopGroup) handoff(c *net.TCPConn, since time.Time) {
 // it as the goroutine path would have: failed, shutting down.
 func (g *loopGroup) refuse(c *net.TCPConn) {
 	c.Close()
-	g.release()
+	g.release(c)
 	g.s.metrics.failed.WithLabelValues(g.s.opts.Name, failReason(ErrShutdown)).Inc()
 }
 
@@ -416,23 +417,14 @@ func (g *loopGroup) heldSince(c *net.TCPConn) (time.Time, bool) {
 	return t, ok
 }
 
-// reserve takes a MaxConnections slot, if one is free.
-func (g *loopGroup) reserve() bool {
-	if g.live.Add(1) > g.max && g.max > 0 {
-		g.live.Add(-1)
-		return false
-	}
-	return true
-}
-
-// release frees a MaxConnections slot, and wakes loops that stopped
-// accepting for want of one.
-func (g *loopGroup) release() {
-	if g.live.Add(-1) < g.max && g.paused.Load() > 0 {
-		for _, l := range g.loops {
-			l.post(cmdResume)
-		}
-	}
+// release frees the place under the connection caps of c, a connection
+// handed off.
+func (g *loopGroup) release(c *net.TCPConn) {
+	g.mu.Lock()
+	src := g.src[c]
+	delete(g.src, c)
+	g.mu.Unlock()
+	g.adm.release(src)
 }
 
 // closeAll asks every loop to close its connections, and returns how many
@@ -825,11 +817,6 @@ func (l *loop) commands() {
 		}
 		l.starved = nil
 	}
-	if cmds&cmdResume != 0 && l.full {
-		l.full = false
-		l.g.paused.Add(-1)
-		l.resumeAccept()
-	}
 	if cmds&cmdSweep != 0 {
 		l.sweep()
 	}
@@ -887,23 +874,12 @@ func (l *loop) sweep() {
 	}
 }
 
-// accept takes one connection from the listening socket.
+// accept takes one connection from the listening socket, and closes it
+// at once if it is over a connection cap (see admission).
 func (l *loop) accept() {
 	g := l.g
-	if !g.reserve() {
-		l.full = true
-		g.paused.Add(1)
-		l.pauseAccept()
-		// A slot freed between reserve and paused.Add posted no resume.
-		if g.reserve() {
-			g.release()
-			l.post(cmdResume)
-		}
-		return
-	}
 	fd, err := rawsock.Accept4(l.lnfd)
 	if err != nil {
-		g.release()
 		switch err {
 		case rawsock.ErrWouldBlock, syscall.ECONNABORTED:
 			return
@@ -917,12 +893,21 @@ func (l *loop) accept() {
 		return
 	}
 	l.delay = 0
-	if !g.s.lc.Enter() {
+	var src netip.Addr
+	if g.adm.bySourceOn() {
+		src = peerAddr(fd).Addr()
+	}
+	if why := g.adm.admit(src); why != "" {
+		g.adm.refused(why, func() string { return peerAddr(fd).String() })
 		rawsock.Close(fd)
-		g.release()
 		return
 	}
-	c := &lconn{l: l, cfd: fd, bfd: -1, since: l.now, up: half{pipe: noPipe}, down: half{pipe: noPipe}}
+	if !g.s.lc.Enter() {
+		rawsock.Close(fd)
+		g.adm.release(src)
+		return
+	}
+	c := &lconn{l: l, cfd: fd, bfd: -1, src: src, since: l.now, up: half{pipe: noPipe}, down: half{pipe: noPipe}}
 	g.s.lc.CountAccepted()
 	l.n++
 	l.hold(c, true)
@@ -942,10 +927,27 @@ func (l *loop) pauseAccept() {
 }
 
 func (l *loop) resumeAccept() {
-	if !l.accepting && l.lnfd >= 0 && !l.full && l.retryAt == 0 {
+	if !l.accepting && l.lnfd >= 0 && l.retryAt == 0 {
 		unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, l.lnfd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(l.lnfd)})
 		l.accepting = true
 	}
+}
+
+// peerAddr is the remote address of socket fd, the zero AddrPort if it
+// has none (the client has gone already). The loops learn it only when
+// they need it: accept4 is called without a sockaddr to fill.
+func peerAddr(fd int) netip.AddrPort {
+	sa, err := unix.Getpeername(fd)
+	if err != nil {
+		return netip.AddrPort{}
+	}
+	switch sa := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port))
+	case *unix.SockaddrInet6:
+		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), uint16(sa.Port))
+	}
+	return netip.AddrPort{}
 }
 
 // newEventLoops makes a loop per P but one, each with a listening socket

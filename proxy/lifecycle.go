@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -15,11 +16,11 @@ import (
 
 // Lifecycle is the life of one listener, the part both data paths share
 // (this package's Service and stompproxy's): it owns the bound listener,
-// the accept loop with MaxConnections, the count of connection goroutines,
-// and StopAccepting/Shutdown with their drain and grace. What a connection
-// is and how it is served is the owner's, given in a LifecycleConfig: T is
-// what the owner makes of an accepted connection (the bare *net.TCPConn for
-// the TCP data path, a session for STOMP).
+// the accept loop with the connection caps, the count of connection
+// goroutines, and StopAccepting/Shutdown with their drain and grace. What
+// a connection is and how it is served is the owner's, given in a
+// LifecycleConfig: T is what the owner makes of an accepted connection
+// (the bare *net.TCPConn for the TCP data path, a session for STOMP).
 type Lifecycle[T any] struct {
 	// Mu guards the lifecycle's state and, by convention, the owner's set
 	// of live connections, so that one lock decides whether a connection
@@ -31,9 +32,8 @@ type Lifecycle[T any] struct {
 	grace time.Duration
 	log   *logrus.Entry
 	ln    Acceptor
-	// sem holds one token per connection when MaxConnections caps them;
-	// nil when uncapped.
-	sem chan struct{}
+	// adm applies the connection caps; nil when the Listener does.
+	adm *admission
 	// ctx is cancelled when shutdown begins: it wakes connections waiting
 	// for a backend and aborts dials in flight.
 	ctx    context.Context
@@ -60,8 +60,15 @@ type LifecycleConfig[T any] struct {
 	// logged when Serve starts; Noun names the connections in shutdown logs
 	// ("connections", "sessions").
 	Pkg, Listening, Noun string
-	// Accepted counts accepted connections (label service).
-	Accepted *prometheus.CounterVec
+	// Accepted counts accepted connections (label service); Rejected
+	// those refused at accept for a connection cap (labels service,
+	// reason).
+	Accepted, Rejected *prometheus.CounterVec
+	// Reject, when set, closes a connection refused for a cap, why being
+	// RejectMax or RejectPerSource, after telling the client in its
+	// protocol; unset, the connection is just closed. It runs on the
+	// accept loop, so it must not wait for the client.
+	Reject func(c *net.TCPConn, why string)
 	// Admit makes an accepted connection into a T, with Mu held and
 	// shutdown not begun.
 	Admit func(*net.TCPConn) T
@@ -77,10 +84,10 @@ type LifecycleConfig[T any] struct {
 	// included).
 	Draining func(conns int) logrus.Fields
 	// Listener, when set, is accepted from instead of a listener bound
-	// to the Options' Listen; MaxConnections is then the Listener's to
-	// enforce. The event loops (evloop_linux.go) accept on sockets of
-	// their own and pass on here only the connections they hand to a
-	// goroutine.
+	// to the Options' Listen; the connection caps are then the
+	// Listener's to enforce. The event loops (evloop_linux.go) accept on
+	// sockets of their own and pass on here only the connections they
+	// hand to a goroutine.
 	Listener Acceptor
 }
 
@@ -104,8 +111,6 @@ func NewLifecycle[T any](c Options, log *logrus.Entry, cfg LifecycleConfig[T]) (
 			return nil, err
 		}
 		ln = bound.(*net.TCPListener)
-	} else {
-		c.MaxConnections = 0
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	l := &Lifecycle[T]{
@@ -120,8 +125,8 @@ func NewLifecycle[T any](c Options, log *logrus.Entry, cfg LifecycleConfig[T]) (
 
 		acceptedTotal: cfg.Accepted.WithLabelValues(c.Name),
 	}
-	if c.MaxConnections > 0 {
-		l.sem = make(chan struct{}, c.MaxConnections)
+	if cfg.Listener == nil {
+		l.adm = newAdmission(c, log, cfg.Rejected)
 	}
 	return l, nil
 }
@@ -286,25 +291,16 @@ func (l *Lifecycle[T]) watch(changed <-chan struct{}, sweep func() <-chan struct
 	}
 }
 
-// acceptLoop accepts until shutdown. With MaxConnections it takes a slot
-// before accepting, so beyond the cap clients wait in the kernel's listen
-// backlog rather than being accepted and then left hanging. (We don't use
-// netutil.LimitListener: it wraps each *net.TCPConn, and io.Copy can only
-// splice between bare *net.TCPConns.)
+// acceptLoop accepts until shutdown. A connection over a cap is refused
+// (see admission) before it is admitted, counted as accepted or given a
+// goroutine. (We don't use netutil.LimitListener: it wraps each
+// *net.TCPConn, and io.Copy can only splice between bare *net.TCPConns.)
 func (l *Lifecycle[T]) acceptLoop() {
 	defer l.loops.Done()
 	var delay time.Duration
 	for {
-		if l.sem != nil {
-			select {
-			case l.sem <- struct{}{}:
-			case <-l.stopping:
-				return
-			}
-		}
 		c, err := l.ln.AcceptTCP()
 		if err != nil {
-			l.release()
 			select {
 			case <-l.stopping:
 				return
@@ -325,11 +321,19 @@ func (l *Lifecycle[T]) acceptLoop() {
 			continue
 		}
 		delay = 0
+		var src netip.Addr
+		if l.adm != nil {
+			src = l.adm.sourceOf(c)
+			if why := l.adm.admit(src); why != "" {
+				l.reject(c, why)
+				continue
+			}
+		}
 		l.Mu.Lock()
 		if l.stopped {
 			l.Mu.Unlock()
 			c.Close()
-			l.release()
+			l.release(src)
 			return
 		}
 		l.conns++
@@ -340,20 +344,31 @@ func (l *Lifecycle[T]) acceptLoop() {
 			// accepted them (CountAccepted).
 			l.CountAccepted()
 		}
-		go l.serve(t)
+		go l.serve(t, src)
 	}
 }
 
-// serve owns one connection's goroutine. When it is done it frees the
-// MaxConnections slot and, when it is the last one during shutdown,
-// reports the lifecycle drained.
-func (l *Lifecycle[T]) serve(t T) {
-	defer l.done(t)
+// reject refuses c for a connection cap.
+func (l *Lifecycle[T]) reject(c *net.TCPConn, why string) {
+	l.adm.refused(why, func() string { return c.RemoteAddr().String() })
+	if l.cfg.Reject != nil {
+		l.cfg.Reject(c, why)
+	} else {
+		c.Close()
+	}
+}
+
+// serve owns one connection's goroutine, src being its source address
+// as admitted. When it is done it frees the connection's place under the
+// caps and, when it is the last one during shutdown, reports the
+// lifecycle drained.
+func (l *Lifecycle[T]) serve(t T, src netip.Addr) {
+	defer l.done(t, src)
 	l.cfg.Serve(t)
 }
 
-func (l *Lifecycle[T]) done(t T) {
-	l.release()
+func (l *Lifecycle[T]) done(t T, src netip.Addr) {
+	l.release(src)
 	l.Mu.Lock()
 	defer l.Mu.Unlock()
 	if l.cfg.Forget != nil {
@@ -362,9 +377,9 @@ func (l *Lifecycle[T]) done(t T) {
 	l.leaveLocked()
 }
 
-// release frees a MaxConnections slot.
-func (l *Lifecycle[T]) release() {
-	if l.sem != nil {
-		<-l.sem
+// release frees the place under the caps of a connection from src.
+func (l *Lifecycle[T]) release(src netip.Addr) {
+	if l.adm != nil {
+		l.adm.release(src)
 	}
 }

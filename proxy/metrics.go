@@ -11,6 +11,7 @@ import (
 // address). A nil *Metrics given to New is replaced by an unregistered one.
 type Metrics struct {
 	accepted   *prometheus.CounterVec // service
+	rejected   *prometheus.CounterVec // service, reason
 	held       *prometheus.GaugeVec   // service
 	failed     *prometheus.CounterVec // service, reason
 	active     *prometheus.GaugeVec   // service, backend
@@ -91,7 +92,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		accepted: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "handover_proxy_connections_accepted_total",
-			Help: "Client connections accepted."}, []string{"service"}),
+			Help: "Client connections accepted (within the connection caps)."}, []string{"service"}),
+		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "handover_proxy_connections_rejected_total",
+			Help: "Client connections closed at accept for a cap, by reason: max_connections, max_connections_per_source."},
+			[]string{"service", "reason"}),
 		held: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "handover_proxy_connections_held",
 			Help: "Client connections accepted and still looking for a backend: no master yet, or dials failing."}, []string{"service"}),
@@ -154,7 +159,7 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 }
 
 func (m *Metrics) vecs() []prometheus.Collector {
-	return []prometheus.Collector{m.accepted, m.held, m.failed, m.active, m.connected, m.dialErrors, m.closed}
+	return []prometheus.Collector{m.accepted, m.rejected, m.held, m.failed, m.active, m.connected, m.dialErrors, m.closed}
 }
 
 // liveConn is a proxied connection as the byte counters see it: a pair

@@ -27,7 +27,14 @@ const (
 	DefaultDialTimeout           = 2 * time.Second
 	DefaultKeepAlive             = 15 * time.Second
 	DefaultShutdownGrace         = 10 * time.Second
+	// DefaultMaxConnections is the default of MaxConnections: far above
+	// what one host's applications open, far below the file descriptors
+	// (two per connection) a process may hold.
+	DefaultMaxConnections = 10000
 )
+
+// NoLimit, as Options.MaxConnections, means no cap.
+const NoLimit = -1
 
 // Options configure one proxied service: one listener and where its
 // connections go. The zero value of every field but Name and Listen means
@@ -73,9 +80,21 @@ type Options struct {
 	// backend socket (default 15s; negative disables keepalives), so a
 	// vanished peer is noticed even on a connection that is quiet for hours.
 	KeepAlive time.Duration
-	// MaxConnections caps concurrent client connections, held ones included;
-	// beyond it new clients wait in the listen backlog. Zero means no cap.
+	// MaxConnections caps concurrent client connections, held ones
+	// included. Zero means DefaultMaxConnections (10,000); NoLimit (-1)
+	// means no cap. A client beyond it is accepted and closed at once (in
+	// STOMP mode after an ERROR frame saying so), logged and counted
+	// (handover_proxy_connections_rejected_total): it learns now, rather
+	// than waiting in the listen backlog behind connections that may never
+	// end.
 	MaxConnections int
+	// MaxConnectionsPerSource caps the concurrent client connections from
+	// one IP address, as MaxConnections caps them all. Zero (the default)
+	// means no such cap: a sidecar's clients usually share its host's
+	// loopback address, where this cap would be MaxConnections again. It is
+	// for a sidecar listening beyond loopback, so that one host cannot take
+	// every connection.
+	MaxConnectionsPerSource int
 	// OnFailover is OnFailoverClose (the default) or OnFailoverKeep.
 	OnFailover string
 	// ShutdownGrace is how long Shutdown lets live connections finish before
@@ -93,7 +112,7 @@ type Options struct {
 func (o Options) Validate() error { return o.ValidateWith() }
 
 // ValidateWith is Validate, with more problems (nil ones ignored) reported
-// among o's, after those of MaxConnections and OnFailover:
+// among o's, after those of the connection caps and OnFailover:
 // stompproxy.Options checks its fields shared with Options so.
 func (o Options) ValidateWith(more ...error) error {
 	var errs []error
@@ -124,8 +143,12 @@ func (o Options) ValidateWith(more ...error) error {
 	if o.MaxReconnectAttempts < 0 {
 		errs = append(errs, fmt.Errorf("max_reconnect_attempts: must be 0 (no cap) or positive, got %d", o.MaxReconnectAttempts))
 	}
-	if o.MaxConnections < 0 {
-		errs = append(errs, fmt.Errorf("max_connections: must be 0 (no cap) or positive, got %d", o.MaxConnections))
+	if o.MaxConnections < NoLimit {
+		errs = append(errs, fmt.Errorf("max_connections: must be %d (no cap), 0 (the default, %d) or positive, got %d",
+			NoLimit, DefaultMaxConnections, o.MaxConnections))
+	}
+	if o.MaxConnectionsPerSource < 0 {
+		errs = append(errs, fmt.Errorf("max_connections_per_source: must be 0 (no cap, the default) or positive, got %d", o.MaxConnectionsPerSource))
 	}
 	switch o.OnFailover {
 	case "", OnFailoverClose, OnFailoverKeep:

@@ -17,10 +17,10 @@
 // failed dial) is handed to the goroutine path, which every platform has.
 //
 // Reading order for one client connection on the goroutine path: proxy.go
-// (accept, failover, shutdown), connect.go (hold, dial, back off), pair.go
-// (the two copiers), relay.go (how a copier moves bytes: small messages
-// through a buffer, bulk data spliced), meter.go (counting bytes and
-// idleness without touching the bytes).
+// (accept, failover, shutdown), admit.go (the connection caps), connect.go
+// (hold, dial, back off), pair.go (the two copiers), relay.go (how a
+// copier moves bytes: small messages through a buffer, bulk data spliced),
+// meter.go (counting bytes and idleness without touching the bytes).
 package proxy
 
 import (
@@ -97,8 +97,9 @@ type eventLoops interface {
 	closeAll() int
 	// status adds the loops' proxied connections to st.
 	status(st *ServiceStatus)
-	// release frees the MaxConnections slot of a connection handed off.
-	release()
+	// release frees the place under the connection caps of a
+	// connection handed off.
+	release(c *net.TCPConn)
 	// heldSince returns when a loop accepted c, a connection it handed
 	// off, the first time it is asked.
 	heldSince(c *net.TCPConn) (time.Time, bool)
@@ -144,7 +145,7 @@ func New(opts Options, picker Picker, log *logrus.Entry, m *Metrics) (*Service, 
 	}
 	cfg := LifecycleConfig[*net.TCPConn]{
 		Pkg: "proxy", Listening: "listening", Noun: "connections",
-		Accepted: m.accepted,
+		Accepted: m.accepted, Rejected: m.rejected,
 		Admit:    func(c *net.TCPConn) *net.TCPConn { return c },
 		Serve:    s.serveConn,
 		CloseAll: func() int { return s.closeAll(reasonShutdown) },
@@ -164,7 +165,7 @@ func New(opts Options, picker Picker, log *logrus.Entry, m *Metrics) (*Service, 
 	}
 	if s.loops != nil {
 		cfg.Listener = s.loops
-		cfg.Forget = func(*net.TCPConn) { s.loops.release() }
+		cfg.Forget = s.loops.release
 	}
 	s.lc, err = NewLifecycle(conn.Settings, s.log, cfg)
 	if err != nil {

@@ -6,11 +6,16 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sirupsen/logrus"
+	logtest "github.com/sirupsen/logrus/hooks/test"
 
 	"handover/internal/testutil"
 	"handover/proxy/proxytest"
@@ -33,7 +38,9 @@ func TestOptionsValidate(t *testing.T) {
 		{"negative idle timeout", func(o *Options) { o.IdleTimeout = -time.Second }, "idle_timeout"},
 		{"shrinking backoff", func(o *Options) { o.BackoffMultiplier = 0.5 }, "backoff_multiplier"},
 		{"negative attempts", func(o *Options) { o.MaxReconnectAttempts = -1 }, "max_reconnect_attempts"},
-		{"negative max connections", func(o *Options) { o.MaxConnections = -1 }, "max_connections"},
+		{"no connection cap", func(o *Options) { o.MaxConnections = NoLimit }, ""},
+		{"max connections below -1", func(o *Options) { o.MaxConnections = -2 }, "max_connections: must be -1 (no cap), 0 (the default, 10000) or positive, got -2"},
+		{"negative max connections per source", func(o *Options) { o.MaxConnectionsPerSource = -1 }, "max_connections_per_source"},
 		{"unknown failover mode", func(o *Options) { o.OnFailover = "drain" }, "on_failover"},
 		{"max delay below initial", func(o *Options) { o.InitialReconnectDelay = 2 * time.Second }, "max_reconnect_delay"},
 	}
@@ -450,33 +457,104 @@ func TestFailoverDuringDial(t *testing.T) {
 	})
 }
 
-// TestMaxConnections: beyond the cap, a new client waits (in the listen
-// backlog) until a connection closes.
-func TestMaxConnections(t *testing.T) {
-	checkLeaks(t)
-	be := startBackend(t, "", echo)
-	ts := startService(t, proxytest.NewPicker(be.addr), func(o *Options) { o.MaxConnections = 1 })
-	c1 := ts.dial(t)
-	roundTrip(t, c1, "one")
+// TestConnectionCaps: a client over max_connections, or over
+// max_connections_per_source from its address, is closed at accept rather
+// than left waiting in the listen backlog, logged and counted; a client
+// within the caps still gets in, and a place freed is taken again. The
+// event loops and the goroutine path each enforce the caps.
+func TestConnectionCaps(t *testing.T) {
+	tests := []struct {
+		name           string
+		max, perSource int
+		// from is each client's source address, in the order they
+		// connect; want is "" for one served, else why it is refused.
+		from, want []string
+	}{
+		{"max_connections", 2, 0,
+			[]string{"127.0.0.1", "127.0.0.2", "127.0.0.3"}, []string{"", "", RejectMax}},
+		{"max_connections_per_source", 0, 1,
+			[]string{"127.0.0.1", "127.0.0.1", "127.0.0.2"}, []string{"", RejectPerSource, ""}},
+		{"no cap", NoLimit, 0,
+			[]string{"127.0.0.1", "127.0.0.1", "127.0.0.1"}, []string{"", "", ""}},
+	}
+	for _, tt := range tests {
+		for _, goroutines := range []bool{false, true} {
+			name := tt.name + "/event loops"
+			if goroutines {
+				name = tt.name + "/goroutines"
+			}
+			t.Run(name, func(t *testing.T) {
+				checkLeaks(t)
+				be := startBackend(t, "", echo)
+				log := proxytest.Log(t)
+				hook := logtest.NewLocal(log.Logger)
+				opts := Options{Name: "test", Listen: "127.0.0.1:0", MaxConnections: tt.max,
+					MaxConnectionsPerSource: tt.perSource, goroutines: goroutines}
+				ts := startServiceLog(t, proxytest.NewPicker(be.addr), opts, false, log)
 
-	c2 := ts.dial(t)
-	io.WriteString(c2, "two")
-	// A bounded wait to see that nothing happens.
-	c2.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
-	var ne net.Error
-	if _, err := c2.Read(make([]byte, 3)); !errors.As(err, &ne) || !ne.Timeout() {
-		t.Fatalf("second client served beyond MaxConnections: %v", err)
-	}
-	if st := ts.Status(); st.Accepted != 1 {
-		t.Fatalf("accepted %d, want 1", st.Accepted)
-	}
+				var first *net.TCPConn
+				refused := map[string]float64{}
+				for i, from := range tt.from {
+					c := dialFrom(t, ts.Addr().String(), from)
+					if tt.want[i] == "" {
+						roundTrip(t, c, fmt.Sprint("client ", i))
+						if first == nil {
+							first = c
+						}
+						continue
+					}
+					expectClosed(t, c, 5*time.Second)
+					refused[tt.want[i]]++
+				}
+				for _, why := range []string{RejectMax, RejectPerSource} {
+					if got := ts.metric(t, "handover_proxy_connections_rejected_total", "reason", why); got != refused[why] {
+						t.Errorf("rejected_total{reason=%q} = %v, want %v", why, got, refused[why])
+					}
+				}
+				if len(refused) == 0 {
+					return
+				}
+				var logged bool
+				for _, e := range hook.AllEntries() {
+					logged = logged || e.Level == logrus.WarnLevel && e.Data["reason"] != nil && e.Data["client"] != nil
+				}
+				if !logged {
+					t.Error("no warning with the client and the reason for the refused connection")
+				}
 
-	c1.Close()
-	c2.SetReadDeadline(time.Now().Add(5 * time.Second))
-	buf := make([]byte, 3)
-	if _, err := io.ReadFull(c2, buf); err != nil || string(buf) != "two" {
-		t.Fatalf("second client after the first closed: %q, %v", buf, err)
+				// The first client's place is free once it has gone:
+				// a client from its address gets in again.
+				first.Close()
+				testutil.Eventually(t, 5*time.Second, func() error {
+					c := dialFrom(t, ts.Addr().String(), tt.from[0])
+					defer c.Close()
+					c.SetDeadline(time.Now().Add(5 * time.Second))
+					if _, err := io.WriteString(c, "again"); err != nil {
+						return err
+					}
+					buf := make([]byte, 5)
+					_, err := io.ReadFull(c, buf)
+					return err
+				})
+			})
+		}
 	}
+}
+
+// dialFrom connects to addr from source IP address from (any of 127/8 is
+// loopback on Linux).
+func dialFrom(t testing.TB, addr, from string) *net.TCPConn {
+	t.Helper()
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}}
+	c, err := d.Dial("tcp", addr)
+	if errors.Is(err, syscall.EADDRNOTAVAIL) {
+		t.Skipf("no loopback address %s here (only Linux has all of 127/8): %v", from, err)
+	}
+	if err != nil {
+		t.Fatalf("dial %s from %s: %v", addr, from, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c.(*net.TCPConn)
 }
 
 // TestIdleTimeout: a pair with no bytes either way for IdleTimeout is

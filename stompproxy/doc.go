@@ -90,7 +90,24 @@
 // twice or dropped. A transactional ACK of a stale delivery is held like
 // any other, and the COMMIT waits for it.
 //
+// # A broker's ERROR
+//
+// Only a broker connection that dies without a word is a failover. A broker
+// that ends the session on purpose sends an ERROR, then closes (STOMP 1.2
+// "ERROR": a frame it refused, a slow consumer dropped, a flow control
+// timeout); resuming such a session elsewhere would hide from the client
+// what the broker told it, and SENDs it may have discarded (issue 14). The
+// ERROR goes to the client, with the client's own receipt-id if it names a
+// frame, and the client is closed. A failed write to the broker therefore
+// never closes the broker's socket when the broker reset it (upstream.broken):
+// its ERROR may still be waiting there to be read.
+//
 // # Limits
+//
+// A client has ConnectTimeout from accept to send its whole CONNECT frame,
+// a deadline its bytes do not move on; MaxConnections and
+// MaxConnectionsPerSource refuse, with an ERROR, a client over them (see
+// proxy.Options).
 //
 // What a session keeps (frames awaiting receipts, open transactions,
 // subscriptions, unsettled deliveries) is charged against MaxReplayBytes. A

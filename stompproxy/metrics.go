@@ -9,6 +9,7 @@ import (
 // New is replaced by an unregistered one.
 type Metrics struct {
 	accepted    *prometheus.CounterVec   // service
+	rejected    *prometheus.CounterVec   // service, reason
 	active      *prometheus.GaugeVec     // service
 	paused      *prometheus.GaugeVec     // service
 	resumed     *prometheus.CounterVec   // service
@@ -27,7 +28,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		accepted: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "handover_stomp_sessions_accepted_total",
-			Help: "Client connections accepted in STOMP mode."}, []string{"service"}),
+			Help: "Client connections accepted in STOMP mode (within the connection caps)."}, []string{"service"}),
+		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "handover_stomp_sessions_rejected_total",
+			Help: "Client connections sent an ERROR and closed at accept for a cap, by reason: max_connections, max_connections_per_source."},
+			[]string{"service", "reason"}),
 		active: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "handover_stomp_sessions_active",
 			Help: "STOMP sessions open now, paused ones included."}, []string{"service"}),
@@ -84,6 +89,6 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 }
 
 func (m *Metrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.accepted, m.active, m.paused, m.resumed, m.replayed, m.duplicates,
+	return []prometheus.Collector{m.accepted, m.rejected, m.active, m.paused, m.resumed, m.replayed, m.duplicates,
 		m.suppressed, m.unresumable, m.closed, m.dialErrors, m.pause}
 }

@@ -13,6 +13,10 @@ import (
 // size.
 const DefaultMaxReplayBytes = 4 << 20
 
+// DefaultConnectTimeout is the default of Options.ConnectTimeout, brokerd's
+// own connect_timeout.
+const DefaultConnectTimeout = 10 * time.Second
+
 // Options configure one STOMP-mode service: one listener whose client
 // sessions survive the death of the master. The fields shared with
 // proxy.Options mean the same, with the same defaults (proxy.Default*), so
@@ -25,8 +29,9 @@ const DefaultMaxReplayBytes = 4 << 20
 // failover transport would hold its application.
 type Options struct {
 	// Name, Listen, the reconnect fields (Timeout to DialTimeout),
-	// KeepAlive, MaxConnections and ShutdownGrace are proxy.Options's: see
-	// there. In STOMP mode, a connection is a client session, and:
+	// KeepAlive, MaxConnections, MaxConnectionsPerSource and ShutdownGrace
+	// are proxy.Options's: see there. In STOMP mode, a connection is a
+	// client session, and:
 	//   - Timeout is how long a session waits for a master, both for its
 	//     first connection and after losing one; then the client is closed.
 	//     It also bounds how long an acknowledgement of a pre-failover
@@ -34,13 +39,22 @@ type Options struct {
 	//     documentation).
 	//   - MaxReconnectAttempts caps the rounds per wait.
 	//   - DialTimeout bounds one dial plus the CONNECT→CONNECTED exchange.
+	//   - A client refused for a connection cap gets an ERROR frame
+	//     ("too many connections"), then is closed.
 	Name, Listen                                      string
 	Timeout, InitialReconnectDelay, MaxReconnectDelay time.Duration
 	BackoffMultiplier                                 float64
 	MaxReconnectAttempts                              int
 	DialTimeout, KeepAlive                            time.Duration
-	MaxConnections                                    int
+	MaxConnections, MaxConnectionsPerSource           int
 	ShutdownGrace                                     time.Duration
+
+	// ConnectTimeout is how long a client has, from accept, to send its
+	// whole CONNECT (or STOMP) frame; then it gets an ERROR and is closed.
+	// It is a deadline, not an allowance per read, so a client that
+	// trickles a byte every few seconds (a slowloris) is closed on time
+	// too. Zero means DefaultConnectTimeout (10s).
+	ConnectTimeout time.Duration
 
 	// Limits bound every frame read, from the client and from the broker,
 	// as brokerd's own limits do; zero fields take frame.DefaultLimits.
@@ -57,11 +71,14 @@ type Options struct {
 // Validate reports every problem with o at once. Zero values are valid:
 // they mean the defaults.
 func (o Options) Validate() error {
-	var replay error
+	var replay, connect error
 	if o.MaxReplayBytes < 0 {
 		replay = fmt.Errorf("max_replay_bytes: must be 0 (the default, %d) or positive, got %d", DefaultMaxReplayBytes, o.MaxReplayBytes)
 	}
-	return o.shared().ValidateWith(replay)
+	if o.ConnectTimeout < 0 {
+		connect = fmt.Errorf("connect_timeout: must be 0 (the default, %v) or positive, got %v", DefaultConnectTimeout, o.ConnectTimeout)
+	}
+	return o.shared().ValidateWith(replay, connect)
 }
 
 // shared returns the fields o shares with proxy.Options, as those.
@@ -69,7 +86,8 @@ func (o Options) shared() proxy.Options {
 	return proxy.Options{Name: o.Name, Listen: o.Listen, Timeout: o.Timeout,
 		InitialReconnectDelay: o.InitialReconnectDelay, MaxReconnectDelay: o.MaxReconnectDelay,
 		BackoffMultiplier: o.BackoffMultiplier, MaxReconnectAttempts: o.MaxReconnectAttempts, DialTimeout: o.DialTimeout,
-		KeepAlive: o.KeepAlive, MaxConnections: o.MaxConnections, ShutdownGrace: o.ShutdownGrace}
+		KeepAlive: o.KeepAlive, MaxConnections: o.MaxConnections, MaxConnectionsPerSource: o.MaxConnectionsPerSource,
+		ShutdownGrace: o.ShutdownGrace}
 }
 
 // withDefaults returns o with every zero field set to its default.
@@ -78,6 +96,9 @@ func (o Options) withDefaults() Options {
 		&o.DialTimeout, &o.KeepAlive, &o.ShutdownGrace)
 	if o.MaxReplayBytes == 0 {
 		o.MaxReplayBytes = DefaultMaxReplayBytes
+	}
+	if o.ConnectTimeout == 0 {
+		o.ConnectTimeout = DefaultConnectTimeout
 	}
 	return o
 }

@@ -8,9 +8,11 @@ import (
 	"slices"
 	"strconv"
 	"sync/atomic"
+	"time"
 
 	"github.com/sirupsen/logrus"
 
+	"handover/frame"
 	"handover/proxy"
 )
 
@@ -97,7 +99,8 @@ func New(opts Options, picker proxy.Picker, log *logrus.Entry, m *Metrics) (*Ser
 	}
 	lc, err := proxy.NewLifecycle(conn.Settings, s.log, proxy.LifecycleConfig[*session]{
 		Pkg: "stompproxy", Listening: "listening (STOMP mode)", Noun: "sessions",
-		Accepted: m.accepted,
+		Accepted: m.accepted, Rejected: m.rejected,
+		Reject:   reject,
 		Admit:    s.admit,
 		Serve:    s.serveSession,
 		Forget:   func(ss *session) { delete(s.sessions, ss) },
@@ -149,6 +152,27 @@ func (s *Service) Status() Status {
 		}
 	}
 	return st
+}
+
+// rejectWriteTimeout bounds the write of the ERROR that refuses a
+// connection. The socket is new and its buffer empty, so the write does not
+// wait for the client; the bound is a guard for the accept loop it runs on.
+const rejectWriteTimeout = 100 * time.Millisecond
+
+// reject tells a client refused for a connection cap (proxy.RejectMax,
+// proxy.RejectPerSource) so in an ERROR frame, then closes it, as a broker
+// closes after an ERROR (STOMP 1.2 "ERROR").
+func reject(c *net.TCPConn, why string) {
+	msg := "too many connections"
+	if why == proxy.RejectPerSource {
+		msg = "too many connections from this address"
+	}
+	c.SetWriteDeadline(time.Now().Add(rejectWriteTimeout))
+	w := frame.NewWriter(c)
+	if w.Write(errorFrame(msg)) == nil {
+		w.Flush()
+	}
+	c.Close()
 }
 
 // admit makes an accepted connection a session (with lc.Mu held).

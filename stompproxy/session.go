@@ -11,6 +11,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -33,6 +34,7 @@ const (
 	reasonClientClosed  = "client_closed"    // the client closed its connection
 	reasonClientError   = "client_error"     // the client's socket failed
 	reasonClientTimeout = "client_timeout"   // the client sent nothing, not even a heart-beat, in time
+	reasonConnectLate   = "connect_timeout"  // the client's CONNECT was not all there within ConnectTimeout
 	reasonProtocol      = "protocol_error"   // the client broke the protocol (or the frame limits)
 	reasonBrokerError   = "broker_error"     // the broker sent ERROR, which ends a STOMP connection
 	reasonDisconnect    = "disconnect"       // the client said DISCONNECT and the broker hung up
@@ -65,6 +67,7 @@ type session struct {
 	svc    *Service
 	id     string
 	log    *logrus.Entry
+	start  time.Time // when the client was accepted
 	client *net.TCPConn
 	cdr    *deadlineReader
 	cr     *frame.Reader // read by run until CONNECTED, then by clientLoop only
@@ -105,6 +108,7 @@ func (s *Service) newSession(c *net.TCPConn) *session {
 		svc:    s,
 		id:     id,
 		log:    s.log.WithFields(logrus.Fields{"session": id, "client": c.RemoteAddr().String()}),
+		start:  time.Now(),
 		client: c,
 		cdr:    &deadlineReader{nc: c, r: cs},
 		cw:     frame.NewWriter(cs),
@@ -201,6 +205,25 @@ func (u *upstream) handshake(connect *frame.Frame, timeout time.Duration) (*fram
 	return reply, nil
 }
 
+// broken is how a writer reports a failed write to the broker: pump's
+// read must end, so that the session resumes or closes, but only after it
+// has read what the broker sent before it went. A broker that ends a
+// session on purpose sends ERROR, then closes (STOMP 1.2 "ERROR"); if the
+// client wrote on meanwhile, that close resets the connection, and our
+// next write fails at once, often before pump has read the ERROR. Closing
+// the socket then would discard the ERROR with the kernel's receive buffer,
+// and the session would be resumed as if the broker had died (issue 14).
+// So after a reset or a broken pipe the socket is left open: its read side
+// yields the broker's last bytes, then ends by itself. Any other failure (a
+// broker that stopped reading for writeTimeout) closes the socket, which
+// ends pump's read at once.
+func (u *upstream) broken(err error) {
+	if errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) {
+		return
+	}
+	u.nc.Close()
+}
+
 // renew moves the write deadline on. The caller holds wmu.
 func (u *upstream) renew() {
 	// Moving the deadline costs a timer update; once a second is plenty
@@ -256,11 +279,22 @@ func (s *session) run() string {
 
 // serve runs the session until it closes.
 func (s *session) serve() {
-	// The client speaks first (STOMP 1.2 "Connecting"); a silent one is
-	// dropped as brokerd would drop it.
-	s.cdr.setTimeout(s.svc.opts.holdTimeout())
+	// The client speaks first (STOMP 1.2 "Connecting"), and its whole
+	// CONNECT must be in by ConnectTimeout after accept, as brokerd wants
+	// it. A deadline, not a timeout per read (cdr's is off until
+	// CONNECTED): a client trickling a byte every few seconds must not
+	// hold its connection for ever (issue 14).
+	s.client.SetReadDeadline(s.start.Add(s.svc.opts.ConnectTimeout))
 	f, err := s.cr.Read()
 	if err != nil {
+		if isTimeout(err) && !s.isClosed() {
+			msg := fmt.Sprintf("no whole CONNECT frame within %v of connecting", s.svc.opts.ConnectTimeout)
+			s.log.WithField("connect_timeout", s.svc.opts.ConnectTimeout).Info("closing the client: " + msg)
+			s.client.SetWriteDeadline(time.Now().Add(rejectWriteTimeout))
+			s.toClient([]*frame.Frame{errorFrame(msg)}, true)
+			s.close(reasonConnectLate)
+			return
+		}
 		s.clientReadFailed(err)
 		s.close(reasonClientError) // no-op unless the failure closed nothing
 		return
@@ -483,7 +517,7 @@ func (s *session) pump(u *upstream) error {
 			err := u.send(a.up, true)
 			u.wmu.Unlock()
 			if err != nil {
-				u.nc.Close() // the read above will report it
+				u.broken(err) // the read above will report it
 			}
 		}
 		s.count(a)
@@ -495,6 +529,12 @@ func (s *session) pump(u *upstream) error {
 			}
 		}
 		if f.Command == frame.ERROR {
+			// The broker ended the session on purpose (a frame it refused,
+			// a slow consumer dropped, a flow control timeout): resuming it
+			// elsewhere would hide that from the client, who may have lost
+			// SENDs. The client has the ERROR; ended closes it.
+			s.log.WithFields(logrus.Fields{"backend": u.backend, "message": f.Value("message")}).
+				Warn("the broker ended the session with an ERROR: passed on to the client, which is closed, not resumed")
 			return errors.New("broker sent ERROR: " + f.Value("message"))
 		}
 	}
@@ -628,7 +668,7 @@ func (s *session) resume(old *upstream, cause error) *upstream {
 	err = u.send(plan.up, true)
 	u.wmu.Unlock()
 	if err != nil {
-		u.nc.Close() // pump's first read reports it, and we resume again
+		u.broken(err) // pump's read reports it, and we resume again
 	}
 	if len(plan.client) > 0 {
 		if err := s.toClient(plan.client, true); err != nil {
@@ -770,7 +810,7 @@ func (s *session) passPlain(raw []byte) bool {
 	err := u.sendRaw(raw)
 	u.wmu.Unlock()
 	if err != nil {
-		u.nc.Close() // run's read reports it, and the session resumes
+		u.broken(err) // run's read reports it, and the session resumes
 	}
 	return true
 }
@@ -804,7 +844,7 @@ func (s *session) fromClient(f *frame.Frame) bool {
 		err := u.send(a.up, false)
 		u.wmu.Unlock()
 		if err != nil {
-			u.nc.Close() // run's read reports it, and the session resumes
+			u.broken(err) // run's read reports it, and the session resumes
 		}
 	}
 	if len(a.client) > 0 {
@@ -818,7 +858,6 @@ func (s *session) fromClient(f *frame.Frame) bool {
 
 // clientReadFailed handles the end of the client's stream.
 func (s *session) clientReadFailed(err error) {
-	var ne net.Error
 	switch {
 	case s.isClosed():
 	case errors.Is(err, io.EOF):
@@ -842,13 +881,19 @@ func (s *session) clientReadFailed(err error) {
 	case errors.Is(err, frame.ErrMalformed), errors.Is(err, frame.ErrBodyTooLarge),
 		errors.Is(err, frame.ErrTooManyHeaders), errors.Is(err, frame.ErrLineTooLong):
 		s.protocolError(err.Error())
-	case errors.Is(err, os.ErrDeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
+	case isTimeout(err):
 		s.log.Info("dropping silent client: no frame or heart-beat in time")
 		s.close(reasonClientTimeout)
 	default:
 		s.log.WithError(err).Debug("client connection failed")
 		s.close(reasonClientError)
 	}
+}
+
+// isTimeout reports whether err is a read or write deadline passing.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.Is(err, os.ErrDeadlineExceeded) || errors.As(err, &ne) && ne.Timeout()
 }
 
 // protocolError tells the client what it did wrong, then closes, as
@@ -903,7 +948,7 @@ func (s *session) flushUpstream() {
 		return
 	}
 	if err := u.w.Flush(); err != nil {
-		u.nc.Close() // run's read reports it, and the session resumes
+		u.broken(err) // run's read reports it, and the session resumes
 		return
 	}
 	u.lastWrite.Store(time.Now().UnixNano())
@@ -945,7 +990,7 @@ func (s *session) keeper() {
 		s.mu.Unlock()
 		if len(a.up) > 0 {
 			if err := u.send(a.up, true); err != nil {
-				u.nc.Close()
+				u.broken(err)
 			}
 			u.wmu.Unlock()
 		}

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"handover/internal/conf"
+	"handover/proxy"
+	"handover/stompproxy"
 )
 
 // Config is the sidecar's TOML file (proxy.toml). Every field has a default,
@@ -83,7 +85,16 @@ type ServiceConfig struct {
 	DialTimeout    conf.Duration `toml:"dial_timeout"`    // default 2s
 	IdleTimeout    conf.Duration `toml:"idle_timeout"`    // default 0: none
 	KeepAlive      conf.Duration `toml:"keepalive"`       // default 15s
-	MaxConnections int           `toml:"max_connections"` // default 0: unlimited
+	MaxConnections int           `toml:"max_connections"` // default 10,000; -1: no cap
+
+	// MaxConnectionsPerSource caps the client connections from one IP
+	// address (default 0: no cap, as clients on the sidecar's host all come
+	// from loopback). A client over a cap is closed at accept, after an
+	// ERROR frame in STOMP mode.
+	MaxConnectionsPerSource int `toml:"max_connections_per_source"`
+	// ConnectTimeout (protocol "stomp") is how long a client has from
+	// accept to send its whole CONNECT frame (default 10s).
+	ConnectTimeout conf.Duration `toml:"connect_timeout"`
 
 	Check CheckConfig `toml:"check"`
 }
@@ -159,8 +170,12 @@ func (c *Config) defaults() {
 			s.Protocol = "tcp"
 		}
 		if s.MaxReplayBytes == 0 {
-			s.MaxReplayBytes = 4 << 20
+			s.MaxReplayBytes = stompproxy.DefaultMaxReplayBytes
 		}
+		if s.MaxConnections == 0 {
+			s.MaxConnections = proxy.DefaultMaxConnections
+		}
+		setDefault(&s.ConnectTimeout, stompproxy.DefaultConnectTimeout)
 		if s.OnFailover == "" {
 			s.OnFailover = "close"
 		}
@@ -320,8 +335,15 @@ func (c *Config) validate(name string, pos conf.Positions) error {
 		if s.IdleTimeout < 0 || s.KeepAlive < 0 {
 			bad(p, "idle_timeout and keepalive must not be negative")
 		}
-		if s.MaxConnections < 0 {
-			bad(p+".max_connections", "must be 0 (unlimited) or positive")
+		if s.MaxConnections < proxy.NoLimit {
+			bad(p+".max_connections", "must be %d (no cap), 0 (the default, %d) or positive, got %d",
+				proxy.NoLimit, proxy.DefaultMaxConnections, s.MaxConnections)
+		}
+		if s.MaxConnectionsPerSource < 0 {
+			bad(p+".max_connections_per_source", "must be 0 (no cap, the default) or positive, got %d", s.MaxConnectionsPerSource)
+		}
+		if s.ConnectTimeout < 0 {
+			bad(p+".connect_timeout", "must be positive (the default is %v), got %v", stompproxy.DefaultConnectTimeout, s.ConnectTimeout)
 		}
 		ck := p + ".check"
 		switch s.Check.Kind {

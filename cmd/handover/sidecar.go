@@ -298,19 +298,20 @@ func (sc *sidecar) proxyOptions(s ServiceConfig) (proxy.Options, error) {
 		return proxy.Options{}, err
 	}
 	return proxy.Options{
-		Name:                  s.Name,
-		Listen:                listen,
-		Timeout:               s.Timeout.D(),
-		InitialReconnectDelay: s.InitialReconnectDelay.D(),
-		MaxReconnectDelay:     s.MaxReconnectDelay.D(),
-		BackoffMultiplier:     s.BackoffMultiplier,
-		MaxReconnectAttempts:  s.MaxReconnectAttempts,
-		DialTimeout:           s.DialTimeout.D(),
-		IdleTimeout:           s.IdleTimeout.D(),
-		KeepAlive:             s.KeepAlive.D(),
-		MaxConnections:        s.MaxConnections,
-		OnFailover:            s.OnFailover,
-		ShutdownGrace:         sc.cfg.ShutdownGrace.D(),
+		Name:                    s.Name,
+		Listen:                  listen,
+		Timeout:                 s.Timeout.D(),
+		InitialReconnectDelay:   s.InitialReconnectDelay.D(),
+		MaxReconnectDelay:       s.MaxReconnectDelay.D(),
+		BackoffMultiplier:       s.BackoffMultiplier,
+		MaxReconnectAttempts:    s.MaxReconnectAttempts,
+		DialTimeout:             s.DialTimeout.D(),
+		IdleTimeout:             s.IdleTimeout.D(),
+		KeepAlive:               s.KeepAlive.D(),
+		MaxConnections:          s.MaxConnections,
+		MaxConnectionsPerSource: s.MaxConnectionsPerSource,
+		OnFailover:              s.OnFailover,
+		ShutdownGrace:           sc.cfg.ShutdownGrace.D(),
 	}, nil
 }
 
@@ -333,18 +334,20 @@ func (sc *sidecar) newService(s ServiceConfig, pl *pool) (*service, error) {
 	var p dataPath
 	if s.Protocol == "stomp" {
 		p, err = stompproxy.New(stompproxy.Options{
-			Name:                  opts.Name,
-			Listen:                opts.Listen,
-			Timeout:               opts.Timeout,
-			InitialReconnectDelay: opts.InitialReconnectDelay,
-			MaxReconnectDelay:     opts.MaxReconnectDelay,
-			BackoffMultiplier:     opts.BackoffMultiplier,
-			MaxReconnectAttempts:  opts.MaxReconnectAttempts,
-			DialTimeout:           opts.DialTimeout,
-			KeepAlive:             opts.KeepAlive,
-			MaxConnections:        opts.MaxConnections,
-			ShutdownGrace:         opts.ShutdownGrace,
-			MaxReplayBytes:        s.MaxReplayBytes,
+			Name:                    opts.Name,
+			Listen:                  opts.Listen,
+			Timeout:                 opts.Timeout,
+			InitialReconnectDelay:   opts.InitialReconnectDelay,
+			MaxReconnectDelay:       opts.MaxReconnectDelay,
+			BackoffMultiplier:       opts.BackoffMultiplier,
+			MaxReconnectAttempts:    opts.MaxReconnectAttempts,
+			DialTimeout:             opts.DialTimeout,
+			KeepAlive:               opts.KeepAlive,
+			MaxConnections:          opts.MaxConnections,
+			MaxConnectionsPerSource: opts.MaxConnectionsPerSource,
+			ShutdownGrace:           opts.ShutdownGrace,
+			ConnectTimeout:          s.ConnectTimeout.D(),
+			MaxReplayBytes:          s.MaxReplayBytes,
 		}, pl.monitor, log.WithField("component", "stompproxy"), sc.sm)
 	} else {
 		p, err = proxy.New(opts, pl.monitor, log.WithField("component", "proxy"), sc.pm)
@@ -701,7 +704,7 @@ func (sc *sidecar) drainInBackground(s *service, grace time.Duration, stopMonito
 func (sc *sidecar) needsRebind(a, b ServiceConfig, ca, cb *Config) bool {
 	oa, _ := sc.proxyOptionsFor(a, ca)
 	ob, _ := sc.proxyOptionsFor(b, cb)
-	return oa != ob || a.Protocol != b.Protocol || a.MaxReplayBytes != b.MaxReplayBytes
+	return oa != ob || a.Protocol != b.Protocol || a.MaxReplayBytes != b.MaxReplayBytes || a.ConnectTimeout != b.ConnectTimeout
 }
 
 func (sc *sidecar) proxyOptionsFor(s ServiceConfig, c *Config) (proxy.Options, error) {

@@ -8,6 +8,8 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/sirupsen/logrus"
 
 	"handover/internal/testutil"
@@ -87,4 +89,14 @@ func (f *Picker) Set(targets ...string) {
 	f.targets = targets
 	close(f.changed)
 	f.changed = make(chan struct{})
+}
+
+// Counter returns c's value.
+func Counter(t testing.TB, c prometheus.Counter) float64 {
+	t.Helper()
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetCounter().GetValue()
 }
