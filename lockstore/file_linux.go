@@ -299,9 +299,12 @@ func (f *File) newLease(epoch uint64, bumped time.Time, fd int, st *unix.Stat_t,
 }
 
 // mark is what a waiting slave watches for change: the heartbeat and the
-// epoch. Missing files read as empty.
+// epoch. A missing heartbeat file reads as "-", a missing epoch as "".
 func (f *File) mark() string {
-	hb, _ := os.ReadFile(f.leasePath)
+	hb, err := os.ReadFile(f.leasePath)
+	if errors.Is(err, fs.ErrNotExist) {
+		hb = []byte("-")
+	}
 	ep, _ := os.ReadFile(f.epochPath)
 	return string(hb) + "|" + string(ep)
 }
@@ -352,7 +355,7 @@ func (s *staleness) observe(mark string, now time.Time) {
 // timeout. Without a heartbeat nothing expires: the master is from a
 // version without leases, or there is none and the kernel lock is free.
 func (s *staleness) expired(now time.Time, timeout time.Duration) bool {
-	return s.seen && !strings.HasPrefix(s.mark, "|") && now.Sub(s.since) >= timeout
+	return s.seen && !strings.HasPrefix(s.mark, "-|") && now.Sub(s.since) >= timeout
 }
 
 // heartbeat is what a master writes to Dir/lease at each renewal: its
@@ -384,15 +387,23 @@ func (f *File) readHeartbeat() (heartbeat, error) {
 	return h, nil
 }
 
+// heartbeatSize is the fixed length of Dir/lease: each heartbeat
+// overwrites the last in place, so that a master frozen in the middle of a
+// write leaves a file that still reads as some heartbeat (a truncate then
+// write could leave it empty).
+const heartbeatSize = 64
+
 // writeHeartbeat replaces Dir/lease's content. It is not fsync'd: a slave
 // needs to see it change, not to find it after a crash. Open, write and
 // close is what makes it visible to other NFS clients (close-to-open).
 func (f *File) writeHeartbeat(h heartbeat) error {
-	fh, err := os.OpenFile(f.leasePath, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	fh, err := os.OpenFile(f.leasePath, os.O_WRONLY|os.O_CREATE, 0o644)
 	if err != nil {
 		return err
 	}
-	_, err = fh.WriteString(h.String())
+	b := []byte(h.String())
+	b = append(b, strings.Repeat(" ", max(0, heartbeatSize-len(b)))...)
+	_, err = fh.WriteAt(b, 0)
 	if cerr := fh.Close(); err == nil {
 		err = cerr
 	}

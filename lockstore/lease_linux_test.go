@@ -106,7 +106,7 @@ func TestFrozenHolderReplaced(t *testing.T) {
 					}
 					return f
 				}
-				locked = func() bool { return strings.HasSuffix(readFile(t, filepath.Join(dir, "lease")), " lock\n") }
+				locked = func() bool { return strings.Contains(readFile(t, filepath.Join(dir, "lease")), " lock\n") }
 			case "postgres":
 				srv := pgtest.Start(t)
 				env = leaseHelperDSN + "=" + srv.DSN()
@@ -243,7 +243,7 @@ func TestKernelLockYieldsToLiveLease(t *testing.T) {
 	}
 	_ = cmd.Wait()
 	eventually(t, testTimeout, "the lease holder to get the kernel lock", func() bool {
-		return strings.HasSuffix(readFile(t, filepath.Join(dir, "lease")), " lock\n")
+		return strings.Contains(readFile(t, filepath.Join(dir, "lease")), " lock\n")
 	})
 	select {
 	case r := <-c:
