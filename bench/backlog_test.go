@@ -681,8 +681,10 @@ func (d *blBrokerd) start(b *testing.B, n *blNode) {
 	b.Helper()
 	args := []string{"-listen", n.listen, "-admin", "127.0.0.1:0", "-log-format", "json"}
 	if d.dsn != "" {
+		testutil.InitBroker(b, "-store", d.dsn)
 		args = append(args, "-store", d.dsn, "-data", b.TempDir())
 	} else {
+		testutil.InitBroker(b, "-data", d.data)
 		args = append(args, "-data", d.data)
 	}
 	n.proc = testutil.Start(b, n.name, d.bin, args...)

@@ -24,6 +24,11 @@ func startBroker(b *testing.B) *brokerd.Server {
 	b.Helper()
 	o := brokerd.NewOptions()
 	o.Listen, o.Admin, o.Data = "127.0.0.1:0", "127.0.0.1:0", b.TempDir()
+	if _, err := brokerd.ReadData(o.Data); err != nil {
+		if _, err := brokerd.InitData(o.Data); err != nil {
+			b.Fatal(err)
+		}
+	}
 	s, err := brokerd.New(o)
 	if err != nil {
 		b.Fatal(err)

@@ -101,6 +101,7 @@ func foStartCluster(b *testing.B) *foCluster {
 }
 
 func (c *foCluster) start(b *testing.B, br *foBroker) {
+	testutil.InitBroker(b, "-data", c.data)
 	br.proc = testutil.Start(b, br.name, c.bin, "-listen", br.listen, "-admin", br.admin, "-data", c.data, "-log-format", "json")
 }
 

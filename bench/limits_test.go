@@ -126,6 +126,11 @@ func startBrokerWith(b *testing.B, set func(*brokerd.Options)) *brokerd.Server {
 	b.Helper()
 	o := brokerd.NewOptions()
 	o.Listen, o.Admin, o.Data = "127.0.0.1:0", "127.0.0.1:0", b.TempDir()
+	if _, err := brokerd.ReadData(o.Data); err != nil {
+		if _, err := brokerd.InitData(o.Data); err != nil {
+			b.Fatal(err)
+		}
+	}
 	set(&o)
 	s, err := brokerd.New(o)
 	if err != nil {

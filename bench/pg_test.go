@@ -85,6 +85,11 @@ func startPGBroker(b *testing.B, srv *pgtest.Server) *brokerd.Server {
 	}
 	o := brokerd.NewOptions()
 	o.Listen, o.Admin, o.Data = "127.0.0.1:0", "127.0.0.1:0", b.TempDir()
+	if _, err := brokerd.ReadData(o.Data); err != nil {
+		if _, err := brokerd.InitData(o.Data); err != nil {
+			b.Fatal(err)
+		}
+	}
 	o.Locker = locker
 	o.StoreName = locker.String()
 	o.Store = func(log *logrus.Entry) (store.Standby, error) {

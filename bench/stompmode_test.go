@@ -35,7 +35,9 @@ func smStart(b *testing.B) smTargets {
 	b.Helper()
 	bin := testutil.Binary(b, "handover/cmd/brokerd")
 	listen, admin := testutil.FreePort(b), testutil.FreePort(b)
-	testutil.Start(b, "brokerd", bin, "-listen", listen, "-admin", admin, "-data", b.TempDir())
+	data := b.TempDir()
+	testutil.InitBroker(b, "-data", data)
+	testutil.Start(b, "brokerd", bin, "-listen", listen, "-admin", admin, "-data", data)
 	ts := smTargets{broker: listen}
 	sidecar := testutil.Binary(b, "handover/cmd/handover")
 	for _, mode := range []string{"tcp", "stomp"} {

@@ -11,13 +11,15 @@ import (
 
 // Status is the JSON document served at GET /status.
 type Status struct {
-	Role        string       `json:"role"` // "master", "slave" or "stopped"
-	Epoch       uint64       `json:"epoch"`
-	Since       time.Time    `json:"since"` // when the role was taken
-	Listen      string       `json:"listen"`
-	Admin       string       `json:"admin"`
-	Lock        string       `json:"lock"`
-	Store       string       `json:"store"`
+	Role   string    `json:"role"` // "master", "slave" or "stopped"
+	Epoch  uint64    `json:"epoch"`
+	Since  time.Time `json:"since"` // when the role was taken
+	Listen string    `json:"listen"`
+	Admin  string    `json:"admin"`
+	Lock   string    `json:"lock"`
+	Store  string    `json:"store"`
+	// Cluster is the identity of the storage (see cluster.go).
+	Cluster     Identity     `json:"cluster"`
 	Ready       bool         `json:"ready"`
 	Connections int          `json:"connections"`
 	Queues      []queueStats `json:"queues"`
@@ -54,6 +56,7 @@ func (s *Server) Status() Status {
 		Admin:       s.AdminAddr(),
 		Lock:        s.locker.String(),
 		Store:       s.storeName(),
+		Cluster:     s.identity,
 		Ready:       s.isReady,
 		Connections: len(s.conns),
 		Version:     Version,
@@ -90,11 +93,21 @@ func (s *Server) Status() Status {
 	st.Memory = s.mem.status()
 	if st.Role == RoleSlave {
 		s.sbMu.Lock()
-		sb := s.standby
+		sb, bindErr := s.standby, s.bindErr
 		s.sbMu.Unlock()
 		if !sb.LastCatchUp.IsZero() {
 			sb.AgeSeconds = time.Since(sb.LastCatchUp).Seconds()
 		}
+		switch {
+		case !sb.Following || sb.Error != "":
+			sb.NotReady = "store: " + sb.Error
+			if sb.Error == "" {
+				sb.NotReady = "store: not opened yet"
+			}
+		case bindErr != "":
+			sb.NotReady = bindErr
+		}
+		sb.Ready = sb.NotReady == ""
 		st.Standby = &sb
 	}
 	s.dmgMu.Lock()

@@ -107,6 +107,12 @@ func (b byOrder) Swap(i, j int) {
 
 // standbyStatus is what /status shows of a slave's standby.
 type standbyStatus struct {
+	// Ready says whether this slave could take over now: its standby
+	// reads the store and its listen address can be bound. NotReady says
+	// why not. A slave that is not ready is discovered before the outage
+	// that needs it.
+	Ready    bool   `json:"ready"`
+	NotReady string `json:"not_ready,omitempty"`
 	// Following is false when the store has no standby reader running (a
 	// master, or a slave whose store failed to open; see Error).
 	Following bool `json:"following"`

@@ -33,6 +33,7 @@ func startServer(t testing.TB, dir string, mod func(*Options)) *testServer {
 	if mod != nil {
 		mod(&o)
 	}
+	initData(t, o.Data)
 	s, err := New(o)
 	if err != nil {
 		t.Fatal(err)
@@ -42,6 +43,18 @@ func startServer(t testing.TB, dir string, mod func(*Options)) *testServer {
 	go func() { ts.done <- s.Run(ctx) }()
 	t.Cleanup(func() { ts.stop(t) })
 	return ts
+}
+
+// initData gives dir a cluster identity unless it has one (a restarted
+// broker's).
+func initData(t testing.TB, dir string) {
+	t.Helper()
+	if _, err := ReadData(dir); err == nil {
+		return
+	}
+	if _, err := InitData(dir); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func (ts *testServer) waitReady(t testing.TB) {

@@ -78,6 +78,7 @@ var (
 	descFlowTO   = prometheus.NewDesc("brokerd_flow_control_timeouts_total", "SENDs refused after waiting flow_control_timeout for memory.", nil, nil)
 	descSbMsgs   = prometheus.NewDesc("brokerd_standby_messages", "Live messages a slave's standby has indexed.", nil, nil)
 	descSbAge    = prometheus.NewDesc("brokerd_standby_catch_up_age_seconds", "Seconds since a slave's standby last read the store.", nil, nil)
+	descSbReady  = prometheus.NewDesc("brokerd_standby_ready", "1 while a slave could take over now: its standby reads the store and its listen address can be bound (see /status standby.not_ready).", nil, nil)
 	descSbBehind = prometheus.NewDesc("brokerd_standby_behind_records", "Records the standby's last catch-up found to read.", nil, nil)
 )
 
@@ -118,6 +119,11 @@ func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- constMetric(descSbMsgs, prometheus.GaugeValue, float64(sb.Messages))
 		ch <- constMetric(descSbAge, prometheus.GaugeValue, sb.AgeSeconds)
 		ch <- constMetric(descSbBehind, prometheus.GaugeValue, float64(sb.BehindRecords))
+		ready := 0.0
+		if sb.Ready {
+			ready = 1
+		}
+		ch <- constMetric(descSbReady, prometheus.GaugeValue, ready)
 	}
 }
 

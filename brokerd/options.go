@@ -114,6 +114,15 @@ type Options struct {
 	// system or database (an NFS server failover, a checkpoint).
 	LeaseTimeout conf.Duration `toml:"lease_timeout"`
 
+	// ClusterID, if set, is the identity the storage must carry (see
+	// cluster.go); a broker pointed at another cluster's share refuses to
+	// start.
+	ClusterID string `toml:"cluster_id"`
+	// Identity reads the storage's identity; nil means the data
+	// directory's (ReadData). Not settable from the config file
+	// (cmd/brokerd sets it for -store postgres).
+	Identity func() (Identity, error) `toml:"-"`
+
 	// Locker overrides the master lock; nil means the file lock in Data.
 	// Not settable from the config file (cmd/brokerd builds it from -lock).
 	Locker lockstore.Locker `toml:"-"`

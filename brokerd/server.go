@@ -20,7 +20,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -87,9 +86,12 @@ type Server struct {
 	backlog *backlog
 	sbMu    sync.Mutex
 	standby standbyStatus
+	bindErr string // why the listen address cannot be bound, "" if it can
 
 	dmgMu  sync.Mutex
 	damage []damageReport
+
+	identity Identity // the storage's, checked at New
 }
 
 // New validates opts and binds the admin port, so that a slave can be
@@ -104,12 +106,16 @@ func New(opts Options) (*Server, error) {
 		l.Out = discard{}
 		log = logrus.NewEntry(l)
 	}
+	read := opts.Identity
+	if read == nil {
+		read = func() (Identity, error) { return ReadData(opts.Data) }
+	}
+	identity, err := checkIdentity(read, opts.ClusterID)
+	if err != nil {
+		return nil, err
+	}
 	locker := opts.Locker
 	if locker == nil {
-		if err := os.MkdirAll(opts.Data, 0o755); err != nil {
-			return nil, fmt.Errorf("data directory: %w", err)
-		}
-		var err error
 		locker, err = lockstore.NewFile(lockstore.FileOptions{
 			Dir:           opts.Data,
 			CheckInterval: opts.LeaseRenew.D(),
@@ -125,6 +131,7 @@ func New(opts Options) (*Server, error) {
 		return nil, fmt.Errorf("admin listener: %w", err)
 	}
 	s := &Server{
+		identity: identity,
 		opts:     opts,
 		log:      log,
 		locker:   locker,

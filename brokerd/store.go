@@ -61,8 +61,13 @@ func (s *Server) follow(ctx context.Context, sb *store.Standby) {
 	log := s.log.WithField("component", "standby")
 	t := time.NewTicker(s.opts.StandbyInterval.D())
 	defer t.Stop()
-	lastErr := ""
+	lastErr, lastBind := "", ""
+	var bindAt time.Time
 	for {
+		if time.Since(bindAt) >= bindCheckEvery {
+			bindAt = time.Now()
+			s.noteBind(canBind(s.opts.Listen), &lastBind, log)
+		}
 		if *sb == nil {
 			var err error
 			if *sb, err = s.openStandby(); err != nil {
@@ -80,6 +85,29 @@ func (s *Server) follow(ctx context.Context, sb *store.Standby) {
 		case <-t.C:
 		}
 	}
+}
+
+// bindCheckEvery is how often a slave checks that it could listen.
+const bindCheckEvery = time.Second
+
+// noteBind records whether the slave could listen, for /status, and logs
+// a change.
+func (s *Server) noteBind(err error, last *string, log *logrus.Entry) {
+	msg := ""
+	if err != nil {
+		msg = "listen: " + err.Error()
+	}
+	if msg != *last {
+		if err != nil {
+			log.WithError(err).WithField("listen", s.opts.Listen).Error("standby: this slave could not serve if it took over: its listen address cannot be bound")
+		} else if *last != "" {
+			log.WithField("listen", s.opts.Listen).Info("standby: the listen address can be bound again")
+		}
+		*last = msg
+	}
+	s.sbMu.Lock()
+	s.bindErr = msg
+	s.sbMu.Unlock()
 }
 
 // noteStandby records a catch-up for /status, and logs its failures once

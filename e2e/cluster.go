@@ -111,6 +111,9 @@ func StartCluster(t testing.TB, opts ClusterOptions) *Cluster {
 	}
 	if opts.Store == StorePostgres {
 		c.pg = pgtest.Start(t)
+		testutil.InitBroker(t, "-store", c.pg.DSN())
+	} else {
+		testutil.InitBroker(t, "-data", c.data)
 	}
 	if opts.BrokerConfig != "" {
 		c.brokerCfg = filepath.Join(c.logs.dir, "brokerd.toml")

@@ -80,6 +80,11 @@ func startBroker(t *testing.T, dir, listen string) (*brokerd.Server, context.Can
 	t.Helper()
 	o := brokerd.NewOptions()
 	o.Listen, o.Admin, o.Data = listen, "127.0.0.1:0", dir
+	if _, err := brokerd.ReadData(o.Data); err != nil {
+		if _, err := brokerd.InitData(o.Data); err != nil {
+			t.Fatal(err)
+		}
+	}
 	o.Log = testLog(t).WithField("broker", listen)
 	s, err := brokerd.New(o)
 	if err != nil {

@@ -7,6 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p run/data
+# The shared directory's cluster identity, once (brokerd refuses a directory
+# without one: an unmounted share must not become a second master).
+[ -f run/data/cluster ] || ./bin/brokerd -init -data run/data
 
 pids=()
 start() { # name, command...

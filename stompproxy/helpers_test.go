@@ -97,6 +97,11 @@ func startBrokerWith(t testing.TB, dir, listen string, mod func(*brokerd.Options
 		listen = "127.0.0.1:0"
 	}
 	o.Listen, o.Admin, o.Data = listen, "127.0.0.1:0", dir
+	if _, err := brokerd.ReadData(o.Data); err != nil {
+		if _, err := brokerd.InitData(o.Data); err != nil {
+			t.Fatal(err)
+		}
+	}
 	o.ShutdownGrace = conf.Duration(time.Second)
 	o.Log = proxytest.Log(t).WithField("component", "brokerd-"+listen)
 	if mod != nil {

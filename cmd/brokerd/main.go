@@ -26,9 +26,11 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net"
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -104,6 +106,8 @@ func run(args []string) int {
 	format := fs.String("log-format", cfg.LogFormat, "log format: text or json")
 	pprofOn := fs.Bool("pprof", false, "serve the Go runtime's profiles on the admin port under /debug/pprof/")
 	version := fs.Bool("version", false, "print the version and exit")
+	initStore := fs.Bool("init", false, "initialize the storage (-data, or -store's database) with a new cluster identity, then exit; refused if it has one")
+	check := fs.Bool("check", false, "validate the flags and config file (addresses, limits, URLs) without starting, then exit")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -152,9 +156,24 @@ func run(args []string) int {
 	}
 	opts := cfg.Options
 	opts.Log = logger.WithField("component", "brokerd")
+	if *initStore {
+		return initialize(&cfg)
+	}
+	if err := checkAddrs(&cfg); err != nil {
+		fmt.Fprintln(os.Stderr, "brokerd:", err)
+		return 2
+	}
 	if err := backends(&cfg, &opts, logger); err != nil {
 		fmt.Fprintln(os.Stderr, "brokerd:", err)
 		return 2
+	}
+	if *check {
+		if err := opts.Validate(); err != nil {
+			fmt.Fprintln(os.Stderr, "brokerd:", err)
+			return 2
+		}
+		fmt.Println("brokerd: config OK")
+		return 0
 	}
 	srv, err := brokerd.New(opts)
 	if err != nil {
@@ -171,6 +190,59 @@ func run(args []string) int {
 		return 1
 	}
 	return 0
+}
+
+// initialize gives the storage a new cluster identity: the database of a
+// postgres store, or the data directory.
+func initialize(cfg *fileConfig) int {
+	id := brokerd.NewIdentity()
+	if cfg.StoreURL != "" {
+		if !isPostgresURL(cfg.StoreURL) {
+			fmt.Fprintln(os.Stderr, "brokerd: store: want empty (the journal in the data directory) or a postgres:// URL")
+			return 2
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), storeOpenTimeout)
+		defer cancel()
+		if _, err := pgstore.InitIdentity(ctx, cfg.StoreURL, id.ID, id.Created); err != nil {
+			fmt.Fprintln(os.Stderr, "brokerd:", err)
+			return 1
+		}
+		desc, _ := lockstore.DescribeDSN(cfg.StoreURL)
+		fmt.Printf("brokerd: initialized %s as cluster %s\n", desc, id.ID)
+		return 0
+	}
+	id, err := brokerd.InitData(cfg.Data)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "brokerd:", err)
+		return 1
+	}
+	fmt.Printf("brokerd: initialized %s as cluster %s\n", cfg.Data, id.ID)
+	return 0
+}
+
+// checkAddrs checks that the listen and admin addresses are host:port with
+// a port that exists, and not the same.
+func checkAddrs(cfg *fileConfig) error {
+	var errs []error
+	for _, a := range []struct{ key, addr string }{{"listen", cfg.Listen}, {"admin", cfg.Admin}} {
+		host, port, err := net.SplitHostPort(a.addr)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %q: %w", a.key, a.addr, err))
+			continue
+		}
+		if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+			errs = append(errs, fmt.Errorf("%s: %q: the port must be a number from 0 to 65535", a.key, a.addr))
+		}
+		if host != "" && net.ParseIP(host) == nil {
+			if _, err := net.LookupHost(host); err != nil {
+				errs = append(errs, fmt.Errorf("%s: %q: %w", a.key, a.addr, err))
+			}
+		}
+	}
+	if cfg.Listen == cfg.Admin && !strings.HasSuffix(cfg.Listen, ":0") {
+		errs = append(errs, fmt.Errorf("listen and admin are both %s", cfg.Listen))
+	}
+	return errors.Join(errs...)
 }
 
 // backends builds opts.Locker, opts.Store and opts.StoreName from the
@@ -218,6 +290,15 @@ func backends(cfg *fileConfig, opts *brokerd.Options, logger *logrus.Logger) err
 	}
 	dsn := cfg.StoreURL
 	opts.StoreName = name
+	opts.Identity = func() (brokerd.Identity, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), storeOpenTimeout)
+		defer cancel()
+		id, created, err := pgstore.ReadIdentity(ctx, dsn)
+		if err != nil {
+			return brokerd.Identity{}, err
+		}
+		return brokerd.Identity{ID: id, Created: created}, nil
+	}
 	opts.Store = func(log *logrus.Entry) (store.Standby, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), storeOpenTimeout)
 		defer cancel()

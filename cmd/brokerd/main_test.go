@@ -23,6 +23,7 @@ type broker struct {
 func startBroker(t *testing.T, name, data string, args ...string) *broker {
 	t.Helper()
 	b := &broker{listen: testutil.FreePort(t), admin: testutil.FreePort(t)}
+	testutil.InitBroker(t, "-data", data)
 	b.p = testutil.Start(t, name, testutil.Binary(t, "handover/cmd/brokerd"),
 		append([]string{"-listen", b.listen, "-admin", b.admin, "-data", data, "-log-level", "debug"}, args...)...)
 	return b
@@ -193,4 +194,65 @@ func TestStompPy(t *testing.T) {
 		t.Fatalf("stomp.py: %v\n%s", err, out)
 	}
 	t.Logf("%s", out)
+}
+
+// TestInitAndCheck: -init gives a data directory its cluster identity once;
+// a broker refuses a directory without one (an unmounted share), or one of
+// another cluster; -check validates a config without starting.
+func TestInitAndCheck(t *testing.T) {
+	bin := testutil.Binary(t, "handover/cmd/brokerd")
+	run := func(args ...string) (int, string) {
+		out, err := exec.Command(bin, args...).CombinedOutput()
+		code := 0
+		if ee, ok := err.(*exec.ExitError); ok {
+			code = ee.ExitCode()
+		}
+		return code, string(out)
+	}
+	data := t.TempDir() + "/share"
+	if code, out := run("-admin", "127.0.0.1:0", "-data", data); code != 2 || !strings.Contains(out, "does not exist: not initialized") || !strings.Contains(out, "brokerd -init -data "+data) {
+		t.Fatalf("start on a missing directory: exit %d\n%s", code, out)
+	}
+	if _, err := os.Stat(data); err == nil {
+		t.Fatal("the broker created the missing data directory")
+	}
+	code, out := run("-init", "-data", data)
+	if code != 0 || !strings.Contains(out, "initialized "+data+" as cluster ") {
+		t.Fatalf("-init: exit %d\n%s", code, out)
+	}
+	id := strings.TrimSpace(out[strings.LastIndex(out, " ")+1:])
+	if code, out := run("-init", "-data", data); code != 1 || !strings.Contains(out, "already initialized (cluster "+id) {
+		t.Fatalf("a second -init: exit %d\n%s", code, out)
+	}
+	cfg := t.TempDir() + "/b.toml"
+	os.WriteFile(cfg, []byte("cluster_id = \"someone-else\"\n"), 0o644)
+	if code, out := run("-config", cfg, "-admin", "127.0.0.1:0", "-data", data); code != 2 || !strings.Contains(out, "belongs to cluster "+id) {
+		t.Fatalf("start with another cluster_id: exit %d\n%s", code, out)
+	}
+	b := startBroker(t, "brokerd", data)
+	b.waitRole(t, "master")
+	st, _ := b.status()
+	if c, _ := st["cluster"].(map[string]any); c["cluster_id"] != id {
+		t.Errorf("/status cluster = %v, want %s", st["cluster"], id)
+	}
+
+	for _, tt := range []struct {
+		name string
+		args []string
+		code int
+		want string
+	}{
+		{"valid", []string{"-listen", "127.0.0.1:61613", "-admin", "127.0.0.1:8161"}, 0, "config OK"},
+		{"port out of range", []string{"-listen", "127.0.0.1:99999"}, 2, `listen: "127.0.0.1:99999": the port must be a number from 0 to 65535`},
+		{"not host:port", []string{"-admin", "8161"}, 2, `admin: "8161"`},
+		{"same address", []string{"-listen", "127.0.0.1:7000", "-admin", "127.0.0.1:7000"}, 2, "listen and admin are both 127.0.0.1:7000"},
+		{"bad store", []string{"-store", "mysql://x"}, 2, "store: want empty"},
+	} {
+		t.Run("check/"+tt.name, func(t *testing.T) {
+			code, out := run(append([]string{"-check", "-data", "/nonexistent"}, tt.args...)...)
+			if code != tt.code || !strings.Contains(out, tt.want) {
+				t.Fatalf("exit %d output %q; want exit %d containing %q", code, out, tt.code, tt.want)
+			}
+		})
+	}
 }

@@ -51,6 +51,7 @@ func newPGCluster(t *testing.T) *pgCluster {
 
 func (c *pgCluster) start(name string) *broker {
 	c.t.Helper()
+	testutil.InitBroker(c.t, "-store", c.dsn)
 	b := &broker{listen: testutil.FreePort(c.t), admin: testutil.FreePort(c.t)}
 	b.p = testutil.Start(c.t, name, testutil.Binary(c.t, "handover/cmd/brokerd"),
 		"-listen", b.listen, "-admin", b.admin, "-data", c.data,
@@ -475,6 +476,7 @@ func TestPostgresFlags(t *testing.T) {
 func TestPostgresLockWithJournal(t *testing.T) {
 	srv := pgtest.Start(t)
 	data := t.TempDir()
+	testutil.InitBroker(t, "-data", data)
 	start := func(name string) *broker {
 		b := &broker{listen: testutil.FreePort(t), admin: testutil.FreePort(t)}
 		b.p = testutil.Start(t, name, testutil.Binary(t, "handover/cmd/brokerd"),

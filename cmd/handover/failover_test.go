@@ -41,6 +41,7 @@ func startClusterWith(t *testing.T, n int, serviceKeys string) *cluster {
 	t.Helper()
 	c := &cluster{t: t, data: t.TempDir(), listen: testutil.FreePort(t), admin: testutil.FreePort(t)}
 	bin := testutil.Binary(t, "handover/cmd/brokerd")
+	testutil.InitBroker(t, "-data", c.data)
 	var backends []string
 	for i := 0; i < n; i++ {
 		b := &brokerProc{listen: testutil.FreePort(t), admin: testutil.FreePort(t)}

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -167,5 +168,16 @@ func (p *Process) ExitCode() int {
 		return p.Cmd.ProcessState.ExitCode()
 	default:
 		return -1
+	}
+}
+
+// InitBroker gives brokerd's storage a cluster identity, as an operator
+// does once per cluster: `brokerd -init` with args (-data DIR, or -store
+// URL). Storage that already has one is left as it is.
+func InitBroker(t testing.TB, args ...string) {
+	t.Helper()
+	out, err := exec.Command(Binary(t, "handover/cmd/brokerd"), append([]string{"-init"}, args...)...).CombinedOutput()
+	if err != nil && !strings.Contains(string(out), "already initialized") {
+		t.Fatalf("brokerd -init %v: %v\n%s", args, err, out)
 	}
 }
