@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -49,13 +50,13 @@ func newPGCluster(t *testing.T) *pgCluster {
 	return c
 }
 
-func (c *pgCluster) start(name string) *broker {
+func (c *pgCluster) start(name string, args ...string) *broker {
 	c.t.Helper()
 	testutil.InitBroker(c.t, "-store", c.dsn)
 	b := &broker{listen: testutil.FreePort(c.t), admin: testutil.FreePort(c.t)}
 	b.p = testutil.Start(c.t, name, testutil.Binary(c.t, "handover/cmd/brokerd"),
-		"-listen", b.listen, "-admin", b.admin, "-data", c.data,
-		"-store", c.dsn, "-lock-retry", pgLockRetry.String(), "-log-level", "debug")
+		append([]string{"-listen", b.listen, "-admin", b.admin, "-data", c.data,
+			"-store", c.dsn, "-lock-retry", pgLockRetry.String(), "-log-level", "debug"}, args...)...)
 	return b
 }
 
@@ -382,6 +383,70 @@ func TestPostgresPausedMaster(t *testing.T) {
 	}
 	t.Logf("deposed master's log on waking:\n%s", grepLines(a.p.Out.String(), "fenced", "lock lost", "journal write failed"))
 	drain(t, b.listen, queue, receipted)
+}
+
+// TestPostgresFrozenMasterLease: the master is frozen (SIGSTOP) and its
+// database session stays open, so its advisory lock stays held; the slave
+// finds its lease expired, ends that session and takes over; thawed, the
+// old master exits 3; nothing receipted is lost.
+func TestPostgresFrozenMasterLease(t *testing.T) {
+	c := newPGCluster(t)
+	cfg := t.TempDir() + "/lease.toml"
+	if err := os.WriteFile(cfg, []byte("lease_timeout = \"1s\"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	a := c.start("brokerd-a", "-config", cfg)
+	a.waitRole(t, "master")
+	b := c.start("brokerd-b", "-config", cfg)
+	b.waitRole(t, "slave")
+
+	const queue = "/queue/frozen"
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	p := startProducer(ctx, queue, a.listen, b.listen)
+	p.await(t, 100, time.Time{})
+	frozen := time.Now()
+	a.p.Signal(syscall.SIGSTOP)
+	b.waitRole(t, "master")
+	took := time.Since(frozen)
+	p.await(t, 50, frozen)
+	a.p.Signal(syscall.SIGCONT)
+	if err := a.p.Wait(10 * time.Second); a.p.ExitCode() != 3 {
+		t.Fatalf("the thawed master: %v, exit %d, want exit 3", err, a.p.ExitCode())
+	}
+	receipted := p.halt(t)
+	t.Logf("the slave took over %v after the freeze (lease_timeout 1s)", took.Round(time.Millisecond))
+	if took < time.Second {
+		t.Errorf("took over %v after the freeze, before the lease could expire", took)
+	}
+	if !strings.Contains(b.p.Out.String(), "lease expired") {
+		t.Error("the new master's log does not say it ended the frozen master's session")
+	}
+	drain(t, b.listen, queue, receipted)
+}
+
+// TestPostgresInit: a database without a cluster identity is refused with
+// what to do; -init writes one once.
+func TestPostgresInit(t *testing.T) {
+	srv := pgtest.Start(t)
+	bin := testutil.Binary(t, "handover/cmd/brokerd")
+	run := func(args ...string) (int, string) {
+		out, err := exec.Command(bin, args...).CombinedOutput()
+		code := 0
+		if ee, ok := err.(*exec.ExitError); ok {
+			code = ee.ExitCode()
+		}
+		return code, string(out)
+	}
+	if code, out := run("-admin", "127.0.0.1:0", "-store", srv.DSN()); code != 2 || !strings.Contains(out, "is not initialized (no handover_cluster table)") || !strings.Contains(out, "-init") {
+		t.Fatalf("start on a fresh database: exit %d\n%s", code, out)
+	}
+	if code, out := run("-init", "-store", srv.DSN()); code != 0 || !strings.Contains(out, "as cluster ") {
+		t.Fatalf("-init: exit %d\n%s", code, out)
+	}
+	if code, out := run("-init", "-store", srv.DSN()); code != 1 || !strings.Contains(out, "already initialized (cluster ") {
+		t.Fatalf("a second -init: exit %d\n%s", code, out)
+	}
 }
 
 func grepLines(s string, words ...string) string {
