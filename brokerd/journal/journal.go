@@ -888,8 +888,9 @@ func (j *Journal) compact() {
 	st := j.st
 	st.compactDue = false
 	// Deleting files is destructive: a writer that lost its lease must not,
-	// since its successor may need them.
-	if j.fenced() != nil {
+	// since its successor may need them. So the epoch is read back first
+	// (Verify), not only the lease's time checked.
+	if j.verified() != nil {
 		return
 	}
 	if j.dirDirty {
