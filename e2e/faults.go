@@ -352,7 +352,19 @@ func (ch *Chaos) sigstopMaster(f *Fault) error {
 	}
 	defer resume() // on every error path: the next checks need it running
 
-	nm, nst, err := c.waitMaster(m, takeoverTimeout)
+	// The slaves alone are asked: the frozen broker's admin port would
+	// hold each poll up for the client's whole timeout.
+	var nm *Broker
+	var nst BrokerStatus
+	err = poll(takeoverTimeout, func() error {
+		for _, s := range c.Slaves(m) {
+			if sst, err := c.Status(s); err == nil && sst.Role == "master" && sst.Ready {
+				nm, nst = s, sst
+				return nil
+			}
+		}
+		return errors.New("no slave serves yet")
+	})
 	if err != nil {
 		return fmt.Errorf("no takeover from the frozen master: %w", err)
 	}
