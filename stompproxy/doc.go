@@ -109,6 +109,15 @@
 // MaxConnectionsPerSource refuse, with an ERROR, a client over them (see
 // proxy.Options).
 //
+// A client that has not taken a write (64 KiB at most) within
+// ClientWriteTimeout has stopped reading its socket: it is closed with its
+// broker connection (logged, counted as client_write_timeout), as brokerd
+// drops a client that stops reading, and the broker redelivers what the
+// client left unacknowledged.
+// Nothing piles up for such a client meanwhile: the broker's next frame is
+// read only once the client's writer has taken the last one, so TCP pushes
+// back on the broker.
+//
 // What a session keeps (frames awaiting receipts, open transactions,
 // subscriptions, unsettled deliveries) is charged against MaxReplayBytes. A
 // session over it stops being resumable for good: it lets go of its replay

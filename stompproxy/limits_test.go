@@ -1,18 +1,25 @@
 package stompproxy
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/sirupsen/logrus"
+	logtest "github.com/sirupsen/logrus/hooks/test"
+
+	"handover/brokerd"
 	"handover/frame"
 	"handover/internal/testutil"
 	"handover/proxy"
 	"handover/proxy/proxytest"
+	"handover/stompclient"
 )
 
 // rawClient is a STOMP client connection without a client library, to
@@ -241,5 +248,105 @@ func TestConnectionCapsSTOMP(t *testing.T) {
 			})
 			dialRaw(t, svc.Addr().String(), tt.from[0]).connect(t)
 		})
+	}
+}
+
+// TestClientWriteTimeout: a client that stops reading its socket is closed
+// once a write to it has waited ClientWriteTimeout, with a warning naming
+// it and its backend, counted as client_write_timeout, and its broker
+// session ends with it, so that the broker redelivers what it left
+// unacknowledged (issue 14). Another client of the same sidecar goes on
+// meanwhile (it produces the flood, each SEND receipted through the
+// sidecar) and afterwards.
+func TestClientWriteTimeout(t *testing.T) {
+	const timeout = 300 * time.Millisecond
+	// Room in flight for more than any socket buffers hold: the
+	// subscription below has a prefetch of 100,000.
+	b := startBrokerWith(t, t.TempDir(), "", func(o *brokerd.Options) { o.MaxPendingBytes = 64 << 20 })
+	b.waitReady(t)
+	svc := startService(t, proxytest.NewPicker(b.Addr()), func(o *Options) { o.ClientWriteTimeout = timeout })
+	hook := logtest.NewLocal(svc.log.Logger)
+	addr := svc.Addr().String()
+
+	// The stalled consumer, with the default socket buffers: the flood
+	// fills them soon enough. (With a tiny SO_RCVBUF, loopback's 64 KiB
+	// segments never fit its window again, and reading what is queued
+	// after the close crawls on zero-window probes.)
+	slow := dialRaw(t, addr, "")
+	slow.connect(t)
+	slow.send(t, frame.New(frame.SUBSCRIBE, "id", "1", "destination", "/queue/flood", "ack", "client",
+		"activemq.prefetchSize", "100000", "receipt", "s1"))
+	if f := slow.read(t, 10*time.Second); f.Command != frame.RECEIPT {
+		t.Fatalf("SUBSCRIBE answered with %v", f)
+	}
+	// From here on it reads nothing.
+
+	other := dialClient(t, addr, stompclient.Options{})
+	ctx := ctxT(t, time.Minute)
+	stop := make(chan struct{})
+	type result struct {
+		n   int
+		err error
+	}
+	produced := make(chan result, 1)
+	go func() {
+		pad := make([]byte, 16<<10)
+		for n := 0; ; n++ {
+			select {
+			case <-stop:
+				produced <- result{n, nil}
+				return
+			default:
+			}
+			if err := other.SendReceipt(ctx, "/queue/flood", fmt.Appendf(nil, "%06d %s", n, pad)); err != nil {
+				produced <- result{n, err}
+				return
+			}
+		}
+	}()
+
+	testutil.Eventually(t, 30*time.Second, func() error {
+		if got := proxytest.Counter(t, svc.metrics.closed.WithLabelValues("stomp", reasonWriteTimeout)); got != 1 {
+			return fmt.Errorf("closed_total{reason=%q} = %v, want 1", reasonWriteTimeout, got)
+		}
+		return nil
+	})
+	close(stop)
+	if r := <-produced; r.err != nil || r.n == 0 {
+		t.Fatalf("the other client's SENDs through the sidecar: %d, then %v", r.n, r.err)
+	}
+
+	// The stalled client's connection is closed: what the sidecar wrote to
+	// it, then its end.
+	slow.nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if n, err := io.Copy(io.Discard, slow.nc); isTimeout(err) {
+		t.Fatalf("the stalled client's connection is still open (%d bytes read)", n)
+	}
+	var warned bool
+	for _, e := range hook.AllEntries() {
+		if e.Level == logrus.WarnLevel && strings.Contains(e.Message, "stopped reading") {
+			warned = true
+			if e.Data["service"] != "stomp" || e.Data["client"] != slow.nc.LocalAddr().String() || e.Data["backend"] != b.Addr() {
+				t.Errorf("warning %q with fields %v: want service, client and backend", e.Message, e.Data)
+			}
+		}
+	}
+	if !warned {
+		t.Error("no warning about the client that stopped reading")
+	}
+	// Its broker session is gone with it, and its deliveries, never
+	// acknowledged, go to the next consumer, the first one first.
+	testutil.Eventually(t, 10*time.Second, func() error {
+		if n := b.Status().Connections; n != 1 {
+			return fmt.Errorf("brokerd has %d connections, want the other client's only", n)
+		}
+		return nil
+	})
+	sub, err := other.SubscribeReceipt(ctx, "/queue/flood", stompclient.AckClient, hdr("activemq.prefetchSize", "1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f := recv(t, sub); !bytes.HasPrefix(f.Body, []byte("000000 ")) || f.Value("redelivered") != "true" {
+		t.Fatalf("first redelivery: %v body %.10q", f, f.Body)
 	}
 }

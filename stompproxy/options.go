@@ -17,6 +17,10 @@ const DefaultMaxReplayBytes = 4 << 20
 // own connect_timeout.
 const DefaultConnectTimeout = 10 * time.Second
 
+// DefaultClientWriteTimeout is the default of Options.ClientWriteTimeout,
+// the bound brokerd puts on a write to its own clients.
+const DefaultClientWriteTimeout = 30 * time.Second
+
 // Options configure one STOMP-mode service: one listener whose client
 // sessions survive the death of the master. The fields shared with
 // proxy.Options mean the same, with the same defaults (proxy.Default*), so
@@ -56,6 +60,16 @@ type Options struct {
 	// too. Zero means DefaultConnectTimeout (10s).
 	ConnectTimeout time.Duration
 
+	// ClientWriteTimeout bounds each write to the client (64 KiB at most;
+	// a larger frame goes in pieces). A client that has not taken one in
+	// this time has stopped reading its socket: it is closed, and its
+	// broker session with it (the broker redelivers what it left
+	// unacknowledged), as brokerd drops a consumer that stops reading,
+	// rather than holding the session, its broker connection and its
+	// memory for ever (issue 14). Zero means DefaultClientWriteTimeout
+	// (30s).
+	ClientWriteTimeout time.Duration
+
 	// Limits bound every frame read, from the client and from the broker,
 	// as brokerd's own limits do; zero fields take frame.DefaultLimits.
 	Limits frame.Limits
@@ -71,14 +85,17 @@ type Options struct {
 // Validate reports every problem with o at once. Zero values are valid:
 // they mean the defaults.
 func (o Options) Validate() error {
-	var replay, connect error
+	var replay, connect, write error
 	if o.MaxReplayBytes < 0 {
 		replay = fmt.Errorf("max_replay_bytes: must be 0 (the default, %d) or positive, got %d", DefaultMaxReplayBytes, o.MaxReplayBytes)
 	}
 	if o.ConnectTimeout < 0 {
 		connect = fmt.Errorf("connect_timeout: must be 0 (the default, %v) or positive, got %v", DefaultConnectTimeout, o.ConnectTimeout)
 	}
-	return o.shared().ValidateWith(replay, connect)
+	if o.ClientWriteTimeout < 0 {
+		write = fmt.Errorf("client_write_timeout: must be 0 (the default, %v) or positive, got %v", DefaultClientWriteTimeout, o.ClientWriteTimeout)
+	}
+	return o.shared().ValidateWith(replay, connect, write)
 }
 
 // shared returns the fields o shares with proxy.Options, as those.
@@ -99,6 +116,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.ConnectTimeout == 0 {
 		o.ConnectTimeout = DefaultConnectTimeout
+	}
+	if o.ClientWriteTimeout == 0 {
+		o.ClientWriteTimeout = DefaultClientWriteTimeout
 	}
 	return o
 }

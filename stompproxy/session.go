@@ -26,19 +26,20 @@ import (
 // event. The first five are also the reason label of
 // handover_stomp_sessions_unresumable_total.
 const (
-	reasonOverLimit     = "over_limit"       // MaxReplayBytes exceeded, then the upstream was lost
-	reasonCommitUnknown = "commit_unknown"   // a COMMIT was in flight when the upstream was lost
-	reasonNoMaster      = "no_master"        // no backend reached within Timeout
-	reasonVersion       = "version_mismatch" // the new master negotiated another STOMP version
-	reasonRejected      = "connect_rejected" // a broker answered CONNECT with ERROR
-	reasonClientClosed  = "client_closed"    // the client closed its connection
-	reasonClientError   = "client_error"     // the client's socket failed
-	reasonClientTimeout = "client_timeout"   // the client sent nothing, not even a heart-beat, in time
-	reasonConnectLate   = "connect_timeout"  // the client's CONNECT was not all there within ConnectTimeout
-	reasonProtocol      = "protocol_error"   // the client broke the protocol (or the frame limits)
-	reasonBrokerError   = "broker_error"     // the broker sent ERROR, which ends a STOMP connection
-	reasonDisconnect    = "disconnect"       // the client said DISCONNECT and the broker hung up
-	reasonShutdown      = "shutdown"         // the service shut down
+	reasonOverLimit     = "over_limit"           // MaxReplayBytes exceeded, then the upstream was lost
+	reasonCommitUnknown = "commit_unknown"       // a COMMIT was in flight when the upstream was lost
+	reasonNoMaster      = "no_master"            // no backend reached within Timeout
+	reasonVersion       = "version_mismatch"     // the new master negotiated another STOMP version
+	reasonRejected      = "connect_rejected"     // a broker answered CONNECT with ERROR
+	reasonClientClosed  = "client_closed"        // the client closed its connection
+	reasonClientError   = "client_error"         // the client's socket failed
+	reasonClientTimeout = "client_timeout"       // the client sent nothing, not even a heart-beat, in time
+	reasonWriteTimeout  = "client_write_timeout" // the client took nothing we wrote for ClientWriteTimeout
+	reasonConnectLate   = "connect_timeout"      // the client's CONNECT was not all there within ConnectTimeout
+	reasonProtocol      = "protocol_error"       // the client broke the protocol (or the frame limits)
+	reasonBrokerError   = "broker_error"         // the broker sent ERROR, which ends a STOMP connection
+	reasonDisconnect    = "disconnect"           // the client said DISCONNECT and the broker hung up
+	reasonShutdown      = "shutdown"             // the service shut down
 )
 
 // writeTimeout bounds one write to a broker: one that stops reading for
@@ -77,7 +78,8 @@ type session struct {
 	plain, rcpt picked
 
 	cmu       sync.Mutex
-	cw        *frame.Writer
+	cw        *frame.Writer // writes through cwr
+	cwr       *clientWriter
 	lastWrite atomic.Int64 // unix nanos of the last flush to the client
 
 	// Fixed by the first CONNECTED: the client keeps these for its life.
@@ -104,6 +106,7 @@ func (s *Service) newSession(c *net.TCPConn) *session {
 	id := s.newSessionID()
 	ctx, cancel := context.WithCancel(s.lc.Context())
 	cs := stream(c)
+	cwr := &clientWriter{nc: c, w: cs, timeout: s.opts.ClientWriteTimeout}
 	ss := &session{
 		svc:    s,
 		id:     id,
@@ -111,7 +114,8 @@ func (s *Service) newSession(c *net.TCPConn) *session {
 		start:  time.Now(),
 		client: c,
 		cdr:    &deadlineReader{nc: c, r: cs},
-		cw:     frame.NewWriter(cs),
+		cw:     frame.NewWriter(cwr),
+		cwr:    cwr,
 		ctx:    ctx,
 		cancel: cancel,
 		t:      newTracker(id, s.opts.MaxReplayBytes, s.opts.holdTimeout()),
@@ -165,6 +169,61 @@ func (d *deadlineReader) setTimeout(t time.Duration) {
 	if t <= 0 {
 		d.nc.SetReadDeadline(time.Time{})
 	}
+}
+
+// clientWriter is what a session writes to its client through: each write
+// to the socket (clientChunk at most) must be done within timeout
+// (Options.ClientWriteTimeout), so a client that stops reading its socket
+// ends its session (clientWriteFailed) instead of holding it, its broker
+// connection and its memory for ever (issue 14). brokerd bounds a write to
+// its own clients the same way.
+//
+// The deadline is the only bound the client's direction needs: run reads
+// the broker's next frame only once the client's writer has taken the last
+// one, so what waits for the client is that writer's buffer, and TCP
+// pushes back on the broker. The fields are guarded by the session's cmu,
+// as every write to the client is.
+type clientWriter struct {
+	nc      net.Conn  // for deadlines
+	w       io.Writer // nc, or a rawsock.Stream over it
+	timeout time.Duration
+	renewAt time.Time // when to move the deadline on
+}
+
+// clientChunk is the most a clientWriter hands the socket at once. A frame
+// bigger than the frame.Writer's buffer comes through whole; in pieces,
+// each with the deadline renewed, a client that reads slowly but reads is
+// not held to taking a whole large MESSAGE within timeout.
+const clientChunk = 64 << 10
+
+func (c *clientWriter) Write(p []byte) (int, error) {
+	n := 0
+	for len(p) > 0 {
+		c.renew()
+		m, err := c.w.Write(p[:min(len(p), clientChunk)])
+		n += m
+		if err != nil {
+			return n, err
+		}
+		p = p[m:]
+	}
+	return n, nil
+}
+
+// renew moves the write deadline on. Moving it costs a timer update, so it
+// moves at most once a second (or every tenth of a shorter timeout): a
+// write then has between nine tenths of timeout and timeout, or at least
+// timeout less a second.
+func (c *clientWriter) renew() {
+	if now := time.Now(); now.After(c.renewAt) {
+		c.nc.SetWriteDeadline(now.Add(c.timeout))
+		c.renewAt = now.Add(min(time.Second, c.timeout/10))
+	}
+}
+
+// setTimeout changes the bound from the next write on.
+func (c *clientWriter) setTimeout(t time.Duration) {
+	c.timeout, c.renewAt = t, time.Time{}
 }
 
 // upstream is one connection to a broker, CONNECTED.
@@ -290,7 +349,11 @@ func (s *session) serve() {
 		if isTimeout(err) && !s.isClosed() {
 			msg := fmt.Sprintf("no whole CONNECT frame within %v of connecting", s.svc.opts.ConnectTimeout)
 			s.log.WithField("connect_timeout", s.svc.opts.ConnectTimeout).Info("closing the client: " + msg)
-			s.client.SetWriteDeadline(time.Now().Add(rejectWriteTimeout))
+			// A client that sends nothing may read nothing either: its
+			// ERROR gets as long as a refused connection's.
+			s.cmu.Lock()
+			s.cwr.setTimeout(rejectWriteTimeout)
+			s.cmu.Unlock()
 			s.toClient([]*frame.Frame{errorFrame(msg)}, true)
 			s.close(reasonConnectLate)
 			return
@@ -323,7 +386,7 @@ func (s *session) serve() {
 	s.setupUpstream(u, reply)
 	if err := s.toClient([]*frame.Frame{reply}, true); err != nil {
 		u.nc.Close()
-		s.close(reasonClientError)
+		s.clientWriteFailed(err, u.backend)
 		return
 	}
 	if !s.install(u) {
@@ -495,7 +558,7 @@ func (s *session) pump(u *upstream) error {
 		if raw, _ := u.r.PeekPlain(s.pickReceipt); len(raw) > 0 {
 			ok, err := s.passReceipt(raw)
 			if err != nil {
-				s.close(reasonClientError)
+				s.clientWriteFailed(err, u.backend)
 				return err
 			}
 			if ok {
@@ -524,7 +587,7 @@ func (s *session) pump(u *upstream) error {
 		if a.pass != nil || len(a.client) > 0 {
 			// Flushed before the next wait for the broker (flushClient).
 			if err := s.passToClient(a.pass, a.client, f.Command == frame.ERROR); err != nil {
-				s.close(reasonClientError)
+				s.clientWriteFailed(err, u.backend)
 				return err
 			}
 		}
@@ -672,7 +735,7 @@ func (s *session) resume(old *upstream, cause error) *upstream {
 	}
 	if len(plan.client) > 0 {
 		if err := s.toClient(plan.client, true); err != nil {
-			s.close(reasonClientError)
+			s.clientWriteFailed(err, u.backend)
 		}
 	}
 	paused := time.Since(start)
@@ -849,7 +912,7 @@ func (s *session) fromClient(f *frame.Frame) bool {
 	}
 	if len(a.client) > 0 {
 		if err := s.toClient(a.client, true); err != nil {
-			s.close(reasonClientError)
+			s.clientWriteFailed(err, s.backend())
 			return false
 		}
 	}
@@ -955,13 +1018,47 @@ func (s *session) flushUpstream() {
 }
 
 // flushClient pushes out what the broker's frames produced for the client;
-// see deadlineReader. A failure shows in the client's read loop.
+// see deadlineReader. A client that stopped reading is closed here, which
+// ends the read that called this; any other failure shows in the client's
+// read loop.
 func (s *session) flushClient() {
 	s.cmu.Lock()
-	defer s.cmu.Unlock()
-	if s.cw.Buffered() > 0 && s.cw.Flush() == nil {
+	if s.cw.Buffered() == 0 {
+		s.cmu.Unlock()
+		return
+	}
+	err := s.cw.Flush()
+	if err == nil {
 		s.lastWrite.Store(time.Now().UnixNano())
 	}
+	s.cmu.Unlock()
+	if err != nil {
+		s.clientStalled(err, s.backend())
+	}
+}
+
+// clientWriteFailed closes the session after a failed write to the
+// client; backend is the upstream's, for the log.
+func (s *session) clientWriteFailed(err error, backend string) {
+	if !s.clientStalled(err, backend) {
+		s.close(reasonClientError)
+	}
+}
+
+// clientStalled closes the session if err is a write to the client that
+// ran out of ClientWriteTimeout, and reports whether it was. Such a client
+// has stopped reading (its socket still works, its read loop notices
+// nothing): it is logged and counted apart from a socket that failed.
+// backend is the upstream's, for the log.
+func (s *session) clientStalled(err error, backend string) bool {
+	if !isTimeout(err) {
+		return false
+	}
+	if s.close(reasonWriteTimeout) {
+		s.log.WithFields(logrus.Fields{"backend": backend, "client_write_timeout": s.svc.opts.ClientWriteTimeout}).
+			Warn("client stopped reading: closed it and its broker session")
+	}
+	return true
 }
 
 // keeper sends heart-beats to the client (all through a pause, which is
@@ -995,7 +1092,9 @@ func (s *session) keeper() {
 			u.wmu.Unlock()
 		}
 		if len(a.client) > 0 {
-			s.toClient(a.client, true)
+			if err := s.toClient(a.client, true); err != nil {
+				s.clientStalled(err, u.backend)
+			}
 		}
 		// TryLock: a writer holding the lock is sending something, which
 		// serves as a heart-beat; waiting behind a blocked write would stall
@@ -1009,10 +1108,17 @@ func (s *session) keeper() {
 			u.wmu.Unlock()
 		}
 		if hb := s.clientHB; hb > 0 && now.Sub(time.Unix(0, s.lastWrite.Load())) >= hb/2 && s.cmu.TryLock() {
-			if err := s.cw.WriteHeartbeat(); err == nil && s.cw.Flush() == nil {
+			err := s.cw.WriteHeartbeat()
+			if err == nil {
+				err = s.cw.Flush()
+			}
+			if err == nil {
 				s.lastWrite.Store(time.Now().UnixNano())
 			}
 			s.cmu.Unlock()
+			if err != nil {
+				s.clientStalled(err, s.backend())
+			}
 		}
 		timer.Reset(s.tick())
 	}
@@ -1075,9 +1181,11 @@ func (s *session) isClosed() bool {
 }
 
 // close ends the session: both sockets close, which ends every goroutine,
-// and a wait for a master is abandoned. The first reason sticks.
-func (s *session) close(reason string) {
+// and a wait for a master is abandoned. The first reason sticks: close
+// reports whether it was this one.
+func (s *session) close(reason string) (first bool) {
 	s.closeOnce.Do(func() {
+		first = true
 		s.mu.Lock()
 		s.closing, s.reason = true, reason
 		u := s.up
@@ -1089,4 +1197,5 @@ func (s *session) close(reason string) {
 			u.nc.Close()
 		}
 	})
+	return first
 }

@@ -308,14 +308,16 @@ func TestOptionsValidate(t *testing.T) {
 	if err := (Options{}).Validate(); err == nil || !strings.Contains(err.Error(), "name") || !strings.Contains(err.Error(), "listen") {
 		t.Fatalf("empty options: %v", err)
 	}
-	bad := Options{Name: "x", Listen: "x", MaxReplayBytes: -1, BackoffMultiplier: 0.5, InitialReconnectDelay: 2 * time.Second}
+	bad := Options{Name: "x", Listen: "x", MaxReplayBytes: -1, BackoffMultiplier: 0.5, InitialReconnectDelay: 2 * time.Second,
+		ClientWriteTimeout: -time.Second}
 	err := bad.Validate()
-	for _, want := range []string{"max_replay_bytes", "backoff_multiplier", "max_reconnect_delay"} {
+	for _, want := range []string{"max_replay_bytes", "backoff_multiplier", "max_reconnect_delay", "client_write_timeout"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Fatalf("want a %s problem in %v", want, err)
 		}
 	}
-	if d := (Options{}).withDefaults(); d.MaxReplayBytes != DefaultMaxReplayBytes || d.Timeout != 30*time.Second {
+	if d := (Options{}).withDefaults(); d.MaxReplayBytes != DefaultMaxReplayBytes || d.Timeout != 30*time.Second ||
+		d.ClientWriteTimeout != DefaultClientWriteTimeout {
 		t.Fatalf("defaults %+v", d)
 	}
 }

@@ -95,6 +95,10 @@ type ServiceConfig struct {
 	// ConnectTimeout (protocol "stomp") is how long a client has from
 	// accept to send its whole CONNECT frame (default 10s).
 	ConnectTimeout conf.Duration `toml:"connect_timeout"`
+	// ClientWriteTimeout (protocol "stomp") bounds each write to a client:
+	// one that has not taken it in this time has stopped reading, and is
+	// closed with its broker session (default 30s, brokerd's own bound).
+	ClientWriteTimeout conf.Duration `toml:"client_write_timeout"`
 
 	Check CheckConfig `toml:"check"`
 }
@@ -176,6 +180,7 @@ func (c *Config) defaults() {
 			s.MaxConnections = proxy.DefaultMaxConnections
 		}
 		setDefault(&s.ConnectTimeout, stompproxy.DefaultConnectTimeout)
+		setDefault(&s.ClientWriteTimeout, stompproxy.DefaultClientWriteTimeout)
 		if s.OnFailover == "" {
 			s.OnFailover = "close"
 		}
@@ -344,6 +349,9 @@ func (c *Config) validate(name string, pos conf.Positions) error {
 		}
 		if s.ConnectTimeout < 0 {
 			bad(p+".connect_timeout", "must be positive (the default is %v), got %v", stompproxy.DefaultConnectTimeout, s.ConnectTimeout)
+		}
+		if s.ClientWriteTimeout < 0 {
+			bad(p+".client_write_timeout", "must be positive (the default is %v), got %v", stompproxy.DefaultClientWriteTimeout, s.ClientWriteTimeout)
 		}
 		ck := p + ".check"
 		switch s.Check.Kind {

@@ -12,7 +12,8 @@ import (
 )
 
 // TestConnectionDefaults: a service without the keys gets a cap of
-// 10,000 connections, none per source, and 10s for the CONNECT.
+// 10,000 connections, none per source, 10s for the CONNECT and 30s for a
+// write to a client.
 func TestConnectionDefaults(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "f.toml")
 	os.WriteFile(path, []byte("[[service]]\nname = \"a\"\nlisten = \":1\"\nbackends = [\"127.0.0.1:2\"]\n"), 0o644)
@@ -21,9 +22,10 @@ func TestConnectionDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := c.Services[0]
-	if s.MaxConnections != 10000 || s.MaxConnectionsPerSource != 0 || s.ConnectTimeout.D() != 10*time.Second {
-		t.Fatalf("max_connections %d, max_connections_per_source %d, connect_timeout %v; want 10000, 0, 10s",
-			s.MaxConnections, s.MaxConnectionsPerSource, s.ConnectTimeout)
+	if s.MaxConnections != 10000 || s.MaxConnectionsPerSource != 0 || s.ConnectTimeout.D() != 10*time.Second ||
+		s.ClientWriteTimeout.D() != 30*time.Second {
+		t.Fatalf("max_connections %d, max_connections_per_source %d, connect_timeout %v, client_write_timeout %v; want 10000, 0, 10s, 30s",
+			s.MaxConnections, s.MaxConnectionsPerSource, s.ConnectTimeout, s.ClientWriteTimeout)
 	}
 }
 
@@ -86,11 +88,12 @@ rise = -1
 		{"gomaxprocs negative", "gomaxprocs = -1\n[[service]]\nname = \"a\"\nlisten = \":1\"\nbackends = [\"127.0.0.1:2\"]\n", []string{"f.toml:1: gomaxprocs: must be 0 (the runtime's choice) or 1 to 1024, got -1"}},
 		{"gomaxprocs too many", "gomaxprocs = 61600\n[[service]]\nname = \"a\"\nlisten = \":1\"\nbackends = [\"127.0.0.1:2\"]\n", []string{"gomaxprocs: must be 0", "got 61600"}},
 		{"gomaxprocs in a table is unknown", "[[service]]\nname = \"a\"\nlisten = \":1\"\nbackends = [\"127.0.0.1:2\"]\ngomaxprocs = 1\n", []string{`unknown key "service.gomaxprocs"`}},
-		{"connection caps", "[[service]]\nname = \"a\"\nlisten = \":1\"\nbackends = [\"127.0.0.1:2\"]\nmax_connections = -1\nmax_connections_per_source = 100\nconnect_timeout = \"5s\"\n", nil},
-		{"negative caps and connect timeout", "[[service]]\nname = \"a\"\nlisten = \":1\"\nbackends = [\"127.0.0.1:2\"]\nmax_connections = -2\nmax_connections_per_source = -1\nconnect_timeout = \"-1s\"\n", []string{
+		{"connection caps", "[[service]]\nname = \"a\"\nlisten = \":1\"\nbackends = [\"127.0.0.1:2\"]\nmax_connections = -1\nmax_connections_per_source = 100\nconnect_timeout = \"5s\"\nclient_write_timeout = \"1s\"\n", nil},
+		{"negative caps and timeouts", "[[service]]\nname = \"a\"\nlisten = \":1\"\nbackends = [\"127.0.0.1:2\"]\nmax_connections = -2\nmax_connections_per_source = -1\nconnect_timeout = \"-1s\"\nclient_write_timeout = \"-1s\"\n", []string{
 			"f.toml:5: service[0].max_connections: must be -1 (no cap), 0 (the default, 10000) or positive, got -2",
 			"f.toml:6: service[0].max_connections_per_source: must be 0 (no cap, the default) or positive, got -1",
 			"f.toml:7: service[0].connect_timeout: must be positive (the default is 10s), got -1s",
+			"f.toml:8: service[0].client_write_timeout: must be positive (the default is 30s), got -1s",
 		}},
 		{"bad duration", "[[service]]\nname = \"a\"\nlisten = \":1\"\nbackends = [\"h:2\"]\ntimeout = \"forever\"\n", []string{"bad duration"}},
 	}

@@ -347,6 +347,7 @@ func (sc *sidecar) newService(s ServiceConfig, pl *pool) (*service, error) {
 			MaxConnectionsPerSource: opts.MaxConnectionsPerSource,
 			ShutdownGrace:           opts.ShutdownGrace,
 			ConnectTimeout:          s.ConnectTimeout.D(),
+			ClientWriteTimeout:      s.ClientWriteTimeout.D(),
 			MaxReplayBytes:          s.MaxReplayBytes,
 		}, pl.monitor, log.WithField("component", "stompproxy"), sc.sm)
 	} else {
@@ -704,7 +705,8 @@ func (sc *sidecar) drainInBackground(s *service, grace time.Duration, stopMonito
 func (sc *sidecar) needsRebind(a, b ServiceConfig, ca, cb *Config) bool {
 	oa, _ := sc.proxyOptionsFor(a, ca)
 	ob, _ := sc.proxyOptionsFor(b, cb)
-	return oa != ob || a.Protocol != b.Protocol || a.MaxReplayBytes != b.MaxReplayBytes || a.ConnectTimeout != b.ConnectTimeout
+	return oa != ob || a.Protocol != b.Protocol || a.MaxReplayBytes != b.MaxReplayBytes || a.ConnectTimeout != b.ConnectTimeout ||
+		a.ClientWriteTimeout != b.ClientWriteTimeout
 }
 
 func (sc *sidecar) proxyOptionsFor(s ServiceConfig, c *Config) (proxy.Options, error) {
