@@ -169,8 +169,19 @@ func (c *conn) serve() {
 	}()
 	c.readLoop()
 	// Finish the client's in-flight work (journal writes, receipts) before
-	// closing; closeAfter queued behind every earlier step does that.
-	c.submit(nil, func(error) { c.queueClose("client closed the connection") })
+	// closing; closeAfter queued behind every earlier step does that. A
+	// client cut off by a shutdown is told so, last, so that it knows to
+	// reconnect (to the next master) rather than guess.
+	select {
+	case <-c.s.stopping:
+		c.submit(nil, func(error) {
+			e := frame.New(frame.ERROR, "message", "the broker is shutting down; reconnect to continue (another broker takes over)", "content-type", "text/plain",
+				HeaderShutdown, "true")
+			c.send(outFrame{f: e, closeAfter: true, reason: "shutdown"})
+		})
+	default:
+		c.submit(nil, func(error) { c.queueClose("client closed the connection") })
+	}
 	select {
 	case <-c.closed:
 	case <-time.After(c.s.opts.ShutdownGrace.D() + time.Second):

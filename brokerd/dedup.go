@@ -23,6 +23,10 @@ import (
 // of the same producer supersedes the earlier one, so the store holds one
 // per producer.
 const (
+	// HeaderShutdown marks the ERROR a client gets because the broker is
+	// shutting down, not because of anything it did: the sidecar resumes
+	// such a session on the next master instead of ending it.
+	HeaderShutdown = "handover-shutdown"
 	// HeaderProducer and HeaderSeq are the SEND headers the sidecar adds.
 	HeaderProducer = "handover-producer"
 	HeaderSeq      = "handover-seq"

@@ -571,3 +571,33 @@ func TestDestinationMemoryShare(t *testing.T) {
 		}
 	}
 }
+
+// TestShutdownTellsClients: on SIGTERM a client gets an ERROR saying the
+// broker is shutting down, then the connection closes; what it sent after
+// the shutdown began is not read (it gets no RECEIPT for it, so it knows
+// to send it again to the next master).
+func TestShutdownTellsClients(t *testing.T) {
+	s := startServer(t, t.TempDir(), nil)
+	s.waitReady(t)
+	c := connectRaw(t, s.Addr())
+	c.send("SUBSCRIBE\nid:1\ndestination:/queue/bye\nreceipt:s\n\n\x00")
+	if f := c.read(); f.Command != frame.RECEIPT {
+		t.Fatalf("SUBSCRIBE: %v", f)
+	}
+	stopped := make(chan error, 1)
+	go func() { stopped <- s.stop(t) }()
+	var got []string
+	for {
+		f, err := c.tryRead(10 * time.Second)
+		if err != nil {
+			break
+		}
+		got = append(got, f.Command+" "+f.Value("message"))
+	}
+	if len(got) != 1 || !strings.HasPrefix(got[0], "ERROR the broker is shutting down") {
+		t.Fatalf("frames during the shutdown: %q, want one ERROR saying the broker is shutting down", got)
+	}
+	if err := <-stopped; err != nil {
+		t.Fatal(err)
+	}
+}

@@ -3,6 +3,8 @@ package brokerd
 import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"handover/internal/buildinfo"
 )
 
 // metrics are the server's Prometheus series. Each Server has its own
@@ -48,6 +50,11 @@ func newMetrics(s *Server) *metrics {
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "brokerd_connections_refused_total", Help: "Client connections refused at accept, by the limit they were over."}, []string{"limit"}),
 	}
+	bi := buildinfo.Read()
+	buildInfo := prometheus.NewGauge(prometheus.GaugeOpts{Name: "brokerd_build_info", Help: "1, labelled with the running build.",
+		ConstLabels: prometheus.Labels{"version": Version, "commit": bi.Commit, "go_version": bi.GoVersion}})
+	buildInfo.Set(1)
+	m.reg.MustRegister(buildInfo)
 	m.reg.MustRegister(m.accepted, m.received, m.delivered, m.protocolErrors, m.duplicates, m.damaged, m.closes, m.refused, m.slowConsumers, m.diskFull, m.refusals,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		stateCollector{s})

@@ -20,7 +20,7 @@ import (
 // TestHeaderNamesMatchBrokerd: the stamp brokerd de-duplicates on is the
 // one the sidecar puts on.
 func TestHeaderNamesMatchBrokerd(t *testing.T) {
-	if HeaderProducer != brokerd.HeaderProducer || HeaderSeq != brokerd.HeaderSeq {
+	if HeaderProducer != brokerd.HeaderProducer || HeaderSeq != brokerd.HeaderSeq || HeaderShutdown != brokerd.HeaderShutdown {
 		t.Fatalf("sidecar stamps %s/%s, brokerd reads %s/%s", HeaderProducer, HeaderSeq, brokerd.HeaderProducer, brokerd.HeaderSeq)
 	}
 }

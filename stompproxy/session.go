@@ -570,6 +570,11 @@ func (s *session) pump(u *upstream) error {
 		if err != nil {
 			return err
 		}
+		if f.Command == frame.ERROR && f.Value(HeaderShutdown) == "true" {
+			// The broker is stopping (SIGTERM): nothing the client did.
+			// What it had in flight is replayed on the next master.
+			return errBrokerStopping
+		}
 		s.mu.Lock()
 		a := s.t.fromBroker(f, time.Now())
 		if len(a.up) > 0 {
@@ -602,6 +607,9 @@ func (s *session) pump(u *upstream) error {
 		}
 	}
 }
+
+// errBrokerStopping ends pump when the broker said it is shutting down.
+var errBrokerStopping = errors.New("the broker is shutting down")
 
 // pickReceipt picks, alone, a RECEIPT from the broker with an internal
 // receipt id and nothing else, as brokerd writes them: the answer to a

@@ -21,6 +21,11 @@ const (
 	HeaderSeq      = "handover-seq"
 )
 
+// HeaderShutdown marks brokerd's ERROR to a client because the broker is
+// shutting down (brokerd.HeaderShutdown): a failover, so the session is
+// resumed on the next master, not ended as for an ERROR about the client.
+const HeaderShutdown = "handover-shutdown"
+
 // internalReceiptPrefix starts every receipt id the sidecar puts on frames
 // it forwards. The broker's RECEIPT for such an id is translated back to the
 // client's own receipt id, or swallowed when the client asked for none. The

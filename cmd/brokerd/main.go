@@ -39,6 +39,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"handover/brokerd"
+	"handover/internal/buildinfo"
 	"handover/brokerd/pgstore"
 	"handover/brokerd/store"
 	"handover/internal/conf"
@@ -112,7 +113,7 @@ func run(args []string) int {
 		return 2
 	}
 	if *version {
-		fmt.Println("brokerd", brokerd.Version)
+		fmt.Println("brokerd", brokerd.Version, buildinfo.Read())
 		return 0
 	}
 	if *configPath != "" {
@@ -175,6 +176,12 @@ func run(args []string) int {
 		fmt.Println("brokerd: config OK")
 		return 0
 	}
+	bi := buildinfo.Read()
+	logger.WithFields(logrus.Fields{
+		"version": brokerd.Version, "build": bi.String(), "listen": cfg.Listen, "admin": cfg.Admin,
+		"data": cfg.Data, "store": opts.StoreName, "config": *configPath,
+		"max_memory": opts.MaxMemory, "lease_timeout": opts.LeaseTimeout.D().String(),
+	}).Info("brokerd starting")
 	srv, err := brokerd.New(opts)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "brokerd:", err)
