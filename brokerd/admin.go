@@ -3,6 +3,7 @@ package brokerd
 import (
 	"encoding/json"
 	"net/http"
+	"os"
 	"sort"
 	"time"
 
@@ -19,7 +20,9 @@ type Status struct {
 	Lock   string    `json:"lock"`
 	Store  string    `json:"store"`
 	// Cluster is the identity of the storage (see cluster.go).
-	Cluster     Identity     `json:"cluster"`
+	Cluster Identity `json:"cluster"`
+	// PID is this process's, so that an operator kills the right one.
+	PID         int          `json:"pid"`
 	Ready       bool         `json:"ready"`
 	Connections int          `json:"connections"`
 	Queues      []queueStats `json:"queues"`
@@ -57,6 +60,7 @@ func (s *Server) Status() Status {
 		Lock:        s.locker.String(),
 		Store:       s.storeName(),
 		Cluster:     s.identity,
+		PID:         os.Getpid(),
 		Ready:       s.isReady,
 		Connections: len(s.conns),
 		Version:     Version,
@@ -132,6 +136,7 @@ func (s *Server) adminHandler() http.Handler {
 		}
 		json.NewEncoder(w).Encode(map[string]any{"ready": ready, "role": role, "epoch": epoch})
 	})
+	s.queueAdmin(mux)
 	return adminmux.Guard(mux)
 }
 

@@ -60,7 +60,7 @@ func TestTakeoverInterleavings(t *testing.T) {
 				},
 			}
 			j, _ := open(t, Options{Dir: dir, hooks: h, prealloc: preallocNone,
-				Fence: func() error { takeover("fence"); return check() },
+				Fence:  func() error { takeover("fence"); return check() },
 				Verify: check,
 			})
 			mustWrite(t, j, put("acked-before", "q", []byte("x")))

@@ -39,9 +39,9 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"handover/brokerd"
-	"handover/internal/buildinfo"
 	"handover/brokerd/pgstore"
 	"handover/brokerd/store"
+	"handover/internal/buildinfo"
 	"handover/internal/conf"
 	"handover/lockstore"
 )
@@ -84,6 +84,9 @@ const defaultGCPercent = 50
 func main() {
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(defaultGCPercent)
+	}
+	if len(os.Args) > 1 && os.Args[1] == "ctl" {
+		os.Exit(ctl(os.Args[2:], os.Stdout, os.Stderr))
 	}
 	os.Exit(run(os.Args[1:]))
 }

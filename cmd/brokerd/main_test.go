@@ -256,3 +256,47 @@ func TestInitAndCheck(t *testing.T) {
 		})
 	}
 }
+
+// TestCtl: brokerd ctl finds the serving master among the admin addresses,
+// shows each broker, browses and purges a queue.
+func TestCtl(t *testing.T) {
+	data := t.TempDir()
+	a := startBroker(t, "brokerd-a", data)
+	a.waitRole(t, "master")
+	b := startBroker(t, "brokerd-b", data)
+	b.waitRole(t, "slave")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	p := startProducer(ctx, "/queue/ctl", a.listen)
+	p.await(t, 20, time.Time{})
+	p.halt(t)
+
+	bin := testutil.Binary(t, "handover/cmd/brokerd")
+	admins := b.admin + "," + a.admin
+	run := func(args ...string) (int, string) {
+		out, err := exec.Command(bin, append([]string{"ctl", "-admin", admins}, args...)...).CombinedOutput()
+		code := 0
+		if ee, ok := err.(*exec.ExitError); ok {
+			code = ee.ExitCode()
+		}
+		return code, string(out)
+	}
+	if code, out := run("pid"); code != 0 || strings.TrimSpace(out) != fmt.Sprint(a.p.Cmd.Process.Pid) {
+		t.Fatalf("ctl pid: exit %d %q, want the master's pid %d", code, out, a.p.Cmd.Process.Pid)
+	}
+	if code, out := run("status"); code != 0 || !strings.Contains(out, "master") || !strings.Contains(out, "slave") {
+		t.Fatalf("ctl status: exit %d\n%s", code, out)
+	}
+	if code, out := run("browse", "/queue/ctl", "-n", "3"); code != 0 || !strings.Contains(out, "3 messages shown") || !strings.Contains(out, "persistent=true") {
+		t.Fatalf("ctl browse: exit %d\n%s", code, out)
+	}
+	if code, out := run("purge", "/queue/ctl"); code != 0 || !strings.Contains(out, "purged ") {
+		t.Fatalf("ctl purge: exit %d\n%s", code, out)
+	}
+	if code, out := run("browse", "/queue/ctl"); code != 0 || !strings.Contains(out, "0 messages shown") {
+		t.Fatalf("ctl browse after the purge: exit %d\n%s", code, out)
+	}
+	if code, out := run("frobnicate"); code != 2 || !strings.Contains(out, "usage: brokerd ctl") {
+		t.Fatalf("ctl with an unknown command: exit %d\n%s", code, out)
+	}
+}
