@@ -92,6 +92,7 @@ type Server struct {
 	damage []damageReport
 
 	identity Identity // the storage's, checked at New
+	rates    pageRates
 }
 
 // New validates opts and binds the admin port, so that a slave can be

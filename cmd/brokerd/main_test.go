@@ -300,3 +300,31 @@ func TestCtl(t *testing.T) {
 		t.Fatalf("ctl with an unknown command: exit %d\n%s", code, out)
 	}
 }
+
+// TestStatusPageInBrowser: a person watching the status pages in a browser
+// during a failover sees the slave named master on its page once it took
+// over, with the queue that survived.
+func TestStatusPageInBrowser(t *testing.T) {
+	data := t.TempDir()
+	a := startBroker(t, "brokerd-a", data)
+	a.waitRole(t, "master")
+	b := startBroker(t, "brokerd-b", data)
+	b.waitRole(t, "slave")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	p := startProducer(ctx, "/queue/watched", a.listen)
+	p.await(t, 5, time.Time{})
+	p.halt(t)
+	page := testutil.BrowserDOM(t, "http://"+b.admin+"/")
+	if !strings.Contains(page, `id="role">slave</span>`) || !strings.Contains(page, "ready to take over") {
+		t.Fatalf("the slave's page before the failover:\n%s", page)
+	}
+	a.p.Signal(syscall.SIGKILL)
+	b.waitRole(t, "master")
+	page = testutil.BrowserDOM(t, "http://"+b.admin+"/")
+	for _, want := range []string{`id="role">master</span>`, "epoch 2", "<td>/queue/watched</td>"} {
+		if !strings.Contains(page, want) {
+			t.Errorf("the new master's page lacks %q:\n%s", want, page)
+		}
+	}
+}
