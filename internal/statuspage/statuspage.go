@@ -89,4 +89,3 @@ func (p *Page) Handler(data func() any, refresh time.Duration) http.Handler {
 		}
 	})
 }
-
