@@ -43,6 +43,7 @@ import (
 	"handover/brokerd/store"
 	"handover/internal/buildinfo"
 	"handover/internal/conf"
+	"handover/internal/sdnotify"
 	"handover/lockstore"
 )
 
@@ -192,6 +193,15 @@ func run(args []string) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	// For systemd's Type=notify: up once the admin port is bound (a slave
+	// is a running service too), stopping once a signal came.
+	if err := sdnotify.Notify(sdnotify.Ready); err != nil {
+		logger.WithError(err).Warn("telling systemd the service is ready")
+	}
+	go func() {
+		<-ctx.Done()
+		sdnotify.Notify(sdnotify.Stopping)
+	}()
 	if err := srv.Run(ctx); err != nil {
 		opts.Log.WithError(err).Error("exiting")
 		if errors.Is(err, brokerd.ErrLeaseLost) {

@@ -7,12 +7,16 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"reflect"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"handover/brokerd"
+	"handover/internal/conf"
 	"handover/internal/testutil"
+	"handover/lockstore"
 )
 
 type broker struct {
@@ -326,5 +330,22 @@ func TestStatusPageInBrowser(t *testing.T) {
 		if !strings.Contains(page, want) {
 			t.Errorf("the new master's page lacks %q:\n%s", want, page)
 		}
+	}
+}
+
+// TestSampleConfig: brokerd.toml at the repository root passes -check and
+// holds the defaults, so the sample cannot drift from the code.
+func TestSampleConfig(t *testing.T) {
+	bin := testutil.Binary(t, "handover/cmd/brokerd")
+	if out, err := exec.Command(bin, "-check", "-config", "../../brokerd.toml").CombinedOutput(); err != nil || !strings.Contains(string(out), "config OK") {
+		t.Fatalf("brokerd -check -config brokerd.toml: %v\n%s", err, out)
+	}
+	cfg := fileConfig{Options: brokerd.NewOptions(), LogLevel: "info", LogFormat: "text", LockRetry: conf.Duration(lockstore.DefaultPostgresRetry)}
+	want := cfg
+	if _, err := conf.LoadFile("../../brokerd.toml", &cfg); err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(cfg, want) {
+		t.Errorf("brokerd.toml differs from the defaults:\n got %+v\nwant %+v", cfg, want)
 	}
 }
