@@ -331,9 +331,10 @@ func (c *conn) handle(f *frame.Frame) bool {
 			c.protocolError(f, err.Error(), nil)
 			return false
 		}
+		start := time.Now()
 		c.submitFrame(f, recs, func(err error) {
 			if c.applied(f, apply, err) {
-				c.receipt(f)
+				c.receiptSince(f, start)
 			}
 		})
 	case frame.SUBSCRIBE:
@@ -698,13 +699,14 @@ func (c *conn) transaction(f *frame.Frame) bool {
 			applies = append(applies, apply)
 		}
 	}
+	start := time.Now()
 	c.submit(recs, func(err error) {
 		if c.applied(f, func() {
 			for _, a := range applies {
 				a()
 			}
 		}, err) {
-			c.receipt(f)
+			c.receiptSince(f, start)
 		}
 	})
 	return true
@@ -726,7 +728,11 @@ func (c *conn) submit(recs []store.Record, apply func(error)) {
 		c.complete(st, nil)
 		return
 	}
-	c.s.st.Append(recs, func(err error) { c.complete(st, err) })
+	start := time.Now()
+	c.s.st.Append(recs, func(err error) {
+		c.s.metrics.storeAppend.Observe(time.Since(start).Seconds())
+		c.complete(st, err)
+	})
 }
 
 // submitFrame is submit for f's records. When the client waits for f's
@@ -745,7 +751,11 @@ func (c *conn) submitFrame(f *frame.Frame, recs []store.Record, apply func(error
 	c.pmu.Lock()
 	c.steps = append(c.steps, st)
 	c.pmu.Unlock()
-	na.AppendNow(recs, func(err error) { c.complete(st, err) })
+	start := time.Now()
+	na.AppendNow(recs, func(err error) {
+		c.s.metrics.storeAppend.Observe(time.Since(start).Seconds())
+		c.complete(st, err)
+	})
 }
 
 // submitBarrier queues a step that completes only after every store Append
@@ -783,6 +793,15 @@ func (c *conn) complete(st *step, err error) {
 
 // receipt queues f's RECEIPT without waking writeLoop; it is called only by
 // step appliers, and submit and complete flush after applying.
+// receiptSince is receipt for a frame that wrote the store, read at start:
+// the time until its RECEIPT is what a producer waits for.
+func (c *conn) receiptSince(f *frame.Frame, start time.Time) {
+	if _, ok := f.Get("receipt"); ok {
+		c.s.metrics.receipt.WithLabelValues(f.Command).Observe(time.Since(start).Seconds())
+	}
+	c.receipt(f)
+}
+
 func (c *conn) receipt(f *frame.Frame) {
 	if id, ok := f.Get("receipt"); ok {
 		c.enqueue(outFrame{f: frame.New(frame.RECEIPT, "receipt-id", id)})

@@ -22,6 +22,8 @@ type metrics struct {
 	slowConsumers  prometheus.Counter
 	diskFull       prometheus.Counter
 	refusals       *prometheus.CounterVec
+	receipt        *prometheus.HistogramVec
+	storeAppend    prometheus.Histogram
 }
 
 func newMetrics(s *Server) *metrics {
@@ -41,6 +43,12 @@ func newMetrics(s *Server) *metrics {
 			Name: "brokerd_damaged_messages_total", Help: "Stored messages whose body could not be read back (see /status damaged); they are not delivered."}),
 		closes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "brokerd_connections_closed_total", Help: "Client connections closed, by reason."}, []string{"reason"}),
+		receipt: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "brokerd_receipt_seconds", Help: "From reading a SEND, ACK, NACK or COMMIT that asked for a receipt to queueing its RECEIPT (for persistent messages, the journal write and fsync included).",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16)}, []string{"command"}),
+		storeAppend: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "brokerd_store_append_seconds", Help: "From handing records to the store to their being durable (group commit wait, write and fsync).",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16)}),
 		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "brokerd_refusals_total", Help: "Frames refused because a limit was reached (an ERROR, then the connection closes), by the limit's config key."}, []string{"limit"}),
 		diskFull: prometheus.NewCounter(prometheus.CounterOpts{
@@ -55,7 +63,7 @@ func newMetrics(s *Server) *metrics {
 		ConstLabels: prometheus.Labels{"version": Version, "commit": bi.Commit, "go_version": bi.GoVersion}})
 	buildInfo.Set(1)
 	m.reg.MustRegister(buildInfo)
-	m.reg.MustRegister(m.accepted, m.received, m.delivered, m.protocolErrors, m.duplicates, m.damaged, m.closes, m.refused, m.slowConsumers, m.diskFull, m.refusals,
+	m.reg.MustRegister(m.accepted, m.received, m.delivered, m.protocolErrors, m.duplicates, m.damaged, m.closes, m.refused, m.slowConsumers, m.diskFull, m.refusals, m.receipt, m.storeAppend,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		stateCollector{s})
 	return m

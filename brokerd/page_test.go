@@ -31,3 +31,20 @@ func TestStatusPage(t *testing.T) {
 		t.Errorf("slave's page:\n%s", page)
 	}
 }
+
+// TestLatencyMetrics: a receipted persistent SEND is timed to its RECEIPT
+// and its store write.
+func TestLatencyMetrics(t *testing.T) {
+	s := startServer(t, t.TempDir(), nil)
+	s.waitReady(t)
+	p := dial(t, s.Addr())
+	if err := p.SendReceipt(ctx5(t), "/queue/timed", []byte("x"), frame.Header{Key: "persistent", Value: "true"}); err != nil {
+		t.Fatal(err)
+	}
+	m := scrape(t, s.AdminAddr())
+	for _, want := range []string{`brokerd_receipt_seconds_count{command="SEND"} 1`, "brokerd_store_append_seconds_count 1", `brokerd_build_info{commit=`} {
+		if !strings.Contains(m, want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+}
