@@ -61,7 +61,7 @@ chaos:
 BACKLOG_SIZES ?= 100000,1000000
 
 bench:
-	$(GO) test -run '^$$' -bench . -benchtime 3s ./bench/ ./brokerd/journal/
+	$(GO) test -run '^$$' -bench . -benchtime 3s -timeout 0 ./bench/ ./brokerd/journal/
 	$(MAKE) bench-backlog
 
 bench-backlog:

@@ -690,7 +690,7 @@ func (d *blBrokerd) start(b *testing.B, n *blNode) {
 	n.proc = testutil.Start(b, n.name, d.bin, args...)
 	n.admin = ""
 	testutil.Eventually(b, time.Minute, func() error {
-		if n.admin = blLogField(n.proc, "admin"); n.admin != "" {
+		if n.admin = blLogField(n.proc, "admin", "slave: waiting for the master lock"); n.admin != "" {
 			return nil
 		}
 		if n.proc.ExitCode() >= 0 {
@@ -700,9 +700,9 @@ func (d *blBrokerd) start(b *testing.B, n *blNode) {
 	})
 }
 
-// blLogField is the first value of a JSON log event's field key in p's
-// output, or "".
-func blLogField(p *testutil.Process, key string) string {
+// blLogField is the first value of field key in p's JSON log events whose
+// msg is msg, or "".
+func blLogField(p *testutil.Process, key, msg string) string {
 	sc := bufio.NewScanner(strings.NewReader(p.Out.String()))
 	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
 	for sc.Scan() {
@@ -710,7 +710,7 @@ func blLogField(p *testutil.Process, key string) string {
 		if json.Unmarshal(sc.Bytes(), &f) != nil {
 			continue
 		}
-		if v, ok := f[key].(string); ok && v != "" {
+		if v, ok := f[key].(string); ok && v != "" && f["msg"] == msg {
 			return v
 		}
 	}

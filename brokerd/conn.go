@@ -994,6 +994,10 @@ func (c *conn) dropSlowLocked(limit string) {
 // will find the frames when it looks at the queue again. Frames with
 // side effects (onWritten, closeAfter) are always left to writeLoop.
 func (c *conn) flush() {
+	if !c.s.leaseValid() {
+		c.wake() // writeLoop closes the connection
+		return
+	}
 	if c.raw == nil || !c.wmu.TryLock() {
 		c.wake()
 		return
@@ -1110,6 +1114,11 @@ func (c *conn) writeLoop() {
 			}
 			c.abandon(batch)
 			return
+		}
+		if !c.s.leaseValid() {
+			// Replaced while frozen: say nothing more to this client.
+			c.close("lease not valid")
+			continue
 		}
 		c.wmu.Lock()
 		c.outMu.Lock()

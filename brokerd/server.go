@@ -92,7 +92,10 @@ type Server struct {
 	damage []damageReport
 
 	identity Identity // the storage's, checked at New
-	rates    pageRates
+	// lease is the master's, once it has one: nothing is written to a
+	// client while it is not valid (see leaseValid).
+	lease atomic.Pointer[lockstore.Lease]
+	rates pageRates
 }
 
 // New validates opts and binds the admin port, so that a slave can be
@@ -258,6 +261,7 @@ func (s *Server) Run(ctx context.Context) error {
 // startMaster promotes the standby (reading the store's tail), then opens
 // the STOMP port.
 func (s *Server) startMaster(lease lockstore.Lease, sb store.Standby) error {
+	s.lease.Store(&lease)
 	start := time.Now()
 	st, err := s.promote(lease, sb)
 	if err != nil {
@@ -337,6 +341,15 @@ func (s *Server) acceptLoop(ln net.Listener) {
 			s.mu.Unlock()
 		}()
 	}
+}
+
+// leaseValid says whether this broker may speak to clients as master:
+// a master that was frozen may run for a moment before it learns it was
+// replaced, and must not greet a client (CONNECTED) or deliver to one
+// meanwhile. Receipts are covered by the store's checks too.
+func (s *Server) leaseValid() bool {
+	l := s.lease.Load()
+	return l == nil || (*l).Valid() == nil
 }
 
 // sourceOf is the IP address a connection comes from.

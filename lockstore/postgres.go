@@ -196,9 +196,11 @@ func (p *Postgres) Acquire(ctx context.Context) (Lease, error) {
 			l.Debug(what)
 		}
 	}
+	wait := time.Duration(0)
 	for attempt := 0; ; attempt++ {
 		if attempt > 0 {
-			t := time.NewTimer(p.retry)
+			t := time.NewTimer(wait)
+			wait = p.retry
 			select {
 			case <-ctx.Done():
 				t.Stop()
@@ -235,11 +237,21 @@ func (p *Postgres) Acquire(ctx context.Context) (Lease, error) {
 				waiting = true
 				p.log.WithField("holder", s.holder(ctx, p.name, p.retry)).Info("lock held by another session; waiting")
 			}
-			if pids, err := s.endExpired(ctx, p.name, p.retry); err != nil {
-				p.log.WithError(err).Debug("looking for an expired lease")
-			} else if len(pids) > 0 {
-				p.log.WithFields(logrus.Fields{"backends": pids, "lease_timeout": p.timeout.String()}).
-					Warn("the master's lease expired while its session holds the lock (frozen, or its connection stalled): ended its session")
+			left, ok, err := s.leaseLeft(ctx, p.name, p.retry)
+			switch {
+			case err != nil:
+				p.log.WithError(err).Debug("reading the master's lease")
+			case ok && left > 0:
+				// Look again just after it runs out, not a whole Retry later.
+				wait = min(p.retry, left+10*time.Millisecond)
+			case ok:
+				if pids, err := s.endExpired(ctx, p.name, p.retry); err != nil {
+					p.log.WithError(err).Debug("ending the session of an expired lease")
+				} else if len(pids) > 0 {
+					p.log.WithFields(logrus.Fields{"backends": pids, "lease_timeout": p.timeout.String()}).
+						Warn("the master's lease expired while its session holds the lock (frozen, or its connection stalled): ended its session")
+					wait = 10 * time.Millisecond // the lock is free as soon as the backend is gone
+				}
 			}
 			continue
 		}
@@ -394,6 +406,23 @@ func (s *pgSession) renew(ctx context.Context, name string, epoch uint64, timeou
 		name, int64(epoch), timeout.Seconds())
 	b.Queue("COMMIT")
 	return s.conn.SendBatch(qctx, b).Close()
+}
+
+// leaseLeft returns how long the lease of name has left by the database's
+// clock (negative once expired); ok is false when there is no lease row.
+func (s *pgSession) leaseLeft(ctx context.Context, name string, timeout time.Duration) (left time.Duration, ok bool, err error) {
+	qctx, cancel := context.WithTimeout(ctx, max(timeout, time.Second))
+	defer cancel()
+	var secs float64
+	err = s.conn.QueryRow(qctx, `SELECT extract(epoch FROM lease_until - clock_timestamp())::float8 FROM `+PostgresLeaseTable+` WHERE name = $1`, name).Scan(&secs)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return 0, false, nil
+	case err != nil:
+		// The table may not exist yet (no master since this version).
+		return 0, false, err
+	}
+	return time.Duration(secs * float64(time.Second)), true, nil
 }
 
 // endExpired ends the session of the master whose lease of name expired,
