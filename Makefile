@@ -36,6 +36,8 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzPeekPlain$$' -fuzztime $(call fuzzbudget,100000x) ./frame/
 	$(GO) test -run '^$$' -fuzz '^FuzzReplay$$' -fuzztime $(call fuzzbudget,2000x) ./brokerd/journal/
 	$(GO) test -run '^$$' -fuzz '^FuzzStampPlain$$' -fuzztime $(call fuzzbudget,25000x) ./stompproxy/
+	$(GO) test -run '^$$' -fuzz '^FuzzParseUsers$$' -fuzztime $(call fuzzbudget,20000x) ./brokerd/auth/
+	$(GO) test -run '^$$' -fuzz '^FuzzMatch$$' -fuzztime $(call fuzzbudget,50000x) ./brokerd/auth/
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \

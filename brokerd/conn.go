@@ -16,6 +16,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"handover/brokerd/auth"
 	"handover/brokerd/store"
 	"handover/frame"
 	"handover/internal/rawsock"
@@ -72,6 +73,9 @@ type conn struct {
 	subs map[string]*subscription
 	acks map[string]*subscription // message id -> subscription holding the delivery
 	txs  map[string]*txn
+
+	// principal is who the client logged in as (set once, at CONNECT).
+	principal auth.Principal
 
 	// fr is readLoop's frame reader; only readLoop's goroutine uses it.
 	fr *frame.Reader
@@ -271,6 +275,11 @@ func (c *conn) readError(err error) {
 // handleConnect negotiates the version and heart-beats and answers
 // CONNECTED (STOMP 1.2 "Connecting").
 func (c *conn) handleConnect(f *frame.Frame) bool {
+	p, ok := c.authenticate(f)
+	if !ok {
+		return false
+	}
+	c.principal = p
 	v, err := frame.Negotiate(f.Value("accept-version"))
 	if err != nil {
 		e := frame.New(frame.ERROR, "version", "1.0,1.1,1.2", "content-type", "text/plain",
@@ -319,6 +328,12 @@ func (c *conn) handle(f *frame.Frame) bool {
 	}
 	switch f.Command {
 	case frame.SEND, frame.ACK, frame.NACK:
+		if f.Command == frame.SEND {
+			if why := c.authorize(auth.Write, f.Value("destination")); why != "" {
+				c.protocolError(f, why, nil)
+				return false
+			}
+		}
 		if f.Command == frame.SEND && !c.flowControl(f) {
 			return false
 		}
@@ -338,6 +353,10 @@ func (c *conn) handle(f *frame.Frame) bool {
 			}
 		})
 	case frame.SUBSCRIBE:
+		if why := c.authorize(auth.Read, f.Value("destination")); why != "" {
+			c.protocolError(f, why, nil)
+			return false
+		}
 		if err := c.subscribe(f); err != nil {
 			c.protocolError(f, err.Error(), nil)
 			return false
@@ -387,6 +406,12 @@ func (c *conn) transacted(f *frame.Frame, tx string) bool {
 		c.log.WithFields(logrus.Fields{"transaction": tx, "bytes": t.bytes + n, "max_transaction_bytes": c.s.opts.MaxTransactionBytes}).Warn("transaction too large; refusing it")
 		c.refuse(f, "max_transaction_bytes", fmt.Sprintf("transaction %q would hold %d bytes, over max_transaction_bytes (%d); it is aborted and nothing in it was accepted", tx, t.bytes+n, c.s.opts.MaxTransactionBytes), nil)
 		return false
+	}
+	if f.Command == frame.SEND {
+		if why := c.authorize(auth.Write, f.Value("destination")); why != "" {
+			c.protocolError(f, why, nil)
+			return false
+		}
 	}
 	if f.Command == frame.SEND && !c.waitForMemory(f, c.s.mem.full, "max_memory") {
 		return false

@@ -24,6 +24,8 @@ type metrics struct {
 	refusals       *prometheus.CounterVec
 	receipt        *prometheus.HistogramVec
 	storeAppend    prometheus.Histogram
+	authFailures   prometheus.Counter
+	denials        *prometheus.CounterVec
 }
 
 func newMetrics(s *Server) *metrics {
@@ -49,6 +51,10 @@ func newMetrics(s *Server) *metrics {
 		storeAppend: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "brokerd_store_append_seconds", Help: "From handing records to the store to their being durable (group commit wait, write and fsync).",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16)}),
+		authFailures: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "brokerd_authentication_failures_total", Help: "CONNECTs refused for a wrong or missing login."}),
+		denials: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "brokerd_authorization_denials_total", Help: "SENDs and SUBSCRIBEs refused by the authorization rules, by operation."}, []string{"op"}),
 		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "brokerd_refusals_total", Help: "Frames refused because a limit was reached (an ERROR, then the connection closes), by the limit's config key."}, []string{"limit"}),
 		diskFull: prometheus.NewCounter(prometheus.CounterOpts{
@@ -63,7 +69,7 @@ func newMetrics(s *Server) *metrics {
 		ConstLabels: prometheus.Labels{"version": Version, "commit": bi.Commit, "go_version": bi.GoVersion}})
 	buildInfo.Set(1)
 	m.reg.MustRegister(buildInfo)
-	m.reg.MustRegister(m.accepted, m.received, m.delivered, m.protocolErrors, m.duplicates, m.damaged, m.closes, m.refused, m.slowConsumers, m.diskFull, m.refusals, m.receipt, m.storeAppend,
+	m.reg.MustRegister(m.accepted, m.received, m.delivered, m.protocolErrors, m.duplicates, m.damaged, m.closes, m.refused, m.slowConsumers, m.diskFull, m.refusals, m.receipt, m.storeAppend, m.authFailures, m.denials,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		stateCollector{s})
 	return m

@@ -7,6 +7,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"handover/brokerd/auth"
 	"handover/frame"
 	"handover/internal/conf"
 	"handover/lockstore"
@@ -114,6 +115,15 @@ type Options struct {
 	// system or database (an NFS server failover, a checkpoint).
 	LeaseTimeout conf.Duration `toml:"lease_timeout"`
 
+	// UsersFile, if set, is the users file (see package auth): clients must
+	// log in (CONNECT login and passcode), unless AllowAnonymous lets those
+	// without a login in as "anonymous". Without it, anyone may connect.
+	UsersFile      string `toml:"users_file"`
+	AllowAnonymous bool   `toml:"allow_anonymous"`
+	// Authorization lists who may read (SUBSCRIBE), write (SEND) or
+	// administer which destinations; with no rules, everyone may do all.
+	Authorization auth.Rules `toml:"authorization"`
+
 	// ClusterID, if set, is the identity the storage must carry (see
 	// cluster.go); a broker pointed at another cluster's share refuses to
 	// start.
@@ -213,6 +223,9 @@ func (o *Options) Validate() error {
 	}
 	if o.LeaseRenew > 0 && o.LeaseTimeout < 2*o.LeaseRenew {
 		errs = append(errs, fmt.Errorf("lease_timeout (%v) must be at least twice lease_renew (%v)", o.LeaseTimeout.D(), o.LeaseRenew.D()))
+	}
+	if err := o.Authorization.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	if o.MaxDestinationMemory < 0 {
 		errs = append(errs, fmt.Errorf("max_destination_memory: must be 0 (a quarter of max_memory) or positive, got %d", o.MaxDestinationMemory))

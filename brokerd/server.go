@@ -27,6 +27,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"handover/brokerd/auth"
 	"handover/brokerd/store"
 	"handover/frame"
 	"handover/lockstore"
@@ -91,7 +92,9 @@ type Server struct {
 	dmgMu  sync.Mutex
 	damage []damageReport
 
-	identity Identity // the storage's, checked at New
+	identity Identity    // the storage's, checked at New
+	users    *auth.Users // nil: no authentication
+	failures failures
 	// lease is the master's, once it has one: nothing is written to a
 	// client while it is not valid (see leaseValid).
 	lease atomic.Pointer[lockstore.Lease]
@@ -118,6 +121,15 @@ func New(opts Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	var users *auth.Users
+	if opts.UsersFile != "" {
+		if users, err = auth.LoadUsers(opts.UsersFile); err != nil {
+			return nil, err
+		}
+		log.WithFields(logrus.Fields{"users": users.Len(), "allow_anonymous": opts.AllowAnonymous, "rules": len(opts.Authorization)}).Info("authentication on")
+	} else {
+		log.WithField("rules", len(opts.Authorization)).Warn("authentication is off: anyone who can reach the STOMP port may connect (set users_file)")
+	}
 	locker := opts.Locker
 	if locker == nil {
 		locker, err = lockstore.NewFile(lockstore.FileOptions{
@@ -135,6 +147,7 @@ func New(opts Options) (*Server, error) {
 		return nil, fmt.Errorf("admin listener: %w", err)
 	}
 	s := &Server{
+		users:    users,
 		identity: identity,
 		opts:     opts,
 		log:      log,

@@ -1,0 +1,143 @@
+package brokerd
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/bcrypt"
+
+	"handover/brokerd/auth"
+	"handover/frame"
+)
+
+func usersFile(t *testing.T, users map[string]string) string {
+	t.Helper()
+	var b strings.Builder
+	for spec, pass := range users { // spec is "user" or "user:groups"
+		name, groups, _ := strings.Cut(spec, ":")
+		h, err := bcrypt.GenerateFromPassword([]byte(pass), bcrypt.MinCost)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.WriteString(name + ":" + string(h) + ":" + groups + "\n")
+	}
+	path := filepath.Join(t.TempDir(), "users")
+	if err := os.WriteFile(path, []byte(b.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// TestAuthentication: with a users file, CONNECT needs a right login; every
+// failure gets the same ERROR, and repeated ones from one address are
+// answered ever more slowly; anonymous clients only where allowed.
+func TestAuthentication(t *testing.T) {
+	users := usersFile(t, map[string]string{"alice:ops": "wonderland"})
+	for _, anon := range []bool{false, true} {
+		s := startServer(t, t.TempDir(), func(o *Options) { o.UsersFile, o.AllowAnonymous = users, anon })
+		s.waitReady(t)
+		for _, tt := range []struct {
+			name, connect string
+			ok            bool
+		}{
+			{"right password", "login:alice\npasscode:wonderland\n", true},
+			{"wrong password", "login:alice\npasscode:builder\n", false},
+			{"unknown user", "login:mallory\npasscode:wonderland\n", false},
+			{"no login", "", anon},
+		} {
+			c := dialRaw(t, s.Addr())
+			c.send("CONNECT\naccept-version:1.2\nhost:/\n" + tt.connect + "\n\x00")
+			f, err := c.tryRead(10 * time.Second)
+			if err != nil {
+				t.Fatalf("anonymous %v, %s: %v", anon, tt.name, err)
+			}
+			if tt.ok != (f.Command == frame.CONNECTED) || !tt.ok && f.Value("message") != "authentication failed" {
+				t.Fatalf("anonymous %v, %s: %v", anon, tt.name, f)
+			}
+			if !tt.ok {
+				c.expectClosed()
+			}
+		}
+		s.stop(t)
+	}
+	// Failures from one address slow down.
+	s := startServer(t, t.TempDir(), func(o *Options) { o.UsersFile = users })
+	s.waitReady(t)
+	var last time.Duration
+	for range 4 {
+		c := dialRaw(t, s.Addr())
+		start := time.Now()
+		c.send("CONNECT\naccept-version:1.2\nhost:/\nlogin:alice\npasscode:guess\n\n\x00")
+		if f := c.read(); f.Command != frame.ERROR {
+			t.Fatalf("a wrong password: %v", f)
+		}
+		last = time.Since(start)
+	}
+	if last < 350*time.Millisecond {
+		t.Errorf("the 4th failure in a row was answered after %v, want it slowed down (400ms)", last)
+	}
+	if !strings.Contains(scrape(t, s.AdminAddr()), "brokerd_authentication_failures_total 4") {
+		t.Error("failures are not counted")
+	}
+}
+
+// TestAuthorization: the rules decide who may SEND to and SUBSCRIBE to
+// which destinations; a denied client gets an ERROR naming the
+// destination and operation, and nobody else is affected.
+func TestAuthorization(t *testing.T) {
+	users := usersFile(t, map[string]string{"alice:ops": "a", "bob": "b"})
+	s := startServer(t, t.TempDir(), func(o *Options) {
+		o.UsersFile = users
+		o.Authorization = auth.Rules{
+			{Destination: "/queue/orders.>", Read: []string{"group:ops"}, Write: []string{"bob", "group:ops"}},
+			{Destination: "/topic/news", Read: []string{"*"}, Write: []string{"alice"}},
+		}
+	})
+	s.waitReady(t)
+	login := func(user, pass string) *raw {
+		c := dialRaw(t, s.Addr())
+		c.send("CONNECT\naccept-version:1.2\nhost:/\nlogin:" + user + "\npasscode:" + pass + "\n\n\x00")
+		if f := c.read(); f.Command != frame.CONNECTED {
+			t.Fatalf("%s: %v", user, f)
+		}
+		return c
+	}
+	alice := login("alice", "a")
+	alice.send("SUBSCRIBE\nid:1\ndestination:/queue/orders.eu\nreceipt:s\n\n\x00")
+	if f := alice.read(); f.Command != frame.RECEIPT {
+		t.Fatalf("alice SUBSCRIBE: %v", f)
+	}
+	for _, tt := range []struct {
+		user, pass, frame, want string
+	}{
+		{"bob", "b", "SEND\ndestination:/queue/orders.eu\nreceipt:r\n\nfrom bob\x00", "RECEIPT"},
+		{"bob", "b", "SUBSCRIBE\nid:1\ndestination:/queue/orders.eu\nreceipt:r\n\n\x00", `user "bob" is not authorized to read /queue/orders.eu`},
+		{"bob", "b", "SEND\ndestination:/queue/other\nreceipt:r\n\nx\x00", `user "bob" is not authorized to write /queue/other`},
+		{"bob", "b", "SEND\ndestination:/topic/news\nreceipt:r\n\nx\x00", `not authorized to write /topic/news`},
+		{"bob", "b", "BEGIN\ntransaction:t\n\n\x00SEND\ndestination:/queue/other\ntransaction:t\nreceipt:r\n\nx\x00", `not authorized to write /queue/other`},
+		{"bob", "b", "SUBSCRIBE\nid:2\ndestination:/topic/news\nreceipt:r\n\n\x00", "RECEIPT"},
+	} {
+		c := login(tt.user, tt.pass)
+		c.send(tt.frame)
+		f := c.read()
+		if tt.want == "RECEIPT" {
+			if f.Command != frame.RECEIPT {
+				t.Errorf("%s %q: %v, want a RECEIPT", tt.user, tt.frame, f)
+			}
+			continue
+		}
+		if f.Command != frame.ERROR || !strings.Contains(f.Value("message"), tt.want) {
+			t.Errorf("%s %q: %v, want an ERROR %q", tt.user, tt.frame, f, tt.want)
+		}
+	}
+	// alice got bob's order, and nothing else happened to her.
+	if f := alice.read(); f.Command != frame.MESSAGE || string(f.Body) != "from bob" {
+		t.Fatalf("alice: %v", f)
+	}
+	if !strings.Contains(scrape(t, s.AdminAddr()), `brokerd_authorization_denials_total{op="write"} 3`) {
+		t.Error("denials are not counted")
+	}
+}
