@@ -1,6 +1,7 @@
 package brokerd
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -165,6 +166,19 @@ func (c *conn) Read(p []byte) (int, error) {
 
 // serve runs the connection until it ends; it owns the writer goroutine.
 func (c *conn) serve() {
+	if tc, ok := c.nc.(*tls.Conn); ok {
+		// Done here, bounded by the CONNECT deadline, so that a failed
+		// handshake (an expired certificate, an unknown CA) is logged as
+		// what it is.
+		tc.SetDeadline(c.connectBy)
+		err := tc.Handshake()
+		tc.SetDeadline(time.Time{})
+		if err != nil {
+			c.log.WithError(err).Warn("TLS handshake failed")
+			c.close("tls handshake")
+			return
+		}
+	}
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {

@@ -9,6 +9,7 @@ import (
 
 	"handover/brokerd/auth"
 	"handover/frame"
+	"handover/internal/adminmux"
 	"handover/internal/conf"
 	"handover/lockstore"
 )
@@ -115,6 +116,21 @@ type Options struct {
 	// system or database (an NFS server failover, a checkpoint).
 	LeaseTimeout conf.Duration `toml:"lease_timeout"`
 
+	// AdminTokenFile, if set, holds the bearer token every admin request
+	// but /healthz and /readyz must carry. An admin port bound to anything
+	// but loopback needs one.
+	AdminTokenFile string `toml:"admin_token_file"`
+
+	// TLSListen, if set, is a second STOMP address that speaks TLS, with
+	// the certificate TLSCert and key TLSKey (read again when they change).
+	// With TLSClientCA, clients must present a certificate it signed, whose
+	// subject's common name is their user. Set Listen to "" to serve TLS
+	// only.
+	TLSListen   string `toml:"tls_listen"`
+	TLSCert     string `toml:"tls_cert"`
+	TLSKey      string `toml:"tls_key"`
+	TLSClientCA string `toml:"tls_client_ca"`
+
 	// UsersFile, if set, is the users file (see package auth): clients must
 	// log in (CONNECT login and passcode), unless AllowAnonymous lets those
 	// without a login in as "anonymous". Without it, anyone may connect.
@@ -183,8 +199,14 @@ func NewOptions() Options {
 // Validate reports every problem with o at once.
 func (o *Options) Validate() error {
 	var errs []error
-	if o.Listen == "" {
-		errs = append(errs, errors.New("listen: must not be empty"))
+	if o.Listen == "" && o.TLSListen == "" {
+		errs = append(errs, errors.New("listen: must not be empty (unless tls_listen is set)"))
+	}
+	if o.Admin != "" && !adminmux.IsLoopback(o.Admin) && o.AdminTokenFile == "" {
+		errs = append(errs, fmt.Errorf("admin: %s is not a loopback address: set admin_token_file (requests then need Authorization: Bearer TOKEN), or bind 127.0.0.1", o.Admin))
+	}
+	if o.TLSListen != "" && (o.TLSCert == "" || o.TLSKey == "") {
+		errs = append(errs, errors.New("tls_listen: needs tls_cert and tls_key"))
 	}
 	if o.Admin == "" {
 		errs = append(errs, errors.New("admin: must not be empty"))

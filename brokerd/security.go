@@ -20,6 +20,9 @@ import (
 // false, having answered with an ERROR, for a failed login.
 func (c *conn) authenticate(f *frame.Frame) (auth.Principal, bool) {
 	s := c.s
+	if p, ok := c.certPrincipal(); ok {
+		return p, true
+	}
 	login, hasLogin := f.Get("login")
 	if s.users == nil || !hasLogin && s.opts.AllowAnonymous {
 		return auth.Anonymous, true

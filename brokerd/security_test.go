@@ -1,6 +1,7 @@
 package brokerd
 
 import (
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -140,4 +141,32 @@ func TestAuthorization(t *testing.T) {
 	if !strings.Contains(scrape(t, s.AdminAddr()), `brokerd_authorization_denials_total{op="write"} 3`) {
 		t.Error("denials are not counted")
 	}
+}
+
+// TestAdminToken: an admin port bound beyond loopback needs a token, and
+// then every request but the health checks must carry it.
+func TestAdminToken(t *testing.T) {
+	o := NewOptions()
+	o.Listen, o.Admin, o.Data = "127.0.0.1:0", "0.0.0.0:0", t.TempDir()
+	if err := o.Validate(); err == nil || !strings.Contains(err.Error(), "admin_token_file") {
+		t.Fatalf("an admin port on 0.0.0.0 without a token: %v", err)
+	}
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	os.WriteFile(tokenFile, []byte("s3cret\n"), 0o600)
+	s := startServer(t, t.TempDir(), func(o *Options) { o.AdminTokenFile = tokenFile })
+	s.waitReady(t)
+	base := "http://" + s.AdminAddr()
+	if code, _ := adminCall(t, "GET", base+"/status"); code != 401 {
+		t.Errorf("/status without the token: %d, want 401", code)
+	}
+	if code, _ := adminCall(t, "GET", base+"/healthz"); code != 200 {
+		t.Errorf("/healthz without the token: %d, want 200", code)
+	}
+	req, _ := http.NewRequest("GET", base+"/status", nil)
+	req.Header.Set("Authorization", "Bearer s3cret")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("/status with the token: %v %v", resp, err)
+	}
+	resp.Body.Close()
 }

@@ -16,6 +16,7 @@ package brokerd
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -30,6 +31,7 @@ import (
 	"handover/brokerd/auth"
 	"handover/brokerd/store"
 	"handover/frame"
+	"handover/internal/adminmux"
 	"handover/lockstore"
 )
 
@@ -65,6 +67,7 @@ type Server struct {
 	ready   chan struct{} // closed once serving as master
 	isReady bool
 	ln      net.Listener
+	tln     net.Listener // the TLS listener, if any
 	// abdicated is why a write gave the lease up (see abdicate).
 	abdicated error
 	conns     map[*conn]struct{}
@@ -94,6 +97,7 @@ type Server struct {
 
 	identity Identity    // the storage's, checked at New
 	users    *auth.Users // nil: no authentication
+	tls      *tls.Config // for TLSListen
 	failures failures
 	// lease is the master's, once it has one: nothing is written to a
 	// client while it is not valid (see leaseValid).
@@ -121,6 +125,18 @@ func New(opts Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	var adminToken string
+	if opts.AdminTokenFile != "" {
+		if adminToken, err = adminmux.LoadToken(opts.AdminTokenFile); err != nil {
+			return nil, err
+		}
+	}
+	var tlsCfg *tls.Config
+	if opts.TLSListen != "" {
+		if tlsCfg, err = tlsConfig(&opts); err != nil {
+			return nil, err
+		}
+	}
 	var users *auth.Users
 	if opts.UsersFile != "" {
 		if users, err = auth.LoadUsers(opts.UsersFile); err != nil {
@@ -147,6 +163,7 @@ func New(opts Options) (*Server, error) {
 		return nil, fmt.Errorf("admin listener: %w", err)
 	}
 	s := &Server{
+		tls:      tlsCfg,
 		users:    users,
 		identity: identity,
 		opts:     opts,
@@ -166,12 +183,22 @@ func New(opts Options) (*Server, error) {
 		backlog:  newBacklog(),
 	}
 	s.metrics = newMetrics(s)
-	s.admin = &http.Server{Handler: s.adminHandler(), ReadHeaderTimeout: 5 * time.Second}
+	s.admin = &http.Server{Handler: adminmux.RequireToken(s.adminHandler(), adminToken), ReadHeaderTimeout: 5 * time.Second}
 	return s, nil
 }
 
 // AdminAddr is the bound admin address.
 func (s *Server) AdminAddr() string { return s.adminLn.Addr().String() }
+
+// TLSAddr is the bound STOMP TLS address while master, else "".
+func (s *Server) TLSAddr() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.tln == nil {
+		return ""
+	}
+	return s.tln.Addr().String()
+}
 
 // Addr is the bound STOMP address while master, else "".
 func (s *Server) Addr() string {
@@ -285,17 +312,32 @@ func (s *Server) startMaster(lease lockstore.Lease, sb store.Standby) error {
 	s.destMu.Unlock()
 	s.log.WithFields(logrus.Fields{"messages": st.Stats().Live, "took": time.Since(start).Round(time.Millisecond).String()}).Info("store opened: backlog recovered")
 
-	ln, err := net.Listen("tcp", s.opts.Listen)
-	if err != nil {
-		return fmt.Errorf("STOMP listener: %w", err)
+	var ln, tln net.Listener
+	if s.opts.Listen != "" {
+		if ln, err = net.Listen("tcp", s.opts.Listen); err != nil {
+			return fmt.Errorf("STOMP listener: %w", err)
+		}
+	}
+	if s.opts.TLSListen != "" {
+		if tln, err = net.Listen("tcp", s.opts.TLSListen); err != nil {
+			if ln != nil {
+				ln.Close()
+			}
+			return fmt.Errorf("STOMP TLS listener: %w", err)
+		}
+		tln = tls.NewListener(tln, s.tls)
 	}
 	s.mu.Lock()
-	s.ln = ln
+	s.ln, s.tln = ln, tln
 	s.isReady = true
 	close(s.ready)
 	s.mu.Unlock()
-	s.log.WithFields(logrus.Fields{"listen": ln.Addr().String(), "epoch": lease.Epoch()}).Info("master: serving STOMP")
-	go s.acceptLoop(ln)
+	for _, l := range []net.Listener{ln, tln} {
+		if l != nil {
+			s.log.WithFields(logrus.Fields{"listen": l.Addr().String(), "tls": l == tln, "epoch": lease.Epoch()}).Info("master: serving STOMP")
+			go s.acceptLoop(l)
+		}
+	}
 	return nil
 }
 
@@ -414,6 +456,9 @@ func (s *Server) shutdown(abrupt bool) {
 	s.isReady = false
 	if s.ln != nil {
 		s.ln.Close()
+	}
+	if s.tln != nil {
+		s.tln.Close()
 	}
 	conns := make([]*conn, 0, len(s.conns))
 	for c := range s.conns {

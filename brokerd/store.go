@@ -66,7 +66,13 @@ func (s *Server) follow(ctx context.Context, sb *store.Standby) {
 	for {
 		if time.Since(bindAt) >= bindCheckEvery {
 			bindAt = time.Now()
-			s.noteBind(canBind(s.opts.Listen), &lastBind, log)
+			var err error
+			for _, a := range []string{s.opts.Listen, s.opts.TLSListen} {
+				if a != "" && err == nil {
+					err = canBind(a)
+				}
+			}
+			s.noteBind(err, &lastBind, log)
 		}
 		if *sb == nil {
 			var err error

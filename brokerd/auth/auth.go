@@ -105,6 +105,16 @@ func ParseUsers(r io.Reader, name string) (*Users, error) {
 	return u, nil
 }
 
+// Lookup returns user's principal without a password: for a client that
+// proved who it is another way (a TLS client certificate).
+func (u *Users) Lookup(login string) (Principal, bool) {
+	usr, ok := u.users[login]
+	if !ok {
+		return Principal{}, false
+	}
+	return Principal{User: login, Groups: slices.Clone(usr.groups)}, true
+}
+
 // Len is how many users there are.
 func (u *Users) Len() int { return len(u.users) }
 
@@ -238,4 +248,3 @@ func Match(pattern, dest string) bool {
 	}
 	return len(ps) == len(ds)
 }
-

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"handover/internal/adminmux"
 )
 
 // ctl is `brokerd ctl`: the admin API of a cluster's brokers from the
@@ -20,6 +22,7 @@ func ctl(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	admin := fs.String("admin", "127.0.0.1:8161", "admin addresses of the cluster's brokers, comma-separated")
 	n := fs.Int("n", 10, "browse: how many messages")
+	tokenFile := fs.String("token-file", "", "the admin token (admin_token_file), when the admin ports need one")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, `usage: brokerd ctl [-admin ADDR[,ADDR...]] COMMAND
 commands:
@@ -47,6 +50,14 @@ commands:
 		return 2
 	}
 	c := &ctlClient{http: &http.Client{Timeout: 10 * time.Second}, addrs: strings.Split(*admin, ",")}
+	if *tokenFile != "" {
+		tok, err := adminmux.LoadToken(*tokenFile)
+		if err != nil {
+			fmt.Fprintln(stderr, "brokerd ctl:", err)
+			return 2
+		}
+		c.token = tok
+	}
 	var err error
 	switch {
 	case words[0] == "status" && len(words) == 1:
@@ -74,6 +85,15 @@ commands:
 type ctlClient struct {
 	http  *http.Client
 	addrs []string
+	token string
+}
+
+// do sends req with the admin token, if there is one.
+func (c *ctlClient) do(req *http.Request) (*http.Response, error) {
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	return c.http.Do(req)
 }
 
 // ctlStatus is the part of /status ctl shows.
@@ -96,7 +116,8 @@ type ctlStatus struct {
 }
 
 func (c *ctlClient) get(addr, path string, v any) error {
-	resp, err := c.http.Get("http://" + addr + path)
+	req, _ := http.NewRequest(http.MethodGet, "http://"+addr+path, nil)
+	resp, err := c.do(req)
 	if err != nil {
 		return err
 	}
@@ -193,7 +214,7 @@ func (c *ctlClient) purge(w io.Writer, queue string) error {
 		return err
 	}
 	req, _ := http.NewRequest(http.MethodPost, "http://"+m.addr+"/api/purge?"+url.Values{"queue": {queue}}.Encode(), nil)
-	resp, err := c.http.Do(req)
+	resp, err := c.do(req)
 	if err != nil {
 		return err
 	}

@@ -142,3 +142,40 @@ func (c byName) Collect(ch chan<- prometheus.Metric) {
 		ch <- m
 	}
 }
+
+func TestRequireToken(t *testing.T) {
+	mux := http.NewServeMux()
+	for _, p := range []string{"/status", "/healthz", "/readyz"} {
+		mux.HandleFunc("GET "+p, func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok")) })
+	}
+	srv := httptest.NewServer(RequireToken(mux, "s3cret"))
+	defer srv.Close()
+	for _, tt := range []struct {
+		path, auth string
+		want       int
+	}{
+		{"/status", "", 401},
+		{"/status", "Bearer wrong", 401},
+		{"/status", "Bearer s3cret", 200},
+		{"/healthz", "", 200},
+		{"/readyz", "", 200},
+	} {
+		req, _ := http.NewRequest("GET", srv.URL+tt.path, nil)
+		if tt.auth != "" {
+			req.Header.Set("Authorization", tt.auth)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tt.want {
+			t.Errorf("GET %s with %q: %d, want %d", tt.path, tt.auth, resp.StatusCode, tt.want)
+		}
+	}
+	for addr, want := range map[string]bool{"127.0.0.1:8161": true, "[::1]:1": true, "localhost:1": true, "0.0.0.0:8161": false, ":8161": false, "10.0.0.1:1": false} {
+		if IsLoopback(addr) != want {
+			t.Errorf("IsLoopback(%q) = %v", addr, !want)
+		}
+	}
+}
