@@ -326,6 +326,10 @@ func (c *lsCluster) freeze(b *testing.B) lsTakeover {
 	if err := old.proc.Signal(syscall.SIGSTOP); err != nil {
 		b.Fatal(err)
 	}
+	// A signal is delivered when the process next enters the kernel: a
+	// thread running on another core may still answer a client for a
+	// moment. The freeze counts once every thread has stopped.
+	lsAwaitStopped(b, old.proc.Cmd.Process.Pid)
 	straggler := lsConnectFrozen(old.listen)
 	if straggler != nil {
 		defer straggler.Close()
@@ -714,4 +718,30 @@ func lsEnvDuration(b *testing.B, name string, def time.Duration) time.Duration {
 		b.Fatalf("%s=%q: want a positive duration such as 20s", name, v)
 	}
 	return d
+}
+
+// lsAwaitStopped waits until every thread of process pid is stopped
+// (state T in /proc/PID/task/*/stat).
+func lsAwaitStopped(b *testing.B, pid int) {
+	b.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/stat", pid))
+		stopped := len(tasks) > 0
+		for _, t := range tasks {
+			st, err := os.ReadFile(t)
+			// The state follows the command name's closing parenthesis.
+			if i := strings.LastIndexByte(string(st), ')'); err != nil || i < 0 || i+2 >= len(st) || st[i+2] != 'T' {
+				stopped = false
+				break
+			}
+		}
+		if stopped {
+			return
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("process %d did not stop after SIGSTOP", pid)
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
