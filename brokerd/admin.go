@@ -137,6 +137,7 @@ func (s *Server) adminHandler() http.Handler {
 		json.NewEncoder(w).Encode(map[string]any{"ready": ready, "role": role, "epoch": epoch})
 	})
 	s.queueAdmin(mux)
+	mux.HandleFunc("GET /watch", s.serveWatch)
 	// The status page, for people.
 	mux.Handle("GET /{$}", brokerPage.Handler(s.pageData, 2*time.Second))
 	return adminmux.Guard(mux)

@@ -95,10 +95,13 @@ type Server struct {
 	dmgMu  sync.Mutex
 	damage []damageReport
 
-	identity Identity    // the storage's, checked at New
-	users    *auth.Users // nil: no authentication
-	tls      *tls.Config // for TLSListen
-	failures failures
+	identity Identity // the storage's, checked at New
+	watch    watchHub
+	// adminDone is closed when the admin server stops: watch streams end.
+	adminDone chan struct{}
+	users     *auth.Users // nil: no authentication
+	tls       *tls.Config // for TLSListen
+	failures  failures
 	// lease is the master's, once it has one: nothing is written to a
 	// client while it is not valid (see leaseValid).
 	lease atomic.Pointer[lockstore.Lease]
@@ -163,24 +166,25 @@ func New(opts Options) (*Server, error) {
 		return nil, fmt.Errorf("admin listener: %w", err)
 	}
 	s := &Server{
-		tls:      tlsCfg,
-		users:    users,
-		identity: identity,
-		opts:     opts,
-		log:      log,
-		locker:   locker,
-		adminLn:  ln,
-		stopping: make(chan struct{}),
-		role:     RoleSlave,
-		since:    time.Now(),
-		ready:    make(chan struct{}),
-		conns:    map[*conn]struct{}{},
-		sources:  map[string]int{},
-		queues:   map[string]*queue{},
-		topics:   map[string]*topic{},
-		dedup:    newDedup(),
-		mem:      newBudget(opts.MaxMemory),
-		backlog:  newBacklog(),
+		tls:       tlsCfg,
+		users:     users,
+		identity:  identity,
+		opts:      opts,
+		log:       log,
+		locker:    locker,
+		adminLn:   ln,
+		stopping:  make(chan struct{}),
+		adminDone: make(chan struct{}),
+		role:      RoleSlave,
+		since:     time.Now(),
+		ready:     make(chan struct{}),
+		conns:     map[*conn]struct{}{},
+		sources:   map[string]int{},
+		queues:    map[string]*queue{},
+		topics:    map[string]*topic{},
+		dedup:     newDedup(),
+		mem:       newBudget(opts.MaxMemory),
+		backlog:   newBacklog(),
 	}
 	s.metrics = newMetrics(s)
 	s.admin = &http.Server{Handler: adminmux.RequireToken(s.adminHandler(), adminToken), ReadHeaderTimeout: 5 * time.Second}
@@ -218,13 +222,21 @@ func (s *Server) Ready() <-chan struct{} { return s.ready }
 // return nil) or the lock is lost (stop at once, return ErrLeaseLost).
 func (s *Server) Run(ctx context.Context) error {
 	adminDone := make(chan struct{})
+	s.publish() // the state watchers get first: a slave
 	go func() {
 		defer close(adminDone)
 		if err := s.admin.Serve(s.adminLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			s.log.WithError(err).Error("admin server failed")
 		}
 	}()
+	beatDone := make(chan struct{})
+	go func() {
+		defer close(beatDone)
+		s.beatLoop(s.adminDone)
+	}()
 	defer func() {
+		close(s.adminDone) // watch streams end, so that Shutdown need not wait for them
+		<-beatDone
 		sctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
 		s.admin.Shutdown(sctx)
@@ -332,6 +344,7 @@ func (s *Server) startMaster(lease lockstore.Lease, sb store.Standby) error {
 	s.isReady = true
 	close(s.ready)
 	s.mu.Unlock()
+	s.publish()
 	for _, l := range []net.Listener{ln, tln} {
 		if l != nil {
 			s.log.WithFields(logrus.Fields{"listen": l.Addr().String(), "tls": l == tln, "epoch": lease.Epoch()}).Info("master: serving STOMP")
@@ -454,6 +467,10 @@ func (s *Server) shutdown(abrupt bool) {
 	s.mu.Lock()
 	close(s.stopping)
 	s.isReady = false
+	s.mu.Unlock()
+	// Watchers hear that the broker stops before its port closes.
+	s.publish()
+	s.mu.Lock()
 	if s.ln != nil {
 		s.ln.Close()
 	}
@@ -502,8 +519,9 @@ func (s *Server) closeJournal() {
 
 func (s *Server) setRole(role string, epoch uint64) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	s.role, s.epoch, s.since = role, epoch, time.Now()
+	s.mu.Unlock()
+	s.publish()
 }
 
 func (s *Server) queue(name string) *queue {

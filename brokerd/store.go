@@ -85,6 +85,7 @@ func (s *Server) follow(ctx context.Context, sb *store.Standby) {
 			p, err := (*sb).CatchUp(s.backlog)
 			s.noteStandby(p, err, &lastErr, log)
 		}
+		s.publish() // readiness may have changed; unchanged states are not sent
 		select {
 		case <-ctx.Done():
 			return
