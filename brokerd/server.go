@@ -503,8 +503,26 @@ func (s *Server) shutdown(abrupt bool) {
 		}
 		<-done
 	}
-	s.closeJournal()
+	if !abrupt {
+		s.closeJournal()
+		return
+	}
+	// A master that lost its lease must stop at once: a store write stuck
+	// on a stalled database connection would hold its exit until the
+	// write's own timeout. Nothing written now can be acknowledged (the
+	// fence refuses it), so the close is given a moment, not waited for;
+	// the process's exit ends whatever is left.
+	closed := make(chan struct{})
+	go func() { s.closeJournal(); close(closed) }()
+	select {
+	case <-closed:
+	case <-time.After(abruptCloseWait):
+		s.log.Warn("the store did not close in time after the lease was lost; stopping without it")
+	}
 }
+
+// abruptCloseWait bounds the store's close when the lease is lost.
+const abruptCloseWait = time.Second
 
 func (s *Server) closeJournal() {
 	s.destMu.Lock()
