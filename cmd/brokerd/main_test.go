@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/crypto/bcrypt"
+
 	"handover/brokerd"
 	"handover/internal/conf"
 	"handover/internal/testutil"
@@ -349,5 +351,39 @@ func TestSampleConfig(t *testing.T) {
 	}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("brokerd.toml differs from the defaults:\n got %+v\nwant %+v", cfg, want)
+	}
+}
+
+// TestStompPyTLS: Debian's stomp.py, with its own TLS options, logs in to
+// brokerd over TLS and round-trips messages; the same client with a wrong
+// password or without trusting the broker's CA fails.
+func TestStompPyTLS(t *testing.T) {
+	py := "/usr/bin/python3"
+	ca := testutil.NewCA(t, "test CA")
+	cert, key, _ := ca.Issue(t, "brokerd", time.Now().Add(-time.Hour), 24*time.Hour)
+	hash, _ := bcrypt.GenerateFromPassword([]byte("s3cret"), bcrypt.MinCost)
+	users := t.TempDir() + "/users"
+	os.WriteFile(users, []byte("app:"+string(hash)+"\n"), 0o600)
+	tlsAddr := testutil.FreePort(t)
+	cfg := t.TempDir() + "/tls.toml"
+	os.WriteFile(cfg, []byte(fmt.Sprintf("tls_listen = %q\ntls_cert = %q\ntls_key = %q\nusers_file = %q\n", tlsAddr, cert, key, users)), 0o644)
+	a := startBroker(t, "brokerd", t.TempDir(), "-config", cfg)
+	a.waitRole(t, "master")
+	host, port, _ := strings.Cut(tlsAddr, ":")
+	run := func(env ...string) (string, error) {
+		cmd := exec.Command(py, "testdata/stomppy_roundtrip.py", host, port, "5")
+		cmd.Env = append(os.Environ(), env...)
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	if out, err := run("STOMP_TLS_CA="+ca.File(t), "STOMP_LOGIN=app", "STOMP_PASSCODE=s3cret"); err != nil || !strings.Contains(out, "ok 1.2 5") {
+		t.Fatalf("stomp.py over TLS: %v\n%s", err, out)
+	}
+	if out, err := run("STOMP_TLS_CA="+ca.File(t), "STOMP_LOGIN=app", "STOMP_PASSCODE=wrong"); err == nil {
+		t.Fatalf("stomp.py with a wrong password succeeded:\n%s", out)
+	}
+	other := testutil.NewCA(t, "another CA")
+	if out, err := run("STOMP_TLS_CA="+other.File(t), "STOMP_LOGIN=app", "STOMP_PASSCODE=s3cret"); err == nil {
+		t.Fatalf("stomp.py trusting another CA succeeded:\n%s", out)
 	}
 }

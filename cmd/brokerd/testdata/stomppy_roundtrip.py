@@ -4,7 +4,11 @@ client: persistent SENDs with receipts, a client-individual subscription,
 ACKs with receipts, for each STOMP version stomp.py speaks.
 
 usage: stomppy_roundtrip.py HOST PORT COUNT
-Prints "ok VERSION N" per version, exits non-zero on any failure."""
+Prints "ok VERSION N" per version, exits non-zero on any failure.
+With STOMP_TLS_CA set it speaks TLS, verifying the broker against that CA
+(and presenting STOMP_TLS_CERT/STOMP_TLS_KEY if set); with STOMP_LOGIN it
+logs in with STOMP_PASSCODE."""
+import os
 import sys
 import threading
 import stomp
@@ -44,9 +48,12 @@ class Listener(stomp.ConnectionListener):
 
 for version, cls in (("1.1", stomp.Connection11), ("1.2", stomp.Connection12)):
     conn = cls([(host, port)], heartbeats=(1000, 1000))
+    if os.environ.get("STOMP_TLS_CA"):
+        conn.set_ssl(for_hosts=[(host, port)], ca_certs=os.environ["STOMP_TLS_CA"],
+                     cert_file=os.environ.get("STOMP_TLS_CERT"), key_file=os.environ.get("STOMP_TLS_KEY"))
     l = Listener()
     conn.set_listener("", l)
-    conn.connect(wait=True)
+    conn.connect(os.environ.get("STOMP_LOGIN"), os.environ.get("STOMP_PASSCODE"), wait=True)
     queue = "/queue/stomppy-" + version
     for i in range(count):
         rid = "r%d" % i
