@@ -325,7 +325,7 @@ func TestAdminEndpoints(t *testing.T) {
 	if st.Role != RoleMaster || st.Epoch != 1 || !st.Ready || len(st.Queues) != 1 || st.Queues[0].Depth != 1 || st.Journal == nil || st.Journal.Live != 1 {
 		t.Fatalf("status %+v", st)
 	}
-	for path, want := range map[string]string{"/healthz": "ok", "/readyz": `"ready":true`, "/metrics": `brokerd_queue_depth{queue="/queue/adm"} 1`} {
+	for path, want := range map[string]string{"/healthz": "ok", "/readyz": `"ready":true`, "/metrics": `brokerd_queue_depth{destination="/queue/adm"} 1`} {
 		resp, err := http.Get("http://" + s.AdminAddr() + path)
 		if err != nil {
 			t.Fatal(err)

@@ -175,7 +175,7 @@ func (c *conn) serve() {
 		tc.SetDeadline(time.Time{})
 		if err != nil {
 			c.log.WithError(err).Warn("TLS handshake failed")
-			c.close("tls handshake")
+			c.close("tls_handshake")
 			return
 		}
 	}
@@ -198,12 +198,12 @@ func (c *conn) serve() {
 			c.send(outFrame{f: e, closeAfter: true, reason: "shutdown"})
 		})
 	default:
-		c.submit(nil, func(error) { c.queueClose("client closed the connection") })
+		c.submit(nil, func(error) { c.queueClose("client_closed") })
 	}
 	select {
 	case <-c.closed:
 	case <-time.After(c.s.opts.ShutdownGrace.D() + time.Second):
-		c.close("timed out draining")
+		c.close("drain_timeout")
 	}
 	wg.Wait()
 }
@@ -269,12 +269,12 @@ func (c *conn) readError(err error) {
 			// Shutdown interrupts reads with a past deadline.
 		default:
 			if !c.connectBy.IsZero() {
-				c.log.WithField("connect_timeout", c.s.opts.ConnectTimeout.D()).Info("dropping client: no complete CONNECT frame within connect_timeout")
-				c.close("connect timeout")
+				c.log.WithField("connect_timeout", c.s.opts.ConnectTimeout.D().String()).Info("dropping client: no complete CONNECT frame within connect_timeout")
+				c.close("connect_timeout")
 				return
 			}
-			c.log.WithField("timeout", time.Duration(c.readIdle.Load())).Info("dropping silent client: no frame or heart-beat in time")
-			c.close("heart-beat timeout")
+			c.log.WithField("timeout", time.Duration(c.readIdle.Load()).String()).Info("dropping silent client: no frame or heart-beat in time")
+			c.close("heartbeat_timeout")
 		}
 	case errors.Is(err, frame.ErrMalformed), errors.Is(err, frame.ErrBodyTooLarge),
 		errors.Is(err, frame.ErrTooManyHeaders), errors.Is(err, frame.ErrLineTooLong):
@@ -299,7 +299,7 @@ func (c *conn) handleConnect(f *frame.Frame) bool {
 		e := frame.New(frame.ERROR, "version", "1.0,1.1,1.2", "content-type", "text/plain",
 			"message", "supported protocol versions are 1.0, 1.1 and 1.2")
 		e.Body = []byte(err.Error())
-		c.send(outFrame{f: e, closeAfter: true, reason: "no common version"})
+		c.send(outFrame{f: e, closeAfter: true, reason: "no_common_version"})
 		return false
 	}
 	c.version.Store(v)
@@ -330,7 +330,7 @@ func (c *conn) handleConnect(f *frame.Frame) bool {
 	reply := frame.New(frame.CONNECTED, "version", string(v), "server", "handover-brokerd/"+Version,
 		"heart-beat", hb, "session", c.id)
 	c.send(outFrame{f: reply})
-	c.log.WithFields(logrus.Fields{"version": v, "heart_beat_in": readEvery, "heart_beat_out": writeEvery}).Debug("client connected")
+	c.log.WithFields(logrus.Fields{"version": v, "heart_beat_in": readEvery.String(), "heart_beat_out": writeEvery.String()}).Debug("client connected")
 	return true
 }
 
@@ -387,9 +387,9 @@ func (c *conn) handle(f *frame.Frame) bool {
 	case frame.DISCONNECT:
 		c.submit(nil, func(error) {
 			if id, ok := f.Get("receipt"); ok {
-				c.send(outFrame{f: frame.New(frame.RECEIPT, "receipt-id", id), closeAfter: true, reason: "client disconnected"})
+				c.send(outFrame{f: frame.New(frame.RECEIPT, "receipt-id", id), closeAfter: true, reason: "client_disconnected"})
 			} else {
-				c.queueClose("client disconnected")
+				c.queueClose("client_disconnected")
 			}
 		})
 		return false
@@ -886,7 +886,7 @@ func (c *conn) protocolError(f *frame.Frame, msg string, cause error) {
 	}
 	l.Info("protocol error; closing connection")
 	c.s.metrics.protocolErrors.Inc()
-	c.send(outFrame{f: e, closeAfter: true, reason: "protocol error"})
+	c.send(outFrame{f: e, closeAfter: true, reason: "protocol_error"})
 }
 
 // deliver queues a MESSAGE for subscription s. It is called with the
@@ -1019,12 +1019,12 @@ func (c *conn) dropSlowLocked(limit string) {
 	c.slow.Store(true)
 	e := frame.New(frame.ERROR, "message", "slow consumer: more than "+limit+" waiting to be written to this connection; it is closed and its unacknowledged messages are redelivered",
 		"content-type", "text/plain")
-	c.outq = append(c.outq, outFrame{f: e, closeAfter: true, reason: "slow consumer"})
+	c.outq = append(c.outq, outFrame{f: e, closeAfter: true, reason: "slow_consumer"})
 	go c.abandon(dropped)
 	// A writer stuck on the full socket gives up soon, then writes the
 	// ERROR if the client reads at all, then closes.
 	c.nc.SetWriteDeadline(time.Now().Add(time.Second))
-	time.AfterFunc(2*time.Second, func() { c.close("slow consumer") })
+	time.AfterFunc(2*time.Second, func() { c.close("slow_consumer") })
 }
 
 // flush writes the queued frames from the calling goroutine if the socket
@@ -1156,7 +1156,7 @@ func (c *conn) writeLoop() {
 		}
 		if !c.s.leaseValid() {
 			// Replaced while frozen: say nothing more to this client.
-			c.close("lease not valid")
+			c.close("lease_not_valid")
 			continue
 		}
 		c.wmu.Lock()
@@ -1198,9 +1198,9 @@ func (c *conn) writeLoop() {
 			c.log.WithError(err).Debug("write failed")
 			c.abandon(batch)
 			if c.slow.Load() {
-				c.close("slow consumer")
+				c.close("slow_consumer")
 			} else {
-				c.close("write failed")
+				c.close("write_failed")
 			}
 			continue
 		}

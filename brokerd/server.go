@@ -370,7 +370,7 @@ func (s *Server) acceptLoop(ln net.Listener) {
 			// Out of file descriptors and the like: back off rather than
 			// spin, as net/http does.
 			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-			s.log.WithError(err).WithField("retry_in", delay).Warn("accept failed")
+			s.log.WithError(err).WithField("retry_in", delay.String()).Warn("accept failed")
 			time.Sleep(delay)
 			continue
 		}
@@ -484,7 +484,7 @@ func (s *Server) shutdown(abrupt bool) {
 	s.mu.Unlock()
 	for _, c := range conns {
 		if abrupt {
-			c.close("master lock lost")
+			c.close("master_lock_lost")
 		} else {
 			c.nc.SetReadDeadline(time.Now()) // readLoop ends; serve drains
 		}
