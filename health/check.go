@@ -53,6 +53,15 @@ type Result struct {
 	// checks: waiting Fall intervals to believe a closed port only delays
 	// the failover. Timeouts and other errors are never definitive.
 	Definitive bool
+	// Standby marks a failed check whose backend answered, alive, that it
+	// is not serving: a slave waiting to take over (brokerd's /readyz
+	// answers 503 with "role":"slave"). The monitor shows such a backend as
+	// StateStandby, not down, and does not count the check as a failure;
+	// it is never elected. Only the "http" kind can tell: a slave's client
+	// port is closed, so to "tcp" and "stomp" it is as down as a dead one.
+	// A Standby result is also Definitive (the backend says it does not
+	// serve) and has Err set to what it answered.
+	Standby bool
 }
 
 // refused reports whether err is a refused connection.
@@ -84,7 +93,9 @@ const (
 //     socket accepts (a hung process or a foreign server fails it).
 //   - "http": GET CheckURL; healthy on 200 only. When the body is a JSON
 //     object with a numeric "epoch" field (brokerd's /readyz), that is the
-//     Result's Epoch.
+//     Result's Epoch. A 503 whose JSON body names a "role" other than
+//     "stopped" (brokerd's slave: {"ready":false,"role":"slave"}) is a
+//     Standby result: alive, not serving.
 func NewChecker(kind string) (Checker, error) {
 	switch kind {
 	case "", KindTCP:
@@ -177,8 +188,9 @@ func (h *httpChecker) Check(ctx context.Context, b Backend) Result {
 		return Result{Err: fmt.Errorf("GET %s: reading body: %w", b.CheckURL, err), Latency: lat}
 	}
 	if resp.StatusCode != http.StatusOK {
+		unavailable := resp.StatusCode == http.StatusServiceUnavailable
 		return Result{Err: fmt.Errorf("GET %s: %s: %s", b.CheckURL, resp.Status, snippet(body)), Latency: lat,
-			Definitive: resp.StatusCode == http.StatusServiceUnavailable}
+			Definitive: unavailable, Standby: unavailable && isStandby(body)}
 	}
 	return Result{OK: true, Epoch: parseEpoch(body), Latency: lat}
 }
@@ -198,6 +210,20 @@ func parseEpoch(body []byte) uint64 {
 		return 0
 	}
 	return e
+}
+
+// isStandby reports whether a 503 body says the backend is alive in a role
+// that does not serve: a JSON object whose "role" is a non-empty string
+// other than "stopped" (brokerd's roles are "master", "slave" and
+// "stopped"; a master that is not ready yet is not serving either).
+func isStandby(body []byte) bool {
+	var doc struct {
+		Role string `json:"role"`
+	}
+	if json.Unmarshal(body, &doc) != nil {
+		return false
+	}
+	return doc.Role != "" && doc.Role != "stopped"
 }
 
 // snippet shortens a response body for an error message.

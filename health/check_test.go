@@ -128,6 +128,8 @@ type checkCase struct {
 	// definitive: the failure proves the backend is not serving
 	// (refused, 503), so a master is taken down at once.
 	definitive bool
+	// standby: the backend said it is alive but not serving.
+	standby bool
 }
 
 func runCheckCases(t *testing.T, kind string, tests []checkCase) {
@@ -156,6 +158,9 @@ func runCheckCases(t *testing.T, kind string, tests []checkCase) {
 			}
 			if r.Definitive != tt.definitive {
 				t.Errorf("Definitive = %v, want %v (error %v)", r.Definitive, tt.definitive, r.Err)
+			}
+			if r.Standby != tt.standby {
+				t.Errorf("Standby = %v, want %v (error %v)", r.Standby, tt.standby, r.Err)
 			}
 			if tt.timedOut && !isTimeout(r.Err) {
 				t.Errorf("error %v is not a timeout", r.Err)
@@ -211,7 +216,10 @@ func TestHTTPChecker(t *testing.T) {
 		{name: "200 with an epoch", ok: true, epoch: 3, backend: reply(200, `{"ready":true,"role":"master","epoch":3}`)},
 		{name: "200 without JSON", ok: true, backend: reply(200, "ok\n")},
 		{name: "200 with a garbage body", ok: true, backend: reply(200, "\x00\xff{\"epoch\":")},
-		{name: "503", errSubstr: "503", definitive: true, backend: reply(503, `{"ready":false,"role":"slave","epoch":0}`)},
+		{name: "503 from a slave is standby", errSubstr: "503", definitive: true, standby: true, backend: reply(503, `{"ready":false,"role":"slave","epoch":0}`)},
+		{name: "503 from a stopping broker is down", errSubstr: "503", definitive: true, backend: reply(503, `{"ready":false,"role":"stopped","epoch":4}`)},
+		{name: "503 without a role is down", errSubstr: "503", definitive: true, backend: reply(503, "unavailable\n")},
+		{name: "500 with a role is down", errSubstr: "500", backend: reply(500, `{"role":"slave"}`)},
 		{name: "204 is not 200", errSubstr: "204", backend: reply(204, "")},
 		{name: "redirect is not followed", errSubstr: "302", backend: serve(func(w http.ResponseWriter, r *http.Request) {
 			http.Redirect(w, r, "/elsewhere", http.StatusFound)

@@ -10,7 +10,24 @@
 //
 // # Backend states
 //
-// A backend is "up" or "down". It starts down, and after that:
+// What a backend is, as /status, the logs and the backend_state metric show
+// it, is one of three: master (ModeAny: up), the backend clients go to;
+// standby, alive and answering but not serving, such as a slave whose
+// /readyz answers 503 with "role":"slave" (Result.Standby), or a backend
+// that passes its checks while another one is elected (or has not yet
+// passed Rise of them in a row); and down. A
+// healthy slave is standby, never down, and its answers count as neither
+// passes nor failures. Only the "http" kind tells a slave from a dead
+// broker: a slave's client port is closed, so a "tcp" or "stomp" check sees
+// both as down.
+//
+// An operator may take a backend out: draining (no new connections, live
+// ones kept) or disabled (out of the election, its connections closed as
+// on a failover). That state replaces the checked one until it is enabled
+// again; the checks go on beneath it (SetAdminState, admin.go).
+//
+// Underneath, a backend is electable ("up") or not. It starts not, and
+// after that:
 //
 //   - Rise consecutive passed checks bring it up and Fall consecutive failed
 //     checks take it down (HAProxy's rise/fall, defaults 2 and 3), which
@@ -27,6 +44,9 @@
 //     without waiting for Fall failures. Recheck means a client just failed
 //     to reach a backend; a check agreeing with it is confirmation enough,
 //     and waiting Fall*Interval would keep sending clients to a dead broker.
+//   - Standby answer: a backend that says it does not serve stops being
+//     electable at once. A standby that then fails its checks goes down
+//     after Fall failures, or at once when the failure is definitive.
 //
 // # Check schedule
 //
@@ -37,6 +57,18 @@
 // opening its port after a failover is seen within tens of milliseconds.
 // Recheck checks every backend at once; calls made before those checks start
 // share them.
+//
+// # Logs
+//
+// A service that loses its master (ModeAny: its last healthy backend), or
+// has none once every backend has been checked, logs it at error level,
+// with every backend's state; while the outage lasts a warning repeats it
+// every OutageLogInterval with how long it has lasted. The end of it, or a
+// change of master without one, is one info line: "master changed" with
+// old and new, how long the service was without a master and, when the
+// data path says (SetConnReporter), how many client connections were
+// closed or held; "master elected" the first time, "master back" when the
+// old one returns.
 //
 // # Election (ModeMaster)
 //

@@ -130,7 +130,7 @@ func newFakeChecker() *fakeChecker {
 }
 
 // set scripts results from a spec such as "a=ok b=fail c=ok:5" (ok with
-// epoch 5).
+// epoch 5); "refused" is a definitive failure, "standby" a slave's answer.
 func (f *fakeChecker) set(t testing.TB, spec string) {
 	t.Helper()
 	f.mu.Lock()
@@ -156,6 +156,8 @@ func (f *fakeChecker) set(t testing.TB, spec string) {
 			r.Err = errScripted
 		case "refused":
 			r.Err, r.Definitive = errScripted, true
+		case "standby":
+			r.Err, r.Definitive, r.Standby = errors.New("503: role slave"), true, true
 		default:
 			t.Fatalf("bad script item %q", item)
 		}
@@ -260,15 +262,28 @@ func (h *harness) targets() string {
 	return strings.Join(ts, ",")
 }
 
-// upSet lists the up backends in list order, comma-separated.
+// upSet lists the electable backends in list order, comma-separated: in
+// ModeMaster the master and the standbys that pass their checks, in ModeAny
+// the up ones.
 func (h *harness) upSet() string {
+	h.mon.mu.Lock()
+	defer h.mon.mu.Unlock()
 	var up []string
-	for _, b := range h.mon.Status().Backends {
-		if b.State == StateUp {
+	for _, b := range h.mon.backends {
+		if b.up {
 			up = append(up, b.Addr)
 		}
 	}
 	return strings.Join(up, ",")
+}
+
+// states lists every backend's published state, "a=master b=standby".
+func (h *harness) states() string {
+	var out []string
+	for _, b := range h.mon.Status().Backends {
+		out = append(out, b.Addr+"="+b.State)
+	}
+	return strings.Join(out, " ")
 }
 
 func backends(addrs ...string) []Backend {

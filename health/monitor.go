@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -13,15 +15,54 @@ import (
 	"github.com/sirupsen/logrus"
 )
 
-// State names used in logs and Status.
+// Backend states, as Status, the logs and the backend_state metric show
+// them. A service in ModeMaster has backends master, standby or down; one
+// in ModeAny up, standby or down.
 const (
-	StateUp   = "up"
+	// StateMaster is ModeMaster's elected backend: every client goes to it.
+	StateMaster = "master"
+	// StateUp is, in ModeAny, a healthy backend: one of the targets.
+	StateUp = "up"
+	// StateStandby is a backend that is alive and answers but does not
+	// serve: a slave (its check said so: Result.Standby), or a backend
+	// passing its checks while another is elected or before it has passed
+	// Rise of them in a row.
+	StateStandby = "standby"
+	// StateDown is a backend that fails its checks.
 	StateDown = "down"
+	// StateDraining and StateDisabled are set by an operator
+	// (SetAdminState, the sidecar's runtime control): they replace the
+	// state the checks give until the backend is enabled again. See
+	// admin.go.
+	StateDraining = "draining"
+	StateDisabled = "disabled"
 )
 
+// OutageLogInterval is how often, while a service has no master (ModeAny:
+// no healthy backend), a warning says so again with how long it has lasted:
+// an outage must not go quiet after its first line, as HAProxy's "backend
+// has no server available" repeats.
+const OutageLogInterval = 10 * time.Second
+
+// ConnReport is what a change of master did to the service's client
+// connections, as the data path counts them, for the "master changed" log
+// line (see SetConnReporter).
+type ConnReport struct {
+	// Closed counts the client connections closed because the master they
+	// were on stopped being master (TCP mode with on_failover "close"), or
+	// STOMP sessions that could not be resumed, since the previous master
+	// was elected.
+	Closed int
+	// Held counts the clients waiting for a master when the new one was
+	// elected (TCP connections held by the failover timeout, STOMP sessions
+	// paused): they go to the new master now.
+	Held int
+}
+
 // Monitor checks one service's backends and elects its targets. Create it
-// with NewMonitor and start it with Run; Targets, Recheck, SetBackends and
-// Status may be called from any goroutine, before, during and after Run.
+// with NewMonitor and start it with Run; Targets, Recheck, SetBackends,
+// SetAdminState and Status may be called from any goroutine, before, during
+// and after Run.
 type Monitor struct {
 	name    string
 	cfg     Config
@@ -47,6 +88,12 @@ type Monitor struct {
 	// idle, when set (by tests), receives a value each time Run has no
 	// check running and nothing pending and is about to wait.
 	idle chan<- struct{}
+	// outageLogEvery is OutageLogInterval; tests may shorten it.
+	outageLogEvery time.Duration
+
+	// logMu orders flushes: the log lines of events, queued under mu, are
+	// written outside it, in the order the events happened.
+	logMu sync.Mutex
 
 	mu          sync.Mutex
 	backends    []*backend // list order
@@ -54,21 +101,44 @@ type Monitor struct {
 	master      *backend   // ModeMaster's elected backend, nil if none
 	lastMaster  string     // the last non-empty master, to count failovers
 	targets     []string
-	changed     chan struct{} // closed when targets change, then replaced
+	changed     chan struct{} // closed when targets or kept change, then replaced
 	masterSince time.Time     // when the current master was elected
 	noneSince   time.Time     // when the targets became empty; zero while not
-	accounted   time.Time     // seconds_without_master is counted up to here; zero before Run
+	accounted   time.Time     // without_master_seconds is counted up to here; zero before Run
+	// outageLogged is when the no-master error or its reminder was last
+	// logged; zero while there is a master.
+	outageLogged time.Time
+	// reporter counts what a change of master did to connections.
+	reporter func(old string) ConnReport
+	// admin holds the operator's StateDisabled or StateDraining by
+	// address (SetAdminState). It outlives the backend list: a backend
+	// dropped by a reload or by DNS and listed again is still disabled.
+	admin map[string]string
+	// kept are the draining backends whose live connections Keep keeps,
+	// published with the targets (a change of either closes changed).
+	kept []string
+	// events are log lines waiting for flush, in order.
+	events []func()
 }
 
 // backend is a Backend and what the monitor knows of it. Fields other than
 // the embedded Backend are guarded by Monitor.mu.
 type backend struct {
 	Backend
-	up          bool
-	since       time.Time // last change of up
-	checks      int       // completed checks; 0 = never checked
-	successes   int       // consecutive
-	failures    int       // consecutive
+	// up: the backend passes its checks and may be elected. standby: its
+	// latest check said it is alive but not serving (Result.Standby).
+	up, standby bool
+	// state is the published state (Status, metrics, logs), brought up
+	// to date by syncStates; since is when it was entered, why the reason
+	// of the latest change of up or standby (or of the operator's state).
+	// alive is the published backend_up: the checks do not say down.
+	state       string
+	alive       bool
+	since       time.Time
+	why         string
+	checks      int // completed checks; 0 = never checked
+	successes   int // consecutive
+	failures    int // consecutive
 	epoch       uint64
 	lastCheck   time.Time
 	lastLatency time.Duration
@@ -104,15 +174,16 @@ func NewMonitor(name string, cfg Config, backends []Backend, checker Checker, cl
 		log.WithError(err).Error("invalid health check config; using defaults for the invalid fields")
 	}
 	mon := &Monitor{
-		name:      name,
-		cfg:       cfg.withDefaults(),
-		checker:   checker,
-		clock:     clock,
-		log:       log,
-		metrics:   metrics,
-		wake:      make(chan struct{}, 1),
-		changed:   make(chan struct{}),
-		noneSince: clock.Now(),
+		name:           name,
+		cfg:            cfg.withDefaults(),
+		checker:        checker,
+		clock:          clock,
+		log:            log,
+		metrics:        metrics,
+		wake:           make(chan struct{}, 1),
+		changed:        make(chan struct{}),
+		noneSince:      clock.Now(),
+		outageLogEvery: OutageLogInterval,
 	}
 	metrics.initService(name)
 	mon.SetBackends(backends)
@@ -160,8 +231,6 @@ func (m *Monitor) Run(ctx context.Context) {
 	m.accounted = now
 	m.startChecks(launch, true)
 	fast := len(m.targets) == 0
-	m.mu.Unlock()
-	m.mu.Lock()
 	cfg := m.cfg
 	m.mu.Unlock()
 	m.log.WithFields(logrus.Fields{"mode": cfg.Mode, "interval": cfg.Interval, "timeout": cfg.Timeout,
@@ -190,14 +259,18 @@ func (m *Monitor) Run(ctx context.Context) {
 			m.mu.Lock()
 			m.account(m.clock.Now())
 			m.mu.Unlock()
+			m.flush()
 			m.log.Info("health checks stopped")
 			return
 		case <-timer.C():
 			m.mu.Lock()
-			m.account(m.clock.Now())
+			now := m.clock.Now()
+			m.account(now)
+			m.remind(now)
 			m.startChecks(launch, true)
 			fast = len(m.targets) == 0
 			m.mu.Unlock()
+			m.flush()
 			timer.Reset(m.interval(fast))
 			continue
 		case <-m.recheckC():
@@ -220,6 +293,7 @@ func (m *Monitor) Run(ctx context.Context) {
 			m.startChecks(launch, false)
 			none = len(m.targets) == 0
 			m.mu.Unlock()
+			m.flush()
 		}
 		if none && !fast {
 			// The master just went (a failed check, or SetBackends
@@ -303,33 +377,57 @@ func (m *Monitor) apply(o outcome) {
 	first := b.checks == 0
 	b.checks++
 	b.lastCheck, b.lastLatency = now, r.Latency
-	if r.OK {
+	switch {
+	case r.OK:
 		b.successes++
 		b.failures = 0
 		b.lastErr = nil
 		b.epoch = r.Epoch
+		b.standby = false
 		if !b.up {
 			switch {
 			case first:
-				m.setState(b, true, "first check passed", now)
+				m.setUp(b, true, "first check passed")
 			case b.successes >= m.cfg.Rise:
-				m.setState(b, true, fmt.Sprintf("%d checks passed in a row", b.successes), now)
+				m.setUp(b, true, fmt.Sprintf("%d checks passed in a row", b.successes))
 			}
 		}
-	} else {
+	case r.Standby:
+		// Alive and saying it does not serve: neither a pass towards
+		// Rise nor a failure towards anything. A backend that was up
+		// says it stopped serving, which is as definitive as it gets.
+		b.successes, b.failures = 0, 0
+		b.lastErr = nil
+		b.standby = true
+		why := "answers that it is not serving: " + r.Err.Error()
+		if b.up {
+			m.setUp(b, false, why)
+		} else {
+			b.why = why
+		}
+	default:
 		b.failures++
 		b.successes = 0
 		b.lastErr = r.Err
-		if b.up {
+		switch {
+		case b.up:
 			switch {
-			case o.passive && slices.Contains(m.targets, b.Addr):
-				m.setState(b, false, "failed a recheck: "+r.Err.Error(), now)
-			case r.Definitive && slices.Contains(m.targets, b.Addr):
-				m.setState(b, false, "not serving: "+r.Err.Error(), now)
+			case o.passive && m.serving(b):
+				m.setUp(b, false, "failed a recheck: "+r.Err.Error())
+			case r.Definitive && m.serving(b):
+				m.setUp(b, false, "not serving: "+r.Err.Error())
 			case b.failures >= m.cfg.Fall:
-				m.setState(b, false, fmt.Sprintf("%d checks failed in a row, last: %v", b.failures, r.Err), now)
+				m.setUp(b, false, fmt.Sprintf("%d checks failed in a row, last: %v", b.failures, r.Err))
 			}
-		} else {
+		case b.standby:
+			// A standby, like a master, is not declared dead on one
+			// timeout; a refused connection is enough.
+			if r.Definitive || b.failures >= m.cfg.Fall {
+				b.standby = false
+				b.why = fmt.Sprintf("was standby; %d checks failed in a row, last: %v", b.failures, r.Err)
+			}
+		default:
+			b.why = r.Err.Error()
 			m.log.WithFields(logrus.Fields{"backend": b.Addr, "failures": b.failures}).WithError(r.Err).Debug("check failed")
 		}
 	}
@@ -339,7 +437,13 @@ func (m *Monitor) apply(o outcome) {
 	m.elect(now)
 	if !m.settled {
 		m.settled = !slices.ContainsFunc(m.backends, func(b *backend) bool { return b.checks == 0 })
+		if m.settled && len(m.targets) == 0 {
+			// Every backend checked once and none serves: an outage
+			// from the start, said as loudly as a lost master.
+			m.noMaster(now, "", "")
+		}
 	}
+	m.remind(now)
 }
 
 // rescue applies the "nothing serving" rule: when no backend is up, every
@@ -348,54 +452,201 @@ func (m *Monitor) apply(o outcome) {
 // in one round, the slave's pass arrived before or after the master's
 // failure. m.mu is held.
 func (m *Monitor) rescue(now time.Time) {
-	if slices.ContainsFunc(m.backends, func(b *backend) bool { return b.up }) {
+	if slices.ContainsFunc(m.backends, m.electable) {
 		return
 	}
 	for _, b := range m.backends {
-		if b.successes > 0 {
-			m.setState(b, true, "check passed while nothing else serves", now)
+		if !b.up && b.successes > 0 {
+			m.setUp(b, true, "check passed while nothing else serves")
 		}
 	}
 }
 
-// setState moves b up or down. m.mu is held.
-func (m *Monitor) setState(b *backend, up bool, reason string, now time.Time) {
-	b.up, b.since = up, now
-	m.metrics.setUp(m.name, b.Addr, up)
-	log := m.log.WithFields(logrus.Fields{"backend": b.Addr, "reason": reason, "epoch": b.epoch})
-	if up {
-		log.Info("backend up")
-	} else {
-		log.Warn("backend down")
+// setUp makes b electable or not; syncStates publishes what that changes.
+// m.mu is held.
+func (m *Monitor) setUp(b *backend, up bool, reason string) {
+	b.up, b.why = up, reason
+}
+
+// stateOf is b's state as published: the operator's, if set, else what the
+// checks and the election make of it. m.mu is held.
+func (m *Monitor) stateOf(b *backend) string {
+	if a := m.admin[b.Addr]; a != "" {
+		return a
+	}
+	switch {
+	case b.up && m.cfg.Mode == ModeAny:
+		return StateUp
+	case b.up && b == m.master:
+		return StateMaster
+	case checkState(b) != StateDown:
+		// Passing checks while another is master, or passing but not
+		// yet Rise times in a row: alive and answering, not serving.
+		return StateStandby
+	}
+	return StateDown
+}
+
+// checkState is what b's checks alone say, whatever the election and the
+// operator made of it: StateUp (it passes: it could be elected),
+// StateStandby or StateDown. m.mu is held.
+func checkState(b *backend) string {
+	switch {
+	case b.up:
+		return StateUp
+	case b.standby || b.successes > 0:
+		return StateStandby
+	}
+	return StateDown
+}
+
+// syncStates publishes every backend's state that changed since the last
+// call: since, the backend_state metric, and a log line. Becoming master is
+// logged at debug level only: the service's own line ("master changed")
+// says it. m.mu is held.
+func (m *Monitor) syncStates(now time.Time) {
+	for _, b := range m.backends {
+		st, alive := m.stateOf(b), checkState(b) != StateDown
+		if st == b.state && alive == b.alive {
+			continue
+		}
+		m.metrics.setState(m.name, b.Addr, m.cfg.Mode, st, alive)
+		b.alive = alive
+		if st == b.state {
+			continue // disabled or draining, and its checks changed
+		}
+		from := b.state
+		b.state, b.since = st, now
+		log := m.log.WithFields(logrus.Fields{"backend": b.Addr, "from": from, "epoch": b.epoch})
+		if b.why != "" && st != StateMaster && st != StateUp {
+			log = log.WithField("reason", b.why)
+		}
+		m.queue(func() {
+			switch {
+			case st == StateDisabled || st == StateDraining:
+				// SetAdminState's own line says it.
+			case st == StateDown:
+				log.Warn("backend down")
+			case st == StateStandby && (from == StateMaster || from == StateUp):
+				log.Warn("backend stopped serving: standby")
+			case st == StateStandby:
+				log.Info("backend standby")
+			case st == StateUp:
+				log.Info("backend up")
+			default:
+				log.Debug("backend master")
+			}
+		})
 	}
 }
 
+// queue adds a log line for flush to write. m.mu is held.
+func (m *Monitor) queue(f func()) { m.events = append(m.events, f) }
+
+// flush writes the queued log lines, in order. Whoever queues under m.mu
+// calls it after unlocking, so that no log write (to a slow terminal, a
+// full pipe) holds up Targets, which every new client connection calls.
+func (m *Monitor) flush() {
+	m.logMu.Lock()
+	defer m.logMu.Unlock()
+	m.mu.Lock()
+	evs := m.events
+	m.events = nil
+	m.mu.Unlock()
+	for _, f := range evs {
+		f()
+	}
+}
+
+// summary lists every backend with its state, for the outage lines:
+// "127.0.0.1:61613=down 127.0.0.1:61614=standby". m.mu is held.
+func (m *Monitor) summary() string {
+	parts := make([]string, len(m.backends))
+	for i, b := range m.backends {
+		parts[i] = b.Addr + "=" + b.state
+	}
+	return strings.Join(parts, " ")
+}
+
+// noMaster logs, at error level, that the service has no master (ModeAny:
+// no healthy backend) since now: old is the master it lost, "" if it had
+// none, reason why. The outage is then recalled every outageLogEvery
+// (remind). m.mu is held.
+func (m *Monitor) noMaster(now time.Time, old, reason string) {
+	m.outageLogged = now
+	fields := logrus.Fields{"backends": m.summary()}
+	if old != "" {
+		fields["old"] = old
+	}
+	if reason != "" {
+		fields["reason"] = reason
+	}
+	msg := "service has no master: no client can be served until one is elected"
+	if m.cfg.Mode == ModeAny {
+		msg = "service has no healthy backend: no client can be served until one is"
+	}
+	log := m.log.WithFields(fields)
+	m.queue(func() { log.Error(msg) })
+}
+
+// remind repeats, at warning level and at most every outageLogEvery, that
+// the outage noMaster logged goes on, and for how long. m.mu is held.
+func (m *Monitor) remind(now time.Time) {
+	if len(m.targets) != 0 || m.outageLogged.IsZero() || now.Sub(m.outageLogged) < m.outageLogEvery {
+		return
+	}
+	m.outageLogged = now
+	msg := "still no master"
+	if m.cfg.Mode == ModeAny {
+		msg = "still no healthy backend"
+	}
+	log := m.log.WithFields(logrus.Fields{"without_master": now.Sub(m.noneSince), "backends": m.summary()})
+	m.queue(func() { log.Warn(msg) })
+}
+
 // elect recomputes the targets and, when they change, wakes Targets
-// watchers, logs and counts. m.mu is held.
+// watchers, logs and counts; either way it publishes the backends' states.
+// m.mu is held.
 func (m *Monitor) elect(now time.Time) {
 	m.account(now)
 	var next []string
 	var master *backend
 	if m.cfg.Mode == ModeAny {
 		for _, b := range m.backends {
-			if b.up {
+			if m.electable(b) {
 				next = append(next, b.Addr)
 			}
 		}
 	} else if master = m.pickMaster(); master != nil {
 		next = []string{master.Addr}
 	}
+	kept := m.keptWith(master)
 	if slices.Equal(next, m.targets) {
 		m.master = master
+		if !slices.Equal(kept, m.kept) {
+			// Only Keep's answer changed (a draining backend died,
+			// or another master was elected): the data paths look
+			// again at their live connections.
+			m.kept = kept
+			m.announce()
+		}
+		m.syncStates(now)
 		return
 	}
 	old := m.targets
-	m.targets = next
+	m.targets, m.kept = next, kept
 	if master != nil && master.Addr != m.retired {
 		m.retired = "" // a new master: the removed one's clients must move
 	}
-	close(m.changed)
-	m.changed = make(chan struct{})
+	// What the change of master did to connections is read now, before
+	// the change is announced: a client held for a master is still held,
+	// not yet on its way to the new one.
+	var conns *ConnReport
+	if prev := m.lastMaster; master != nil && prev != "" && m.reporter != nil {
+		r := m.reporter(prev)
+		conns = &r
+	}
+	m.announce()
 
 	var noneFor time.Duration
 	if len(old) == 0 && !m.noneSince.IsZero() {
@@ -405,18 +656,35 @@ func (m *Monitor) elect(now time.Time) {
 		m.noneSince = now
 	} else {
 		m.noneSince = time.Time{}
+		m.outageLogged = time.Time{}
 	}
 	m.metrics.setHasMaster(m.name, len(next) > 0)
 
-	if m.cfg.Mode == ModeAny {
-		m.log.WithFields(logrus.Fields{"old": old, "new": next, "none_for": noneFor}).Info("targets changed")
-		return
-	}
-	var oldAddr, newAddr string
-	var epoch uint64
+	var oldAddr, lostWhy string
 	if len(old) > 0 {
 		oldAddr = old[0]
+		for _, b := range m.backends {
+			if b.Addr == oldAddr {
+				lostWhy = b.why
+			}
+		}
+		if lostWhy == "" {
+			lostWhy = "removed from the backend list"
+		}
 	}
+	if m.cfg.Mode == ModeAny {
+		m.syncStates(now)
+		switch {
+		case len(next) == 0:
+			m.noMaster(now, "", "")
+		case len(old) == 0:
+			log := m.log.WithFields(logrus.Fields{"targets": next, "without_master": noneFor})
+			m.queue(func() { log.Info("healthy backends available") })
+		}
+		return
+	}
+	var newAddr string
+	var epoch uint64
 	if master != nil {
 		newAddr, epoch = master.Addr, master.epoch
 		m.masterSince = now
@@ -424,12 +692,35 @@ func (m *Monitor) elect(now time.Time) {
 		m.masterSince = time.Time{}
 	}
 	m.master = master
-	failover := newAddr != "" && m.lastMaster != "" && newAddr != m.lastMaster
+	m.syncStates(now)
+	prev := m.lastMaster
+	failover := newAddr != "" && prev != "" && newAddr != prev
 	if newAddr != "" {
 		m.lastMaster = newAddr
 	}
 	m.metrics.masterChanged(m.name, failover)
-	m.log.WithFields(logrus.Fields{"old": oldAddr, "new": newAddr, "epoch": epoch, "no_master_for": noneFor}).Info("master changed")
+	if newAddr == "" {
+		m.noMaster(now, oldAddr, lostWhy)
+		return
+	}
+	fields := logrus.Fields{"new": newAddr, "epoch": epoch, "without_master": noneFor}
+	msg := "master changed"
+	switch {
+	case prev == "":
+		msg = "master elected"
+	case prev == newAddr:
+		msg = "master back"
+	default:
+		fields["old"] = prev
+		if oldAddr != "" {
+			fields["reason"] = lostWhy // replaced without an outage: why
+		}
+	}
+	if conns != nil {
+		fields["closed"], fields["held"] = conns.Closed, conns.Held
+	}
+	log := m.log.WithFields(fields)
+	m.queue(func() { log.Info(msg) })
 }
 
 // pickMaster applies the election rule of the package documentation. m.mu
@@ -437,18 +728,18 @@ func (m *Monitor) elect(now time.Time) {
 func (m *Monitor) pickMaster() *backend {
 	var best *backend
 	for _, b := range m.backends {
-		if b.up && (best == nil || b.epoch > best.epoch || b.epoch == best.epoch && b.Priority < best.Priority) {
+		if m.electable(b) && (best == nil || b.epoch > best.epoch || b.epoch == best.epoch && b.Priority < best.Priority) {
 			best = b
 		}
 	}
-	if cur := m.master; m.settled && cur != nil && cur.up && !cur.removed && best.epoch <= cur.epoch {
+	if cur := m.master; m.settled && cur != nil && m.electable(cur) && !cur.removed && best.epoch <= cur.epoch {
 		return cur
 	}
 	return best
 }
 
 // account adds the time since the last call, if it was spent without
-// targets, to seconds_without_master. m.mu is held.
+// targets, to without_master_seconds. m.mu is held.
 func (m *Monitor) account(now time.Time) {
 	if m.accounted.IsZero() {
 		return
@@ -461,7 +752,8 @@ func (m *Monitor) account(now time.Time) {
 
 // Targets returns the elected addresses in preference order (ModeMaster: at
 // most one, the master) and a channel closed the next time the answer
-// changes. Call it again after the channel closes. In ModeAny with
+// changes, or Keep's answer for a draining backend does. Call it again after
+// the channel closes. In ModeAny with
 // Randomize the order is shuffled on every call; a new order alone is not a
 // change.
 func (m *Monitor) Targets() ([]string, <-chan struct{}) {
@@ -501,13 +793,35 @@ func (m *Monitor) SetConfig(cfg Config, checker Checker) {
 		m.log.WithError(err).Error("invalid health check config; using defaults for the invalid fields")
 	}
 	m.mu.Lock()
+	prevMode := m.cfg.Mode
 	m.cfg = cfg.withDefaults()
 	if checker != nil {
 		m.checker = checker
 	}
+	if m.cfg.Mode != prevMode {
+		// The states of the other mode's series go; the unchanged
+		// states (down, standby) are published again under the new one.
+		for _, b := range m.backends {
+			m.metrics.setState(m.name, b.Addr, m.cfg.Mode, b.state, b.alive)
+		}
+	}
 	m.elect(m.clock.Now())
 	m.mu.Unlock()
+	m.flush()
 	m.poke()
+}
+
+// SetConnReporter gives the monitor a way to ask the data path what a
+// change of master did to client connections (ConnReport), for the "master
+// changed" log line; old is the previous master. report is called with the
+// monitor's lock held, at the change, before Targets announces it (so a
+// held client is still held): it must only read counters, never call the
+// monitor or take a lock held while calling it. nil (the default) leaves
+// the counts out.
+func (m *Monitor) SetConnReporter(report func(old string) ConnReport) {
+	m.mu.Lock()
+	m.reporter = report
+	m.mu.Unlock()
 }
 
 // SetBackends replaces the backend list. A backend whose Addr was already
@@ -525,14 +839,15 @@ func (m *Monitor) SetBackends(bs []Backend) {
 	seen := make(map[string]bool, len(bs))
 	for _, nb := range bs {
 		if seen[nb.Addr] {
-			m.log.WithField("backend", nb.Addr).Warn("backend listed twice; ignoring the repeat")
+			log := m.log.WithField("backend", nb.Addr)
+			m.queue(func() { log.Warn("backend listed twice; ignoring the repeat") })
 			continue
 		}
 		seen[nb.Addr] = true
 		b := old[nb.Addr]
 		if b == nil {
-			b = &backend{}
-			m.metrics.setUp(m.name, nb.Addr, false)
+			b = &backend{state: StateDown}
+			m.metrics.setState(m.name, nb.Addr, m.cfg.Mode, StateDown, false)
 		}
 		b.Backend = nb
 		next = append(next, b)
@@ -548,9 +863,9 @@ func (m *Monitor) SetBackends(bs []Backend) {
 			// still the master until it dies: its clients keep their
 			// connections (Keep) until another master is elected.
 			m.retired = b.Addr
-			log.Info("backend removed while master: no new connections; live ones kept")
+			m.queue(func() { log.Info("backend removed while master: no new connections; live ones kept") })
 		} else {
-			log.Info("backend removed")
+			m.queue(func() { log.Info("backend removed") })
 		}
 	}
 	if seen[m.retired] {
@@ -561,17 +876,19 @@ func (m *Monitor) SetBackends(bs []Backend) {
 	m.rescue(now)
 	m.elect(now)
 	m.mu.Unlock()
+	m.flush()
 	m.poke()
 }
 
 // Keep reports whether live connections to addr should be kept although
 // addr is not among the Targets: it is a master that was removed from the
-// backend list and no other master has been elected since. The proxy asks
-// it before closing connections on a change of targets.
+// backend list and no other master has been elected since, or a backend an
+// operator drains (see keptWith). The proxy asks it before closing
+// connections on a change of targets.
 func (m *Monitor) Keep(addr string) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return addr != "" && addr == m.retired
+	return addr != "" && (addr == m.retired || slices.Contains(m.kept, addr))
 }
 
 // ServiceStatus is a Monitor's state, for the sidecar's /status.
@@ -590,8 +907,15 @@ type ServiceStatus struct {
 	// its last healthy backend), or when monitoring began if it never had
 	// one; zero while there is one.
 	NoMasterSince time.Time `json:"no_master_since"`
+	// Ready is true while the service has a master (ModeAny: a healthy
+	// backend), so that a client connection is served now.
+	Ready bool `json:"ready"`
 	// Backends are in list order.
 	Backends []BackendStatus `json:"backends"`
+	// Admin is every operator setting (StateDisabled or StateDraining)
+	// by address, including those of addresses no longer listed, which
+	// apply again if they come back; nil without any.
+	Admin map[string]string `json:"admin,omitempty"`
 }
 
 // BackendStatus is one backend's part of ServiceStatus.
@@ -600,20 +924,28 @@ type BackendStatus struct {
 	Addr     string `json:"addr"`
 	CheckURL string `json:"check_url,omitempty"`
 	Priority int    `json:"priority"`
-	// State is StateUp or StateDown.
+	// State is StateMaster, StateStandby or StateDown (ModeAny: StateUp,
+	// StateStandby or StateDown), or the operator's StateDraining or
+	// StateDisabled while set.
 	State string `json:"state"`
+	// Health is, while State is the operator's, what the checks say:
+	// StateUp (it passes and could be elected), StateStandby or
+	// StateDown; "" otherwise (State says it).
+	Health string `json:"health,omitempty"`
 	// Since is when State was last entered; zero if never changed.
 	Since time.Time `json:"since"`
 	// LastCheck is when the last check finished; zero before the first.
 	LastCheck time.Time `json:"last_check"`
 	// LastLatency is how long the last check took (nanoseconds in JSON).
 	LastLatency time.Duration `json:"last_latency_ns"`
-	// LastError is the last check's error, "" if it passed.
+	// LastError is the last check's error, "" if it passed or said the
+	// backend is a standby.
 	LastError string `json:"last_error,omitempty"`
 	// Epoch is the epoch the last passed check reported; 0 if unknown.
 	Epoch uint64 `json:"epoch"`
 	// Successes and Failures count consecutive passed and failed checks;
-	// at most one of them is non-zero.
+	// at most one of them is non-zero. A standby's answers are neither:
+	// a healthy slave has none of either.
 	Successes int `json:"successes"`
 	Failures  int `json:"failures"`
 	// Checks counts completed checks.
@@ -630,6 +962,7 @@ func (m *Monitor) Status() ServiceStatus {
 		Targets:       slices.Clone(m.targets),
 		MasterSince:   m.masterSince,
 		NoMasterSince: m.noneSince,
+		Ready:         len(m.targets) > 0,
 		Backends:      make([]BackendStatus, 0, len(m.backends)),
 	}
 	if st.Targets == nil {
@@ -641,16 +974,19 @@ func (m *Monitor) Status() ServiceStatus {
 	for _, b := range m.backends {
 		bs := BackendStatus{
 			Addr: b.Addr, CheckURL: b.CheckURL, Priority: b.Priority,
-			State: StateDown, Since: b.since, LastCheck: b.lastCheck, LastLatency: b.lastLatency,
+			State: b.state, Since: b.since, LastCheck: b.lastCheck, LastLatency: b.lastLatency,
 			Epoch: b.epoch, Successes: b.successes, Failures: b.failures, Checks: b.checks,
-		}
-		if b.up {
-			bs.State = StateUp
 		}
 		if b.lastErr != nil {
 			bs.LastError = b.lastErr.Error()
 		}
+		if m.admin[b.Addr] != "" {
+			bs.Health = checkState(b)
+		}
 		st.Backends = append(st.Backends, bs)
+	}
+	if len(m.admin) > 0 {
+		st.Admin = maps.Clone(m.admin)
 	}
 	return st
 }

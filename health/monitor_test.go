@@ -406,13 +406,13 @@ func TestSetBackends(t *testing.T) {
 	if len(st.Backends) != 2 || st.Backends[0].Addr != "b" || st.Backends[1].Addr != "c" {
 		t.Fatalf("backends %+v, want b then c", st.Backends)
 	}
-	if st.Backends[0].State != StateUp || st.Backends[0].Priority != 3 || st.Backends[0].Checks != 1 {
+	if st.Backends[0].State != StateMaster || st.Backends[0].Priority != 3 || st.Backends[0].Checks != 1 {
 		t.Errorf("b lost its state or missed its update: %+v", st.Backends[0])
 	}
 	if n := h.chk.callCount("b"); n != calls {
 		t.Errorf("b checked again (%d → %d); only new backends are checked at once", calls, n)
 	}
-	if st.Backends[1].Checks != 1 || st.Backends[1].State != StateUp {
+	if st.Backends[1].Checks != 1 || st.Backends[1].State != StateStandby {
 		t.Errorf("c not checked at once: %+v", st.Backends[1])
 	}
 	// b was elected when a went (c was not yet checked); c's first pass
@@ -451,7 +451,7 @@ func TestStatus(t *testing.T) {
 	}
 	a, b := st.Backends[0], st.Backends[1]
 	now := h.clock.Now()
-	if a.State != StateUp || a.Epoch != 7 || a.Successes != 2 || a.Failures != 0 || a.LastError != "" ||
+	if a.State != StateMaster || a.Epoch != 7 || a.Successes != 2 || a.Failures != 0 || a.LastError != "" ||
 		!a.LastCheck.Equal(now) || a.CheckURL != "http://a/readyz" || !a.Since.Equal(start) {
 		t.Errorf("a: %+v", a)
 	}
@@ -466,6 +466,13 @@ func TestMasterChangeLogAndMetrics(t *testing.T) {
 	h := newHarness(t, Config{NoMasterInterval: 50 * time.Millisecond}, backends("a", "b"), NewMetrics(reg))
 	hook := test.NewLocal(h.mon.log.Logger)
 	NewMetrics(reg) // registering again reuses the series
+	closed, held := 0, 0
+	h.mon.SetConnReporter(func(old string) ConnReport {
+		if old != "a" {
+			t.Errorf("ConnReporter asked about %q, want the old master a", old)
+		}
+		return ConnReport{Closed: closed, Held: held}
+	})
 
 	h.chk.set(t, "a=fail b=fail")
 	h.start()
@@ -475,37 +482,49 @@ func TestMasterChangeLogAndMetrics(t *testing.T) {
 	h.tick()
 	h.chk.set(t, "a=fail")
 	h.recheck() // a down at once
+	closed, held = 3, 2
 	h.chk.set(t, "b=ok:5")
 	h.tick() // 50ms later b is seen and up at once: a failover
 
-	var changes []*logrus.Entry
+	byMsg := map[string][]*logrus.Entry{}
 	for _, e := range hook.AllEntries() {
-		if e.Message == "master changed" {
-			changes = append(changes, e)
-		}
-	}
-	if len(changes) != 3 {
-		t.Fatalf("%d master changes logged, want 3 (none→a, a→none, none→b)", len(changes))
-	}
-	first := changes[0]
-	if first.Level != logrus.InfoLevel || first.Data["service"] != "svc" || first.Data["old"] != "" ||
-		first.Data["new"] != "a" || first.Data["epoch"] != uint64(4) || first.Data["no_master_for"] != 100*time.Millisecond {
-		t.Errorf("first change logged as %v %v", first.Level, first.Data)
-	}
-	if last := changes[2]; last.Data["old"] != "" || last.Data["new"] != "b" || last.Data["no_master_for"] != 50*time.Millisecond {
-		t.Errorf("last change logged as %v", last.Data)
-	}
-	var downs int
-	for _, e := range hook.AllEntries() {
-		if e.Message == "backend down" {
-			downs++
-			if e.Level != logrus.WarnLevel || !strings.Contains(e.Data["reason"].(string), errScripted.Error()) {
-				t.Errorf("backend down logged as %v %v", e.Level, e.Data)
+		byMsg[e.Message] = append(byMsg[e.Message], e)
+		for _, k := range []string{"old", "new"} {
+			if v, ok := e.Data[k]; ok && v == "" {
+				t.Errorf("%q logged with an empty %s: %v", e.Message, k, e.Data)
 			}
 		}
 	}
-	if downs != 1 {
-		t.Errorf("%d backend down logs, want 1", downs)
+	first := byMsg["master elected"]
+	if len(first) != 1 || first[0].Level != logrus.InfoLevel || first[0].Data["new"] != "a" ||
+		first[0].Data["epoch"] != uint64(4) || first[0].Data["without_master"] != 100*time.Millisecond {
+		t.Errorf("first election logged as %v", first)
+	}
+	lost := byMsg["service has no master: no client can be served until one is elected"]
+	if len(lost) != 2 || lost[0].Level != logrus.ErrorLevel || lost[0].Data["old"] != nil ||
+		lost[1].Data["old"] != "a" || !strings.Contains(lost[1].Data["reason"].(string), errScripted.Error()) ||
+		lost[1].Data["backends"] != "a=down b=down" {
+		t.Errorf("no master logged as %v", lost)
+	}
+	changed := byMsg["master changed"]
+	if len(changed) != 1 {
+		t.Fatalf("%d master changed lines, want one for the failover", len(changed))
+	}
+	if c := changed[0]; c.Level != logrus.InfoLevel || c.Data["old"] != "a" || c.Data["new"] != "b" ||
+		c.Data["without_master"] != 50*time.Millisecond || c.Data["closed"] != 3 || c.Data["held"] != 2 {
+		t.Errorf("failover logged as %v %v", c.Level, c.Data)
+	}
+	var infos []string
+	for _, e := range hook.AllEntries()[slices.Index(hook.AllEntries(), lost[1]):] {
+		if e.Level == logrus.InfoLevel {
+			infos = append(infos, e.Message)
+		}
+	}
+	if !slices.Equal(infos, []string{"master changed"}) {
+		t.Errorf("info lines from the loss to the new master: %q, want one, master changed", infos)
+	}
+	if downs := byMsg["backend down"]; len(downs) != 1 || downs[0].Level != logrus.WarnLevel || downs[0].Data["from"] != StateMaster {
+		t.Errorf("backend down logged as %v", downs)
 	}
 
 	for _, c := range []struct {
@@ -515,10 +534,14 @@ func TestMasterChangeLogAndMetrics(t *testing.T) {
 	}{
 		{"handover_health_master_changes_total", map[string]string{"service": "svc"}, 3},
 		{"handover_health_failovers_total", map[string]string{"service": "svc"}, 1},
-		{"handover_health_seconds_without_master_total", map[string]string{"service": "svc"}, 0.15},
+		{"handover_health_without_master_seconds_total", map[string]string{"service": "svc"}, 0.15},
 		{"handover_health_has_master", map[string]string{"service": "svc"}, 1},
 		{"handover_health_backend_up", map[string]string{"service": "svc", "backend": "a"}, 0},
 		{"handover_health_backend_up", map[string]string{"service": "svc", "backend": "b"}, 1},
+		{"handover_health_backend_state", map[string]string{"service": "svc", "backend": "a", "state": "down"}, 1},
+		{"handover_health_backend_state", map[string]string{"service": "svc", "backend": "a", "state": "master"}, 0},
+		{"handover_health_backend_state", map[string]string{"service": "svc", "backend": "b", "state": "master"}, 1},
+		{"handover_health_backend_state", map[string]string{"service": "svc", "backend": "b", "state": "standby"}, 0},
 		{"handover_health_check_duration_seconds", map[string]string{"service": "svc", "backend": "a", "result": "ok"}, 2},
 		{"handover_health_check_duration_seconds", map[string]string{"service": "svc", "backend": "a", "result": "fail"}, 4},
 	} {
@@ -526,6 +549,165 @@ func TestMasterChangeLogAndMetrics(t *testing.T) {
 			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
 		}
 	}
+	if hasMetric(t, reg, "handover_health_seconds_without_master_total") {
+		t.Error("the old name seconds_without_master_total is still exported")
+	}
+}
+
+// TestStandbyIsNotDown: a slave that answers "alive, not serving" is
+// standby everywhere (status, metrics, logs), never down, and collects no
+// failures however long it waits; when it takes over it is elected, and the
+// old master stepping down to standby is standby too.
+func TestStandbyIsNotDown(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	h := newHarness(t, Config{}, backends("a", "b"), NewMetrics(reg))
+	hook := test.NewLocal(h.mon.log.Logger)
+	h.chk.set(t, "a=ok:1 b=standby")
+	h.start()
+	for range 20 {
+		h.tick()
+	}
+	if got := h.states(); got != "a=master b=standby" {
+		t.Fatalf("states %q, want a master and b standby", got)
+	}
+	b := h.mon.Status().Backends[1]
+	if b.Failures != 0 || b.Successes != 0 || b.LastError != "" || b.Checks != 21 {
+		t.Errorf("a healthy standby after 21 checks: %+v; want no failures and no error", b)
+	}
+	for _, c := range []struct {
+		name   string
+		labels map[string]string
+		want   float64
+	}{
+		{"handover_health_backend_state", map[string]string{"service": "svc", "backend": "b", "state": "standby"}, 1},
+		{"handover_health_backend_state", map[string]string{"service": "svc", "backend": "b", "state": "down"}, 0},
+		{"handover_health_backend_up", map[string]string{"service": "svc", "backend": "b"}, 1},
+		{"handover_health_check_duration_seconds", map[string]string{"service": "svc", "backend": "b", "result": "standby"}, 21},
+	} {
+		if got := metricValue(t, reg, c.name, c.labels); got != c.want {
+			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
+		}
+	}
+
+	// The master steps down (it answers as a slave now) and b takes over.
+	h.chk.set(t, "a=standby b=ok:2")
+	h.tick()
+	if got, ts := h.states(), h.targets(); got != "a=standby b=master" || ts != "b" {
+		t.Fatalf("after the switch: states %q targets %q, want a standby, b master", got, ts)
+	}
+	var stepped, downs int
+	for _, e := range hook.AllEntries() {
+		switch e.Message {
+		case "backend stopped serving: standby":
+			stepped++
+			if e.Data["backend"] != "a" || e.Data["from"] != StateMaster {
+				t.Errorf("step-down logged as %v", e.Data)
+			}
+		case "backend down":
+			downs++
+		}
+	}
+	if stepped != 1 || downs != 0 {
+		t.Errorf("%d step-down lines and %d backend down lines, want 1 and 0", stepped, downs)
+	}
+
+	// A standby that dies is down after fall failures, or at once when
+	// the failure is definitive.
+	h.chk.set(t, "a=fail")
+	h.tick()
+	h.tick()
+	if got := h.states(); got != "a=standby b=master" {
+		t.Fatalf("standby down after 2 failures: %q", got)
+	}
+	h.tick()
+	if got := h.states(); got != "a=down b=master" {
+		t.Fatalf("after fall failures: %q, want a down", got)
+	}
+	h.chk.set(t, "a=standby")
+	h.tick()
+	h.chk.set(t, "a=refused")
+	h.tick()
+	if got := h.states(); got != "a=down b=master" {
+		t.Fatalf("standby refusing connections: %q, want a down at once", got)
+	}
+}
+
+// TestOutageIsLoud: losing the last master is an error line; the outage is
+// recalled every OutageLogInterval with how long it has lasted, and never
+// goes quiet.
+func TestOutageIsLoud(t *testing.T) {
+	h := newHarness(t, Config{Interval: 5 * time.Second, NoMasterInterval: 5 * time.Second}, backends("a", "b"), nil)
+	hook := test.NewLocal(h.mon.log.Logger)
+	h.chk.set(t, "a=ok b=standby")
+	h.start()
+	h.chk.set(t, "a=refused")
+	h.tick() // a lost at t=5s
+	for range 8 {
+		h.tick() // to t=45s
+	}
+	var errs, warns []*logrus.Entry
+	for _, e := range hook.AllEntries() {
+		switch e.Level {
+		case logrus.ErrorLevel:
+			errs = append(errs, e)
+		case logrus.WarnLevel:
+			if e.Message == "still no master" {
+				warns = append(warns, e)
+			}
+		}
+	}
+	if len(errs) != 1 || errs[0].Data["old"] != "a" || errs[0].Data["backends"] != "a=down b=standby" {
+		t.Fatalf("error lines %v, want one naming a and every backend's state", errs)
+	}
+	if len(warns) != 4 {
+		t.Fatalf("%d reminders over 40s, want 4 (every 10s)", len(warns))
+	}
+	for i, w := range warns {
+		if want := time.Duration(i+1) * 10 * time.Second; w.Data["without_master"] != want {
+			t.Errorf("reminder %d says without_master %v, want %v", i, w.Data["without_master"], want)
+		}
+	}
+	if !h.mon.Status().NoMasterSince.Equal(h.clock.Now().Add(-40 * time.Second)) {
+		t.Errorf("NoMasterSince %v", h.mon.Status().NoMasterSince)
+	}
+	if h.mon.Status().Ready {
+		t.Error("Ready without a master")
+	}
+}
+
+// TestNoMasterAtStart: a service none of whose backends serves once all
+// have been checked logs the outage as loudly as a lost master.
+func TestNoMasterAtStart(t *testing.T) {
+	h := newHarness(t, Config{}, backends("a", "b"), nil)
+	hook := test.NewLocal(h.mon.log.Logger)
+	h.chk.set(t, "a=standby b=refused")
+	h.start()
+	var errs int
+	for _, e := range hook.AllEntries() {
+		if e.Level == logrus.ErrorLevel {
+			errs++
+			if _, ok := e.Data["old"]; ok || e.Data["backends"] != "a=standby b=down" {
+				t.Errorf("error line %v", e.Data)
+			}
+		}
+	}
+	if errs != 1 {
+		t.Fatalf("%d error lines at a start without a master, want 1", errs)
+	}
+}
+
+func hasMetric(t *testing.T, reg *prometheus.Registry, name string) bool {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			return true
+		}
+	}
+	return false
 }
 
 // metricValue returns a gauge's or counter's value, or a histogram's sample
@@ -637,7 +819,7 @@ func TestSetConfigKeepsState(t *testing.T) {
 		t.Fatal("targets changed on a reload that keeps the master")
 	default:
 	}
-	if st := m.Status(); st.Master != "a" || st.Backends[0].State != StateUp {
+	if st := m.Status(); st.Master != "a" || st.Backends[0].State != StateMaster {
 		t.Fatalf("after SetConfig: %+v", st)
 	}
 	m.SetConfig(Config{Interval: time.Hour, NoMasterInterval: time.Hour, Mode: ModeAny}, nil)

@@ -17,7 +17,6 @@ import (
 
 	"handover/internal/rawsock"
 
-	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 )
 
@@ -173,6 +172,11 @@ func newLoopGroup(s *Service, n int) (*loopGroup, error) {
 		since:       map[*net.TCPConn]time.Time{},
 		src:         map[*net.TCPConn]netip.Addr{},
 		active:      map[string]*atomic.Int64{},
+	}
+	// Loop 0 binds with SO_REUSEPORT, as the others beside it: first
+	// make sure no other process listens there.
+	if err := ProbeFree(s.opts.Listen); err != nil {
+		return nil, err
 	}
 	for i := range n {
 		l, err := g.newLoop(i)
@@ -437,12 +441,22 @@ func (g *loopGroup) closeAll() int {
 }
 
 // sweep asks every loop to close its connections to backends no longer
-// targeted.
-func (g *loopGroup) sweep() {
+// targeted, and returns how many will sweep for it and report to
+// Service.endSweep: a loop that has a sweep pending already, not yet
+// started, does that one for both requests (it reads the targets when it
+// runs), and a loop that has stopped does none.
+func (g *loopGroup) sweep() int {
+	n := 0
 	for _, l := range g.loops {
-		l.post(cmdSweep)
+		if l.postOnce(cmdSweep) {
+			n++
+		}
 	}
+	return n
 }
+
+// loopCount is how many loops there are.
+func (g *loopGroup) loopCount() int { return len(g.loops) }
 
 // status adds the loops' connections to st.
 func (g *loopGroup) status(st *ServiceStatus) {
@@ -471,6 +485,20 @@ func (g *loopGroup) activeCounter(addr string) *atomic.Int64 {
 // post gives the loop a command and wakes it.
 // A loop that has ended takes no more: its eventfd's number may belong
 // to another file by now.
+// postOnce posts cmd unless it is pending already, and reports whether it
+// did.
+func (l *loop) postOnce(cmd uint32) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.evfd < 0 || l.cmds&cmd != 0 {
+		return false
+	}
+	l.cmds |= cmd
+	var one = [8]byte{1}
+	unix.Write(l.evfd, one[:])
+	return true
+}
+
 func (l *loop) post(cmd uint32) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -844,7 +872,7 @@ func (l *loop) commands() {
 func (l *loop) sweep() {
 	targets, _ := l.g.s.picker.Targets()
 	stale := staleness(l.g.s.picker, targets)
-	closed := 0
+	var closed map[string]int
 	for fd, c := range l.conns {
 		if c == nil || fd != c.cfd || c.bfd < 0 || !stale(c.t.addr) {
 			continue
@@ -865,13 +893,14 @@ func (l *loop) sweep() {
 		if l.g.s.debugging() {
 			c.logger().Debug("closing: backend is no longer a target")
 		}
+		if closed == nil {
+			closed = map[string]int{}
+		}
+		closed[c.t.addr]++
 		l.close(c, reasonFailover)
-		closed++
 	}
-	if closed > 0 {
-		l.g.s.log.WithFields(logrus.Fields{"targets": targets, "closing": closed}).
-			Warn("targets changed: closing connections to backends no longer targeted, so their clients reconnect")
-	}
+	// One line for the change, from the last loop to sweep (failover.go).
+	l.g.s.endSweep(closed)
 }
 
 // accept takes one connection from the listening socket, and closes it

@@ -51,7 +51,9 @@ type Lifecycle[T any] struct {
 
 	serving bool
 	stopped bool
-	conns   int // connection goroutines
+	// why is the reason given to StopAcceptingBecause, "" for a shutdown.
+	why   string
+	conns int // connection goroutines
 }
 
 // LifecycleConfig is what a Lifecycle needs from its owner.
@@ -105,6 +107,11 @@ type Acceptor interface {
 func NewLifecycle[T any](c Options, log *logrus.Entry, cfg LifecycleConfig[T]) (*Lifecycle[T], error) {
 	ln := cfg.Listener
 	if ln == nil {
+		// SO_REUSEPORT (ListenConfig) would let the bind below succeed
+		// beside another process's listener: make sure there is none.
+		if err := ProbeFree(c.Listen); err != nil {
+			return nil, err
+		}
 		lc := ListenConfig(c.KeepAlive)
 		bound, err := lc.Listen(context.Background(), "tcp", c.Listen)
 		if err != nil {
@@ -212,7 +219,13 @@ func (l *Lifecycle[T]) Shutdown(ctx context.Context) error {
 	case <-ctx.Done():
 	}
 	if n := l.cfg.CloseAll(); n > 0 {
-		l.log.WithField("closed", n).Warn("shutdown grace over: closing live " + l.cfg.Noun)
+		l.Mu.Lock()
+		what := "shutdown grace over"
+		if l.why != "" {
+			what = "drain grace over (" + l.why + ")"
+		}
+		l.Mu.Unlock()
+		l.log.WithField("closed", n).Warn(what + ": closing live " + l.cfg.Noun)
 	}
 	<-l.drained
 	return ctx.Err()
@@ -225,13 +238,20 @@ func (l *Lifecycle[T]) Shutdown(ctx context.Context) error {
 // listener closes, so no connection goroutine starts after it (and an
 // owner checking Stopped registers nothing more); cancelling the context
 // then wakes every connection waiting for a backend.
-func (l *Lifecycle[T]) StopAccepting() {
+func (l *Lifecycle[T]) StopAccepting() { l.StopAcceptingBecause("") }
+
+// StopAcceptingBecause is StopAccepting for a reason other than shutting
+// down, such as "listener replaced by a reload": the log lines then say
+// that the listener drains and why, not that the process shuts down. The
+// first call's reason stays.
+func (l *Lifecycle[T]) StopAcceptingBecause(why string) {
 	l.Mu.Lock()
 	if l.stopped {
 		l.Mu.Unlock()
 		return
 	}
 	l.stopped = true
+	l.why = why
 	close(l.stopping)
 	fields := l.cfg.Draining(l.conns)
 	if l.conns == 0 {
@@ -240,7 +260,11 @@ func (l *Lifecycle[T]) StopAccepting() {
 	l.Mu.Unlock()
 	l.ln.Close()
 	l.cancel()
-	l.log.WithFields(fields).Info("shutting down: not accepting; draining live " + l.cfg.Noun)
+	what := "shutting down"
+	if why != "" {
+		what = why
+	}
+	l.log.WithFields(fields).Info(what + ": not accepting; draining live " + l.cfg.Noun)
 }
 
 // Enter counts a connection accepted outside the accept loop (by an event

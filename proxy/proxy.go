@@ -70,6 +70,10 @@ type Service struct {
 	conn Connector
 
 	held atomic.Int64
+	// failoverClosed counts connections closed for a change of targets
+	// (FailoverCounts); tally gathers one change's into one log line.
+	failoverClosed atomic.Uint64
+	tally          sweepTally
 	// forceCounting makes every pair count bytes itself, as on systems
 	// without TCP_INFO; tests and benchmarks use it to cover and measure
 	// that path on Linux.
@@ -91,9 +95,13 @@ type eventLoops interface {
 	// connections are gone (or closes their sockets if they never ran).
 	start() bool
 	stop()
-	// sweep closes connections to backends no longer targeted; closeAll
-	// closes all, and returns how many were proxied.
-	sweep()
+	// loopCount is how many loops there are.
+	loopCount() int
+	// sweep asks every loop to close its connections to backends no
+	// longer targeted, and returns how many loops will report it to
+	// endSweep, which the caller has counted in beforehand (beginSweep);
+	// closeAll closes all, and returns how many were proxied.
+	sweep() int
 	closeAll() int
 	// status adds the loops' proxied connections to st.
 	status(st *ServiceStatus)
@@ -207,6 +215,10 @@ func (s *Service) Shutdown(ctx context.Context) error { return s.lc.Shutdown(ctx
 // and leaves live connections to finish; Shutdown then waits for them. A
 // reload uses it to free the address for a replacement listener first.
 func (s *Service) StopAccepting() { s.lc.StopAccepting() }
+
+// StopAcceptingBecause is StopAccepting for a reason other than shutting
+// down, which the log lines give ("listener replaced by a reload").
+func (s *Service) StopAcceptingBecause(why string) { s.lc.StopAcceptingBecause(why) }
 
 // Status returns a snapshot of the service.
 func (s *Service) Status() ServiceStatus {
@@ -382,20 +394,26 @@ func (s *Service) closeStale() <-chan struct{} {
 	targets, changed := s.picker.Targets()
 	isStale := staleness(s.picker, targets)
 	var stale []*pair
+	from := map[string]int{}
 	for p := range s.pairs {
 		if isStale(p.backend) {
 			stale = append(stale, p)
+			from[p.backend]++
 		}
 	}
 	s.lc.Mu.Unlock()
+	loops := 0
 	if s.loops != nil {
-		s.loops.sweep()
+		loops = s.loops.loopCount()
 	}
-	if len(stale) == 0 {
-		return changed
+	// Counted before the loops are asked, so that the line is logged
+	// once, by the last of them (failover.go).
+	s.beginSweep(targets, from, loops)
+	if s.loops != nil {
+		for range loops - s.loops.sweep() {
+			s.endSweep(nil) // coalesced with a sweep already asked for
+		}
 	}
-	s.log.WithFields(logrus.Fields{"targets": targets, "closing": len(stale)}).
-		Warn("targets changed: closing connections to backends no longer targeted, so their clients reconnect")
 	debug := s.debugging()
 	for _, p := range stale {
 		if debug {

@@ -3,6 +3,8 @@
 package proxy
 
 import (
+	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -120,4 +122,86 @@ func backendDialer(keepAlive time.Duration) net.Dialer {
 			return err
 		},
 	}
+}
+
+// ErrAddrInUse means a listen address is taken by another socket: another
+// process's listener, or a listener of this process outside the service.
+var ErrAddrInUse = errors.New("address already in use")
+
+// ProbeFree returns an error wrapping ErrAddrInUse if another socket holds
+// addr. Listeners bind with SO_REUSEPORT (ListenConfig), and with it the
+// kernel lets every socket of the same user that sets it share a port and
+// spreads clients over them: a second sidecar on the same port would start
+// without error and take half the clients, a misconfiguration nobody
+// notices. So before binding, this binds a socket without SO_REUSEPORT,
+// which fails beside any listener, and closes it. It sets SO_REUSEADDR,
+// as every Go listener does, so that connections of an earlier listener
+// lingering in TIME_WAIT or draining do not count; it never listens, so no
+// client can reach it. Port 0 (the kernel picks) is always free. A process
+// binding the port between the probe and the bind that follows is not
+// caught: the probe is for configuration mistakes, not a lock.
+func ProbeFree(addr string) error {
+	ta, err := net.ResolveTCPAddr("tcp", addr)
+	if err != nil {
+		return err
+	}
+	if ta.Port == 0 {
+		return nil
+	}
+	err = probeBind(ta)
+	if errors.Is(err, unix.EADDRINUSE) {
+		return fmt.Errorf("listen %s: %w: another process (or another listener of this one) has it; "+
+			"handover shares a port only between the listeners of one service", addr, ErrAddrInUse)
+	}
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", addr, err)
+	}
+	return nil
+}
+
+// probeBind binds and closes a socket as net would bind a listener on ta:
+// a wildcard address dual-stack on IPv6 when the host has it.
+func probeBind(ta *net.TCPAddr) error {
+	wildcard := ta.IP == nil || ta.IP.IsUnspecified()
+	if ip4 := ta.IP.To4(); ip4 != nil && !wildcard {
+		sa := &unix.SockaddrInet4{Port: ta.Port}
+		copy(sa.Addr[:], ip4)
+		return bindOnce(unix.AF_INET, sa, -1)
+	}
+	sa6 := &unix.SockaddrInet6{Port: ta.Port}
+	v6only := 1
+	if wildcard {
+		v6only = 0
+	} else {
+		copy(sa6.Addr[:], ta.IP.To16())
+		if ta.Zone != "" {
+			if ifi, err := net.InterfaceByName(ta.Zone); err == nil {
+				sa6.ZoneId = uint32(ifi.Index)
+			}
+		}
+	}
+	err := bindOnce(unix.AF_INET6, sa6, v6only)
+	if wildcard && (errors.Is(err, unix.EAFNOSUPPORT) || errors.Is(err, unix.EADDRNOTAVAIL)) {
+		return bindOnce(unix.AF_INET, &unix.SockaddrInet4{Port: ta.Port}, -1) // no IPv6 here
+	}
+	return err
+}
+
+// bindOnce binds a fresh TCP socket of family to sa, with SO_REUSEADDR
+// and, unless v6only is negative, IPV6_V6ONLY set to it, then closes it.
+func bindOnce(family int, sa unix.Sockaddr, v6only int) error {
+	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
+	if err != nil {
+		return os.NewSyscallError("socket", err)
+	}
+	defer unix.Close(fd)
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
+		return os.NewSyscallError("setsockopt", err)
+	}
+	if v6only >= 0 {
+		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, v6only); err != nil {
+			return os.NewSyscallError("setsockopt", err)
+		}
+	}
+	return os.NewSyscallError("bind", unix.Bind(fd, sa))
 }

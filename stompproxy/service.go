@@ -4,9 +4,11 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"maps"
 	"net"
 	"slices"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -38,6 +40,9 @@ type Service struct {
 	duplicates  atomic.Uint64
 	suppressed  atomic.Uint64
 	unresumable atomic.Uint64
+	// held counts sessions that lost their upstream and wait for a master
+	// (FailoverCounts).
+	held atomic.Int64
 
 	sessions map[*session]struct{}
 }
@@ -121,6 +126,17 @@ func (s *Service) Addr() net.Addr { return s.lc.Addr() }
 func (s *Service) Shutdown(ctx context.Context) error { return s.lc.Shutdown(ctx) }
 
 func (s *Service) StopAccepting() { s.lc.StopAccepting() }
+
+// StopAcceptingBecause is StopAccepting for a reason other than shutting
+// down, which the log lines give ("listener replaced by a reload").
+func (s *Service) StopAcceptingBecause(why string) { s.lc.StopAcceptingBecause(why) }
+
+// FailoverCounts returns what failovers have done to the service's
+// sessions: those closed because they could not be resumed, and those that
+// lost their broker and wait for a master now. It takes no lock.
+func (s *Service) FailoverCounts() proxy.FailoverCounts {
+	return proxy.FailoverCounts{Closed: s.unresumable.Load(), Held: int(s.held.Load())}
+}
 
 func (s *Service) Serve(ctx context.Context) error {
 	// Taken before the first accept: any change from here on wakes the
@@ -213,15 +229,17 @@ func (s *Service) newSessionID() string {
 func (s *Service) moveOff() <-chan struct{} {
 	targets, changed := s.picker.Targets()
 	n := 0
+	from := map[string]bool{}
 	for _, ss := range s.live() {
 		if b := ss.backend(); b != "" && !slices.Contains(targets, b) {
 			ss.dropUpstream("backend is no longer a target")
 			n++
+			from[b] = true
 		}
 	}
 	if n > 0 {
-		s.log.WithFields(logrus.Fields{"targets": targets, "sessions": n}).
-			Warn("targets changed: moving sessions off backends no longer targeted")
+		s.log.WithFields(logrus.Fields{"targets": targets, "sessions": n, "from": strings.Join(slices.Sorted(maps.Keys(from)), " ")}).
+			Warn("targets changed: moving sessions off backends no longer targeted; their clients stay connected")
 	}
 	return changed
 }

@@ -685,6 +685,8 @@ func (s *session) resume(old *upstream, cause error) *upstream {
 	name := s.svc.opts.Name
 	s.svc.metrics.paused.WithLabelValues(name).Inc()
 	defer s.svc.metrics.paused.WithLabelValues(name).Dec()
+	s.svc.held.Add(1)
+	defer s.svc.held.Add(-1)
 	log := s.log.WithField("backend", old.backend)
 	if why != "" {
 		log.WithError(cause).WithField("reason", why).Warn("upstream lost and the session cannot be resumed: closing the client")
@@ -694,7 +696,9 @@ func (s *session) resume(old *upstream, cause error) *upstream {
 		s.closeUnresumable(why, true)
 		return nil
 	}
-	log.WithError(cause).Info("upstream lost: holding the session for a master")
+	// Debug: a failover is one line of the health monitor's ("master
+	// changed", with how many sessions were held), not one per session.
+	log.WithError(cause).Debug("upstream lost: holding the session for a master")
 	s.svc.picker.Recheck()
 
 	var end time.Time
@@ -753,7 +757,7 @@ func (s *session) resume(old *upstream, cause error) *upstream {
 	s.svc.metrics.replayed.WithLabelValues(name).Add(float64(plan.replayed))
 	s.svc.metrics.pause.WithLabelValues(name).Observe(paused.Seconds())
 	log.WithFields(logrus.Fields{"from": old.backend, "paused": paused.Round(time.Millisecond),
-		"replayed": plan.replayed, "buffered": buffered}).Info("session resumed on a new master")
+		"replayed": plan.replayed, "buffered": buffered}).Debug("session resumed on a new master")
 	s.checkTarget(u)
 	return u
 }

@@ -1,13 +1,20 @@
 package main
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"net/url"
 	"os"
+	"regexp"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
+
+	"github.com/BurntSushi/toml"
 
 	"handover/internal/conf"
 	"handover/proxy"
@@ -208,37 +215,232 @@ func (c *Config) defaults() {
 	}
 }
 
+// newConfig is a Config before the file is read: the defaults that an
+// explicit empty value may override (admin.listen = "" disables the admin
+// server).
+func newConfig() *Config {
+	var c Config
+	c.Admin.Listen = "127.0.0.1:9090"
+	return &c
+}
+
 // LoadConfig reads, defaults and validates a config file. The error lists
-// every problem, each with its key and line, so an operator fixes them all
-// in one pass.
+// every problem at once, each with its line and key: syntax (then nothing
+// else can be read), values of the wrong type, unknown keys, values out of
+// range, addresses that are not addresses, and listen ports used twice
+// (by two services, or a service and the admin server), so that an
+// operator fixes them all in one pass.
 func LoadConfig(path string) (*Config, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
-	var c Config
-	c.Admin.Listen = "127.0.0.1:9090"
-	if _, err := conf.Decode(path, string(b), &c); err != nil {
-		return nil, err
+	text := string(b)
+	pos := conf.KeyPositions(text)
+	c := newConfig()
+	var errs []error
+	var skip map[string]bool
+	if _, err := conf.Decode(path, text, c); err != nil {
+		// The decoder stops at the first value of a wrong type, and
+		// then every key after it looks unknown: decode each key alone
+		// to tell them apart, and the rest of the file to validate it.
+		var keyErrs []error
+		c, skip, keyErrs = decodeEachKey(path, text, pos)
+		if c == nil || len(keyErrs) == 0 {
+			return nil, err // a syntax error, or one only the whole file shows
+		}
+		errs = append(errs, keyErrs...)
 	}
 	c.defaults()
-	if err := c.validate(path, conf.KeyPositions(string(b))); err != nil {
-		return nil, err
+	errs = append(errs, c.validate(path, pos, skip)...)
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
 	}
-	return &c, nil
+	return c, nil
 }
 
-func (c *Config) validate(name string, pos conf.Positions) error {
+// keyStep is one step of a key path: a key, and an index into an array of
+// tables (-1 if it is not one).
+type keyStep struct {
+	key   string
+	index int
+}
+
+func renderPath(steps []keyStep) string {
+	var b strings.Builder
+	for i, st := range steps {
+		if i > 0 {
+			b.WriteByte('.')
+		}
+		b.WriteString(st.key)
+		if st.index >= 0 {
+			fmt.Fprintf(&b, "[%d]", st.index)
+		}
+	}
+	return b.String()
+}
+
+// nestKey builds a document holding only value at steps.
+func nestKey(steps []keyStep, value any) map[string]any {
+	st := steps[0]
+	v := value
+	if len(steps) > 1 {
+		v = nestKey(steps[1:], value)
+	}
+	if st.index >= 0 {
+		m, _ := v.(map[string]any)
+		v = []map[string]any{m}
+	}
+	return map[string]any{st.key: v}
+}
+
+// dropKey deletes the value at steps from doc.
+func dropKey(doc map[string]any, steps []keyStep) {
+	for _, st := range steps[:len(steps)-1] {
+		switch v := doc[st.key].(type) {
+		case map[string]any:
+			doc = v
+		case []map[string]any:
+			doc = v[st.index]
+		default:
+			return
+		}
+	}
+	delete(doc, steps[len(steps)-1].key)
+}
+
+// tomlPrefix is how the TOML decoder starts an error about a value: the
+// line is that of the one-key document decodeEachKey made, so it goes.
+var tomlPrefix = regexp.MustCompile(`^toml: line \d+ \(last key "[^"]*"\): `)
+
+// decodeEachKey finds every key of a file that decodes badly on its own (a
+// value of the wrong type, or a key Config has no field for), and decodes
+// the rest: the Config, with the bad keys left at their defaults, the
+// paths of the bad keys (validation says nothing more about them), and an
+// error per bad key, in line order. It returns a nil Config if the text is
+// not TOML at all.
+func decodeEachKey(name, text string, pos conf.Positions) (*Config, map[string]bool, []error) {
+	var raw map[string]any
+	if _, err := toml.Decode(text, &raw); err != nil {
+		return nil, nil, nil
+	}
+	type leaf struct {
+		steps []keyStep
+		value any
+	}
+	var leaves []leaf
+	var walk func(steps []keyStep, m map[string]any)
+	walk = func(steps []keyStep, m map[string]any) {
+		for k, v := range m {
+			s := append(slices.Clone(steps), keyStep{key: k, index: -1})
+			switch v := v.(type) {
+			case map[string]any:
+				if len(v) > 0 {
+					walk(s, v)
+					continue
+				}
+			case []map[string]any:
+				for i, e := range v {
+					si := slices.Clone(s)
+					si[len(si)-1].index = i
+					if len(e) > 0 {
+						walk(si, e)
+					} else {
+						leaves = append(leaves, leaf{si, e})
+					}
+				}
+				if len(v) > 0 {
+					continue
+				}
+			}
+			leaves = append(leaves, leaf{s, v})
+		}
+	}
+	walk(nil, raw)
+
+	type keyErr struct {
+		line int
+		err  error
+	}
+	var found []keyErr
+	bad := map[string]bool{}
+	unknown := map[string]bool{}
+	for _, l := range leaves {
+		path := renderPath(l.steps)
+		var buf bytes.Buffer
+		if err := toml.NewEncoder(&buf).Encode(nestKey(l.steps, l.value)); err != nil {
+			continue // not ours to judge: the whole-file decode will say
+		}
+		md, err := toml.Decode(buf.String(), newConfig())
+		switch {
+		case err != nil:
+			msg := err.Error()
+			var perr toml.ParseError
+			if errors.As(err, &perr) {
+				msg = perr.Message
+			}
+			msg = tomlPrefix.ReplaceAllString(msg, "")
+			bad[path] = true
+			found = append(found, keyErr{pos.Line(path), fmt.Errorf("%s:%d: %s: %s", name, pos.Line(path), path, msg)})
+		case len(md.Undecoded()) > 0:
+			// The shortest undecoded key is the unknown one: an unknown
+			// table's keys are not reported again.
+			und := md.Undecoded()[0]
+			for _, k := range md.Undecoded() {
+				if len(k) < len(und) {
+					und = k
+				}
+			}
+			p := renderPath(l.steps[:min(len(und), len(l.steps))])
+			bad[path] = true
+			if !unknown[p] {
+				unknown[p] = true
+				found = append(found, keyErr{pos.Line(p), fmt.Errorf("%s:%d: unknown key %q", name, pos.Line(p), strings.Join(und, "."))})
+			}
+		}
+	}
+	slices.SortStableFunc(found, func(a, b keyErr) int { return a.line - b.line })
+	errs := make([]error, len(found))
+	for i, f := range found {
+		errs[i] = f.err
+	}
+	for _, l := range leaves {
+		if bad[renderPath(l.steps)] {
+			dropKey(raw, l.steps)
+		}
+	}
+	c := newConfig()
+	var buf bytes.Buffer
+	if err := toml.NewEncoder(&buf).Encode(raw); err != nil {
+		return nil, nil, nil
+	}
+	if _, err := toml.Decode(buf.String(), c); err != nil {
+		return nil, nil, nil
+	}
+	return c, bad, errs
+}
+
+func (c *Config) validate(name string, pos conf.Positions, skip map[string]bool) []error {
 	var errs []error
 	bad := func(path, format string, args ...any) {
+		if skip[path] {
+			return // its value had the wrong type: said already
+		}
 		errs = append(errs, fmt.Errorf("%s:%d: %s: %s", name, pos.Line(path), path, fmt.Sprintf(format, args...)))
 	}
 	if _, err := conf.NewLogger(os.Stderr, c.Log.Level, c.Log.Format); err != nil {
 		bad("log", "%v", err)
 	}
+	// Every listen address, to find ports used twice: each one binds with
+	// SO_REUSEPORT, so the kernel would let them share the port and
+	// spread clients over them, some landing on the admin server.
+	type bound struct{ path, what, host, port string }
+	var binds []bound
 	if c.Admin.Listen != "" {
-		if err := checkAddr(c.Admin.Listen); err != nil {
+		if host, port, err := checkListen(c.Admin.Listen, false); err != nil {
 			bad("admin.listen", "%v", err)
+		} else {
+			binds = append(binds, bound{"admin.listen", "the admin server", host, port})
 		}
 	}
 	if c.ShutdownGrace < 0 {
@@ -251,7 +453,6 @@ func (c *Config) validate(name string, pos conf.Positions) error {
 		bad("service", "at least one [[service]] is required")
 	}
 	names := map[string]bool{}
-	listens := map[string]string{}
 	for i, s := range c.Services {
 		p := fmt.Sprintf("service[%d]", i)
 		if s.Name == "" {
@@ -262,12 +463,11 @@ func (c *Config) validate(name string, pos conf.Positions) error {
 		names[s.Name] = true
 		if s.Listen == "" {
 			bad(p+".listen", "required (for example \"127.0.0.1:61600\")")
-		} else if err := checkAddr(s.Listen); err != nil {
+		} else if host, port, err := checkListen(s.Listen, true); err != nil {
 			bad(p+".listen", "%v", err)
-		} else if other, dup := listens[s.Listen]; dup {
-			bad(p+".listen", "%s is also the listen address of service %q", s.Listen, other)
+		} else {
+			binds = append(binds, bound{p + ".listen", fmt.Sprintf("service %q", s.Name), host, port})
 		}
-		listens[s.Listen] = s.Name
 		if len(s.Backends) == 0 && s.Discovery == "" {
 			bad(p+".backends", "at least one backend, or a discovery, is required")
 		}
@@ -276,8 +476,8 @@ func (c *Config) validate(name string, pos conf.Positions) error {
 				bad(p+".discovery", "%q: want dns-srv:NAME, e.g. dns-srv:_stomp._tcp.brokers.example.", s.Discovery)
 			}
 			if s.Resolver != "" {
-				if _, _, err := net.SplitHostPort(s.Resolver); err != nil {
-					bad(p+".resolver", "%q: want host:port", s.Resolver)
+				if err := checkHostPort(s.Resolver, false); err != nil {
+					bad(p+".resolver", "%q: %v", s.Resolver, err)
 				}
 			}
 			if s.MinRefresh < 0 || s.MaxRefresh < 0 || (s.MaxRefresh > 0 && s.MaxRefresh < s.MinRefresh) {
@@ -289,8 +489,8 @@ func (c *Config) validate(name string, pos conf.Positions) error {
 		}
 		seen := map[string]bool{}
 		for j, b := range s.Backends {
-			if _, _, err := net.SplitHostPort(b.Addr); err != nil || b.Addr == "" {
-				bad(p+".backends", "backend %d %q: want host:port", j, b.Addr)
+			if err := checkHostPort(b.Addr, false); err != nil {
+				bad(p+".backends", "backend %d %q: %v", j, b.Addr, err)
 			}
 			if seen[b.Addr] {
 				bad(p+".backends", "backend %q is listed twice", b.Addr)
@@ -301,6 +501,8 @@ func (c *Config) validate(name string, pos conf.Positions) error {
 					bad(p+".backends", "backend %q needs a check_url for the http check", b.Addr)
 				} else if u, err := url.Parse(b.CheckURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 					bad(p+".backends", "backend %q: check_url %q is not an http(s) URL", b.Addr, b.CheckURL)
+				} else if err := checkHostPort(hostPortOf(u), false); err != nil {
+					bad(p+".backends", "backend %q: check_url %q: %v", b.Addr, b.CheckURL, err)
 				}
 			}
 		}
@@ -337,8 +539,11 @@ func (c *Config) validate(name string, pos conf.Positions) error {
 		if s.DialTimeout <= 0 {
 			bad(p+".dial_timeout", "must be positive")
 		}
-		if s.IdleTimeout < 0 || s.KeepAlive < 0 {
-			bad(p, "idle_timeout and keepalive must not be negative")
+		if s.IdleTimeout < 0 {
+			bad(p+".idle_timeout", "must not be negative")
+		}
+		if s.KeepAlive < 0 {
+			bad(p+".keepalive", "must not be negative")
 		}
 		if s.MaxConnections < proxy.NoLimit {
 			bad(p+".max_connections", "must be %d (no cap), 0 (the default, %d) or positive, got %d",
@@ -378,23 +583,108 @@ func (c *Config) validate(name string, pos conf.Positions) error {
 			bad(ck+".fall", "must be at least 1")
 		}
 	}
-	return errors.Join(errs...)
+	for i, a := range binds {
+		for _, b := range binds[:i] {
+			if overlap(a.host, a.port, b.host, b.port) {
+				bad(a.path, "port %s is also where %s listens (%s); each listener needs a port of its own", a.port, b.what, b.path)
+				break
+			}
+		}
+	}
+	return errs
 }
 
 // maxGOMAXPROCS bounds the gomaxprocs key: far beyond any sidecar's need,
 // low enough to catch a typo (a port number, say).
 const maxGOMAXPROCS = 1024
 
-// checkAddr validates a listen address, rendering go-sockaddr templates.
-func checkAddr(addr string) error {
+// checkListen validates a listen address, rendering go-sockaddr templates,
+// and returns the host and port it binds (for a service, a bare ":port"
+// binds loopback: listenAddr).
+func checkListen(addr string, service bool) (host, port string, err error) {
 	a, err := conf.ResolveAddr(addr)
 	if err != nil {
-		return err
+		return "", "", err
 	}
-	if _, _, err := net.SplitHostPort(a); err != nil {
-		return fmt.Errorf("%q: want host:port: %v", a, err)
+	if service {
+		a, _ = listenAddr(a)
+	}
+	if err := checkHostPort(a, true); err != nil {
+		return "", "", fmt.Errorf("%q: %w", a, err)
+	}
+	host, port, _ = net.SplitHostPort(a)
+	return host, port, nil
+}
+
+// checkHostPort validates "host:port": a port from 1 to 65535 (0 too for
+// a listen address: the kernel picks one, as tests want), and a host that
+// is an IP address, or a name, but not a dotted quad out of range such as
+// 256.1.1.1, which a resolver would look up as a name and fail on only
+// when the sidecar starts.
+func checkHostPort(addr string, listen bool) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return errors.New("want host:port")
+	}
+	n, err := strconv.Atoi(port)
+	switch {
+	case err != nil:
+		return fmt.Errorf("port %q is not a number", port)
+	case n == 0 && listen:
+	case n < 1 || n > 65535:
+		return fmt.Errorf("port %d is out of range (1 to 65535)", n)
+	}
+	if host == "" {
+		if !listen {
+			return errors.New("the host is missing")
+		}
+		return nil
+	}
+	if _, err := netip.ParseAddr(host); err == nil {
+		return nil
+	}
+	if strings.Trim(host, "0123456789.") == "" {
+		return fmt.Errorf("%s is not an IP address", host)
+	}
+	for _, label := range strings.Split(strings.TrimSuffix(host, "."), ".") {
+		if label == "" || len(label) > 63 || strings.Trim(label, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_") != "" {
+			return fmt.Errorf("%q is neither an IP address nor a host name", host)
+		}
 	}
 	return nil
+}
+
+// hostPortOf is a URL's host:port, with the scheme's default port.
+func hostPortOf(u *url.URL) string {
+	if u.Port() != "" {
+		return u.Host
+	}
+	if u.Scheme == "https" {
+		return net.JoinHostPort(u.Hostname(), "443")
+	}
+	return net.JoinHostPort(u.Hostname(), "80")
+}
+
+// overlap reports whether two listen addresses would share a port: the same
+// port, on the same host or with either on every interface.
+func overlap(hostA, portA, hostB, portB string) bool {
+	if portA != portB || portA == "0" {
+		return false
+	}
+	norm := func(h string) string {
+		if h == "localhost" {
+			return "127.0.0.1"
+		}
+		if a, err := netip.ParseAddr(h); err == nil {
+			if a.IsUnspecified() {
+				return ""
+			}
+			return a.Unmap().String()
+		}
+		return h
+	}
+	a, b := norm(hostA), norm(hostB)
+	return a == b || a == "" || b == ""
 }
 
 // listenAddr resolves a service's listen address. A bare ":port" binds

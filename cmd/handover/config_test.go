@@ -96,6 +96,47 @@ rise = -1
 			"f.toml:8: service[0].client_write_timeout: must be positive (the default is 30s), got -1s",
 		}},
 		{"bad duration", "[[service]]\nname = \"a\"\nlisten = \":1\"\nbackends = [\"h:2\"]\ntimeout = \"forever\"\n", []string{"bad duration"}},
+		{"listen port out of range", "[[service]]\nname = \"a\"\nlisten = \"127.0.0.1:99999\"\nbackends = [\"127.0.0.1:2\"]\n", []string{
+			`f.toml:3: service[0].listen: "127.0.0.1:99999": port 99999 is out of range (1 to 65535)`}},
+		{"listen address not an IP", "[[service]]\nname = \"a\"\nlisten = \"256.1.1.1:61600\"\nbackends = [\"127.0.0.1:2\"]\n", []string{
+			`f.toml:3: service[0].listen: "256.1.1.1:61600": 256.1.1.1 is not an IP address`}},
+		{"admin port out of range", "[admin]\nlisten = \"127.0.0.1:70000\"\n[[service]]\nname = \"a\"\nlisten = \":1\"\nbackends = [\"127.0.0.1:2\"]\n", []string{
+			`f.toml:2: admin.listen: "127.0.0.1:70000": port 70000 is out of range`}},
+		{"backend addresses", "[[service]]\nname = \"a\"\nlisten = \":1\"\nbackends = [\"127.0.0.1:0\", \"10.0.0.300:61613\", \"broker-1.example:x\"]\n", []string{
+			`backend 0 "127.0.0.1:0": port 0 is out of range`,
+			`backend 1 "10.0.0.300:61613": 10.0.0.300 is not an IP address`,
+			`backend 2 "broker-1.example:x": port "x" is not a number`}},
+		{"listen port 0 is for tests", "[admin]\nlisten = \"127.0.0.1:0\"\n[[service]]\nname = \"a\"\nlisten = \"127.0.0.1:0\"\nbackends = [\"broker-1.example:61613\"]\n[[service]]\nname = \"b\"\nlisten = \"127.0.0.1:0\"\nbackends = [\"[::1]:61613\"]\n", nil},
+		{"two services on one port", "[[service]]\nname = \"a\"\nlisten = \":61600\"\nbackends = [\"127.0.0.1:2\"]\n[[service]]\nname = \"b\"\nlisten = \"127.0.0.1:61600\"\nbackends = [\"127.0.0.1:2\"]\n", []string{
+			`f.toml:7: service[1].listen: port 61600 is also where service "a" listens (service[0].listen)`}},
+		{"a service on the admin port", "[admin]\nlisten = \"127.0.0.1:9090\"\n[[service]]\nname = \"a\"\nlisten = \"localhost:9090\"\nbackends = [\"127.0.0.1:2\"]\n", []string{
+			`f.toml:5: service[0].listen: port 9090 is also where the admin server listens (admin.listen)`}},
+		{"every interface overlaps loopback", "[admin]\nlisten = \"0.0.0.0:7000\"\n[[service]]\nname = \"a\"\nlisten = \"127.0.0.1:7000\"\nbackends = [\"127.0.0.1:2\"]\n", []string{
+			`service[0].listen: port 7000 is also where the admin server listens`}},
+		{"one port on two loopback addresses", "[admin]\nlisten = \"\"\n[[service]]\nname = \"a\"\nlisten = \"127.0.0.1:7000\"\nbackends = [\"127.0.0.1:2\"]\n[[service]]\nname = \"b\"\nlisten = \"127.0.0.2:7000\"\nbackends = [\"127.0.0.1:2\"]\n", nil},
+		{"type errors hide nothing", `[[service]]
+name = 5
+listen = ":1"
+backends = ["127.0.0.1:2", {adr = "h:3"}]
+bogus = 1
+max_connections = "many"
+[service.check]
+kind = "tcp"
+rise = "two"
+interval = "-1s"
+colour = "red"
+[service.chek]
+kind = "tcp"
+`, []string{
+			`f.toml:2: service[0].name: incompatible types: TOML value has type int64; destination has type string`,
+			`f.toml:4: service[0].backends: unknown backend key "adr"`,
+			`f.toml:5: unknown key "service.bogus"`,
+			`f.toml:6: service[0].max_connections: incompatible types`,
+			`f.toml:9: service[0].check.rise: incompatible types`,
+			`f.toml:10: service[0].check.interval: must be positive`,
+			`f.toml:11: unknown key "service.check.colour"`,
+			`f.toml:12: unknown key "service.chek"`,
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -115,6 +156,9 @@ rise = -1
 				if !strings.Contains(err.Error(), w) {
 					t.Errorf("error lacks %q:\n%v", w, err)
 				}
+			}
+			if strings.Contains(err.Error(), "name: required") {
+				t.Errorf("a name of the wrong type is reported missing too:\n%v", err)
 			}
 		})
 	}

@@ -4,10 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -215,6 +217,63 @@ func TestFailoverThroughSidecar(t *testing.T) {
 	}
 }
 
+// TestStandbyIsStandby: with two real brokers, the slave is "standby" in
+// /status and in the metrics (backend_state, backend_up 1), with no failures
+// however many checks it answers; killed, the master is "down" and the slave
+// "master".
+func TestStandbyIsStandby(t *testing.T) {
+	c := startCluster(t, 2)
+	master, slave := c.brokers[0], c.brokers[1]
+	c.waitSidecarMaster(master.listen)
+	testutil.Eventually(t, 15*time.Second, func() error {
+		st, err := c.status()
+		if err != nil {
+			return err
+		}
+		h := st.Services[0].Health
+		if b := h.Backends[1]; b.State != "standby" || b.Failures != 0 || b.LastError != "" || b.Checks < 3 {
+			return fmt.Errorf("slave after %d checks: %+v", b.Checks, b)
+		}
+		if b := h.Backends[0]; b.State != "master" {
+			return fmt.Errorf("master: %+v", b)
+		}
+		return nil
+	})
+	metrics := func() string {
+		resp, err := http.Get("http://" + c.admin + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return string(b)
+	}
+	m := metrics()
+	for _, want := range []string{
+		fmt.Sprintf(`handover_health_backend_state{backend=%q,service="stomp",state="standby"} 1`, slave.listen),
+		fmt.Sprintf(`handover_health_backend_state{backend=%q,service="stomp",state="down"} 0`, slave.listen),
+		fmt.Sprintf(`handover_health_backend_up{backend=%q,service="stomp"} 1`, slave.listen),
+		fmt.Sprintf(`handover_health_backend_state{backend=%q,service="stomp",state="master"} 1`, master.listen),
+	} {
+		if !strings.Contains(m, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+
+	master.p.Cmd.Process.Signal(syscall.SIGKILL)
+	c.waitSidecarMaster(slave.listen)
+	testutil.Eventually(t, 10*time.Second, func() error {
+		st, err := c.status()
+		if err != nil {
+			return err
+		}
+		if b := st.Services[0].Health.Backends[0]; b.State != "down" {
+			return fmt.Errorf("killed master: %+v", b)
+		}
+		return nil
+	})
+}
+
 func TestSidecarSIGTERM(t *testing.T) {
 	c := startCluster(t, 1)
 	c.waitSidecarMaster(c.brokers[0].listen)
@@ -228,6 +287,27 @@ func TestCheckFlag(t *testing.T) {
 	bin := testutil.Binary(t, "handover/cmd/handover")
 	bad := filepath.Join(t.TempDir(), "bad.toml")
 	os.WriteFile(bad, []byte("[[service]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\nbackends = [\"x\"]\nmode = \"leader\"\n"), 0o644)
+	// What -check let through before: a port out of range, an address
+	// that is no address, two services and the admin server on one port,
+	// and a type error hiding the unknown keys after it.
+	worse := filepath.Join(t.TempDir(), "worse.toml")
+	os.WriteFile(worse, []byte(`[admin]
+listen = "127.0.0.1:61600"
+[[service]]
+name = "a"
+listen = "127.0.0.1:99999"
+backends = ["127.0.0.1:61613"]
+[[service]]
+name = "b"
+listen = "256.1.1.1:61601"
+backends = ["127.0.0.1:61613"]
+[[service]]
+name = "c"
+listen = ":61600"
+backends = ["127.0.0.1:61613"]
+max_connections = "many"
+colour = "red"
+`), 0o644)
 	tests := []struct {
 		args []string
 		code int
@@ -235,8 +315,17 @@ func TestCheckFlag(t *testing.T) {
 	}{
 		{[]string{"-check", "-config", "../../proxy.toml"}, 0, []string{"ok (1 services)"}},
 		{[]string{"-check", "-config", bad}, 1, []string{"bad.toml:4: service[0].backends", "bad.toml:5: service[0].mode"}},
+		{[]string{"-check", "-config", worse}, 1, []string{
+			`worse.toml:5: service[0].listen: "127.0.0.1:99999": port 99999 is out of range`,
+			`worse.toml:9: service[1].listen: "256.1.1.1:61601": 256.1.1.1 is not an IP address`,
+			`worse.toml:13: service[2].listen: port 61600 is also where the admin server listens (admin.listen)`,
+			`worse.toml:15: service[2].max_connections: incompatible types`,
+			`worse.toml:16: unknown key "service.colour"`,
+		}},
 		{[]string{"-check", "-config", "/nonexistent.toml"}, 1, []string{"no such file"}},
-		{[]string{"-version"}, 0, []string{"handover " + Version}},
+		// -version says which build: the version, and the commit and
+		// its date when built from a git checkout, and the Go version.
+		{[]string{"-version"}, 0, []string{"handover " + Version, runtime.Version() + ")"}},
 	}
 	for _, tt := range tests {
 		out, err := exec.Command(bin, tt.args...).CombinedOutput()
@@ -317,9 +406,58 @@ func TestStompModeSessionSurvivesFailover(t *testing.T) {
 	}
 	t.Logf("longest SendReceipt across the failover: %v", pauseMax)
 	c.waitSidecarMaster(c.brokers[1].listen) // the session really moved
+	// The failover is one info line, which counts the session as held
+	// (not closed): it paused when its broker died and resumed.
+	var changed []string
+	for _, l := range strings.Split(c.sidecar.Out.String(), "\n") {
+		if strings.Contains(l, `msg="master changed"`) {
+			changed = append(changed, l)
+		}
+	}
+	if len(changed) != 1 || !strings.Contains(changed[0], "held=1 ") || !strings.Contains(changed[0], "closed=0 ") ||
+		!strings.Contains(changed[0], fmt.Sprintf("old=%q", c.brokers[0].listen)) || !strings.Contains(changed[0], fmt.Sprintf("new=%q", c.brokers[1].listen)) {
+		t.Errorf("master changed lines: %q; want one, with the session held", changed)
+	}
+	if n := strings.Count(c.sidecar.Out.String(), "level=info msg=\"session resumed"); n != 0 {
+		t.Errorf("%d info lines per session for one failover", n)
+	}
 	select {
 	case <-cl.Done():
 		t.Fatalf("client connection ended: %v", cl.Err())
 	default:
 	}
+}
+
+// TestStatusPageInBrowser: a person watching the sidecar's page in a
+// browser during a failover sees the master named and the slave standby,
+// then, once the master is killed, the slave named master and the killed
+// broker marked down.
+func TestStatusPageInBrowser(t *testing.T) {
+	c := startCluster(t, 2)
+	master, slave := c.brokers[0], c.brokers[1]
+	c.waitSidecarMaster(master.listen)
+	state := func(b *brokerProc, st string) string {
+		return fmt.Sprintf(`<td>%s</td><td><span class="state %s">%s</span></td>`, b.listen, st, st)
+	}
+	testutil.Eventually(t, 15*time.Second, func() error {
+		page := testutil.BrowserDOM(t, "http://"+c.admin+"/")
+		for _, want := range []string{`id="master-stomp">` + master.listen + `</b>`, state(master, "master"), state(slave, "standby")} {
+			if !strings.Contains(page, want) {
+				return fmt.Errorf("the page before the failover lacks %s:\n%s", want, page)
+			}
+		}
+		return nil
+	})
+	master.p.Cmd.Process.Signal(syscall.SIGKILL)
+	c.waitSidecarMaster(slave.listen)
+	testutil.Eventually(t, 15*time.Second, func() error {
+		page := testutil.BrowserDOM(t, "http://"+c.admin+"/")
+		for _, want := range []string{`id="master-stomp">` + slave.listen + `</b>`, state(slave, "master"), state(master, "down"),
+			`id="ready-stomp">ready</span>`} {
+			if !strings.Contains(page, want) {
+				return fmt.Errorf("the page after the failover lacks %s:\n%s", want, page)
+			}
+		}
+		return nil
+	})
 }

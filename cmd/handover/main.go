@@ -5,7 +5,9 @@
 //
 //	handover -config proxy.toml        run
 //	handover -check -config proxy.toml validate the file, list every problem
-//	handover -version
+//	handover -version                  the version, commit, its date and the Go version
+//	handover ctl [-admin ADDR] status|disable|drain|enable ...
+//	                                   a running sidecar's state, and runtime control of its backends
 package main
 
 import (
@@ -15,6 +17,8 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"handover/internal/buildinfo"
 )
 
 // Version is the sidecar's version.
@@ -25,6 +29,9 @@ func main() {
 }
 
 func run(args []string) int {
+	if len(args) > 0 && args[0] == "ctl" {
+		return ctl(args[1:], os.Stdout, os.Stderr)
+	}
 	fs := flag.NewFlagSet("handover", flag.ContinueOnError)
 	path := fs.String("config", "proxy.toml", "TOML config file")
 	check := fs.Bool("check", false, "validate the config file and exit: 0 if valid, 1 with every problem listed")
@@ -33,7 +40,7 @@ func run(args []string) int {
 		return 2
 	}
 	if *version {
-		fmt.Println("handover", Version)
+		fmt.Println("handover", Version, buildinfo.Read())
 		return 0
 	}
 	cfg, err := LoadConfig(*path)

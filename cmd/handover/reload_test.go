@@ -45,6 +45,7 @@ type reloadHarness struct {
 	path string
 	sc   *sidecar
 	stop func()
+	logs *testutil.SyncBuffer // everything the sidecar logged
 }
 
 func (h *reloadHarness) write(cfg string) {
@@ -56,13 +57,13 @@ func (h *reloadHarness) write(cfg string) {
 
 func startSidecar(t *testing.T, cfg string) *reloadHarness {
 	t.Helper()
-	h := &reloadHarness{t: t, path: filepath.Join(t.TempDir(), "proxy.toml")}
+	h := &reloadHarness{t: t, path: filepath.Join(t.TempDir(), "proxy.toml"), logs: &testutil.SyncBuffer{}}
 	h.write(cfg)
 	c, err := LoadConfig(h.path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	sc, err := newSidecar(c, h.path, tWriter{t})
+	sc, err := newSidecar(c, h.path, io.MultiWriter(tWriter{t}, h.logs))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -22,7 +23,9 @@ import (
 	"handover/discovery"
 	"handover/health"
 	"handover/internal/adminmux"
+	"handover/internal/buildinfo"
 	"handover/internal/conf"
+	"handover/internal/sdnotify"
 	"handover/proxy"
 	"handover/stompproxy"
 )
@@ -69,7 +72,12 @@ type dataPath interface {
 	Addr() net.Addr
 	Serve(ctx context.Context) error
 	StopAccepting()
+	// StopAcceptingBecause is StopAccepting with the reason the logs
+	// give, for a listener that drains while the sidecar runs on.
+	StopAcceptingBecause(why string)
 	Shutdown(ctx context.Context) error
+	// FailoverCounts feeds the "master changed" log line.
+	FailoverCounts() proxy.FailoverCounts
 }
 
 // connectionsStatus is the data path's part of /status.
@@ -100,6 +108,49 @@ type pool struct {
 	stopDisc   context.CancelFunc
 	discDone   chan struct{}
 	disc       *discovery.Discoverer
+
+	// paths are the data paths serving from this pool (one, and after a
+	// reload's rebind also the old listener while it drains), each with
+	// its FailoverCounts().Closed at the last report. Guarded by pathsMu,
+	// which the monitor's ConnReporter takes under the monitor's lock.
+	pathsMu sync.Mutex
+	paths   map[dataPath]uint64
+}
+
+// addPath and removePath track the data paths that report to the pool.
+func (p *pool) addPath(d dataPath) {
+	p.pathsMu.Lock()
+	defer p.pathsMu.Unlock()
+	if p.paths == nil {
+		p.paths = map[dataPath]uint64{}
+	}
+	p.paths[d] = d.FailoverCounts().Closed
+}
+
+func (p *pool) removePath(d dataPath) {
+	p.pathsMu.Lock()
+	delete(p.paths, d)
+	p.pathsMu.Unlock()
+}
+
+// report is the monitor's ConnReporter: what the data paths did to their
+// clients since the previous change of master. It runs under the monitor's
+// lock, so it reads only pathsMu (never held while calling the monitor) and
+// the data paths' lock-free counters. Connections closed for a change
+// without an outage (the master replaced while up) are closed just after it
+// and counted at the next change; the data path's own "disconnected
+// clients" line has them at once.
+func (p *pool) report(string) health.ConnReport {
+	p.pathsMu.Lock()
+	defer p.pathsMu.Unlock()
+	var r health.ConnReport
+	for d, base := range p.paths {
+		c := d.FailoverCounts()
+		r.Closed += int(c.Closed - base)
+		r.Held += c.Held
+		p.paths[d] = c.Closed
+	}
+	return r
 }
 
 // discoverySettings are the keys of a service that configure DNS discovery.
@@ -229,7 +280,7 @@ type reloadRequest struct{ reply chan error }
 // newSidecar builds everything and binds every listener, so a bad address
 // fails at start, not at the first client. path is re-read on reload.
 func newSidecar(cfg *Config, path string, logOut io.Writer) (*sidecar, error) {
-	logger, err := conf.NewLogger(logOut, cfg.Log.Level, cfg.Log.Format)
+	logger, err := newLogger(logOut, cfg.Log)
 	if err != nil {
 		return nil, err
 	}
@@ -244,7 +295,7 @@ func newSidecar(cfg *Config, path string, logOut io.Writer) (*sidecar, error) {
 		services: map[string]*service{},
 	}
 	sc.setGOMAXPROCS(cfg.GOMAXPROCS)
-	sc.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	sc.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), buildInfoGauge())
 	sc.hm, sc.pm, sc.dm = health.NewMetrics(sc.reg), proxy.NewMetrics(sc.reg), discovery.NewMetrics(sc.reg)
 	sc.sm = stompproxy.NewMetrics(sc.reg)
 	for _, s := range cfg.Services {
@@ -258,8 +309,11 @@ func newSidecar(cfg *Config, path string, logOut io.Writer) (*sidecar, error) {
 	if cfg.Admin.Listen != "" {
 		addr, err := conf.ResolveAddr(cfg.Admin.Listen)
 		if err == nil {
-			// SO_REUSEPORT: a replacement sidecar can start while this one
-			// drains after SIGTERM, instead of failing to bind.
+			// With SO_REUSEPORT, but never beside another process's
+			// listener (ProbeFree): two sidecars must not share it.
+			err = proxy.ProbeFree(addr)
+		}
+		if err == nil {
 			sc.adminLn, err = conf.ListenReusePort(context.Background(), addr)
 		}
 		if err != nil {
@@ -326,6 +380,7 @@ func (sc *sidecar) newService(s ServiceConfig, pl *pool) (*service, error) {
 		}
 		pl = &pool{name: s.Name, log: log, static: healthBackends(s)}
 		pl.monitor = health.NewMonitor(s.Name, healthConfig(s), pl.static, checker, nil, log.WithField("component", "health"), sc.hm)
+		pl.monitor.SetConnReporter(pl.report)
 	}
 	opts, err := sc.proxyOptions(s)
 	if err != nil {
@@ -368,6 +423,7 @@ func (sc *sidecar) start(s *service, poolRunning *service) {
 			sc.log.WithError(err).WithField("service", s.cfg.Name).Error("DNS discovery not started")
 		}
 	}
+	s.pool.addPath(s.proxy)
 	s.proxyDone = make(chan struct{})
 	go func() {
 		defer close(s.proxyDone)
@@ -375,19 +431,40 @@ func (sc *sidecar) start(s *service, poolRunning *service) {
 			sc.log.WithError(err).WithField("service", s.cfg.Name).Error("service stopped serving")
 		}
 	}()
-	sc.log.WithFields(logrus.Fields{"service": s.cfg.Name, "listen": s.proxy.Addr().String()}).Info("listening")
+	sc.log.WithFields(serviceSummary(s.cfg, s.proxy.Addr().String())).Info("listening")
+}
+
+// serviceSummary is what the start-up log says of a service: where it
+// listens, how, and in front of which backends.
+func serviceSummary(s ServiceConfig, listen string) logrus.Fields {
+	addrs := make([]string, len(s.Backends))
+	for i, b := range s.Backends {
+		addrs[i] = b.Addr
+	}
+	f := logrus.Fields{"service": s.Name, "listen": listen, "protocol": s.Protocol, "mode": s.Mode,
+		"check": s.Check.Kind, "backends": strings.Join(addrs, " ")}
+	if s.Discovery != "" {
+		f["discovery"] = s.Discovery
+	}
+	return f
 }
 
 // drain stops accepting and lets live connections finish within grace;
 // with stopMonitor it then stops the health checks too (the drain still
-// needs them: on a failover the connections to the old master close).
-func (sc *sidecar) drain(s *service, grace time.Duration, stopMonitor bool) {
+// needs them: on a failover the connections to the old master close). why
+// is what the logs say the listener drains for; "" when the sidecar shuts
+// down.
+func (sc *sidecar) drain(s *service, grace time.Duration, stopMonitor bool, why string) {
 	ctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
+	if why != "" {
+		s.proxy.StopAcceptingBecause(why)
+	}
 	s.proxy.Shutdown(ctx)
 	if s.proxyDone != nil {
 		<-s.proxyDone
 	}
+	s.pool.removePath(s.proxy)
 	if stopMonitor {
 		s.pool.stop()
 	}
@@ -407,6 +484,9 @@ func (sc *sidecar) closeListeners() {
 // shutdown_grace), stop the health checks, stop the admin server.
 func (sc *sidecar) run(ctx context.Context) error {
 	sc.mu.Lock()
+	bi := buildinfo.Read()
+	sc.log.WithFields(logrus.Fields{"version": Version, "build": bi.String(), "config": sc.path,
+		"services": len(sc.cfg.Services), "admin": sc.cfg.Admin.Listen, "gomaxprocs": runtime.GOMAXPROCS(0)}).Info("handover starting")
 	for _, s := range sc.services {
 		sc.start(s, nil)
 	}
@@ -425,15 +505,25 @@ func (sc *sidecar) run(ctx context.Context) error {
 	} else {
 		close(adminDone)
 	}
+	// Every listener is bound (newSidecar) and served: a unit with
+	// Type=notify is up now.
+	sc.notify(sdnotify.Ready)
 
 	for done := false; !done; {
 		select {
 		case <-ctx.Done():
 			done = true
 		case req := <-sc.reloads:
-			req.reply <- sc.reload()
+			// systemd shows the unit reloading, and waits for
+			// READY=1 again, whether the reload is applied or
+			// rejected (the running configuration stays then).
+			sc.notify(reloadingState())
+			err := sc.reload()
+			sc.notify(sdnotify.Ready)
+			req.reply <- err
 		}
 	}
+	sc.notify(sdnotify.Stopping)
 
 	sc.mu.Lock()
 	grace := sc.cfg.ShutdownGrace.D()
@@ -448,7 +538,7 @@ func (sc *sidecar) run(ctx context.Context) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			sc.drain(s, grace, true)
+			sc.drain(s, grace, true, "")
 		}()
 	}
 	wg.Wait()
@@ -590,9 +680,12 @@ func (sc *sidecar) reload() (err error) {
 		changes = append(changes, c)
 	}
 
-	// Commit.
-	if lv, err := logrus.ParseLevel(next.Log.Level); err == nil {
-		sc.logger.SetLevel(lv)
+	// Commit. The [log] table first, level and format, so that what
+	// follows is logged as the new file says.
+	if next.Log != cur.Log {
+		if err := applyLog(sc.logger, next.Log); err == nil {
+			sc.log.WithFields(logrus.Fields{"level": next.Log.Level, "format": next.Log.Format}).Info("log settings reloaded")
+		}
 	}
 	grace := next.ShutdownGrace.D()
 	services := map[string]*service{}
@@ -616,7 +709,7 @@ func (sc *sidecar) reload() (err error) {
 		case c.new != c.old:
 			sc.applyHealth(c.old, c.cfg)
 			sc.start(c.new, c.old)
-			sc.drainInBackground(c.old, grace, false)
+			sc.drainInBackground(c.old, grace, false, "listener replaced by a reload (new address "+c.new.proxy.Addr().String()+")")
 			log.WithField("listen", c.new.proxy.Addr().String()).Info("service rebound")
 		default:
 			sc.applyHealth(c.old, c.cfg)
@@ -626,7 +719,7 @@ func (sc *sidecar) reload() (err error) {
 	for name, old := range sc.services {
 		if _, ok := services[name]; !ok {
 			sc.log.WithField("service", name).Info("service removed: stop accepting, drain")
-			sc.drainInBackground(old, grace, true)
+			sc.drainInBackground(old, grace, true, "service removed by a reload")
 		}
 	}
 	sc.mu.Lock()
@@ -674,8 +767,8 @@ func (sc *sidecar) rebindSameAddress(old *service, s ServiceConfig, grace time.D
 	// beside the old; but connections queued on the old one when it closes
 	// would be reset. Close first: a connection attempt in the instant
 	// between is refused instead.
-	old.proxy.StopAccepting()
-	sc.drainInBackground(old, grace, false)
+	old.proxy.StopAcceptingBecause("listener replaced by a reload (new options)")
+	sc.drainInBackground(old, grace, false, "")
 	var svc *service
 	var err error
 	for deadline := time.Now().Add(time.Second); ; {
@@ -692,11 +785,11 @@ func (sc *sidecar) rebindSameAddress(old *service, s ServiceConfig, grace time.D
 	return svc, nil
 }
 
-func (sc *sidecar) drainInBackground(s *service, grace time.Duration, stopMonitor bool) {
+func (sc *sidecar) drainInBackground(s *service, grace time.Duration, stopMonitor bool, why string) {
 	sc.drains.Add(1)
 	go func() {
 		defer sc.drains.Done()
-		sc.drain(s, grace, stopMonitor)
+		sc.drain(s, grace, stopMonitor, why)
 	}()
 }
 
@@ -724,6 +817,8 @@ func sameListen(a, b ServiceConfig) bool {
 // Status is the JSON document served at GET /status.
 type Status struct {
 	Version    string          `json:"version"`
+	Build      string          `json:"build"` // commit, its date and the Go version
+	Ready      bool            `json:"ready"` // every service has a master (GET /readyz)
 	Started    time.Time       `json:"started"`
 	Generation int             `json:"generation"` // successful reloads so far
 	LastReload *ReloadStatus   `json:"last_reload,omitempty"`
@@ -735,6 +830,7 @@ type Status struct {
 type ServiceStatus struct {
 	Name        string               `json:"name"`
 	Listen      string               `json:"listen"`
+	Protocol    string               `json:"protocol"` // "tcp" or "stomp"
 	Master      string               `json:"master"`
 	MasterSince time.Time            `json:"master_since"`
 	Health      health.ServiceStatus `json:"health"`
@@ -744,7 +840,7 @@ type ServiceStatus struct {
 
 func (sc *sidecar) status() Status {
 	sc.mu.Lock()
-	st := Status{Version: Version, Started: sc.started, Generation: sc.generation}
+	st := Status{Version: Version, Build: buildinfo.Read().String(), Started: sc.started, Generation: sc.generation, Ready: true}
 	if !sc.lastReload.Time.IsZero() {
 		lr := sc.lastReload
 		st.LastReload = &lr
@@ -761,9 +857,11 @@ func (sc *sidecar) status() Status {
 	sc.mu.Unlock()
 	for i, s := range services {
 		h := s.pool.monitor.Status()
+		st.Ready = st.Ready && h.Ready
 		st.Services = append(st.Services, ServiceStatus{
 			Name:        names[i],
 			Listen:      s.proxy.Addr().String(),
+			Protocol:    s.cfg.Protocol,
 			Master:      h.Master,
 			MasterSince: h.MasterSince,
 			Health:      h,
@@ -791,5 +889,71 @@ func (sc *sidecar) adminHandler() http.Handler {
 		sc.mu.Unlock()
 		fmt.Fprintf(w, "reloaded: generation %d\n", gen)
 	})
+	mux.HandleFunc("GET /readyz", sc.readyz)
+	// Runtime control (control.go): POST /backends/disable, /drain and
+	// /enable?service=NAME&backend=ADDR.
+	mux.HandleFunc("POST /backends/{action}", sc.backendControl)
+	// The page for people (page.go).
+	mux.Handle("GET /{$}", sidecarPage.Handler(sc.pageData, 2*time.Second))
 	return adminmux.Guard(mux)
+}
+
+// readiness is the body of GET /readyz.
+type readiness struct {
+	// Ready: every service asked about has a master.
+	Ready bool `json:"ready"`
+	// Error says which services have none ("" when ready).
+	Error    string             `json:"error,omitempty"`
+	Services []serviceReadiness `json:"services"`
+}
+
+type serviceReadiness struct {
+	Name  string `json:"name"`
+	Ready bool   `json:"ready"`
+	// Master is the master clients go to now ("" without one; in mode
+	// any, the first of the healthy backends).
+	Master string `json:"master,omitempty"`
+	// NoMasterSince is when the service lost its master (or started
+	// without one), set only while it has none.
+	NoMasterSince *time.Time `json:"no_master_since,omitempty"`
+}
+
+// readyz answers 200 only while every service (with ?service=NAME, that
+// one) has a master, so that a load balancer, an orchestrator or a
+// monitoring probe can tell a sidecar that accepts connections from one
+// that can serve them; 503 otherwise, with a JSON body naming the services
+// without one; 404 for an unknown service. (/healthz says only that the
+// process answers.)
+func (sc *sidecar) readyz(w http.ResponseWriter, r *http.Request) {
+	name := r.URL.Query().Get("service")
+	st := sc.status()
+	body := readiness{Ready: true, Services: []serviceReadiness{}}
+	var missing []string
+	for _, s := range st.Services {
+		if name != "" && s.Name != name {
+			continue
+		}
+		sr := serviceReadiness{Name: s.Name, Ready: s.Health.Ready}
+		if len(s.Health.Targets) > 0 {
+			sr.Master = s.Health.Targets[0]
+		}
+		if !s.Health.Ready {
+			since := s.Health.NoMasterSince
+			sr.NoMasterSince = &since
+			missing = append(missing, s.Name)
+		}
+		body.Services = append(body.Services, sr)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	switch {
+	case name != "" && len(body.Services) == 0:
+		body.Ready = false
+		body.Error = fmt.Sprintf("no service %q", name)
+		w.WriteHeader(http.StatusNotFound)
+	case len(missing) > 0:
+		body.Ready = false
+		body.Error = "no master for service " + strings.Join(missing, ", ")
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}
+	json.NewEncoder(w).Encode(body)
 }

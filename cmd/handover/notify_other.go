@@ -1,0 +1,6 @@
+//go:build !linux
+
+package main
+
+// monotonicUsec: systemd runs only on Linux.
+func monotonicUsec() (string, bool) { return "", false }
