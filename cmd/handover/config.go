@@ -16,6 +16,7 @@ import (
 
 	"github.com/BurntSushi/toml"
 
+	"handover/internal/adminmux"
 	"handover/internal/conf"
 	"handover/proxy"
 	"handover/stompproxy"
@@ -51,6 +52,10 @@ type AdminConfig struct {
 	// default, since they show the process's memory to whoever can reach
 	// the port.
 	Pprof bool `toml:"pprof"`
+	// TokenFile holds the bearer token every admin request but /healthz
+	// and /readyz must carry (Authorization: Bearer TOKEN); an admin
+	// address beyond loopback needs one. Read at start.
+	TokenFile string `toml:"token_file"`
 }
 
 // ServiceConfig is one [[service]]: a local listener and the brokers behind it.
@@ -440,6 +445,9 @@ func (c *Config) validate(name string, pos conf.Positions, skip map[string]bool)
 		if host, port, err := checkListen(c.Admin.Listen, false); err != nil {
 			bad("admin.listen", "%v", err)
 		} else {
+			if c.Admin.TokenFile == "" && !adminmux.IsLoopback(net.JoinHostPort(host, port)) {
+				bad("admin.listen", "%s is not a loopback address: set [admin] token_file (requests then need Authorization: Bearer TOKEN), or bind 127.0.0.1", c.Admin.Listen)
+			}
 			binds = append(binds, bound{"admin.listen", "the admin server", host, port})
 		}
 	}

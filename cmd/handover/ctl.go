@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"handover/health"
+	"handover/internal/adminmux"
 )
 
 // ctl is `handover ctl`: the sidecar's admin API from the command line, so
@@ -20,6 +21,7 @@ func ctl(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("handover ctl", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	admin := fs.String("admin", "127.0.0.1:9090", "the sidecar's admin address ([admin] listen)")
+	tokenFile := fs.String("token-file", "", "the admin token ([admin] token_file), when the admin port needs one")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, `usage: handover ctl [-admin ADDR] COMMAND
 commands:
@@ -44,6 +46,14 @@ disable and drain last until enable, across reloads (not restarts).`)
 		rest = fs.Args()
 	}
 	c := &ctlClient{http: &http.Client{Timeout: 10 * time.Second}, addr: *admin}
+	if *tokenFile != "" {
+		tok, err := adminmux.LoadToken(*tokenFile)
+		if err != nil {
+			fmt.Fprintln(stderr, "handover ctl:", err)
+			return 2
+		}
+		c.http.Transport = bearer{tok}
+	}
 	_, isAction := controlActions[words0(words)]
 	var err error
 	switch {
@@ -67,6 +77,15 @@ func words0(words []string) string {
 		return ""
 	}
 	return words[0]
+}
+
+// bearer adds the admin token to every request.
+type bearer struct{ token string }
+
+func (b bearer) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	r.Header.Set("Authorization", "Bearer "+b.token)
+	return http.DefaultTransport.RoundTrip(r)
 }
 
 type ctlClient struct {

@@ -34,17 +34,18 @@ import (
 // proxy service, and the admin HTTP server. Its configuration can be
 // reloaded while it runs (SIGHUP or POST /reload).
 type sidecar struct {
-	path    string // the config file, re-read on reload
-	logger  *logrus.Logger
-	log     *logrus.Entry
-	reg     *prometheus.Registry
-	hm      *health.Metrics
-	pm      *proxy.Metrics
-	dm      *discovery.Metrics
-	sm      *stompproxy.Metrics
-	adminLn net.Listener
-	started time.Time
-	reloads chan reloadRequest
+	adminToken string // [admin] token_file's, read at start
+	path       string // the config file, re-read on reload
+	logger     *logrus.Logger
+	log        *logrus.Entry
+	reg        *prometheus.Registry
+	hm         *health.Metrics
+	pm         *proxy.Metrics
+	dm         *discovery.Metrics
+	sm         *stompproxy.Metrics
+	adminLn    net.Listener
+	started    time.Time
+	reloads    chan reloadRequest
 
 	mu         sync.Mutex
 	cfg        *Config
@@ -306,6 +307,14 @@ func newSidecar(cfg *Config, path string, logOut io.Writer) (*sidecar, error) {
 		}
 		sc.services[s.Name] = svc
 	}
+	if cfg.Admin.TokenFile != "" {
+		tok, err := adminmux.LoadToken(cfg.Admin.TokenFile)
+		if err != nil {
+			sc.closeListeners()
+			return nil, err
+		}
+		sc.adminToken = tok
+	}
 	if cfg.Admin.Listen != "" {
 		addr, err := conf.ResolveAddr(cfg.Admin.Listen)
 		if err == nil {
@@ -494,7 +503,7 @@ func (sc *sidecar) run(ctx context.Context) error {
 	var admin *http.Server
 	adminDone := make(chan struct{})
 	if sc.adminLn != nil {
-		admin = &http.Server{Handler: sc.adminHandler(), ReadHeaderTimeout: 5 * time.Second}
+		admin = &http.Server{Handler: adminmux.RequireToken(sc.adminHandler(), sc.adminToken), ReadHeaderTimeout: 5 * time.Second}
 		go func() {
 			defer close(adminDone)
 			if err := admin.Serve(sc.adminLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
