@@ -1264,7 +1264,13 @@ func (c *conn) close(reason string) {
 		// below, with the subscriptions.
 		c.confirmDeliveries()
 		c.delivered.seal()
-		c.nc.Close()
+		if tc, ok := c.nc.(*tls.Conn); ok {
+			// Not tls.Conn.Close: its close_notify may wait seconds on a
+			// client that does not read, and a lost lease must stop at once.
+			tc.NetConn().Close()
+		} else {
+			c.nc.Close()
+		}
 		close(c.closed)
 		c.mu.Lock()
 		subs := make([]*subscription, 0, len(c.subs))

@@ -185,7 +185,7 @@ func (f *File) Acquire(ctx context.Context) (Lease, error) {
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		case <-tick.C:
-			stale.observe(f.mark(), time.Now())
+			stale.observe(f.mark())
 			if !stale.expired(time.Now(), f.timeout) {
 				continue
 			}
@@ -220,10 +220,21 @@ func (f *File) Acquire(ctx context.Context) (Lease, error) {
 			f.log.Warn("lock file was replaced while waiting; retrying on the new file")
 			continue
 		}
+		// Slaves taking over by lease hold the takeover lock while they
+		// decide and bump the epoch: so does this one, so that two never
+		// bump to the same epoch. A holder frozen in the middle is waited
+		// for one lease timeout, then ignored (the epoch read back after
+		// every write fences whichever of the two loses).
+		tfd, terr := f.lockTakeover(ctx, f.timeout)
+		if terr != nil {
+			_ = unix.Close(fd)
+			return nil, terr
+		}
 		// A master that took over by lease does not hold the kernel lock,
 		// so getting it says nothing about that master: give way while
 		// its heartbeat still moves.
 		if alive, err := f.leaseHolderAlive(ctx); alive || err != nil {
+			unlockTakeover(tfd)
 			_ = unix.Close(fd)
 			if err != nil {
 				return nil, err
@@ -234,15 +245,56 @@ func (f *File) Acquire(ctx context.Context) (Lease, error) {
 		bumped := time.Now()
 		epoch, err := f.bumpEpoch()
 		if err != nil {
+			unlockTakeover(tfd)
 			_ = unix.Close(fd)
 			return nil, err
 		}
 		l := f.newLease(epoch, bumped, fd, &st, nil)
+		unlockTakeover(tfd)
 		f.log.WithFields(logrus.Fields{
 			"epoch":  epoch,
 			"waited": time.Since(start).Round(time.Millisecond).String(),
 		}).Info("master lock acquired")
 		return l, nil
+	}
+}
+
+// lockTakeover takes the takeover lock, trying for up to wait; it returns
+// -1 (and no error) if another process kept it that long.
+func (f *File) lockTakeover(ctx context.Context, wait time.Duration) (int, error) {
+	tfd, err := unix.Open(f.takeoverPath, unix.O_RDWR|unix.O_CREAT|unix.O_CLOEXEC, 0o644)
+	if err != nil {
+		return -1, fmt.Errorf("lockstore: opening %s: %w", f.takeoverPath, err)
+	}
+	deadline := time.Now().Add(wait)
+	for {
+		lk := unix.Flock_t{Type: unix.F_WRLCK, Whence: io.SeekStart}
+		err := unix.FcntlFlock(uintptr(tfd), unix.F_OFD_SETLK, &lk)
+		if err == nil {
+			return tfd, nil
+		}
+		if !errors.Is(err, unix.EAGAIN) && !errors.Is(err, unix.EACCES) {
+			unix.Close(tfd)
+			return -1, fmt.Errorf("lockstore: locking %s: %w", f.takeoverPath, err)
+		}
+		if time.Now().After(deadline) {
+			unix.Close(tfd)
+			f.log.Warn("the takeover lock is held by a process that does not let go (frozen?): going on without it")
+			return -1, nil
+		}
+		select {
+		case <-ctx.Done():
+			unix.Close(tfd)
+			return -1, ctx.Err()
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// unlockTakeover lets the takeover lock go (closing its descriptor).
+func unlockTakeover(tfd int) {
+	if tfd >= 0 {
+		unix.Close(tfd)
 	}
 }
 
@@ -266,7 +318,7 @@ func (f *File) takeOverByLease(w *waiter, start time.Time, stale *staleness) (*f
 	}
 	// Looked at again under the takeover lock: a slave that just took
 	// over has changed the epoch.
-	if stale.observe(f.mark(), time.Now()); !stale.expired(time.Now(), f.timeout) {
+	if stale.observe(f.mark()); !stale.expired(time.Now(), f.timeout) {
 		return nil, nil
 	}
 	bumped := time.Now()
@@ -301,14 +353,29 @@ func (f *File) newLease(epoch uint64, bumped time.Time, fd int, st *unix.Stat_t,
 }
 
 // mark is what a waiting slave watches for change: the heartbeat and the
-// epoch. A missing heartbeat file reads as "-", a missing epoch as "".
-func (f *File) mark() string {
-	hb, err := os.ReadFile(f.leasePath)
-	if errors.Is(err, fs.ErrNotExist) {
-		hb = []byte("-")
+// epoch, and whether they can show a frozen master at all (live): only a
+// heartbeat that names the current epoch can. A heartbeat of an older
+// epoch belongs to a master that is gone (or, during an upgrade, a master
+// of a version that does not beat); a file that cannot be read proves
+// nothing either. Neither may ever lead to a takeover by lease.
+type mark struct {
+	text string
+	live bool
+	at   time.Time
+}
+
+func (f *File) mark() mark {
+	m := mark{at: time.Now()}
+	hb, herr := os.ReadFile(f.leasePath)
+	ep, eerr := os.ReadFile(f.epochPath)
+	m.text = string(hb) + "|" + string(ep)
+	if herr != nil || eerr != nil {
+		return m
 	}
-	ep, _ := os.ReadFile(f.epochPath)
-	return string(hb) + "|" + string(ep)
+	h, err := parseHeartbeat(hb)
+	cur, perr := strconv.ParseUint(strings.TrimSpace(string(ep)), 10, 64)
+	m.live = err == nil && perr == nil && h.epoch == cur
+	return m
 }
 
 // leaseHolderAlive reports whether the master of the current epoch holds
@@ -316,13 +383,15 @@ func (f *File) mark() string {
 // heartbeat for up to LeaseTimeout and answers as soon as it moves.
 func (f *File) leaseHolderAlive(ctx context.Context) (bool, error) {
 	h, err := f.readHeartbeat()
-	if err != nil || h.locked {
-		return false, nil // no heartbeat, or its master held the kernel lock we now have
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil // no master ever beat here: none holds a lease
 	}
-	if cur, err := readEpoch(f.epochPath); err != nil || cur != h.epoch {
-		return false, nil // a master that acquired after the heartbeat's is gone too
+	if cur, cerr := readEpoch(f.epochPath); err == nil && cerr == nil && h.locked && h.epoch == cur {
+		return false, nil // the current master held the kernel lock we now have: it is gone
 	}
-	first := f.mark()
+	// Anything else (a lease holder, a heartbeat of another epoch, one not
+	// written yet, a read error) is watched for the whole lease timeout.
+	first := f.mark().text
 	deadline := time.Now().Add(f.timeout)
 	t := time.NewTicker(f.interval)
 	defer t.Stop()
@@ -332,7 +401,7 @@ func (f *File) leaseHolderAlive(ctx context.Context) (bool, error) {
 			return false, ctx.Err()
 		case <-t.C:
 		}
-		if f.mark() != first {
+		if f.mark().text != first {
 			return true, nil
 		}
 	}
@@ -342,22 +411,21 @@ func (f *File) leaseHolderAlive(ctx context.Context) (bool, error) {
 // staleness follows a mark (see File.mark) on the local monotonic clock.
 type staleness struct {
 	mark  string
+	live  bool
 	since time.Time
 	seen  bool
 }
 
-// observe records mark as seen at now.
-func (s *staleness) observe(mark string, now time.Time) {
-	if !s.seen || mark != s.mark {
-		s.mark, s.since, s.seen = mark, now, true
+// observe records m. A mark that is not live restarts the clock.
+func (s *staleness) observe(m mark) {
+	if !s.seen || m.text != s.mark || !m.live || !s.live {
+		s.mark, s.live, s.since, s.seen = m.text, m.live, m.at, true
 	}
 }
 
-// expired reports whether a heartbeat exists and has not changed for
-// timeout. Without a heartbeat nothing expires: the master is from a
-// version without leases, or there is none and the kernel lock is free.
+// expired reports whether a live heartbeat has not changed for timeout.
 func (s *staleness) expired(now time.Time, timeout time.Duration) bool {
-	return s.seen && !strings.HasPrefix(s.mark, "-|") && now.Sub(s.since) >= timeout
+	return s.seen && s.live && now.Sub(s.since) >= timeout
 }
 
 // heartbeat is what a master writes to Dir/lease at each renewal: its
@@ -380,10 +448,21 @@ func (f *File) readHeartbeat() (heartbeat, error) {
 	if err != nil {
 		return heartbeat{}, err
 	}
+	h, err := parseHeartbeat(b)
+	if err != nil {
+		return heartbeat{}, fmt.Errorf("lockstore: heartbeat %s: %w", f.leasePath, err)
+	}
+	return h, nil
+}
+
+func parseHeartbeat(b []byte) (heartbeat, error) {
 	var h heartbeat
 	var how string
 	if _, err := fmt.Sscanf(string(b), "%d %d %s", &h.epoch, &h.seq, &how); err != nil {
-		return heartbeat{}, fmt.Errorf("lockstore: heartbeat %s: %q: %w", f.leasePath, b, err)
+		return heartbeat{}, fmt.Errorf("%q: %w", b, err)
+	}
+	if how != "lock" && how != "lease" {
+		return heartbeat{}, fmt.Errorf("%q: want EPOCH SEQ lock|lease", b)
 	}
 	h.locked = how == "lock"
 	return h, nil

@@ -202,7 +202,7 @@ func TestEpochIncrementsAndPersists(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, e := range entries {
-		if e.Name() != "lock" && e.Name() != "epoch" && e.Name() != "lease" {
+		if e.Name() != "lock" && e.Name() != "epoch" && e.Name() != "lease" && e.Name() != "takeover" {
 			t.Errorf("unexpected file %q in data directory", e.Name())
 		}
 	}

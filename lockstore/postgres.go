@@ -276,7 +276,7 @@ func (p *Postgres) Acquire(ctx context.Context) (Lease, error) {
 			leaseCore: newLeaseCore(epoch, p.desc, bumped, validFor(p.timeout)),
 		}
 		renew := time.Now()
-		if err := s.renew(ctx, p.name, epoch, p.timeout, p.retry); err != nil {
+		if err := s.renew(ctx, p.name, epoch, p.timeout, max(p.retry, time.Second)); err != nil {
 			s.close()
 			s = nil
 			if ctx.Err() != nil {
@@ -395,7 +395,7 @@ func (s *pgSession) bump(ctx context.Context, name, holder string) (uint64, erro
 // database's clock. The write need not survive a crash of the database
 // (a master without its session is no master), so it is not waited for.
 func (s *pgSession) renew(ctx context.Context, name string, epoch uint64, timeout, wait time.Duration) error {
-	qctx, cancel := context.WithTimeout(ctx, max(wait, time.Second))
+	qctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
 	b := &pgx.Batch{}
 	b.Queue("BEGIN")
@@ -434,21 +434,36 @@ func (s *pgSession) leaseLeft(ctx context.Context, name string, timeout time.Dur
 func (s *pgSession) endExpired(ctx context.Context, name string, timeout time.Duration) ([]uint32, error) {
 	qctx, cancel := context.WithTimeout(ctx, max(timeout, time.Second))
 	defer cancel()
-	rows, err := s.conn.Query(qctx, `WITH expired AS MATERIALIZED (
-			SELECT l.pid FROM `+PostgresLeaseTable+` l JOIN pg_locks k ON k.pid = l.pid
-			WHERE l.name = $1 AND l.lease_until < clock_timestamp() AND l.pid <> pg_backend_pid()
-			  AND k.locktype = 'advisory' AND k.granted
-			  AND k.classid = $2 AND k.objid = $3 AND k.objsubid = 1)
-		SELECT pid::bigint FROM expired WHERE pg_terminate_backend(pid)`,
-		name, uint32(uint64(s.key)>>32), uint32(uint64(s.key)))
-	if err != nil {
-		return nil, err
-	}
-	pids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
-	out := make([]uint32, len(pids))
-	for i, p := range pids {
-		out[i] = uint32(p)
-	}
+	var out []uint32
+	err := pgx.BeginFunc(qctx, s.conn, func(tx pgx.Tx) error {
+		// The lease row is locked first: a renewal committing meanwhile is
+		// waited for, and the expiry is then judged on the renewed row
+		// (READ COMMITTED re-checks it), so a master that just renewed is
+		// never ended.
+		var pid int64
+		err := tx.QueryRow(qctx, `SELECT pid FROM `+PostgresLeaseTable+`
+			WHERE name = $1 AND lease_until < clock_timestamp() AND pid <> pg_backend_pid() FOR UPDATE`, name).Scan(&pid)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		rows, err := tx.Query(qctx, `WITH holder AS MATERIALIZED (
+				SELECT k.pid FROM pg_locks k
+				WHERE k.pid = $1 AND k.locktype = 'advisory' AND k.granted
+				  AND k.classid = $2 AND k.objid = $3 AND k.objsubid = 1)
+			SELECT pid::bigint FROM holder WHERE pg_terminate_backend(pid)`,
+			pid, uint32(uint64(s.key)>>32), uint32(uint64(s.key)))
+		if err != nil {
+			return err
+		}
+		pids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+		for _, p := range pids {
+			out = append(out, uint32(p))
+		}
+		return err
+	})
 	return out, err
 }
 
@@ -530,9 +545,13 @@ func (l *pgLease) watch() {
 			return
 		case <-t.C:
 			start := time.Now()
-			reason := l.s.check(context.Background(), l.p.name, l.epoch, l.p.retry)
+			// Each query gets half of what is left of the lease's
+			// validity after one Retry, so that a renewal that succeeds
+			// comes before the lease stops being valid.
+			q := max((validFor(l.p.timeout)-l.p.retry)/2, 100*time.Millisecond)
+			reason := l.s.check(context.Background(), l.p.name, l.epoch, q)
 			if reason == "" {
-				if err := l.s.renew(context.Background(), l.p.name, l.epoch, l.p.timeout, l.p.retry); err != nil {
+				if err := l.s.renew(context.Background(), l.p.name, l.epoch, l.p.timeout, q); err != nil {
 					reason = "renewing the lease: " + err.Error()
 				}
 			}
