@@ -3,6 +3,7 @@ package health
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -84,6 +85,19 @@ const (
 	KindHTTP  = "http"
 )
 
+// CheckOptions are what a checker needs beyond its kind.
+type CheckOptions struct {
+	// TLS, unless nil, makes the "tcp" and "stomp" kinds speak TLS to
+	// Addr, as the data path does (proxy.Options.TLS): the broker's
+	// certificate is verified with TLS.RootCAs, for TLS.ServerName or,
+	// when that is "", for Addr's host. A handshake that fails (unknown
+	// authority, expired, wrong name) fails the check, with the reason in
+	// Result.Err, and is never Definitive: the broker may be fixed (a
+	// renewed certificate) without its port closing. The "http" kind
+	// ignores it (CheckURL's scheme says whether to use TLS).
+	TLS *tls.Config
+}
+
 // NewChecker returns the checker of a kind:
 //
 //   - "tcp" (also ""): connect to Addr, then close. Enough for brokers that,
@@ -96,12 +110,18 @@ const (
 //     Result's Epoch. A 503 whose JSON body names a "role" other than
 //     "stopped" (brokerd's slave: {"ready":false,"role":"slave"}) is a
 //     Standby result: alive, not serving.
-func NewChecker(kind string) (Checker, error) {
+func NewChecker(kind string) (Checker, error) { return NewCheckerWith(kind, CheckOptions{}) }
+
+// NewCheckerWith is NewChecker with options.
+func NewCheckerWith(kind string, o CheckOptions) (Checker, error) {
+	if o.TLS != nil && o.TLS.InsecureSkipVerify {
+		return nil, errors.New("health: the broker's certificate is always verified (InsecureSkipVerify is refused)")
+	}
 	switch kind {
 	case "", KindTCP:
-		return tcpChecker{}, nil
+		return tcpChecker{tls: o.TLS}, nil
 	case KindSTOMP:
-		return stompChecker{}, nil
+		return stompChecker{tls: o.TLS}, nil
 	case KindHTTP:
 		return newHTTPChecker(), nil
 	default:
@@ -109,12 +129,34 @@ func NewChecker(kind string) (Checker, error) {
 	}
 }
 
-type tcpChecker struct{}
-
-func (tcpChecker) Check(ctx context.Context, b Backend) Result {
-	start := time.Now()
+// dial connects to addr, with conf (unless nil) completing a TLS
+// handshake within ctx. A handshake error says so, and names the server
+// name verified, so that "backend down" tells an operator what to fix.
+func dial(ctx context.Context, addr string, conf *tls.Config) (net.Conn, error) {
 	var d net.Dialer
-	c, err := d.DialContext(ctx, "tcp", b.Addr)
+	nc, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil || conf == nil {
+		return nc, err
+	}
+	c := conf
+	if c.ServerName == "" {
+		host, _, _ := net.SplitHostPort(addr)
+		c = conf.Clone()
+		c.ServerName = host
+	}
+	tc := tls.Client(nc, c)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("TLS handshake with %s (server name %q): %w", addr, c.ServerName, err)
+	}
+	return tc, nil
+}
+
+type tcpChecker struct{ tls *tls.Config }
+
+func (t tcpChecker) Check(ctx context.Context, b Backend) Result {
+	start := time.Now()
+	c, err := dial(ctx, b.Addr, t.tls)
 	lat := time.Since(start)
 	if err != nil {
 		return Result{Err: err, Latency: lat, Definitive: refused(err)}
@@ -123,13 +165,17 @@ func (tcpChecker) Check(ctx context.Context, b Backend) Result {
 	return Result{OK: true, Latency: lat}
 }
 
-type stompChecker struct{}
+type stompChecker struct{ tls *tls.Config }
 
-func (stompChecker) Check(ctx context.Context, b Backend) Result {
+func (s stompChecker) Check(ctx context.Context, b Backend) Result {
 	start := time.Now()
 	// ctx's deadline is shorter than stompclient's default connect timeout
-	// and bounds both the dial and waiting for CONNECTED.
-	c, err := stompclient.Dial(ctx, b.Addr, stompclient.Options{})
+	// and bounds the dial, the TLS handshake and waiting for CONNECTED.
+	nc, err := dial(ctx, b.Addr, s.tls)
+	var c *stompclient.Conn
+	if err == nil {
+		c, err = stompclient.NewConn(ctx, nc, stompclient.Options{})
+	}
 	lat := time.Since(start)
 	if err != nil {
 		return Result{Err: err, Latency: lat, Definitive: refused(err)}

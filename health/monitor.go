@@ -428,6 +428,14 @@ func (m *Monitor) apply(o outcome) {
 			}
 		default:
 			b.why = r.Err.Error()
+			if first {
+				// Down from the start: no change of state will log
+				// it, and an operator must learn why (a broker whose
+				// certificate the sidecar does not trust, say).
+				log := m.log.WithFields(logrus.Fields{"backend": b.Addr, "reason": b.why})
+				m.queue(func() { log.Warn("first check failed: backend down") })
+				break
+			}
 			m.log.WithFields(logrus.Fields{"backend": b.Addr, "failures": b.failures}).WithError(r.Err).Debug("check failed")
 		}
 	}

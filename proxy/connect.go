@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -44,6 +45,9 @@ func failReason(err error) string {
 type Connector struct {
 	Picker Picker
 	Dialer net.Dialer
+	// TLS, unless nil, makes each attempt a TLS handshake after the dial
+	// (Options.TLS): one that fails counts as a failed dial.
+	TLS *tls.Config
 	// Settings are the service's, defaults applied; Connect uses Name and
 	// the reconnect fields.
 	Settings Options
@@ -67,7 +71,7 @@ func NewConnector(pkg string, invalid error, picker Picker, o Options, dialError
 	case picker == nil:
 		return Connector{}, errors.New(pkg + ": a Picker is required")
 	}
-	return Connector{Picker: picker, Dialer: backendDialer(o.KeepAlive), Settings: o, DialErrors: dialErrors}, nil
+	return Connector{Picker: picker, Dialer: backendDialer(o.KeepAlive), TLS: o.TLS, Settings: o, DialErrors: dialErrors}, nil
 }
 
 // Connect finds a backend, the way ActiveMQ's failover transport finds a
@@ -94,8 +98,11 @@ func NewConnector(pkg string, invalid error, picker Picker, o Options, dialError
 // and closes while held is not noticed (its FIN looks like a half-close)
 // until a backend is reached, when its pair ends at once, or Timeout.
 // Keep Timeout near the clients' own connect timeout.
-func (c *Connector) Connect(ctx context.Context, end time.Time, try func(nc *net.TCPConn, addr string) error,
-	note func(addr string, err error)) (*net.TCPConn, string, error) {
+//
+// With TLS set, the connection returned (and given to try) is a *tls.Conn
+// whose handshake is done; otherwise it is a *net.TCPConn.
+func (c *Connector) Connect(ctx context.Context, end time.Time, try func(nc Conn, addr string) error,
+	note func(addr string, err error)) (Conn, string, error) {
 	// The timer for end is made the first time there is something to wait
 	// for: most connections dial their first target at once.
 	var deadline <-chan time.Time
@@ -201,9 +208,9 @@ func (c *Connector) Connect(ctx context.Context, end time.Time, try func(nc *net
 	}
 }
 
-// dial makes one attempt at addr, bounded by DialTimeout, by end (unless
-// zero) and by ctx.
-func (c *Connector) dial(ctx context.Context, addr string, end time.Time) (*net.TCPConn, error) {
+// dial makes one attempt at addr, the dial and with TLS the handshake,
+// bounded together by DialTimeout, by end (unless zero) and by ctx.
+func (c *Connector) dial(ctx context.Context, addr string, end time.Time) (Conn, error) {
 	limit := time.Now().Add(c.Settings.DialTimeout)
 	if !end.IsZero() && end.Before(limit) {
 		limit = end
@@ -214,5 +221,12 @@ func (c *Connector) dial(ctx context.Context, addr string, end time.Time) (*net.
 	if err != nil {
 		return nil, err
 	}
-	return nc.(*net.TCPConn), nil
+	if c.TLS == nil {
+		return nc.(*net.TCPConn), nil
+	}
+	tc, err := startTLS(ctx, nc.(*net.TCPConn), addr, c.TLS)
+	if err != nil {
+		return nil, err // not a nil *tls.Conn in a non-nil Conn
+	}
+	return tc, nil
 }

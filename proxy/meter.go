@@ -82,7 +82,7 @@ func (p *pair) startMeter(forceCounting bool) {
 		return
 	}
 	c, cok := kernelInfoOf(p.client)
-	u, uok := kernelInfoOf(p.upstream)
+	u, uok := kernelInfoOf(p.upstreamTCP)
 	if !cok || !uok {
 		p.counting = true
 		return
@@ -97,9 +97,10 @@ func (p *pair) startMeter(forceCounting bool) {
 // copy copies src to dst for one direction of the pair and returns the
 // bytes written: with relay, which splices bulk data, when the kernel
 // counts; through a countingWriter otherwise.
-func (p *pair) copy(dst, src *net.TCPConn, f *flow) (int64, error) {
+func (p *pair) copy(dst, src Conn, f *flow) (int64, error) {
 	if !p.counting {
-		return relay(dst, src)
+		// Not counting: both are bare sockets (newPair).
+		return relay(dst.(*net.TCPConn), src.(*net.TCPConn))
 	}
 	return io.Copy(&countingWriter{dst: dst, f: f, p: p}, src)
 }
@@ -114,7 +115,7 @@ func (p *pair) sample() (up, down int64) {
 	// calls per connection.
 	if !p.counting && (p.up.final.Load() < 0 || p.down.final.Load() < 0) {
 		c, cok = kernelInfoOf(p.client)
-		u, uok = kernelInfoOf(p.upstream)
+		u, uok = kernelInfoOf(p.upstreamTCP)
 	}
 	return p.up.current(p.counting, u.acked, uok), p.down.current(p.counting, c.acked, cok)
 }
@@ -148,7 +149,7 @@ func (p *pair) idleFor() time.Duration {
 		return time.Since(p.start) - time.Duration(p.lastWrite.Load())
 	}
 	c, cok := kernelInfoOf(p.client)
-	u, uok := kernelInfoOf(p.upstream)
+	u, uok := kernelInfoOf(p.upstreamTCP)
 	if !cok || !uok {
 		return 0 // closed under us: the pair is ending anyway
 	}
@@ -161,14 +162,14 @@ func (p *pair) idleFor() time.Duration {
 // needless re-check is cheap, a missed one leaves clients dialing a dead
 // master until the next periodic check.
 func (p *pair) upstreamBroken() bool {
-	u, ok := kernelInfoOf(p.upstream)
+	u, ok := kernelInfoOf(p.upstreamTCP)
 	return !ok || u.closed
 }
 
 // countingWriter counts what a copier writes, where the kernel won't. It
 // hides the socket's ReadFrom, so io.Copy falls back to a user-space buffer.
 type countingWriter struct {
-	dst *net.TCPConn
+	dst Conn
 	f   *flow
 	p   *pair
 }

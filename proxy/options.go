@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"time"
@@ -101,6 +102,15 @@ type Options struct {
 	// closing them (default 10s).
 	ShutdownGrace time.Duration
 
+	// TLS, unless nil, is the client side of the TLS this service speaks
+	// to its backends (the clients' side stays plain TCP): RootCAs to
+	// verify the broker's certificate with (always verified), ServerName
+	// ("" means each backend's own host), Certificates if the broker asks
+	// for a client certificate. Such a service serves every connection on
+	// goroutines: the event loops move bytes with raw system calls and
+	// splice(2), which cannot encrypt.
+	TLS *tls.Config
+
 	// goroutines serves every connection on goroutines (pair.go), even
 	// where the event loops could (evloop_linux.go): tests cover that
 	// path with it.
@@ -154,6 +164,9 @@ func (o Options) ValidateWith(more ...error) error {
 	case "", OnFailoverClose, OnFailoverKeep:
 	default:
 		errs = append(errs, fmt.Errorf("on_failover: want %q or %q, got %q", OnFailoverClose, OnFailoverKeep, o.OnFailover))
+	}
+	if o.TLS != nil && o.TLS.InsecureSkipVerify {
+		errs = append(errs, errors.New("tls: the broker's certificate is always verified (InsecureSkipVerify is refused)"))
 	}
 	errs = append(errs, more...)
 	d := o.withDefaults()

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"crypto/tls"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -28,9 +29,13 @@ type pair struct {
 	service  string
 	backend  string
 	client   *net.TCPConn
-	upstream *net.TCPConn
-	start    time.Time
-	series   *backendSeries
+	upstream Conn
+	// upstreamTCP is upstream's socket: upstream itself, or the one under
+	// its TLS. The kernel's counts on it are of TLS records, not of the
+	// bytes proxied, so a TLS pair counts in user space (startMeter).
+	upstreamTCP *net.TCPConn
+	start       time.Time
+	series      *backendSeries
 	// logEntry is the pair's log entry, built on first use (logger).
 	logEntry atomic.Pointer[logrus.Entry]
 
@@ -54,7 +59,7 @@ type pair struct {
 	idleOff bool
 }
 
-func newPair(s *Service, client, upstream *net.TCPConn, backend string) *pair {
+func newPair(s *Service, client *net.TCPConn, upstream Conn, backend string) *pair {
 	p := &pair{
 		svc:      s,
 		service:  s.opts.Name,
@@ -64,7 +69,13 @@ func newPair(s *Service, client, upstream *net.TCPConn, backend string) *pair {
 		start:    time.Now(),
 		series:   s.metrics.backendSeries(s.opts.Name, backend),
 	}
-	p.startMeter(s.forceCounting)
+	tc, plain := upstream.(*net.TCPConn)
+	if !plain {
+		tc, _ = upstream.(*tls.Conn).NetConn().(*net.TCPConn)
+	}
+	p.upstreamTCP = tc
+	// relay (and its splice) needs two bare sockets.
+	p.startMeter(s.forceCounting || !plain)
 	return p
 }
 
@@ -179,7 +190,11 @@ func (p *pair) copyUpstream(done chan<- struct{}) {
 	// Stored before CloseWrite: see flow.current for why the order matters.
 	p.up.final.Store(n)
 	if err == nil && !p.lastToFinish() {
-		err = closeWrite(p.upstream)
+		if p.upstream == Conn(p.upstreamTCP) {
+			err = closeWrite(p.upstreamTCP)
+		} else {
+			err = p.upstream.CloseWrite() // close_notify, then the FIN
+		}
 	}
 	p.copyEnded("up", err)
 }

@@ -166,7 +166,7 @@ func New(opts Options, picker Picker, log *logrus.Entry, m *Metrics) (*Service, 
 			return logrus.Fields{"live": live, "waiting": conns - live}
 		},
 	}
-	if !opts.goroutines {
+	if !opts.goroutines && opts.TLS == nil {
 		if s.loops, err = newEventLoops(s); err != nil {
 			return nil, err
 		}

@@ -1,6 +1,7 @@
 package stompproxy
 
 import (
+	"crypto/tls"
 	"fmt"
 	"time"
 
@@ -52,6 +53,10 @@ type Options struct {
 	DialTimeout, KeepAlive                            time.Duration
 	MaxConnections, MaxConnectionsPerSource           int
 	ShutdownGrace                                     time.Duration
+	// TLS, unless nil, is proxy.Options's TLS: the session's upstream
+	// connections (the first and every resume) speak TLS to the broker,
+	// verifying its certificate; the client's side stays plain.
+	TLS *tls.Config
 
 	// ConnectTimeout is how long a client has, from accept, to send its
 	// whole CONNECT (or STOMP) frame; then it gets an ERROR and is closed.
@@ -104,7 +109,7 @@ func (o Options) shared() proxy.Options {
 		InitialReconnectDelay: o.InitialReconnectDelay, MaxReconnectDelay: o.MaxReconnectDelay,
 		BackoffMultiplier: o.BackoffMultiplier, MaxReconnectAttempts: o.MaxReconnectAttempts, DialTimeout: o.DialTimeout,
 		KeepAlive: o.KeepAlive, MaxConnections: o.MaxConnections, MaxConnectionsPerSource: o.MaxConnectionsPerSource,
-		ShutdownGrace: o.ShutdownGrace}
+		ShutdownGrace: o.ShutdownGrace, TLS: o.TLS}
 }
 
 // withDefaults returns o with every zero field set to its default.

@@ -228,7 +228,7 @@ func (c *clientWriter) setTimeout(t time.Duration) {
 
 // upstream is one connection to a broker, CONNECTED.
 type upstream struct {
-	nc        *net.TCPConn
+	nc        proxy.Conn // a *net.TCPConn, or a *tls.Conn over one
 	backend   string
 	dr        *deadlineReader
 	r         *frame.Reader // read by run only
@@ -239,8 +239,11 @@ type upstream struct {
 	lastWrite atomic.Int64 // unix nanos of the last flush
 }
 
-func newUpstream(nc *net.TCPConn, backend string, lim frame.Limits) *upstream {
-	us := stream(nc)
+func newUpstream(nc proxy.Conn, backend string, lim frame.Limits) *upstream {
+	var us io.ReadWriter = nc // TLS: the raw system calls of stream cannot encrypt
+	if tc, ok := nc.(*net.TCPConn); ok {
+		us = stream(tc)
+	}
 	u := &upstream{nc: nc, backend: backend, dr: &deadlineReader{nc: nc, r: us}, w: frame.NewWriter(us)}
 	u.r = frame.NewReader(u.dr, lim)
 	return u
@@ -415,7 +418,7 @@ func (s *session) establish(end time.Time) (*upstream, *frame.Frame, error) {
 	connect := s.t.connect // set once, before any goroutine starts
 	var u *upstream
 	var reply *frame.Frame
-	_, _, err := s.svc.conn.Connect(s.ctx, end, func(nc *net.TCPConn, backend string) error {
+	_, _, err := s.svc.conn.Connect(s.ctx, end, func(nc proxy.Conn, backend string) error {
 		c := newUpstream(nc, backend, s.svc.opts.Limits)
 		c.dr.beforeRead = s.flushClient
 		r, err := c.handshake(connect, s.svc.opts.DialTimeout)

@@ -113,6 +113,9 @@ type ServiceConfig struct {
 	ClientWriteTimeout conf.Duration `toml:"client_write_timeout"`
 
 	Check CheckConfig `toml:"check"`
+	// TLS, when set, is TLS from the sidecar to the brokers, for the data
+	// path and the tcp and stomp checks alike.
+	TLS TLSConfig `toml:"tls"`
 }
 
 // CheckConfig is a service's [service.check] table.
@@ -589,6 +592,9 @@ func (c *Config) validate(name string, pos conf.Positions, skip map[string]bool)
 		}
 		if s.Check.Fall < 1 {
 			bad(ck+".fall", "must be at least 1")
+		}
+		if _, err := s.TLS.load(); err != nil {
+			bad(p+".tls", "%v", err)
 		}
 	}
 	for i, a := range binds {

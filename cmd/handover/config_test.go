@@ -49,6 +49,10 @@ func TestConfigValidation(t *testing.T) {
 		{"minimal", "[[service]]\nname = \"a\"\nlisten = \":1\"\nbackends = [\"127.0.0.1:2\"]\n", nil},
 		{"no services", "[log]\nlevel = \"info\"\n", []string{"at least one [[service]]"}},
 		{"unknown key", "[[service]]\nname = \"a\"\nlisten = \":1\"\nbackends = [\"h:2\"]\nbackend = 3\n", []string{`:5: unknown key "service.backend"`}},
+		{"tls without ca", "[[service]]\nname = \"a\"\nlisten = \":1\"\nbackends = [\"h:2\"]\n[service.tls]\nserver_name = \"b\"\n", []string{"service[0].tls: ca: required"}},
+		{"tls ca missing", "[[service]]\nname = \"a\"\nlisten = \":1\"\nbackends = [\"h:2\"]\n[service.tls]\nca = \"/nonexistent/ca.pem\"\n", []string{"service[0].tls: ca: open /nonexistent/ca.pem"}},
+		{"tls ca not PEM", "[[service]]\nname = \"a\"\nlisten = \":1\"\nbackends = [\"h:2\"]\n[service.tls]\nca = \"config_test.go\"\n", []string{"service[0].tls: ca:", "holds no PEM certificate"}},
+		{"tls unknown key", "[[service]]\nname = \"a\"\nlisten = \":1\"\nbackends = [\"h:2\"]\n[service.tls]\ninsecure = true\n", []string{`unknown key "service.tls.insecure"`}},
 		{"unknown backend key", "[[service]]\nname = \"a\"\nlisten = \":1\"\nbackends = [{adr = \"h:2\"}]\n", []string{`unknown backend key "adr"`}},
 		{"every problem listed with lines", `[log]
 level = "loud"

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -360,7 +361,12 @@ func (sc *sidecar) proxyOptions(s ServiceConfig) (proxy.Options, error) {
 	if err != nil {
 		return proxy.Options{}, err
 	}
+	tlsConf, err := s.TLS.load()
+	if err != nil {
+		return proxy.Options{}, fmt.Errorf("tls: %w", err)
+	}
 	return proxy.Options{
+		TLS:                     tlsConf,
 		Name:                    s.Name,
 		Listen:                  listen,
 		Timeout:                 s.Timeout.D(),
@@ -382,18 +388,18 @@ func (sc *sidecar) proxyOptions(s ServiceConfig) (proxy.Options, error) {
 // shares that pool: a rebind keeps the health state and the master.
 func (sc *sidecar) newService(s ServiceConfig, pl *pool) (*service, error) {
 	log := sc.log.WithField("service", s.Name)
+	opts, err := sc.proxyOptions(s)
+	if err != nil {
+		return nil, err
+	}
 	if pl == nil {
-		checker, err := health.NewChecker(s.Check.Kind)
+		checker, err := health.NewCheckerWith(s.Check.Kind, health.CheckOptions{TLS: opts.TLS})
 		if err != nil {
 			return nil, err
 		}
 		pl = &pool{name: s.Name, log: log, static: healthBackends(s)}
 		pl.monitor = health.NewMonitor(s.Name, healthConfig(s), pl.static, checker, nil, log.WithField("component", "health"), sc.hm)
 		pl.monitor.SetConnReporter(pl.report)
-	}
-	opts, err := sc.proxyOptions(s)
-	if err != nil {
-		return nil, err
 	}
 	var p dataPath
 	if s.Protocol == "stomp" {
@@ -410,6 +416,7 @@ func (sc *sidecar) newService(s ServiceConfig, pl *pool) (*service, error) {
 			MaxConnections:          opts.MaxConnections,
 			MaxConnectionsPerSource: opts.MaxConnectionsPerSource,
 			ShutdownGrace:           opts.ShutdownGrace,
+			TLS:                     opts.TLS,
 			ConnectTimeout:          s.ConnectTimeout.D(),
 			ClientWriteTimeout:      s.ClientWriteTimeout.D(),
 			MaxReplayBytes:          s.MaxReplayBytes,
@@ -454,6 +461,9 @@ func serviceSummary(s ServiceConfig, listen string) logrus.Fields {
 		"check": s.Check.Kind, "backends": strings.Join(addrs, " ")}
 	if s.Discovery != "" {
 		f["discovery"] = s.Discovery
+	}
+	if s.TLS.enabled() {
+		f["tls"] = "verify " + cmp.Or(s.TLS.ServerName, "each backend's host")
 	}
 	return f
 }
@@ -757,10 +767,12 @@ func (sc *sidecar) applyHealth(old *service, s ServiceConfig) {
 			sc.log.WithField("service", s.Name).Info("discovery reloaded")
 		}
 	}
-	if !reflect.DeepEqual(old.cfg.Check, s.Check) || old.cfg.Mode != s.Mode || old.cfg.Random != s.Random {
+	newTLS := old.cfg.TLS.fingerprint() != s.TLS.fingerprint()
+	if !reflect.DeepEqual(old.cfg.Check, s.Check) || old.cfg.Mode != s.Mode || old.cfg.Random != s.Random || newTLS {
 		var checker health.Checker
-		if old.cfg.Check.Kind != s.Check.Kind {
-			checker, _ = health.NewChecker(s.Check.Kind) // validated already
+		if old.cfg.Check.Kind != s.Check.Kind || newTLS {
+			tlsConf, _ := s.TLS.load() // validated already
+			checker, _ = health.NewCheckerWith(s.Check.Kind, health.CheckOptions{TLS: tlsConf})
 		}
 		old.pool.monitor.SetConfig(healthConfig(s), checker)
 		sc.log.WithField("service", s.Name).Info("health checks reloaded")
@@ -807,7 +819,9 @@ func (sc *sidecar) drainInBackground(s *service, grace time.Duration, stopMonito
 func (sc *sidecar) needsRebind(a, b ServiceConfig, ca, cb *Config) bool {
 	oa, _ := sc.proxyOptionsFor(a, ca)
 	ob, _ := sc.proxyOptionsFor(b, cb)
-	return oa != ob || a.Protocol != b.Protocol || a.MaxReplayBytes != b.MaxReplayBytes || a.ConnectTimeout != b.ConnectTimeout ||
+	// Each load makes a new *tls.Config: compare what it was made from.
+	oa.TLS, ob.TLS = nil, nil
+	return oa != ob || a.TLS.fingerprint() != b.TLS.fingerprint() || a.Protocol != b.Protocol || a.MaxReplayBytes != b.MaxReplayBytes || a.ConnectTimeout != b.ConnectTimeout ||
 		a.ClientWriteTimeout != b.ClientWriteTimeout
 }
 

@@ -1,0 +1,113 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"handover/brokerd"
+	"handover/internal/conf"
+	"handover/internal/testutil"
+	"handover/stompclient"
+)
+
+// startTLSBroker runs brokerd in-process with a TLS listener whose
+// certificate ca signed, until test cleanup, and returns its TLS address.
+func startTLSBroker(t *testing.T, ca *testutil.CA) string {
+	t.Helper()
+	certFile, keyFile, _ := ca.Issue(t, "broker", time.Now().Add(-time.Hour), 24*time.Hour)
+	o := brokerd.NewOptions()
+	o.Listen, o.Admin, o.Data = "127.0.0.1:0", "127.0.0.1:0", t.TempDir()
+	o.TLSListen, o.TLSCert, o.TLSKey = "127.0.0.1:0", certFile, keyFile
+	o.ShutdownGrace = conf.Duration(time.Second)
+	if _, err := brokerd.InitData(o.Data); err != nil {
+		t.Fatal(err)
+	}
+	s, err := brokerd.New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	select {
+	case <-s.Ready():
+	case err := <-done:
+		t.Fatalf("brokerd stopped: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("brokerd not ready in 10s")
+	}
+	return s.TLSAddr()
+}
+
+// TestTLSOriginationThroughSidecar: plaintext STOMP clients reach brokerd's
+// TLS listener through the sidecar in both modes, checked over TLS; a
+// service whose CA did not sign the broker's certificate has its backend
+// down, and the log says why.
+func TestTLSOriginationThroughSidecar(t *testing.T) {
+	ca := testutil.NewCA(t, "test CA")
+	broker := startTLSBroker(t, ca)
+	other := testutil.NewCA(t, "other CA")
+	service := func(name, protocol, caFile string) (string, string) {
+		listen := testutil.FreePort(t)
+		return listen, fmt.Sprintf(`
+[[service]]
+name = %q
+listen = %q
+backends = [%q]
+protocol = %q
+timeout = "2s"
+[service.check]
+kind = "stomp"
+interval = "100ms"
+[service.tls]
+ca = %q
+`, name, listen, broker, protocol, caFile)
+	}
+	tcpListen, tcpCfg := service("tcp", "tcp", ca.File(t))
+	stompListen, stompCfg := service("stomp", "stomp", ca.File(t))
+	_, badCfg := service("bad", "tcp", other.File(t))
+	h := startSidecar(t, "[log]\nformat = \"json\"\n[admin]\nlisten = \"\"\n"+tcpCfg+stompCfg+badCfg)
+	h.waitMaster("tcp", broker)
+	h.waitMaster("stomp", broker)
+
+	for _, listen := range []string{tcpListen, stompListen} {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		c, err := stompclient.Dial(ctx, listen, stompclient.Options{})
+		if err != nil {
+			t.Fatalf("through %s: %v", listen, err)
+		}
+		dest := "/queue/tls-" + listen
+		sub, err := c.SubscribeReceipt(ctx, dest, stompclient.AckAuto)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.SendReceipt(ctx, dest, []byte("over TLS")); err != nil {
+			t.Fatal(err)
+		}
+		if f := testutil.Recv(t, sub, 10*time.Second); string(f.Body) != "over TLS" {
+			t.Fatalf("got %q", f.Body)
+		}
+		c.Close()
+	}
+
+	testutil.Eventually(t, 5*time.Second, func() error {
+		for _, l := range h.logLines() {
+			reason, _ := l["reason"].(string)
+			if l["service"] == "bad" && l["backend"] == broker && l["level"] == "warning" &&
+				strings.Contains(reason, "TLS handshake with "+broker) && strings.Contains(reason, "certificate signed by unknown authority") {
+				return nil
+			}
+		}
+		return fmt.Errorf("no warning that the bad service's backend fails its TLS handshake")
+	})
+	for _, s := range h.sc.status().Services {
+		if s.Name == "bad" && s.Master != "" {
+			t.Errorf("service bad has master %q, want none", s.Master)
+		}
+	}
+}
