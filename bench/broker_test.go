@@ -22,13 +22,18 @@ var persistent = frame.Header{Key: "persistent", Value: "true"}
 
 func startBroker(b *testing.B) *brokerd.Server {
 	b.Helper()
+	return startBrokerWith(b, func(*brokerd.Options) {})
+}
+
+// startBrokerWith is startBroker with options changed by set.
+func startBrokerWith(b *testing.B, set func(*brokerd.Options)) *brokerd.Server {
+	b.Helper()
 	o := brokerd.NewOptions()
 	o.Listen, o.Admin, o.Data = "127.0.0.1:0", "127.0.0.1:0", b.TempDir()
-	if _, err := brokerd.ReadData(o.Data); err != nil {
-		if _, err := brokerd.InitData(o.Data); err != nil {
-			b.Fatal(err)
-		}
+	if _, err := brokerd.InitData(o.Data); err != nil {
+		b.Fatal(err)
 	}
+	set(&o)
 	s, err := brokerd.New(o)
 	if err != nil {
 		b.Fatal(err)

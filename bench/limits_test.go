@@ -121,29 +121,6 @@ const (
 	limReceipt = time.Minute
 )
 
-// startBrokerWith is startBroker with options changed by set.
-func startBrokerWith(b *testing.B, set func(*brokerd.Options)) *brokerd.Server {
-	b.Helper()
-	o := brokerd.NewOptions()
-	o.Listen, o.Admin, o.Data = "127.0.0.1:0", "127.0.0.1:0", b.TempDir()
-	if _, err := brokerd.ReadData(o.Data); err != nil {
-		if _, err := brokerd.InitData(o.Data); err != nil {
-			b.Fatal(err)
-		}
-	}
-	set(&o)
-	s, err := brokerd.New(o)
-	if err != nil {
-		b.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { s.Run(ctx); close(done) }()
-	b.Cleanup(func() { cancel(); <-done })
-	<-s.Ready()
-	return s
-}
-
 // limCase says whether a benchmark function should run its case, or
 // report the figures it has from the last: testing calls the function
 // first with b.N 1, once for each -count, then again with a larger b.N

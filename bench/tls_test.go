@@ -26,22 +26,9 @@ import (
 func BenchmarkTLSCost(b *testing.B) {
 	ca := testutil.NewCA(b, "bench CA")
 	cert, key, _ := ca.Issue(b, "brokerd", time.Now().Add(-time.Hour), 24*time.Hour)
-	o := brokerd.NewOptions()
-	data := b.TempDir()
-	if _, err := brokerd.InitData(data); err != nil {
-		b.Fatal(err)
-	}
-	o.Listen, o.Admin, o.Data = "127.0.0.1:0", "127.0.0.1:0", data
-	o.TLSListen, o.TLSCert, o.TLSKey = "127.0.0.1:0", cert, key
-	s, err := brokerd.New(o)
-	if err != nil {
-		b.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { s.Run(ctx); close(done) }()
-	b.Cleanup(func() { cancel(); <-done })
-	<-s.Ready()
+	s := startBrokerWith(b, func(o *brokerd.Options) {
+		o.TLSListen, o.TLSCert, o.TLSKey = "127.0.0.1:0", cert, key
+	})
 	tlsCfg := &tls.Config{RootCAs: ca.Pool(), ServerName: "127.0.0.1"}
 	dialTLS := func() (*stompclient.Conn, error) {
 		nc, err := tls.Dial("tcp", s.TLSAddr(), tlsCfg)
@@ -71,9 +58,11 @@ func BenchmarkTLSCost(b *testing.B) {
 			b.Cleanup(func() { c.Close() })
 			sd.rcpt = append(sd.rcpt, c)
 		}
-		if sd.fire, err = sd.dial(); err != nil {
+		fire, err := sd.dial()
+		if err != nil {
 			b.Fatal(err)
 		}
+		sd.fire = fire
 		b.Cleanup(func() { sd.fire.Close() })
 	}
 	const slice = 400
