@@ -59,8 +59,19 @@ func (b *broker) waitRole(t *testing.T, role string) {
 	})
 }
 
+// runBrokerd runs the brokerd binary with args to its end and returns its
+// exit status and everything it printed.
+func runBrokerd(t *testing.T, args ...string) (int, string) {
+	t.Helper()
+	out, err := exec.Command(testutil.Binary(t, "handover/cmd/brokerd"), args...).CombinedOutput()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	}
+	return code, string(out)
+}
+
 func TestFlagsAndConfig(t *testing.T) {
-	bin := testutil.Binary(t, "handover/cmd/brokerd")
 	cfg := t.TempDir() + "/b.toml"
 	tests := []struct {
 		name     string
@@ -85,11 +96,7 @@ func TestFlagsAndConfig(t *testing.T) {
 				os.WriteFile(cfg, []byte(tt.config), 0o644)
 				args = append([]string{"-config", cfg, "-admin", "127.0.0.1:0", "-data", t.TempDir()}, args...)
 			}
-			out, err := exec.Command(bin, args...).CombinedOutput()
-			code := 0
-			if ee, ok := err.(*exec.ExitError); ok {
-				code = ee.ExitCode()
-			}
+			code, out := runBrokerd(t, args...)
 			if code != tt.wantCode || !strings.Contains(string(out), tt.wantOut) {
 				t.Fatalf("exit %d output %q; want exit %d containing %q", code, out, tt.wantCode, tt.wantOut)
 			}
@@ -208,15 +215,7 @@ func TestStompPy(t *testing.T) {
 // a broker refuses a directory without one (an unmounted share), or one of
 // another cluster; -check validates a config without starting.
 func TestInitAndCheck(t *testing.T) {
-	bin := testutil.Binary(t, "handover/cmd/brokerd")
-	run := func(args ...string) (int, string) {
-		out, err := exec.Command(bin, args...).CombinedOutput()
-		code := 0
-		if ee, ok := err.(*exec.ExitError); ok {
-			code = ee.ExitCode()
-		}
-		return code, string(out)
-	}
+	run := func(args ...string) (int, string) { return runBrokerd(t, args...) }
 	data := t.TempDir() + "/share"
 	if code, out := run("-admin", "127.0.0.1:0", "-data", data); code != 2 || !strings.Contains(out, "does not exist: not initialized") || !strings.Contains(out, "brokerd -init -data "+data) {
 		t.Fatalf("start on a missing directory: exit %d\n%s", code, out)
@@ -279,15 +278,9 @@ func TestCtl(t *testing.T) {
 	p.await(t, 20, time.Time{})
 	p.halt(t)
 
-	bin := testutil.Binary(t, "handover/cmd/brokerd")
 	admins := b.admin + "," + a.admin
 	run := func(args ...string) (int, string) {
-		out, err := exec.Command(bin, append([]string{"ctl", "-admin", admins}, args...)...).CombinedOutput()
-		code := 0
-		if ee, ok := err.(*exec.ExitError); ok {
-			code = ee.ExitCode()
-		}
-		return code, string(out)
+		return runBrokerd(t, append([]string{"ctl", "-admin", admins}, args...)...)
 	}
 	if code, out := run("pid"); code != 0 || strings.TrimSpace(out) != fmt.Sprint(a.p.Cmd.Process.Pid) {
 		t.Fatalf("ctl pid: exit %d %q, want the master's pid %d", code, out, a.p.Cmd.Process.Pid)

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -431,15 +430,7 @@ func TestPostgresFrozenMasterLease(t *testing.T) {
 // what to do; -init writes one once.
 func TestPostgresInit(t *testing.T) {
 	srv := pgtest.Start(t)
-	bin := testutil.Binary(t, "handover/cmd/brokerd")
-	run := func(args ...string) (int, string) {
-		out, err := exec.Command(bin, args...).CombinedOutput()
-		code := 0
-		if ee, ok := err.(*exec.ExitError); ok {
-			code = ee.ExitCode()
-		}
-		return code, string(out)
-	}
+	run := func(args ...string) (int, string) { return runBrokerd(t, args...) }
 	if code, out := run("-admin", "127.0.0.1:0", "-store", srv.DSN()); code != 2 || !strings.Contains(out, "is not initialized (no handover_cluster table)") || !strings.Contains(out, "-init") {
 		t.Fatalf("start on a fresh database: exit %d\n%s", code, out)
 	}
