@@ -32,33 +32,20 @@ commands:
   purge QUEUE    remove the messages waiting in QUEUE (not those delivered and unacknowledged)`)
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
+	words, err := adminmux.ParseCommand(fs, args)
+	if err != nil {
 		return 2
-	}
-	// Flags may follow the command too: brokerd ctl browse /queue/x -n 5.
-	rest := fs.Args()
-	var words []string
-	for len(rest) > 0 {
-		words = append(words, rest[0])
-		if err := fs.Parse(rest[1:]); err != nil {
-			return 2
-		}
-		rest = fs.Args()
 	}
 	if len(words) == 0 {
 		fs.Usage()
 		return 2
 	}
-	c := &ctlClient{http: &http.Client{Timeout: 10 * time.Second}, addrs: strings.Split(*admin, ",")}
-	if *tokenFile != "" {
-		tok, err := adminmux.LoadToken(*tokenFile)
-		if err != nil {
-			fmt.Fprintln(stderr, "brokerd ctl:", err)
-			return 2
-		}
-		c.token = tok
+	hc, err := adminmux.Client(*tokenFile, 10*time.Second)
+	if err != nil {
+		fmt.Fprintln(stderr, "brokerd ctl:", err)
+		return 2
 	}
-	var err error
+	c := &ctlClient{http: hc, addrs: strings.Split(*admin, ",")}
 	switch {
 	case words[0] == "status" && len(words) == 1:
 		err = c.status(stdout)
@@ -85,15 +72,6 @@ commands:
 type ctlClient struct {
 	http  *http.Client
 	addrs []string
-	token string
-}
-
-// do sends req with the admin token, if there is one.
-func (c *ctlClient) do(req *http.Request) (*http.Response, error) {
-	if c.token != "" {
-		req.Header.Set("Authorization", "Bearer "+c.token)
-	}
-	return c.http.Do(req)
 }
 
 // ctlStatus is the part of /status ctl shows.
@@ -117,7 +95,7 @@ type ctlStatus struct {
 
 func (c *ctlClient) get(addr, path string, v any) error {
 	req, _ := http.NewRequest(http.MethodGet, "http://"+addr+path, nil)
-	resp, err := c.do(req)
+	resp, err := c.http.Do(req)
 	if err != nil {
 		return err
 	}
@@ -214,7 +192,7 @@ func (c *ctlClient) purge(w io.Writer, queue string) error {
 		return err
 	}
 	req, _ := http.NewRequest(http.MethodPost, "http://"+m.addr+"/api/purge?"+url.Values{"queue": {queue}}.Encode(), nil)
-	resp, err := c.do(req)
+	resp, err := c.http.Do(req)
 	if err != nil {
 		return err
 	}

@@ -32,30 +32,18 @@ commands:
 disable and drain last until enable, across reloads (not restarts).`)
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
+	// Flags may follow the command too: handover ctl status -admin ADDR.
+	words, err := adminmux.ParseCommand(fs, args)
+	if err != nil {
 		return 2
 	}
-	// Flags may follow the command too: handover ctl status -admin ADDR.
-	rest := fs.Args()
-	var words []string
-	for len(rest) > 0 {
-		words = append(words, rest[0])
-		if err := fs.Parse(rest[1:]); err != nil {
-			return 2
-		}
-		rest = fs.Args()
+	hc, err := adminmux.Client(*tokenFile, 10*time.Second)
+	if err != nil {
+		fmt.Fprintln(stderr, "handover ctl:", err)
+		return 2
 	}
-	c := &ctlClient{http: &http.Client{Timeout: 10 * time.Second}, addr: *admin}
-	if *tokenFile != "" {
-		tok, err := adminmux.LoadToken(*tokenFile)
-		if err != nil {
-			fmt.Fprintln(stderr, "handover ctl:", err)
-			return 2
-		}
-		c.http.Transport = bearer{tok}
-	}
+	c := &ctlClient{http: hc, addr: *admin}
 	_, isAction := controlActions[words0(words)]
-	var err error
 	switch {
 	case len(words) == 1 && words[0] == "status":
 		err = c.status(stdout)
@@ -77,15 +65,6 @@ func words0(words []string) string {
 		return ""
 	}
 	return words[0]
-}
-
-// bearer adds the admin token to every request.
-type bearer struct{ token string }
-
-func (b bearer) RoundTrip(r *http.Request) (*http.Response, error) {
-	r = r.Clone(r.Context())
-	r.Header.Set("Authorization", "Bearer "+b.token)
-	return http.DefaultTransport.RoundTrip(r)
 }
 
 type ctlClient struct {

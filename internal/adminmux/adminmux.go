@@ -17,6 +17,7 @@ package adminmux
 import (
 	"crypto/subtle"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"net"
 	"net/http"
@@ -24,6 +25,7 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -117,6 +119,47 @@ func LoadToken(path string) (string, error) {
 		return "", fmt.Errorf("admin token: %s is empty", path)
 	}
 	return tok, nil
+}
+
+// Client is the HTTP client of the command-line tools (brokerd ctl,
+// handover ctl): it sends the token in tokenFile, if one is named, as a
+// bearer on every request.
+func Client(tokenFile string, timeout time.Duration) (*http.Client, error) {
+	c := &http.Client{Timeout: timeout}
+	if tokenFile != "" {
+		tok, err := LoadToken(tokenFile)
+		if err != nil {
+			return nil, err
+		}
+		c.Transport = bearer{tok}
+	}
+	return c, nil
+}
+
+// bearer adds the admin token to every request.
+type bearer struct{ token string }
+
+func (b bearer) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	r.Header.Set("Authorization", "Bearer "+b.token)
+	return http.DefaultTransport.RoundTrip(r)
+}
+
+// ParseCommand parses args with fs where flags may come before, between or
+// after the words of a command (brokerd ctl browse /queue/x -n 5), and
+// returns the words.
+func ParseCommand(fs *flag.FlagSet, args []string) ([]string, error) {
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	var words []string
+	for rest := fs.Args(); len(rest) > 0; rest = fs.Args() {
+		words = append(words, rest[0])
+		if err := fs.Parse(rest[1:]); err != nil {
+			return nil, err
+		}
+	}
+	return words, nil
 }
 
 // IsLoopback reports whether a listen address binds only the loopback

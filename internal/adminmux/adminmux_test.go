@@ -1,11 +1,15 @@
 package adminmux
 
 import (
+	"flag"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -177,5 +181,57 @@ func TestRequireToken(t *testing.T) {
 		if IsLoopback(addr) != want {
 			t.Errorf("IsLoopback(%q) = %v", addr, !want)
 		}
+	}
+}
+
+func TestParseCommand(t *testing.T) {
+	for _, tt := range []struct {
+		args  []string
+		words string
+		n     int
+	}{
+		{[]string{"-n", "5", "browse", "/queue/x"}, "browse /queue/x", 5},
+		{[]string{"browse", "/queue/x", "-n", "5"}, "browse /queue/x", 5},
+		{[]string{"browse", "-n", "5", "/queue/x"}, "browse /queue/x", 5},
+		{[]string{"status"}, "status", 10},
+		{nil, "", 10},
+	} {
+		fs := flag.NewFlagSet("ctl", flag.ContinueOnError)
+		n := fs.Int("n", 10, "")
+		words, err := ParseCommand(fs, tt.args)
+		if err != nil || strings.Join(words, " ") != tt.words || *n != tt.n {
+			t.Errorf("ParseCommand(%q) = %q, -n %d, %v; want %q, -n %d", tt.args, words, *n, err, tt.words, tt.n)
+		}
+	}
+}
+
+// TestClientSendsToken: the tools' client gets past RequireToken with the
+// token from its file, and not without it.
+func TestClientSendsToken(t *testing.T) {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok")) })
+	srv := httptest.NewServer(RequireToken(mux, "s3cret"))
+	defer srv.Close()
+	file := filepath.Join(t.TempDir(), "token")
+	os.WriteFile(file, []byte("s3cret\n"), 0o600)
+	for _, tt := range []struct {
+		file string
+		want int
+	}{{file, 200}, {"", 401}} {
+		c, err := Client(tt.file, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := c.Get(srv.URL + "/status")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tt.want {
+			t.Errorf("token file %q: %d, want %d", tt.file, resp.StatusCode, tt.want)
+		}
+	}
+	if _, err := Client(filepath.Join(t.TempDir(), "missing"), time.Second); err == nil {
+		t.Error("a missing token file was accepted")
 	}
 }
