@@ -369,8 +369,20 @@ func TestStompPyTLS(t *testing.T) {
 		out, err := cmd.CombinedOutput()
 		return string(out), err
 	}
-	if out, err := run("STOMP_TLS_CA="+ca.File(t), "STOMP_LOGIN=app", "STOMP_PASSCODE=s3cret"); err != nil || !strings.Contains(out, "ok 1.2 5") {
-		t.Fatalf("stomp.py over TLS: %v\n%s", err, out)
+	// stomp.py reads an ssl socket on its receiver thread while the main
+	// thread writes it, which Python's ssl does not make safe: now and then
+	// a connection hangs before its CONNECT is sent, or a write fails with
+	// "[SSL] internal error", on the client's side alone. A broker that
+	// fails the round trip fails it every time; the client gets three tries.
+	for try := 1; ; try++ {
+		out, err := run("STOMP_TLS_CA="+ca.File(t), "STOMP_LOGIN=app", "STOMP_PASSCODE=s3cret")
+		if err == nil && strings.Contains(out, "ok 1.2 5") {
+			break
+		}
+		if try == 3 || !strings.Contains(out, "ConnectFailedException") && !strings.Contains(out, "[SSL] internal error") {
+			t.Fatalf("stomp.py over TLS (try %d): %v\n%s", try, err, out)
+		}
+		t.Logf("stomp.py over TLS, try %d, failed in the client: %v\n%s", try, err, out)
 	}
 	if out, err := run("STOMP_TLS_CA="+ca.File(t), "STOMP_LOGIN=app", "STOMP_PASSCODE=wrong"); err == nil {
 		t.Fatalf("stomp.py with a wrong password succeeded:\n%s", out)
