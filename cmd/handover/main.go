@@ -19,10 +19,8 @@ import (
 	"syscall"
 
 	"handover/internal/buildinfo"
+	"handover/sidecar"
 )
-
-// Version is the sidecar's version.
-var Version = "0.1.0"
 
 func main() {
 	os.Exit(run(os.Args[1:]))
@@ -30,7 +28,7 @@ func main() {
 
 func run(args []string) int {
 	if len(args) > 0 && args[0] == "ctl" {
-		return ctl(args[1:], os.Stdout, os.Stderr)
+		return sidecar.Ctl(args[1:], os.Stdout, os.Stderr)
 	}
 	fs := flag.NewFlagSet("handover", flag.ContinueOnError)
 	path := fs.String("config", "proxy.toml", "TOML config file")
@@ -40,10 +38,10 @@ func run(args []string) int {
 		return 2
 	}
 	if *version {
-		fmt.Println("handover", Version, buildinfo.Read())
+		fmt.Println("handover", sidecar.Version, buildinfo.Read())
 		return 0
 	}
-	cfg, err := LoadConfig(*path)
+	cfg, err := sidecar.LoadConfig(*path)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "handover: %s is not valid:\n%v\n", *path, err)
 		return 1
@@ -52,7 +50,7 @@ func run(args []string) int {
 		fmt.Printf("%s: ok (%d services)\n", *path, len(cfg.Services))
 		return 0
 	}
-	sc, err := newSidecar(cfg, *path, os.Stderr)
+	sc, err := sidecar.New(cfg, *path, os.Stderr)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "handover:", err)
 		return 1
@@ -67,14 +65,14 @@ func run(args []string) int {
 		for {
 			select {
 			case <-hup:
-				sc.requestReload(ctx) // outcome is logged and shown in /status
+				sc.RequestReload(ctx) // outcome is logged and shown in /status
 			case <-ctx.Done():
 				return
 			}
 		}
 	}()
-	if err := sc.run(ctx); err != nil {
-		sc.log.WithError(err).Error("exiting")
+	if err := sc.Run(ctx); err != nil {
+		sc.Log().WithError(err).Error("exiting")
 		return 1
 	}
 	return 0

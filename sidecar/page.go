@@ -1,4 +1,4 @@
-package main
+package sidecar
 
 import (
 	"sort"
@@ -80,7 +80,7 @@ func stateClass(state string) string {
 	return "warn"
 }
 
-func (sc *sidecar) pageData() any {
+func (sc *Sidecar) pageData() any {
 	st := sc.status()
 	v := pageView{Status: st}
 	for _, s := range st.Services {

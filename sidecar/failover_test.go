@@ -1,4 +1,4 @@
-package main
+package sidecar
 
 import (
 	"context"
@@ -313,7 +313,7 @@ colour = "red"
 		code int
 		want []string
 	}{
-		{[]string{"-check", "-config", "../../proxy.toml"}, 0, []string{"ok (1 services)"}},
+		{[]string{"-check", "-config", "../proxy.toml"}, 0, []string{"ok (1 services)"}},
 		{[]string{"-check", "-config", bad}, 1, []string{"bad.toml:4: service[0].backends", "bad.toml:5: service[0].mode"}},
 		{[]string{"-check", "-config", worse}, 1, []string{
 			`worse.toml:5: service[0].listen: "127.0.0.1:99999": port 99999 is out of range`,

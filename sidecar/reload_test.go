@@ -1,4 +1,4 @@
-package main
+package sidecar
 
 import (
 	"context"
@@ -43,7 +43,7 @@ func echoServer(t *testing.T) string {
 type reloadHarness struct {
 	t    *testing.T
 	path string
-	sc   *sidecar
+	sc   *Sidecar
 	stop func()
 	logs *testutil.SyncBuffer // everything the sidecar logged
 }
@@ -63,14 +63,14 @@ func startSidecar(t *testing.T, cfg string) *reloadHarness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sc, err := newSidecar(c, h.path, io.MultiWriter(tWriter{t}, h.logs))
+	sc, err := New(c, h.path, io.MultiWriter(tWriter{t}, h.logs))
 	if err != nil {
 		t.Fatal(err)
 	}
 	h.sc = sc
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { sc.run(ctx); close(done) }()
+	go func() { sc.Run(ctx); close(done) }()
 	h.stop = func() { cancel(); <-done }
 	t.Cleanup(h.stop)
 	return h
@@ -139,7 +139,7 @@ func stream(t *testing.T, addr string) (stop func() error) {
 	}
 }
 
-func (h *reloadHarness) reload() error { return h.sc.requestReload(context.Background()) }
+func (h *reloadHarness) reload() error { return h.sc.RequestReload(context.Background()) }
 
 func (h *reloadHarness) waitMaster(service, addr string) {
 	h.t.Helper()

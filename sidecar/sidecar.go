@@ -1,4 +1,4 @@
-package main
+package sidecar
 
 import (
 	"cmp"
@@ -31,10 +31,10 @@ import (
 	"handover/stompproxy"
 )
 
-// sidecar is one running handover: per [[service]] a health monitor and a
+// Sidecar is one running handover: per [[service]] a health monitor and a
 // proxy service, and the admin HTTP server. Its configuration can be
 // reloaded while it runs (SIGHUP or POST /reload).
-type sidecar struct {
+type Sidecar struct {
 	adminToken string // [admin] token_file's, read at start
 	path       string // the config file, re-read on reload
 	logger     *logrus.Logger
@@ -80,18 +80,23 @@ type dataPath interface {
 	Shutdown(ctx context.Context) error
 	// FailoverCounts feeds the "master changed" log line.
 	FailoverCounts() proxy.FailoverCounts
+	// Connections is the data path's part of /status: its clients and
+	// what failovers did to them.
+	Connections() any
 }
 
-// connectionsStatus is the data path's part of /status.
-func connectionsStatus(d dataPath) any {
-	switch d := d.(type) {
-	case *proxy.Service:
-		return d.Status()
-	case *stompproxy.Service:
-		return d.Status()
-	}
-	return nil
-}
+// tcpPath and stompPath are the two data paths. Each service's Status has
+// its own type; Connections gives /status either one.
+type (
+	tcpPath   struct{ *proxy.Service }
+	stompPath struct{ *stompproxy.Service }
+)
+
+// Connections is a proxy.ServiceStatus.
+func (p tcpPath) Connections() any { return p.Status() }
+
+// Connections is a stompproxy.Status.
+func (p stompPath) Connections() any { return p.Status() }
 
 // pool is a service's backends, static and discovered, and the monitor
 // that checks them and elects the master.
@@ -279,14 +284,14 @@ type ReloadStatus struct {
 
 type reloadRequest struct{ reply chan error }
 
-// newSidecar builds everything and binds every listener, so a bad address
+// New builds everything and binds every listener, so a bad address
 // fails at start, not at the first client. path is re-read on reload.
-func newSidecar(cfg *Config, path string, logOut io.Writer) (*sidecar, error) {
-	logger, err := newLogger(logOut, cfg.Log)
+func New(cfg *Config, path string, logOut io.Writer) (*Sidecar, error) {
+	logger, err := conf.NewLogger(logOut, cfg.Log.Level, cfg.Log.Format)
 	if err != nil {
 		return nil, err
 	}
-	sc := &sidecar{
+	sc := &Sidecar{
 		path:     path,
 		logger:   logger,
 		log:      logger.WithField("component", "handover"),
@@ -356,7 +361,7 @@ func healthBackends(s ServiceConfig) []health.Backend {
 }
 
 // proxyOptions is everything of s that the data path uses.
-func (sc *sidecar) proxyOptions(s ServiceConfig) (proxy.Options, error) {
+func (sc *Sidecar) proxyOptions(s ServiceConfig) (proxy.Options, error) {
 	listen, err := listenAddr(s.Listen)
 	if err != nil {
 		return proxy.Options{}, err
@@ -386,7 +391,7 @@ func (sc *sidecar) proxyOptions(s ServiceConfig) (proxy.Options, error) {
 
 // newService builds (and binds) a service. With pl set, the new listener
 // shares that pool: a rebind keeps the health state and the master.
-func (sc *sidecar) newService(s ServiceConfig, pl *pool) (*service, error) {
+func (sc *Sidecar) newService(s ServiceConfig, pl *pool) (*service, error) {
 	log := sc.log.WithField("service", s.Name)
 	opts, err := sc.proxyOptions(s)
 	if err != nil {
@@ -403,7 +408,8 @@ func (sc *sidecar) newService(s ServiceConfig, pl *pool) (*service, error) {
 	}
 	var p dataPath
 	if s.Protocol == "stomp" {
-		p, err = stompproxy.New(stompproxy.Options{
+		var sp *stompproxy.Service
+		sp, err = stompproxy.New(stompproxy.Options{
 			Name:                    opts.Name,
 			Listen:                  opts.Listen,
 			Timeout:                 opts.Timeout,
@@ -421,8 +427,11 @@ func (sc *sidecar) newService(s ServiceConfig, pl *pool) (*service, error) {
 			ClientWriteTimeout:      s.ClientWriteTimeout.D(),
 			MaxReplayBytes:          s.MaxReplayBytes,
 		}, pl.monitor, log.WithField("component", "stompproxy"), sc.sm)
+		p = stompPath{sp}
 	} else {
-		p, err = proxy.New(opts, pl.monitor, log.WithField("component", "proxy"), sc.pm)
+		var tp *proxy.Service
+		tp, err = proxy.New(opts, pl.monitor, log.WithField("component", "proxy"), sc.pm)
+		p = tcpPath{tp}
 	}
 	if err != nil {
 		return nil, err
@@ -432,7 +441,7 @@ func (sc *sidecar) newService(s ServiceConfig, pl *pool) (*service, error) {
 
 // start runs the service's pool (unless it already runs, shared with the
 // listener this one replaces) and proxy.
-func (sc *sidecar) start(s *service, poolRunning *service) {
+func (sc *Sidecar) start(s *service, poolRunning *service) {
 	if poolRunning == nil {
 		s.pool.run()
 		if err := s.pool.startDiscovery(discoveryOf(s.cfg), sc.dm); err != nil {
@@ -473,7 +482,7 @@ func serviceSummary(s ServiceConfig, listen string) logrus.Fields {
 // needs them: on a failover the connections to the old master close). why
 // is what the logs say the listener drains for; "" when the sidecar shuts
 // down.
-func (sc *sidecar) drain(s *service, grace time.Duration, stopMonitor bool, why string) {
+func (sc *Sidecar) drain(s *service, grace time.Duration, stopMonitor bool, why string) {
 	ctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
 	if why != "" {
@@ -489,7 +498,7 @@ func (sc *sidecar) drain(s *service, grace time.Duration, stopMonitor bool, why 
 	}
 }
 
-func (sc *sidecar) closeListeners() {
+func (sc *Sidecar) closeListeners() {
 	for _, s := range sc.services {
 		s.proxy.Shutdown(context.Background())
 	}
@@ -498,10 +507,10 @@ func (sc *sidecar) closeListeners() {
 	}
 }
 
-// run serves until ctx is cancelled, applying reloads as they come, then
+// Run serves until ctx is cancelled, applying reloads as they come, then
 // shuts down in order: stop accepting and drain client connections (for
 // shutdown_grace), stop the health checks, stop the admin server.
-func (sc *sidecar) run(ctx context.Context) error {
+func (sc *Sidecar) Run(ctx context.Context) error {
 	sc.mu.Lock()
 	bi := buildinfo.Read()
 	sc.log.WithFields(logrus.Fields{"version": Version, "build": bi.String(), "config": sc.path,
@@ -581,7 +590,7 @@ func (sc *sidecar) run(ctx context.Context) error {
 // cgroup limit that changes while the sidecar runs; a reload applies the
 // new one, to services it adds or rebinds: a running service keeps its
 // loops.)
-func (sc *sidecar) setGOMAXPROCS(n int) {
+func (sc *Sidecar) setGOMAXPROCS(n int) {
 	prev := runtime.GOMAXPROCS(0)
 	switch {
 	case n > 0:
@@ -597,9 +606,13 @@ func (sc *sidecar) setGOMAXPROCS(n int) {
 	}
 }
 
-// requestReload asks run to reload the config file and waits for the
+// Log is the sidecar's logger, for its command to log through in the
+// same format as everything else.
+func (sc *Sidecar) Log() *logrus.Entry { return sc.log }
+
+// RequestReload asks Run to reload the config file and waits for the
 // outcome. It is what SIGHUP and POST /reload do.
-func (sc *sidecar) requestReload(ctx context.Context) error {
+func (sc *Sidecar) RequestReload(ctx context.Context) error {
 	req := reloadRequest{reply: make(chan error, 1)}
 	select {
 	case sc.reloads <- req:
@@ -624,8 +637,8 @@ func (sc *sidecar) requestReload(ctx context.Context) error {
 //     listener sharing its monitor; the old one stops accepting and drains;
 //   - a new service starts; a removed one stops accepting and drains.
 //
-// Only run's goroutine calls it.
-func (sc *sidecar) reload() (err error) {
+// Only Run's goroutine calls it.
+func (sc *Sidecar) reload() (err error) {
 	start := time.Now()
 	defer func() {
 		sc.mu.Lock()
@@ -702,7 +715,7 @@ func (sc *sidecar) reload() (err error) {
 	// Commit. The [log] table first, level and format, so that what
 	// follows is logged as the new file says.
 	if next.Log != cur.Log {
-		if err := applyLog(sc.logger, next.Log); err == nil {
+		if err := conf.SetLogging(sc.logger, next.Log.Level, next.Log.Format); err == nil {
 			sc.log.WithFields(logrus.Fields{"level": next.Log.Level, "format": next.Log.Format}).Info("log settings reloaded")
 		}
 	}
@@ -755,7 +768,7 @@ func (sc *sidecar) reload() (err error) {
 
 // applyHealth gives a running service's pool the new backends, discovery
 // and checks.
-func (sc *sidecar) applyHealth(old *service, s ServiceConfig) {
+func (sc *Sidecar) applyHealth(old *service, s ServiceConfig) {
 	if !reflect.DeepEqual(old.cfg.Backends, s.Backends) {
 		old.pool.setStatic(healthBackends(s))
 		sc.log.WithField("service", s.Name).Info("backends reloaded")
@@ -783,7 +796,7 @@ func (sc *sidecar) applyHealth(old *service, s ServiceConfig) {
 // whose data-path options changed: the old listener must close before the
 // new one can bind, so connection attempts in that instant are refused;
 // live connections are not touched (they drain on the old service).
-func (sc *sidecar) rebindSameAddress(old *service, s ServiceConfig, grace time.Duration) (*service, error) {
+func (sc *Sidecar) rebindSameAddress(old *service, s ServiceConfig, grace time.Duration) (*service, error) {
 	// The listener binds with SO_REUSEPORT, so the new one could bind
 	// beside the old; but connections queued on the old one when it closes
 	// would be reset. Close first: a connection attempt in the instant
@@ -806,7 +819,7 @@ func (sc *sidecar) rebindSameAddress(old *service, s ServiceConfig, grace time.D
 	return svc, nil
 }
 
-func (sc *sidecar) drainInBackground(s *service, grace time.Duration, stopMonitor bool, why string) {
+func (sc *Sidecar) drainInBackground(s *service, grace time.Duration, stopMonitor bool, why string) {
 	sc.drains.Add(1)
 	go func() {
 		defer sc.drains.Done()
@@ -816,7 +829,7 @@ func (sc *sidecar) drainInBackground(s *service, grace time.Duration, stopMonito
 
 // needsRebind reports whether the data-path options of a service changed
 // (its listener must be replaced), as opposed to health settings only.
-func (sc *sidecar) needsRebind(a, b ServiceConfig, ca, cb *Config) bool {
+func (sc *Sidecar) needsRebind(a, b ServiceConfig, ca, cb *Config) bool {
 	oa, _ := sc.proxyOptionsFor(a, ca)
 	ob, _ := sc.proxyOptionsFor(b, cb)
 	// Each load makes a new *tls.Config: compare what it was made from.
@@ -825,7 +838,7 @@ func (sc *sidecar) needsRebind(a, b ServiceConfig, ca, cb *Config) bool {
 		a.ClientWriteTimeout != b.ClientWriteTimeout
 }
 
-func (sc *sidecar) proxyOptionsFor(s ServiceConfig, c *Config) (proxy.Options, error) {
+func (sc *Sidecar) proxyOptionsFor(s ServiceConfig, c *Config) (proxy.Options, error) {
 	o, err := sc.proxyOptions(s)
 	o.ShutdownGrace = c.ShutdownGrace.D()
 	return o, err
@@ -861,7 +874,7 @@ type ServiceStatus struct {
 	Discovery   *discovery.Status    `json:"discovery,omitempty"`
 }
 
-func (sc *sidecar) status() Status {
+func (sc *Sidecar) status() Status {
 	sc.mu.Lock()
 	st := Status{Version: Version, Build: buildinfo.Read().String(), Started: sc.started, Generation: sc.generation, Ready: true}
 	if !sc.lastReload.Time.IsZero() {
@@ -888,14 +901,14 @@ func (sc *sidecar) status() Status {
 			Master:      h.Master,
 			MasterSince: h.MasterSince,
 			Health:      h,
-			Connections: connectionsStatus(s.proxy),
+			Connections: s.proxy.Connections(),
 			Discovery:   s.pool.discoveryStatus(),
 		})
 	}
 	return st
 }
 
-func (sc *sidecar) adminHandler() http.Handler {
+func (sc *Sidecar) adminHandler() http.Handler {
 	sc.mu.Lock()
 	pprofOn := sc.cfg.Admin.Pprof
 	sc.mu.Unlock()
@@ -903,7 +916,7 @@ func (sc *sidecar) adminHandler() http.Handler {
 	// POST /reload re-reads the config file, as SIGHUP does, and answers
 	// with the outcome: 200, or 400 with every problem of a rejected file.
 	mux.HandleFunc("POST /reload", func(w http.ResponseWriter, r *http.Request) {
-		if err := sc.requestReload(r.Context()); err != nil {
+		if err := sc.RequestReload(r.Context()); err != nil {
 			http.Error(w, "reload rejected: "+err.Error(), http.StatusBadRequest)
 			return
 		}
@@ -947,7 +960,7 @@ type serviceReadiness struct {
 // that can serve them; 503 otherwise, with a JSON body naming the services
 // without one; 404 for an unknown service. (/healthz says only that the
 // process answers.)
-func (sc *sidecar) readyz(w http.ResponseWriter, r *http.Request) {
+func (sc *Sidecar) readyz(w http.ResponseWriter, r *http.Request) {
 	name := r.URL.Query().Get("service")
 	st := sc.status()
 	body := readiness{Ready: true, Services: []serviceReadiness{}}

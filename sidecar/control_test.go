@@ -1,4 +1,4 @@
-package main
+package sidecar
 
 import (
 	"bytes"
@@ -18,7 +18,7 @@ import (
 // ctlRun runs `handover ctl -admin ADMIN args...` in-process.
 func (h *reloadHarness) ctlRun(args ...string) (int, string) {
 	var out bytes.Buffer
-	code := ctl(append([]string{"-admin", h.sc.adminLn.Addr().String()}, args...), &out, &out)
+	code := Ctl(append([]string{"-admin", h.sc.adminLn.Addr().String()}, args...), &out, &out)
 	return code, out.String()
 }
 
@@ -233,7 +233,7 @@ func TestRuntimeControlRefusals(t *testing.T) {
 		t.Errorf("ctl frobnicate: exit %d\n%s", code, out)
 	}
 	var out bytes.Buffer
-	if code := ctl([]string{"-admin", "127.0.0.1:1", "status"}, &out, &out); code != 1 || !strings.Contains(out.String(), "handover ctl:") {
+	if code := Ctl([]string{"-admin", "127.0.0.1:1", "status"}, &out, &out); code != 1 || !strings.Contains(out.String(), "handover ctl:") {
 		t.Errorf("ctl status against nothing: exit %d\n%s", code, &out)
 	}
 }

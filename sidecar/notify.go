@@ -1,4 +1,4 @@
-package main
+package sidecar
 
 import "handover/internal/sdnotify"
 
@@ -8,7 +8,7 @@ import "handover/internal/sdnotify"
 // STOPPING=1 when shutdown begins. Outside systemd it does nothing. A
 // failure is logged: a unit waiting for READY=1 would otherwise time out
 // without a word.
-func (sc *sidecar) notify(state string) {
+func (sc *Sidecar) notify(state string) {
 	if err := sdnotify.Notify(state); err != nil {
 		sc.log.WithError(err).WithField("state", state).Warn("telling systemd the service state failed")
 	}

@@ -1,4 +1,4 @@
-package main
+package sidecar
 
 import (
 	"bufio"
@@ -358,7 +358,7 @@ func TestPortTakenByAnotherProcess(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		sc, err := newSidecar(c, "", tWriter{t})
+		sc, err := New(c, "", tWriter{t})
 		if err == nil {
 			sc.closeListeners()
 			t.Errorf("%s: the sidecar bound %s beside another listener", name, taken.Addr())

@@ -1,4 +1,4 @@
-package main
+package sidecar
 
 import (
 	"os"
@@ -30,7 +30,7 @@ func TestConnectionDefaults(t *testing.T) {
 }
 
 func TestSampleConfigIsValid(t *testing.T) {
-	c, err := LoadConfig("../../proxy.toml")
+	c, err := LoadConfig("../proxy.toml")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -180,7 +180,7 @@ func TestSetGOMAXPROCS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sc := &sidecar{log: logger.WithField("component", "handover")}
+	sc := &Sidecar{log: logger.WithField("component", "handover")}
 	if os.Getenv("GOMAXPROCS") != "" {
 		t.Skip("GOMAXPROCS is set in the environment: 0 means it")
 	}

@@ -1,4 +1,4 @@
-package main
+package sidecar
 
 import (
 	"encoding/json"
@@ -63,7 +63,7 @@ type controlResult struct {
 	Error  string `json:"error,omitempty"`
 }
 
-func (sc *sidecar) backendControl(w http.ResponseWriter, r *http.Request) {
+func (sc *Sidecar) backendControl(w http.ResponseWriter, r *http.Request) {
 	action := r.PathValue("action")
 	name, addr := r.URL.Query().Get("service"), r.URL.Query().Get("backend")
 	reply := func(code int, res controlResult) {

@@ -1,4 +1,4 @@
-package main
+package sidecar
 
 import (
 	"encoding/json"
@@ -15,9 +15,9 @@ import (
 	"handover/internal/adminmux"
 )
 
-// ctl is `handover ctl`: the sidecar's admin API from the command line, so
+// Ctl is `handover ctl`: the sidecar's admin API from the command line, so
 // that nobody has to write curl lines at 3 a.m.
-func ctl(args []string, stdout, stderr io.Writer) int {
+func Ctl(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("handover ctl", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	admin := fs.String("admin", "127.0.0.1:9090", "the sidecar's admin address ([admin] listen)")

@@ -1,6 +1,6 @@
 //go:build !linux
 
-package main
+package sidecar
 
 // monotonicUsec: systemd runs only on Linux.
 func monotonicUsec() (string, bool) { return "", false }
