@@ -7,7 +7,8 @@
 // limits) and remembers, per client session, what a new master must be told
 // to carry the session on, as ActiveMQ's failover transport does for Java
 // clients. When the broker connection dies (EOF, a reset, a heart-beat
-// timeout, or the Picker's targets moving away from it) the client's socket
+// timeout, or the Picker's targets moving away from it, unless the Picker
+// keeps it: see "Draining") the client's socket
 // stays open: the sidecar asks for a health re-check, waits for a master
 // (up to Options.Timeout, with the same backoff as TCP mode), sends it the
 // client's own CONNECT (the CONNECTED is consumed: the client never sees a
@@ -21,7 +22,25 @@
 //
 // Reading order: service.go (accept, targets, shutdown), session.go (one
 // client: its goroutines, the resume), tracker.go (the bookkeeping, no
-// I/O), connect.go (waiting for and reaching a master).
+// I/O), credentials.go (the sidecar's own login); waiting for and reaching
+// a master is proxy.Connector's.
+//
+// # Credentials
+//
+// With Options.Credentials, the sidecar logs in for its clients: every
+// CONNECT it sends upstream (a session's first, and the client's own
+// CONNECT again at each resume) carries the sidecar's login and a passcode
+// read at that moment, in place of the client's, so a legacy application
+// holds no broker secret and a rotated passcode file is used from the next
+// connection on. A broker that refuses them answers ERROR, which reaches
+// the client as it came.
+//
+// # Draining
+//
+// A backend that leaves the Picker's targets but that the Picker keeps
+// (proxy.Keeper; health.Monitor keeps a backend an operator drains, and a
+// master removed from the backend list) keeps its sessions until they end
+// or it stops being kept; no new session, and no resume, goes to it.
 //
 // # SENDs
 //

@@ -13,12 +13,13 @@ import (
 	"handover/frame"
 	"handover/internal/conf"
 	"handover/internal/testutil"
+	"handover/proxy"
 	"handover/proxy/proxytest"
 	"handover/stompclient"
 )
 
 // startService runs a Service on a loopback port until test cleanup.
-func startService(t testing.TB, p *proxytest.Picker, mod func(*Options)) *Service {
+func startService(t testing.TB, p proxy.Picker, mod func(*Options)) *Service {
 	t.Helper()
 	o := Options{Name: "stomp", Listen: "127.0.0.1:0", Timeout: 10 * time.Second,
 		InitialReconnectDelay: 5 * time.Millisecond, MaxReconnectDelay: 50 * time.Millisecond, ShutdownGrace: time.Second}

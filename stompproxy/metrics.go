@@ -55,7 +55,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		unresumable: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "handover_stomp_sessions_unresumable_total",
 			Help: "Sessions closed because an upstream loss could not be resumed, by reason: over_limit (MaxReplayBytes), " +
-				"commit_unknown (a COMMIT in flight), no_master (none reached within Timeout), version_mismatch, connect_rejected."},
+				"commit_unknown (a COMMIT in flight), no_master (none reached within Timeout), version_mismatch, connect_rejected, " +
+				"credentials (the sidecar's passcode could not be read)."},
 			[]string{"service", "reason"}),
 		closed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "handover_stomp_sessions_closed_total",

@@ -58,6 +58,17 @@ type Options struct {
 	// verifying its certificate; the client's side stays plain.
 	TLS *tls.Config
 
+	// Credentials, unless nil, are the login and passcode every session
+	// presents to the brokers: the CONNECT sent upstream (the first and
+	// every resume) carries them in place of whatever login and passcode
+	// the client sent, or as well as its other headers if it sent none.
+	// A broker that refuses them answers with an ERROR, which goes to the
+	// client as it came ("authentication failed" from brokerd), and the
+	// client is closed. A passcode that cannot be read (Passcode fails)
+	// closes the session at once with an ERROR of the sidecar's, and an
+	// error in the log. nil passes the client's own headers on untouched.
+	Credentials *Credentials
+
 	// ConnectTimeout is how long a client has, from accept, to send its
 	// whole CONNECT (or STOMP) frame; then it gets an ERROR and is closed.
 	// It is a deadline, not an allowance per read, so a client that
@@ -88,9 +99,10 @@ type Options struct {
 }
 
 // Validate reports every problem with o at once. Zero values are valid:
-// they mean the defaults.
+// they mean the defaults. With Credentials, it reads the passcode once, so
+// that a missing passcode file fails a start or a reload, not a client.
 func (o Options) Validate() error {
-	var replay, connect, write error
+	var replay, connect, write, creds error
 	if o.MaxReplayBytes < 0 {
 		replay = fmt.Errorf("max_replay_bytes: must be 0 (the default, %d) or positive, got %d", DefaultMaxReplayBytes, o.MaxReplayBytes)
 	}
@@ -100,7 +112,10 @@ func (o Options) Validate() error {
 	if o.ClientWriteTimeout < 0 {
 		write = fmt.Errorf("client_write_timeout: must be 0 (the default, %v) or positive, got %v", DefaultClientWriteTimeout, o.ClientWriteTimeout)
 	}
-	return o.shared().ValidateWith(replay, connect, write)
+	if o.Credentials != nil {
+		creds = o.Credentials.validate()
+	}
+	return o.shared().ValidateWith(replay, connect, write, creds)
 }
 
 // shared returns the fields o shares with proxy.Options, as those.

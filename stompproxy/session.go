@@ -23,7 +23,7 @@ import (
 
 // Why a session ended: the reason label of
 // handover_stomp_sessions_closed_total and the reason field of the "closed"
-// event. The first five are also the reason label of
+// event. The first six are also the reason label of
 // handover_stomp_sessions_unresumable_total.
 const (
 	reasonOverLimit     = "over_limit"           // MaxReplayBytes exceeded, then the upstream was lost
@@ -31,6 +31,7 @@ const (
 	reasonNoMaster      = "no_master"            // no backend reached within Timeout
 	reasonVersion       = "version_mismatch"     // the new master negotiated another STOMP version
 	reasonRejected      = "connect_rejected"     // a broker answered CONNECT with ERROR
+	reasonCredentials   = "credentials"          // the sidecar's passcode could not be read (Options.Credentials)
 	reasonClientClosed  = "client_closed"        // the client closed its connection
 	reasonClientError   = "client_error"         // the client's socket failed
 	reasonClientTimeout = "client_timeout"       // the client sent nothing, not even a heart-beat, in time
@@ -412,13 +413,19 @@ func (s *session) serve() {
 }
 
 // establish finds a master and completes the CONNECT handshake with it,
-// sending the client's own CONNECT frame. It returns the broker's reply:
+// sending the client's own CONNECT frame, with the sidecar's login and
+// passcode if it has them (Options.Credentials, read for each call, so a
+// resume uses the current passcode). It returns the broker's reply:
 // CONNECTED, or (with an error) the ERROR a broker refused it with.
 func (s *session) establish(end time.Time) (*upstream, *frame.Frame, error) {
-	connect := s.t.connect // set once, before any goroutine starts
+	// s.t.connect is set once, before any goroutine starts.
+	connect, err := withCredentials(s.t.connect, s.svc.opts.Credentials)
+	if err != nil {
+		return nil, nil, err
+	}
 	var u *upstream
 	var reply *frame.Frame
-	_, _, err := s.svc.conn.Connect(s.ctx, end, func(nc proxy.Conn, backend string) error {
+	_, _, err = s.svc.conn.Connect(s.ctx, end, func(nc proxy.Conn, backend string) error {
 		c := newUpstream(nc, backend, s.svc.opts.Limits)
 		c.dr.beforeRead = s.flushClient
 		r, err := c.handshake(connect, s.svc.opts.DialTimeout)
@@ -454,10 +461,22 @@ func (s *session) gaveUp(err error, reply *frame.Frame, resuming bool) {
 		return
 	case errors.Is(err, proxy.ErrShutdown):
 		s.close(reasonShutdown)
+	case errors.Is(err, errCredentials):
+		// The sidecar's own configuration is at fault, not the client nor
+		// a broker: say so loudly, and tell the client no more than that
+		// the sidecar cannot log it in.
+		s.log.WithError(err).Error("cannot log in to the brokers: closing the client")
+		s.toClient([]*frame.Frame{errorFrame("the proxy cannot log in to the broker")}, true)
+		s.closeUnresumable(reasonCredentials, resuming)
 	case reply != nil:
 		// The broker said why: the client hears it as if connected
-		// directly (a bad login, say).
-		s.log.WithError(err).Warn("broker refused the session's CONNECT: closing the client")
+		// directly (a bad login, say; with Options.Credentials, the
+		// sidecar's).
+		log := s.log.WithError(err)
+		if c := s.svc.opts.Credentials; c != nil {
+			log = log.WithField("login", c.Login)
+		}
+		log.Warn("broker refused the session's CONNECT: closing the client")
 		s.toClient([]*frame.Frame{reply}, true)
 		s.closeUnresumable(reasonRejected, resuming)
 	default:
@@ -540,7 +559,9 @@ func (s *session) install(u *upstream) bool {
 // checkTarget drops u if its backend stopped being a target while it was
 // being reached. moveOff reads the targets before the sessions, and
 // this reads them after setting s.up, so any change is caught by one or
-// the other.
+// the other. Keep (see moveOff) is not asked: u is a new connection, and a
+// draining backend takes none, as TCP mode's register refuses a pair on a
+// backend that stopped being a target while it was dialed.
 func (s *session) checkTarget(u *upstream) {
 	targets, _ := s.svc.picker.Targets()
 	if !slices.Contains(targets, u.backend) {
