@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -63,7 +64,21 @@ type Result struct {
 	// A Standby result is also Definitive (the backend says it does not
 	// serve) and has Err set to what it answered.
 	Standby bool
+	// CredentialsRefused marks a failed check whose backend answered,
+	// alive, that it refuses the check's login, passcode or virtual host:
+	// the "stomp" kind's CONNECT got an ERROR (brokerd's "authentication
+	// failed", RabbitMQ's "Virtual host ... access denied"). Err wraps
+	// ErrCredentialsRefused and carries the broker's message. It is never
+	// Definitive (a broker that refuses us may serve its clients, and is
+	// fixed by fixing the check, not by a failover) and never OK (the
+	// check cannot prove it serves); the monitor counts it as a failed
+	// check and says why (see Monitor).
+	CredentialsRefused bool
 }
+
+// ErrCredentialsRefused is wrapped by the Err of a CredentialsRefused
+// result: "check credentials refused: <the broker's message>".
+var ErrCredentialsRefused = errors.New("check credentials refused")
 
 // refused reports whether err is a refused connection.
 func refused(err error) bool { return errors.Is(err, syscall.ECONNREFUSED) }
@@ -96,6 +111,26 @@ type CheckOptions struct {
 	// renewed certificate) without its port closing. The "http" kind
 	// ignores it (CheckURL's scheme says whether to use TLS).
 	TLS *tls.Config
+
+	// Login, Passcode and Host are for the "stomp" kind only (any of
+	// them set for another kind is an error): what its CONNECT sends, so
+	// that a broker requiring a login (brokerd with a users file,
+	// ActiveMQ's authentication plugin, RabbitMQ) can be checked. A
+	// broker that refuses them makes a CredentialsRefused result.
+	//
+	// Login is the login header; "" sends none (an anonymous check).
+	Login string
+	// Passcode, unless nil, returns the passcode header's value. It is
+	// called at each check, so a rotated passcode file is read again
+	// (stompproxy.PasscodeFile, stompproxy.PasscodeEnv), and once by
+	// NewCheckerWith, so that a missing one fails a start or a reload. A
+	// check whose Passcode fails, or answers "" or a value with a line
+	// break, fails without dialing. It needs a Login.
+	Passcode func() (string, error)
+	// Host is the host header: the virtual host ("/" is RabbitMQ's
+	// default one). "" means stompclient.DefaultHost ("localhost"), what
+	// the check always sent before.
+	Host string
 }
 
 // NewChecker returns the checker of a kind:
@@ -104,7 +139,9 @@ type CheckOptions struct {
 //     like ActiveMQ and brokerd, open their client port only while master.
 //   - "stomp": connect to Addr and complete a STOMP CONNECT/CONNECTED
 //     exchange, then DISCONNECT. Proves the broker serves, not only that a
-//     socket accepts (a hung process or a foreign server fails it).
+//     socket accepts (a hung process or a foreign server fails it). The
+//     CONNECT carries CheckOptions' Login, Passcode and Host; an ERROR in
+//     answer is a CredentialsRefused result.
 //   - "http": GET CheckURL; healthy on 200 only. When the body is a JSON
 //     object with a numeric "epoch" field (brokerd's /readyz), that is the
 //     Result's Epoch. A 503 whose JSON body names a "role" other than
@@ -117,11 +154,17 @@ func NewCheckerWith(kind string, o CheckOptions) (Checker, error) {
 	if o.TLS != nil && o.TLS.InsecureSkipVerify {
 		return nil, errors.New("health: the broker's certificate is always verified (InsecureSkipVerify is refused)")
 	}
+	if kind != KindSTOMP && (o.Login != "" || o.Passcode != nil || o.Host != "") {
+		return nil, fmt.Errorf("health: a check login, passcode or host is for the %q kind only, not %q", KindSTOMP, kind)
+	}
 	switch kind {
 	case "", KindTCP:
 		return tcpChecker{tls: o.TLS}, nil
 	case KindSTOMP:
-		return stompChecker{tls: o.TLS}, nil
+		if err := o.validateLogin(); err != nil {
+			return nil, err
+		}
+		return stompChecker{tls: o.TLS, login: o.Login, passcode: o.Passcode, host: o.Host}, nil
 	case KindHTTP:
 		return newHTTPChecker(), nil
 	default:
@@ -165,18 +208,76 @@ func (t tcpChecker) Check(ctx context.Context, b Backend) Result {
 	return Result{OK: true, Latency: lat}
 }
 
-type stompChecker struct{ tls *tls.Config }
+// validateLogin checks the "stomp" kind's CONNECT headers, reading the
+// passcode once. CONNECT headers are never escaped (STOMP 1.2 "Value
+// Encoding"), so a line break cannot be sent.
+func (o CheckOptions) validateLogin() error {
+	var errs []error
+	if !headerSafe(o.Login) || !headerSafe(o.Host) {
+		errs = append(errs, errors.New("health: the check's login and host must not contain a line break or NUL"))
+	}
+	if o.Passcode != nil {
+		if o.Login == "" {
+			errs = append(errs, errors.New("health: a check passcode needs a login"))
+		}
+		if _, err := checkPasscode(o.Passcode); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// checkPasscode calls passcode and checks its answer.
+func checkPasscode(passcode func() (string, error)) (string, error) {
+	p, err := passcode()
+	switch {
+	case err != nil:
+		return "", fmt.Errorf("check passcode: %w", err)
+	case p == "":
+		return "", errors.New("check passcode: empty")
+	case !headerSafe(p):
+		return "", errors.New("check passcode: contains a line break or NUL, which a CONNECT header cannot carry")
+	}
+	return p, nil
+}
+
+func headerSafe(v string) bool { return !strings.ContainsAny(v, "\r\n\x00") }
+
+type stompChecker struct {
+	tls         *tls.Config
+	login, host string
+	passcode    func() (string, error)
+}
 
 func (s stompChecker) Check(ctx context.Context, b Backend) Result {
+	opts := stompclient.Options{Login: s.login, Host: s.host}
+	if s.passcode != nil {
+		// Read before dialing: a check that cannot log in need not
+		// connect. It fails (the sidecar cannot tell whether the broker
+		// serves), with the reason in the log.
+		p, err := checkPasscode(s.passcode)
+		if err != nil {
+			return Result{Err: err}
+		}
+		opts.Passcode = p
+	}
 	start := time.Now()
 	// ctx's deadline is shorter than stompclient's default connect timeout
 	// and bounds the dial, the TLS handshake and waiting for CONNECTED.
 	nc, err := dial(ctx, b.Addr, s.tls)
 	var c *stompclient.Conn
 	if err == nil {
-		c, err = stompclient.NewConn(ctx, nc, stompclient.Options{})
+		c, err = stompclient.NewConn(ctx, nc, opts)
 	}
 	lat := time.Since(start)
+	var refusal *stompclient.ServerError
+	if errors.As(err, &refusal) {
+		// An ERROR in answer to CONNECT: alive, but it will not let the
+		// check in. STOMP has no error codes, so any such ERROR counts;
+		// the broker's message, passed on, says which it was. The
+		// passcode is in no part of it.
+		return Result{Err: fmt.Errorf("%w: %s", ErrCredentialsRefused, refusalText(refusal)), Latency: lat, CredentialsRefused: true}
+	}
 	if err != nil {
 		return Result{Err: err, Latency: lat, Definitive: refused(err)}
 	}
@@ -185,6 +286,29 @@ func (s stompChecker) Check(ctx context.Context, b Backend) Result {
 	// error does not matter.
 	c.Disconnect(ctx)
 	return Result{OK: true, Latency: lat}
+}
+
+// refusalText is what a broker's ERROR says: its message header and,
+// when it adds something, its body, cut short ("Bad CONNECT: Virtual host
+// 'localhost' access denied" from RabbitMQ, which puts the reason in the
+// body).
+func refusalText(e *stompclient.ServerError) string {
+	msg := e.Message
+	body := strings.TrimSpace(e.Body)
+	if len(body) > 200 {
+		body = body[:200] + "…"
+	}
+	switch {
+	case body == "" || body == msg:
+	case msg == "":
+		msg = body
+	default:
+		msg += ": " + body
+	}
+	if msg == "" {
+		return "(an ERROR without a message)"
+	}
+	return msg
 }
 
 // maxHTTPBody bounds how much of a check response is read: /readyz answers

@@ -78,6 +78,12 @@ func silentServer(t *testing.T) string {
 // startBroker runs an in-process brokerd as master and returns it.
 func startBroker(t *testing.T, dir, listen string) (*brokerd.Server, context.CancelFunc, <-chan error) {
 	t.Helper()
+	return startBrokerWith(t, dir, listen, nil)
+}
+
+// startBrokerWith is startBroker with options changed by mod.
+func startBrokerWith(t *testing.T, dir, listen string, mod func(*brokerd.Options)) (*brokerd.Server, context.CancelFunc, <-chan error) {
+	t.Helper()
 	o := brokerd.NewOptions()
 	o.Listen, o.Admin, o.Data = listen, "127.0.0.1:0", dir
 	if _, err := brokerd.ReadData(o.Data); err != nil {
@@ -86,6 +92,9 @@ func startBroker(t *testing.T, dir, listen string) (*brokerd.Server, context.Can
 		}
 	}
 	o.Log = testLog(t).WithField("broker", listen)
+	if mod != nil {
+		mod(&o)
+	}
 	s, err := brokerd.New(o)
 	if err != nil {
 		t.Fatal(err)

@@ -70,6 +70,14 @@
 // closed or held; "master elected" the first time, "master back" when the
 // old one returns.
 //
+// A backend that refuses the "stomp" check's login (an ERROR in answer to
+// its CONNECT: Result.CredentialsRefused) is alive, but the sidecar cannot
+// prove it serves: its checks fail as any others do, it is never taken
+// down at once for it (the result is not Definitive), and an error line
+// "check credentials refused", with the broker's message as its reason,
+// says so once, not at every check; BackendStatus.CredentialsRefused and
+// the check_duration_seconds result "credentials_refused" show it too.
+//
 // # Election (ModeMaster)
 //
 // Among the up backends the master is the one with the highest Epoch (a

@@ -3,6 +3,7 @@ package health
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strconv"
 	"strings"
 	"sync"
@@ -130,7 +131,8 @@ func newFakeChecker() *fakeChecker {
 }
 
 // set scripts results from a spec such as "a=ok b=fail c=ok:5" (ok with
-// epoch 5); "refused" is a definitive failure, "standby" a slave's answer.
+// epoch 5); "refused" is a definitive failure, "standby" a slave's answer,
+// "denied" a broker refusing the check's credentials.
 func (f *fakeChecker) set(t testing.TB, spec string) {
 	t.Helper()
 	f.mu.Lock()
@@ -158,6 +160,8 @@ func (f *fakeChecker) set(t testing.TB, spec string) {
 			r.Err, r.Definitive = errScripted, true
 		case "standby":
 			r.Err, r.Definitive, r.Standby = errors.New("503: role slave"), true, true
+		case "denied":
+			r.Err, r.CredentialsRefused = fmt.Errorf("%w: authentication failed", ErrCredentialsRefused), true
 		default:
 			t.Fatalf("bad script item %q", item)
 		}

@@ -15,7 +15,9 @@ import (
 // The series (all prefixed handover_health_):
 //
 //   - check_duration_seconds{service,backend,result}: histogram of check
-//     durations; result is "ok", "standby", "fail" or "timeout".
+//     durations; result is "ok", "standby", "fail", "timeout" or
+//     "credentials_refused" (Result.CredentialsRefused: worth an alert of
+//     its own, since only an operator fixes it).
 //   - backend_state{service,backend,state}: 1 for the backend's current
 //     state, 0 for the others. In mode master the states are "master",
 //     "standby" and "down"; in mode any "up", "standby" and "down"; in
@@ -58,7 +60,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	return &Metrics{
 		checkDuration: promutil.Register(reg, prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: ns, Subsystem: sub, Name: "check_duration_seconds",
-			Help: "Duration of health checks by outcome (ok, standby, fail, timeout).",
+			Help: "Duration of health checks by outcome (ok, standby, fail, timeout, credentials_refused).",
 			// Checks of local brokers take about a millisecond; the
 			// top buckets catch timeouts at the default one second.
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
@@ -111,6 +113,8 @@ func (x *Metrics) observe(service, backend string, r Result) {
 	case r.OK:
 	case r.Standby:
 		result = "standby"
+	case r.CredentialsRefused:
+		result = "credentials_refused"
 	case isTimeout(r.Err):
 		result = "timeout"
 	default:

@@ -147,6 +147,10 @@ type backend struct {
 	passiveGen  uint64    // the recheckGen the latest passive check answers
 	lastPassive time.Time // when the latest passive check started
 	removed     bool      // dropped by SetBackends; results are ignored
+	// refused is the latest check's error while it was CredentialsRefused,
+	// "" otherwise; refusalLogged the last refusal logged, "" since the
+	// backend last passed (see noteRefusal).
+	refused, refusalLogged string
 }
 
 // outcome is a finished check on its way to Run.
@@ -377,6 +381,7 @@ func (m *Monitor) apply(o outcome) {
 	first := b.checks == 0
 	b.checks++
 	b.lastCheck, b.lastLatency = now, r.Latency
+	m.noteRefusal(b, r)
 	switch {
 	case r.OK:
 		b.successes++
@@ -428,7 +433,7 @@ func (m *Monitor) apply(o outcome) {
 			}
 		default:
 			b.why = r.Err.Error()
-			if first {
+			if first && !r.CredentialsRefused { // noteRefusal's line says it
 				// Down from the start: no change of state will log
 				// it, and an operator must learn why (a broker whose
 				// certificate the sidecar does not trust, say).
@@ -452,6 +457,33 @@ func (m *Monitor) apply(o outcome) {
 		}
 	}
 	m.remind(now)
+}
+
+// noteRefusal keeps b's refusal (Result.CredentialsRefused) for Status and
+// logs it at error level: no check of b can pass until an operator fixes
+// the check's login, passcode or host. It is logged once, not at every
+// Interval: again only with another message, or after b passed a check in
+// between (then "check credentials accepted" was logged at info). A
+// refused check is otherwise an ordinary failed one: apply's state machine
+// takes it like any other. m.mu is held.
+func (m *Monitor) noteRefusal(b *backend, r Result) {
+	b.refused = ""
+	if r.CredentialsRefused {
+		b.refused = r.Err.Error()
+	}
+	log := m.log.WithField("backend", b.Addr)
+	switch {
+	case b.refused != "" && b.refused != b.refusalLogged:
+		b.refusalLogged = b.refused
+		log = log.WithField("reason", b.refused)
+		m.queue(func() {
+			log.Error("check credentials refused: the backend answers the health check's CONNECT with an ERROR; " +
+				"it fails its checks until the check's login, passcode or host are accepted")
+		})
+	case r.OK && b.refusalLogged != "":
+		b.refusalLogged = ""
+		m.queue(func() { log.Info("check credentials accepted") })
+	}
 }
 
 // rescue applies the "nothing serving" rule: when no backend is up, every
@@ -949,6 +981,11 @@ type BackendStatus struct {
 	// LastError is the last check's error, "" if it passed or said the
 	// backend is a standby.
 	LastError string `json:"last_error,omitempty"`
+	// CredentialsRefused is true while the last check was refused by the
+	// backend (Result.CredentialsRefused): alive, but not letting the
+	// check's login in. LastError, "check credentials refused: …", has
+	// the broker's message.
+	CredentialsRefused bool `json:"credentials_refused,omitempty"`
 	// Epoch is the epoch the last passed check reported; 0 if unknown.
 	Epoch uint64 `json:"epoch"`
 	// Successes and Failures count consecutive passed and failed checks;
@@ -984,6 +1021,7 @@ func (m *Monitor) Status() ServiceStatus {
 			Addr: b.Addr, CheckURL: b.CheckURL, Priority: b.Priority,
 			State: b.state, Since: b.since, LastCheck: b.lastCheck, LastLatency: b.lastLatency,
 			Epoch: b.epoch, Successes: b.successes, Failures: b.failures, Checks: b.checks,
+			CredentialsRefused: b.refused != "",
 		}
 		if b.lastErr != nil {
 			bs.LastError = b.lastErr.Error()
