@@ -32,8 +32,9 @@ var ErrUnknownBackend = errors.New("no such backend")
 //     close them, or as on a failover once it fails or is replaced. Draining
 //     the master of a master/slave pair leaves new clients without a master
 //     (held, /readyz 503) until it is enabled or another takes over, since a
-//     slave serves nobody. (The STOMP data path does not consult Keep: its
-//     sessions move off a draining backend as off a disabled one.)
+//     slave serves nobody. Both data paths consult Keep: TCP mode leaves
+//     the connections, STOMP mode the sessions, and neither sends a new
+//     one (nor, in STOMP mode, a resumed session) there.
 //   - "": enabled again. Its state is what the checks make of it, and it
 //     may be elected at once.
 //

@@ -226,12 +226,16 @@ func (s *Service) newSessionID() string {
 // channel announcing the next: a session whose backend left the answer
 // loses its upstream connection at once and resumes on the new master,
 // rather than talking to a broker that has stepped down (or is frozen).
+// A backend the Picker keeps (proxy.Keeper: a draining backend, a master
+// removed from the list) is left alone: its sessions stay until they end,
+// as TCP mode leaves its connections, while new ones go elsewhere.
 func (s *Service) moveOff() <-chan struct{} {
 	targets, changed := s.picker.Targets()
+	stale := staleness(s.picker, targets)
 	n := 0
 	from := map[string]bool{}
 	for _, ss := range s.live() {
-		if b := ss.backend(); b != "" && !slices.Contains(targets, b) {
+		if b := ss.backend(); b != "" && stale(b) {
 			ss.dropUpstream("backend is no longer a target")
 			n++
 			from[b] = true
@@ -242,6 +246,29 @@ func (s *Service) moveOff() <-chan struct{} {
 			Warn("targets changed: moving sessions off backends no longer targeted; their clients stay connected")
 	}
 	return changed
+}
+
+// staleness returns whether a session on a backend must move off it,
+// given picker's answer targets: the backend is not among them, and picker
+// (if a proxy.Keeper) does not keep it. The answer is asked once per
+// backend, not once per session.
+func staleness(picker proxy.Picker, targets []string) func(backend string) bool {
+	keeper, _ := picker.(proxy.Keeper)
+	seen := map[string]bool{}
+	return func(backend string) bool {
+		if slices.Contains(targets, backend) {
+			return false
+		}
+		if keeper == nil {
+			return true
+		}
+		stale, ok := seen[backend]
+		if !ok {
+			stale = !keeper.Keep(backend)
+			seen[backend] = stale
+		}
+		return stale
+	}
 }
 
 // closeAll closes every session and returns how many there were.
