@@ -74,6 +74,13 @@ type Result struct {
 	// check cannot prove it serves); the monitor counts it as a failed
 	// check and says why (see Monitor).
 	CredentialsRefused bool
+	// Unanswered marks a failed "stomp" check whose connection (and TLS
+	// handshake) succeeded but whose CONNECT got no answer in time. After
+	// a CredentialsRefused result it is most likely the same refusal,
+	// answered late: brokers slow their answers to repeated failed logins
+	// from one address (brokerd does) to slow password guessing, beyond a
+	// check's timeout. The monitor then keeps showing the refusal.
+	Unanswered bool
 }
 
 // ErrCredentialsRefused is wrapped by the Err of a CredentialsRefused
@@ -266,7 +273,8 @@ func (s stompChecker) Check(ctx context.Context, b Backend) Result {
 	// and bounds the dial, the TLS handshake and waiting for CONNECTED.
 	nc, err := dial(ctx, b.Addr, s.tls)
 	var c *stompclient.Conn
-	if err == nil {
+	connected := err == nil
+	if connected {
 		c, err = stompclient.NewConn(ctx, nc, opts)
 	}
 	lat := time.Since(start)
@@ -279,7 +287,7 @@ func (s stompChecker) Check(ctx context.Context, b Backend) Result {
 		return Result{Err: fmt.Errorf("%w: %s", ErrCredentialsRefused, refusalText(refusal)), Latency: lat, CredentialsRefused: true}
 	}
 	if err != nil {
-		return Result{Err: err, Latency: lat, Definitive: refused(err)}
+		return Result{Err: err, Latency: lat, Definitive: refused(err), Unanswered: connected && isTimeout(err)}
 	}
 	// The check has passed; DISCONNECT (rather than a bare close) only
 	// keeps the broker from logging every check as a dropped client, so its

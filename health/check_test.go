@@ -139,6 +139,8 @@ type checkCase struct {
 	definitive bool
 	// standby: the backend said it is alive but not serving.
 	standby bool
+	// unanswered: connected, but the CONNECT got no answer in time.
+	unanswered bool
 }
 
 func runCheckCases(t *testing.T, kind string, tests []checkCase) {
@@ -170,6 +172,9 @@ func runCheckCases(t *testing.T, kind string, tests []checkCase) {
 			}
 			if r.Standby != tt.standby {
 				t.Errorf("Standby = %v, want %v (error %v)", r.Standby, tt.standby, r.Err)
+			}
+			if r.Unanswered != tt.unanswered {
+				t.Errorf("Unanswered = %v, want %v (%v)", r.Unanswered, tt.unanswered, r.Err)
 			}
 			if tt.timedOut && !isTimeout(r.Err) {
 				t.Errorf("error %v is not a timeout", r.Err)
@@ -281,7 +286,7 @@ func TestSTOMPChecker(t *testing.T) {
 			waitReady(t, s, done)
 			return Backend{Addr: s.Addr()}
 		}},
-		{name: "accepts but never speaks", timeout: 200 * time.Millisecond, timedOut: true, backend: func(t *testing.T) Backend {
+		{name: "accepts but never speaks", timeout: 200 * time.Millisecond, timedOut: true, unanswered: true, backend: func(t *testing.T) Backend {
 			return Backend{Addr: silentServer(t)}
 		}},
 		{name: "not a STOMP server", backend: func(t *testing.T) Backend {

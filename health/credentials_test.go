@@ -298,12 +298,27 @@ func TestCredentialsRefusedIsNotDead(t *testing.T) {
 		t.Errorf("%v checks counted as credentials_refused, want 8", got)
 	}
 
+	// A refusal that the broker answers ever more slowly (brokerd slows
+	// its answers to repeated failed logins) is still a refusal.
+	h.chk.set(t, "a=silent")
+	h.tick()
+	if !h.mon.Status().Backends[0].CredentialsRefused {
+		t.Error("a refused check answered too late is no longer shown as refused")
+	}
+	h.chk.set(t, "a=denied")
+	h.tick()
+
 	// A failure of another kind ends the refusal in Status, but does not
 	// make the next refusal news.
 	h.chk.set(t, "a=fail")
 	h.tick()
 	if h.mon.Status().Backends[0].CredentialsRefused {
 		t.Error("a plain failure still shown as refused credentials")
+	}
+	h.chk.set(t, "a=silent")
+	h.tick()
+	if h.mon.Status().Backends[0].CredentialsRefused {
+		t.Error("an unanswered check with no refusal before it shown as refused credentials")
 	}
 	h.chk.set(t, "a=denied")
 	h.tick()

@@ -132,7 +132,8 @@ func newFakeChecker() *fakeChecker {
 
 // set scripts results from a spec such as "a=ok b=fail c=ok:5" (ok with
 // epoch 5); "refused" is a definitive failure, "standby" a slave's answer,
-// "denied" a broker refusing the check's credentials.
+// "denied" a broker refusing the check's credentials, "silent" a CONNECT
+// that got no answer in time.
 func (f *fakeChecker) set(t testing.TB, spec string) {
 	t.Helper()
 	f.mu.Lock()
@@ -160,6 +161,8 @@ func (f *fakeChecker) set(t testing.TB, spec string) {
 			r.Err, r.Definitive = errScripted, true
 		case "standby":
 			r.Err, r.Definitive, r.Standby = errors.New("503: role slave"), true, true
+		case "silent":
+			r.Err, r.Unanswered = context.DeadlineExceeded, true
 		case "denied":
 			r.Err, r.CredentialsRefused = fmt.Errorf("%w: authentication failed", ErrCredentialsRefused), true
 		default:

@@ -467,9 +467,14 @@ func (m *Monitor) apply(o outcome) {
 // refused check is otherwise an ordinary failed one: apply's state machine
 // takes it like any other. m.mu is held.
 func (m *Monitor) noteRefusal(b *backend, r Result) {
-	b.refused = ""
-	if r.CredentialsRefused {
+	switch {
+	case r.CredentialsRefused:
 		b.refused = r.Err.Error()
+	case r.Unanswered && b.refused != "":
+		// The refusal again, answered too slowly for the check (see
+		// Result.Unanswered): still refused, not dead.
+	default:
+		b.refused = ""
 	}
 	log := m.log.WithField("backend", b.Addr)
 	switch {
