@@ -116,6 +116,10 @@ type ServiceConfig struct {
 	// TLS, when set, is TLS from the sidecar to the brokers, for the data
 	// path and the tcp and stomp checks alike.
 	TLS TLSConfig `toml:"tls"`
+	// Credentials (protocol "stomp") are the login and passcode every
+	// session presents to the brokers in place of its client's, so that a
+	// legacy application holds no broker secret.
+	Credentials LoginConfig `toml:"credentials"`
 }
 
 // CheckConfig is a service's [service.check] table.
@@ -129,6 +133,18 @@ type CheckConfig struct {
 	// MinRecheckInterval spaces the passive re-checks of one backend that
 	// failed dials and upstream resets ask for; default 20ms.
 	MinRecheckInterval conf.Duration `toml:"min_recheck_interval"`
+	// Login, PasscodeFile and PasscodeEnv (kind stomp) are what the check
+	// logs in with, as LoginConfig; Host is the CONNECT's host header
+	// (RabbitMQ's virtual host; default "localhost").
+	Login        string `toml:"login"`
+	PasscodeFile string `toml:"passcode_file"`
+	PasscodeEnv  string `toml:"passcode_env"`
+	Host         string `toml:"host"`
+}
+
+// login is the check's login keys.
+func (c CheckConfig) login() LoginConfig {
+	return LoginConfig{Login: c.Login, PasscodeFile: c.PasscodeFile, PasscodeEnv: c.PasscodeEnv}
 }
 
 // Backend is one broker: "host:port", or a table {addr = "host:port",
@@ -403,7 +419,11 @@ func decodeEachKey(name, text string, pos conf.Positions) (*Config, map[string]b
 			bad[path] = true
 			if !unknown[p] {
 				unknown[p] = true
-				found = append(found, keyErr{pos.Line(p), fmt.Errorf("%s:%d: unknown key %q", name, pos.Line(p), strings.Join(und, "."))})
+				hint := ""
+				if und[len(und)-1] == "passcode" {
+					hint = ": a passcode is never written in the config file; use passcode_file or passcode_env"
+				}
+				found = append(found, keyErr{pos.Line(p), fmt.Errorf("%s:%d: unknown key %q%s", name, pos.Line(p), strings.Join(und, "."), hint)})
 			}
 		}
 	}
@@ -593,8 +613,23 @@ func (c *Config) validate(name string, pos conf.Positions, skip map[string]bool)
 		if s.Check.Fall < 1 {
 			bad(ck+".fall", "must be at least 1")
 		}
+		if s.Check.Kind != "stomp" && (s.Check.login().set() || s.Check.Host != "") {
+			bad(ck+".kind", "login, passcode_file, passcode_env and host are sent by the stomp check only, not %q", s.Check.Kind)
+		} else if s.Check.login().set() {
+			for _, k := range sortedKeys(s.Check.login().problems(false)) {
+				bad(ck+"."+k.key, "%v", k.err)
+			}
+		}
 		if _, err := s.TLS.load(); err != nil {
 			bad(p+".tls", "%v", err)
+		}
+		if s.Credentials.set() {
+			if s.Protocol != "stomp" {
+				bad(p+".credentials", "needs protocol = \"stomp\": in tcp mode the sidecar copies bytes and never sees the client's CONNECT")
+			}
+			for _, k := range sortedKeys(s.Credentials.problems(true)) {
+				bad(p+".credentials."+k.key, "%v", k.err)
+			}
 		}
 	}
 	for i, a := range binds {

@@ -398,7 +398,7 @@ func (sc *Sidecar) newService(s ServiceConfig, pl *pool) (*service, error) {
 		return nil, err
 	}
 	if pl == nil {
-		checker, err := health.NewCheckerWith(s.Check.Kind, health.CheckOptions{TLS: opts.TLS})
+		checker, err := health.NewCheckerWith(s.Check.Kind, s.Check.options(opts.TLS))
 		if err != nil {
 			return nil, err
 		}
@@ -423,6 +423,7 @@ func (sc *Sidecar) newService(s ServiceConfig, pl *pool) (*service, error) {
 			MaxConnectionsPerSource: opts.MaxConnectionsPerSource,
 			ShutdownGrace:           opts.ShutdownGrace,
 			TLS:                     opts.TLS,
+			Credentials:             s.Credentials.credentials(),
 			ConnectTimeout:          s.ConnectTimeout.D(),
 			ClientWriteTimeout:      s.ClientWriteTimeout.D(),
 			MaxReplayBytes:          s.MaxReplayBytes,
@@ -783,9 +784,9 @@ func (sc *Sidecar) applyHealth(old *service, s ServiceConfig) {
 	newTLS := old.cfg.TLS.fingerprint() != s.TLS.fingerprint()
 	if !reflect.DeepEqual(old.cfg.Check, s.Check) || old.cfg.Mode != s.Mode || old.cfg.Random != s.Random || newTLS {
 		var checker health.Checker
-		if old.cfg.Check.Kind != s.Check.Kind || newTLS {
+		if old.cfg.Check.Kind != s.Check.Kind || newTLS || old.cfg.Check.login() != s.Check.login() || old.cfg.Check.Host != s.Check.Host {
 			tlsConf, _ := s.TLS.load() // validated already
-			checker, _ = health.NewCheckerWith(s.Check.Kind, health.CheckOptions{TLS: tlsConf})
+			checker, _ = health.NewCheckerWith(s.Check.Kind, s.Check.options(tlsConf))
 		}
 		old.pool.monitor.SetConfig(healthConfig(s), checker)
 		sc.log.WithField("service", s.Name).Info("health checks reloaded")
@@ -835,7 +836,7 @@ func (sc *Sidecar) needsRebind(a, b ServiceConfig, ca, cb *Config) bool {
 	// Each load makes a new *tls.Config: compare what it was made from.
 	oa.TLS, ob.TLS = nil, nil
 	return oa != ob || a.TLS.fingerprint() != b.TLS.fingerprint() || a.Protocol != b.Protocol || a.MaxReplayBytes != b.MaxReplayBytes || a.ConnectTimeout != b.ConnectTimeout ||
-		a.ClientWriteTimeout != b.ClientWriteTimeout
+		a.ClientWriteTimeout != b.ClientWriteTimeout || a.Credentials != b.Credentials
 }
 
 func (sc *Sidecar) proxyOptionsFor(s ServiceConfig, c *Config) (proxy.Options, error) {

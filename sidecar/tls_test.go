@@ -18,10 +18,19 @@ import (
 func startTLSBroker(t *testing.T, ca *testutil.CA) string {
 	t.Helper()
 	certFile, keyFile, _ := ca.Issue(t, "broker", time.Now().Add(-time.Hour), 24*time.Hour)
+	return startBrokerWith(t, func(o *brokerd.Options) {
+		o.TLSListen, o.TLSCert, o.TLSKey = "127.0.0.1:0", certFile, keyFile
+	}).TLSAddr()
+}
+
+// startBrokerWith runs brokerd in-process, as mod changes its options,
+// until test cleanup.
+func startBrokerWith(t *testing.T, mod func(*brokerd.Options)) *brokerd.Server {
+	t.Helper()
 	o := brokerd.NewOptions()
 	o.Listen, o.Admin, o.Data = "127.0.0.1:0", "127.0.0.1:0", t.TempDir()
-	o.TLSListen, o.TLSCert, o.TLSKey = "127.0.0.1:0", certFile, keyFile
 	o.ShutdownGrace = conf.Duration(time.Second)
+	mod(&o)
 	if _, err := brokerd.InitData(o.Data); err != nil {
 		t.Fatal(err)
 	}
@@ -40,7 +49,7 @@ func startTLSBroker(t *testing.T, ca *testutil.CA) string {
 	case <-time.After(10 * time.Second):
 		t.Fatal("brokerd not ready in 10s")
 	}
-	return s.TLSAddr()
+	return s
 }
 
 // TestTLSOriginationThroughSidecar: plaintext STOMP clients reach brokerd's

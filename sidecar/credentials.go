@@ -1,0 +1,102 @@
+package sidecar
+
+import (
+	"crypto/tls"
+	"errors"
+	"maps"
+	"slices"
+
+	"handover/health"
+	"handover/stompproxy"
+)
+
+// LoginConfig is a login the sidecar presents to the brokers: a service's
+// [service.credentials] table (protocol "stomp": every session's upstream
+// CONNECT) and the login keys of its [service.check] table (the stomp
+// check). The passcode is never in the config file, which is often
+// world-readable and kept in version control: it comes from a file (a
+// secret mounted beside the sidecar, read again at each use so that a
+// rotation needs no reload) or from an environment variable.
+type LoginConfig struct {
+	Login        string `toml:"login"`
+	PasscodeFile string `toml:"passcode_file"`
+	PasscodeEnv  string `toml:"passcode_env"`
+}
+
+// set reports whether any key of the login is given.
+func (l LoginConfig) set() bool { return l != LoginConfig{} }
+
+// passcode is the passcode's source, nil if neither key is given.
+func (l LoginConfig) passcode() func() (string, error) {
+	switch {
+	case l.PasscodeFile != "":
+		return stompproxy.PasscodeFile(l.PasscodeFile)
+	case l.PasscodeEnv != "":
+		return stompproxy.PasscodeEnv(l.PasscodeEnv)
+	}
+	return nil
+}
+
+// problems lists what is wrong with the login, by key. A login must name
+// its passcode's one source (needPasscode: the credentials table; a check
+// may log in with a login alone), and the passcode must be readable now,
+// so that a missing file stops a start, a reload or -check rather than the
+// first client.
+func (l LoginConfig) problems(needPasscode bool) map[string]error {
+	p := map[string]error{}
+	if l.Login == "" {
+		p["login"] = errors.New("required with a passcode_file or passcode_env (the login the sidecar sends the brokers)")
+	}
+	switch {
+	case l.PasscodeFile != "" && l.PasscodeEnv != "":
+		p["passcode_env"] = errors.New("give passcode_file or passcode_env, not both")
+	case l.PasscodeFile == "" && l.PasscodeEnv == "":
+		if needPasscode {
+			p["passcode_file"] = errors.New("a passcode_file or a passcode_env is required (the passcode is never written in this file)")
+		}
+	default:
+		if pw, err := l.passcode()(); err != nil {
+			p[l.key()] = err
+		} else if pw == "" {
+			p[l.key()] = errors.New("the passcode is empty")
+		}
+	}
+	return p
+}
+
+// keyProblem is one of problems' entries.
+type keyProblem struct {
+	key string
+	err error
+}
+
+// sortedKeys is problems' map in key order, for messages in a stable order.
+func sortedKeys(m map[string]error) []keyProblem {
+	var out []keyProblem
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		out = append(out, keyProblem{k, m[k]})
+	}
+	return out
+}
+
+// key is the key the passcode comes from.
+func (l LoginConfig) key() string {
+	if l.PasscodeFile != "" {
+		return "passcode_file"
+	}
+	return "passcode_env"
+}
+
+// credentials is the data path's form of a [service.credentials] table,
+// nil when the table is absent.
+func (l LoginConfig) credentials() *stompproxy.Credentials {
+	if !l.set() {
+		return nil
+	}
+	return &stompproxy.Credentials{Login: l.Login, Passcode: l.passcode()}
+}
+
+// options are what the service's checker is made with.
+func (c CheckConfig) options(conf *tls.Config) health.CheckOptions {
+	return health.CheckOptions{TLS: conf, Login: c.Login, Passcode: c.login().passcode(), Host: c.Host}
+}
