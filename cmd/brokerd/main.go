@@ -153,7 +153,10 @@ func run(args []string) int {
 		fmt.Fprintln(os.Stderr, "brokerd:", err)
 		return 2
 	}
-	for _, a := range []*string{&cfg.Listen, &cfg.Admin} {
+	for _, a := range []*string{&cfg.Listen, &cfg.TLSListen, &cfg.Admin} {
+		if *a == "" {
+			continue // no plain listener (tls_listen only), or no TLS one
+		}
 		if *a, err = conf.ResolveAddr(*a); err != nil {
 			fmt.Fprintln(os.Stderr, "brokerd:", err)
 			return 2
@@ -240,11 +243,16 @@ func initialize(cfg *fileConfig) int {
 	return 0
 }
 
-// checkAddrs checks that the listen and admin addresses are host:port with
-// a port that exists, and not the same.
+// checkAddrs checks that the listen, tls_listen and admin addresses are
+// host:port with a port that exists, and not the same. An empty listen
+// (TLS only) or tls_listen is left to Options.Validate, which refuses
+// both empty.
 func checkAddrs(cfg *fileConfig) error {
 	var errs []error
-	for _, a := range []struct{ key, addr string }{{"listen", cfg.Listen}, {"admin", cfg.Admin}} {
+	for _, a := range []struct{ key, addr string }{{"listen", cfg.Listen}, {"tls_listen", cfg.TLSListen}, {"admin", cfg.Admin}} {
+		if a.addr == "" && a.key != "admin" {
+			continue
+		}
 		host, port, err := net.SplitHostPort(a.addr)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: %q: %w", a.key, a.addr, err))

@@ -254,6 +254,7 @@ func TestInitAndCheck(t *testing.T) {
 		{"not host:port", []string{"-admin", "8161"}, 2, `admin: "8161"`},
 		{"same address", []string{"-listen", "127.0.0.1:7000", "-admin", "127.0.0.1:7000"}, 2, "listen and admin are both 127.0.0.1:7000"},
 		{"bad store", []string{"-store", "mysql://x"}, 2, "store: want empty"},
+		{"no listener", []string{"-listen", ""}, 2, "listen: must not be empty (unless tls_listen is set)"},
 	} {
 		t.Run("check/"+tt.name, func(t *testing.T) {
 			code, out := run(append([]string{"-check", "-data", "/nonexistent"}, tt.args...)...)
