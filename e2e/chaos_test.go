@@ -166,3 +166,40 @@ func TestChaosLong(t *testing.T) {
 	// The report goes to t.Log, which -v (make chaos) prints on stdout.
 	runChaos(t, ClusterOptions{Brokers: brokers, Store: os.Getenv("CHAOS_STORE")}, defaultWorkload, sopts)
 }
+
+// TestChaosSecure runs one fault of each kind with TLS and logins on
+// (ClusterOptions.Secure): brokers that serve only TLS and refuse clients
+// without a login, and a sidecar in STOMP mode that encrypts and logs in for
+// its clients, which send no login and reconnect after any error. Resumed
+// sessions log in again on each new master; lost must stay 0.
+func TestChaosSecure(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a cluster and injects faults for half a minute")
+	}
+	requirePython(t)
+	c := StartCluster(t, ClusterOptions{Protocol: "stomp", Secure: true})
+	w, err := StartWorkload(c, defaultWorkload)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sopts := ScheduleOptions{Faults: AllFaults, Pace: time.Second, Seed: 3, Drain: 30 * time.Second}
+	rep, err := Run(c, w, sopts, t.Logf)
+	t.Logf("logs in %s\n%s", c.LogDir(), rep)
+	if err != nil {
+		t.Error(err)
+	}
+	if err := rep.Verdict(); err != nil {
+		t.Error(err)
+	}
+	checkSanity(t, rep, 3*time.Second)
+
+	// The brokers the workload went through were secure: the master
+	// refuses plain TCP, and over TLS a client without a login.
+	m, _, err := c.Master()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.SecureRefusals(m); err != nil {
+		t.Error(err)
+	}
+}

@@ -35,6 +35,14 @@ type ClusterOptions struct {
 	// given to every broker as -config (limits such as max_disk); the
 	// harness's flags (addresses, data, store, log level) override it.
 	BrokerConfig string
+	// Secure turns TLS and logins on: each broker serves STOMP over TLS
+	// only (its Listen is a TLS listener, with a certificate from a CA
+	// made for the test) and requires a login (a users file); the sidecar
+	// speaks TLS to the brokers, verifying them against that CA, and logs
+	// in with its own [service.credentials]. It needs Protocol "stomp":
+	// the workload's clients send no login and stay plain on localhost,
+	// as a legacy application beside the sidecar would.
+	Secure bool
 }
 
 // The stores a cluster can run on.
@@ -49,6 +57,7 @@ type Broker struct {
 	Name          string
 	Listen, Admin string
 	data          string // -data: the shared directory, or its own with postgres
+	config        string // -config: the cluster's, or with Secure this broker's own
 	proc          *proc
 	starts        int
 }
@@ -66,6 +75,8 @@ type Cluster struct {
 	// pg is the database of a StorePostgres cluster (nil otherwise): its
 	// DSN is every broker's -store.
 	pg *pgtest.Server
+	// sec are a Secure cluster's certificates and logins (nil otherwise).
+	sec *secrets
 
 	Brokers []*Broker
 	// Listen is the sidecar's client address: the only address the
@@ -121,11 +132,22 @@ func StartCluster(t testing.TB, opts ClusterOptions) *Cluster {
 			t.Fatal(err)
 		}
 	}
+	var sec *secrets
+	if opts.Secure {
+		if opts.Protocol != "stomp" {
+			t.Fatal("ClusterOptions.Secure needs Protocol \"stomp\": only then does the sidecar log in for its clients")
+		}
+		sec = newSecrets(t, c.logs.dir)
+		c.sec = sec
+	}
 	var backends []string
 	for i := range opts.Brokers {
-		b := &Broker{Name: fmt.Sprintf("brokerd-%d", i), Listen: testutil.FreePort(t), Admin: testutil.FreePort(t), data: c.data}
+		b := &Broker{Name: fmt.Sprintf("brokerd-%d", i), Listen: testutil.FreePort(t), Admin: testutil.FreePort(t), data: c.data, config: c.brokerCfg}
 		if c.pg != nil {
 			b.data = t.TempDir()
+		}
+		if sec != nil {
+			b.config = sec.brokerConfig(t, c.logs.dir, b, opts.BrokerConfig)
 		}
 		c.Brokers = append(c.Brokers, b)
 		backends = append(backends, fmt.Sprintf("{ addr = %q, check_url = \"http://%s/readyz\" }", b.Listen, b.Admin))
@@ -143,6 +165,9 @@ func StartCluster(t testing.TB, opts ClusterOptions) *Cluster {
 	protocol := ""
 	if opts.Protocol != "" {
 		protocol = fmt.Sprintf("protocol = %q\n", opts.Protocol)
+	}
+	if sec != nil {
+		protocol += sec.sidecarTables()
 	}
 	cfg := fmt.Sprintf(`# written by the e2e harness: the defaults but for addresses
 [log]
@@ -197,12 +222,16 @@ func (c *Cluster) startBroker(b *Broker) error {
 		return fmt.Errorf("%s is still running", b.Name)
 	}
 	c.logs.add(b.Name)
-	args := []string{"-listen", b.Listen, "-admin", b.Admin, "-data", b.data, "-log-level", "debug"}
+	listen := b.Listen
+	if b.config != c.brokerCfg {
+		listen = "" // Secure: b.Listen is the config's tls_listen
+	}
+	args := []string{"-listen", listen, "-admin", b.Admin, "-data", b.data, "-log-level", "debug"}
 	if c.pg != nil {
 		args = append(args, "-store", c.pg.DSN())
 	}
-	if c.brokerCfg != "" {
-		args = append(args, "-config", c.brokerCfg)
+	if b.config != "" {
+		args = append(args, "-config", b.config)
 	}
 	p, err := startProc(c.t, c.logs.dir, b.Name, nil, c.exited, c.brokerBin, args...)
 	if err != nil {
