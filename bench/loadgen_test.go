@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -46,14 +47,37 @@ type lgTargets struct {
 
 // lgStartTargets starts the backend and the proxies in front of it; they
 // stop when b's cleanups run.
-func lgStartTargets(b *testing.B) *lgTargets {
+func lgStartTargets(b *testing.B) *lgTargets { return lgStartTargetsTLS(b, nil) }
+
+// lgStartTargetsTLS is lgStartTargets with, unless ca is nil, a backend
+// that speaks TLS with a certificate ca signed, and proxies that originate
+// TLS to it, verifying it against ca: clients stay plain. There is then no
+// direct target (the clients speak no TLS).
+func lgStartTargetsTLS(b *testing.B, ca *testutil.CA) *lgTargets {
 	b.Helper()
 	be := lgStartBackend(b)
 	ts := &lgTargets{be: be, targets: []lgTarget{{name: "direct", sink: be.sinkAddr(), echo: be.echoAddr()}}}
-	ho := lgStartHandover(b, lgBenchHandoverConfig, be)
+	handoverCfg, haproxyCfg := lgBenchHandoverConfig, lgHAProxyConfig
+	if ca != nil {
+		certFile, keyFile, _ := ca.Issue(b, "127.0.0.1", time.Now().Add(-time.Hour), 24*time.Hour)
+		cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+		if err != nil {
+			b.Fatal(err)
+		}
+		be.tls = &tls.Config{Certificates: []tls.Certificate{cert}}
+		ts.targets = nil
+		caFile := ca.File(b)
+		// A check is then a TLS handshake, which on two saturated cores
+		// can take longer than 100ms: both check every second instead
+		// (each's default), so no backend is marked down under load.
+		handoverCfg = strings.ReplaceAll(handoverCfg, "[service.check]", fmt.Sprintf("[service.tls]\nca = %q\n[service.check]", caFile))
+		handoverCfg = strings.ReplaceAll(handoverCfg, `interval = "100ms"`, `interval = "1s"`)
+		haproxyCfg = strings.ReplaceAll(haproxyCfg, "check inter 100ms", "check inter 1s ssl verify required ca-file "+caFile)
+	}
+	ho := lgStartHandover(b, handoverCfg, be)
 	ts.targets = append(ts.targets, lgTarget{name: "handover", sink: ho.sink, echo: ho.echo, pid: ho.proc.Cmd.Process.Pid})
 	if bin := lgHAProxyBinary(); bin != "" {
-		hp := lgStartHAProxy(b, bin, be)
+		hp := lgStartHAProxy(b, bin, haproxyCfg, be)
 		ts.targets = append(ts.targets, lgTarget{name: "haproxy", sink: hp.sink, echo: hp.echo, pid: hp.proc.Cmd.Process.Pid})
 	} else {
 		b.Log("haproxy is not installed: no haproxy figures (apt-get install haproxy)")
@@ -67,6 +91,9 @@ func lgStartTargets(b *testing.B) *lgTargets {
 // sees an EOF.
 type lgBackend struct {
 	sink, echo *net.TCPListener
+	// tls, when set before the first connection, makes both services
+	// speak TLS (lgStartTargetsTLS).
+	tls *tls.Config
 
 	mu      sync.Mutex
 	total   int64         // bytes the sink has received
@@ -103,7 +130,7 @@ func (be *lgBackend) echoAddr() string { return be.echo.Addr().String() }
 
 // serve accepts until ln is closed, handling each connection in its own
 // goroutine; it returns once they have all ended.
-func (be *lgBackend) serve(ln *net.TCPListener, handle func(*net.TCPConn)) {
+func (be *lgBackend) serve(ln *net.TCPListener, handle func(net.Conn)) {
 	defer be.wg.Done()
 	var conns sync.WaitGroup
 	defer conns.Wait()
@@ -116,13 +143,17 @@ func (be *lgBackend) serve(ln *net.TCPListener, handle func(*net.TCPConn)) {
 		go func() {
 			defer conns.Done()
 			defer c.Close()
+			if be.tls != nil {
+				handle(tls.Server(c, be.tls))
+				return
+			}
 			handle(c)
 		}()
 	}
 }
 
 // drain reads c until EOF, counting the bytes.
-func (be *lgBackend) drain(c *net.TCPConn) {
+func (be *lgBackend) drain(c net.Conn) {
 	buf := make([]byte, 256<<10)
 	for {
 		n, err := c.Read(buf)
@@ -157,7 +188,7 @@ func (be *lgBackend) expect(n int64) <-chan struct{} {
 
 // lgEcho writes back whatever it reads, through a plain user-space buffer
 // (io.Copy would splice, which suits bulk data, not small round trips).
-func lgEcho(c *net.TCPConn) {
+func lgEcho(c net.Conn) {
 	buf := make([]byte, 32<<10)
 	for {
 		n, err := c.Read(buf)
@@ -303,7 +334,7 @@ backend echo
 
 // lgStartHAProxy starts haproxy in the foreground with a generated config
 // and waits until it carries an echo round trip.
-func lgStartHAProxy(b *testing.B, bin string, be *lgBackend) *lgProxy {
+func lgStartHAProxy(b *testing.B, bin, config string, be *lgBackend) *lgProxy {
 	b.Helper()
 	p := &lgProxy{sink: testutil.FreePort(b), echo: testutil.FreePort(b)}
 	cfg := strings.NewReplacer(
@@ -311,7 +342,7 @@ func lgStartHAProxy(b *testing.B, bin string, be *lgBackend) *lgProxy {
 		"{{echo}}", p.echo,
 		"{{sink_backend}}", be.sinkAddr(),
 		"{{echo_backend}}", be.echoAddr(),
-	).Replace(lgHAProxyConfig)
+	).Replace(config)
 	path := filepath.Join(b.TempDir(), "haproxy.cfg")
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		b.Fatal(err)

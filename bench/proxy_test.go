@@ -55,8 +55,17 @@ func lgDialN(b *testing.B, addr string, n int) ([]*net.TCPConn, func()) {
 // BenchmarkProxyThroughput sends bulk data one way, to the sink, over 1 and
 // 100 connections at once, and reports the total in MB/s. The clock runs
 // until the sink has every byte.
-func BenchmarkProxyThroughput(b *testing.B) {
-	ts := lgStartTargets(b)
+func BenchmarkProxyThroughput(b *testing.B) { lgThroughput(b, lgStartTargets(b)) }
+
+// BenchmarkProxyTLSThroughput is BenchmarkProxyThroughput with the proxies
+// originating TLS to the backend (issue 17: the sidecar's [service.tls]
+// beside HAProxy's `ssl verify required`); clients stay plain.
+func BenchmarkProxyTLSThroughput(b *testing.B) {
+	lgThroughput(b, lgStartTargetsTLS(b, testutil.NewCA(b, "bench CA")))
+}
+
+// lgThroughput is BenchmarkProxyThroughput against ts.
+func lgThroughput(b *testing.B, ts *lgTargets) {
 	const chunk = 256 << 10
 	buf := make([]byte, chunk)
 	for _, conns := range lgConnCounts {
@@ -91,8 +100,16 @@ func BenchmarkProxyThroughput(b *testing.B) {
 // BenchmarkProxyRoundTrip measures echo round trips of 64 bytes and 1 KiB,
 // one at a time on each of 1 and 100 connections, and reports their p50 and
 // p99 in microseconds (ns/op is the inverse of the total round-trip rate).
-func BenchmarkProxyRoundTrip(b *testing.B) {
-	ts := lgStartTargets(b)
+func BenchmarkProxyRoundTrip(b *testing.B) { lgRoundTrip(b, lgStartTargets(b)) }
+
+// BenchmarkProxyTLSRoundTrip is BenchmarkProxyRoundTrip with the proxies
+// originating TLS to the backend, as BenchmarkProxyTLSThroughput.
+func BenchmarkProxyTLSRoundTrip(b *testing.B) {
+	lgRoundTrip(b, lgStartTargetsTLS(b, testutil.NewCA(b, "bench CA")))
+}
+
+// lgRoundTrip is BenchmarkProxyRoundTrip against ts.
+func lgRoundTrip(b *testing.B, ts *lgTargets) {
 	for _, size := range []int{64, 1024} {
 		for _, conns := range lgConnCounts {
 			for _, t := range ts.targets {
@@ -368,7 +385,7 @@ func BenchmarkProxyIdleRSS(b *testing.B) {
 		procs = append(procs, struct {
 			name string
 			proc *testutil.Process
-		}{"haproxy", lgStartHAProxy(b, bin, be).proc})
+		}{"haproxy", lgStartHAProxy(b, bin, lgHAProxyConfig, be).proc})
 	}
 	time.Sleep(lgIdleFor)
 	rss := make([]float64, len(procs))
