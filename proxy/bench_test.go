@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"handover/internal/serve"
 	"handover/proxy/proxytest"
 )
 
@@ -33,7 +34,7 @@ func benchDial(b *testing.B, handle func(*net.TCPConn), proxy bool, idle time.Du
 	be := startBackend(b, "", handle)
 	addr := be.addr
 	if proxy {
-		ts := startServiceOpts(b, proxytest.NewPicker(be.addr), Options{Name: "bench", Listen: "127.0.0.1:0", IdleTimeout: idle}, counting)
+		ts := startServiceOpts(b, proxytest.NewPicker(be.addr), Options{Settings: serve.Settings{Name: "bench", Listen: "127.0.0.1:0"}, IdleTimeout: idle}, counting)
 		addr = ts.Addr().String()
 	}
 	c, err := net.Dial("tcp", addr)

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"handover/internal/rawsock"
+	"handover/internal/serve"
 
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
@@ -53,7 +54,7 @@ type lconn struct {
 	held bool
 	// since is when the loop accepted c, on its clock (loop.now).
 	since time.Duration
-	// src is c's source address as admitted (admission.admit): the zero
+	// src is c's source address as admitted (serve.Admission.Admit): the zero
 	// Addr unless the per-source cap is on.
 	src netip.Addr
 	// changed is the Picker's change channel as of the dial: closed when
@@ -144,7 +145,7 @@ func (l *loop) target(addr string) *target {
 // a client still without a backend is closed, as there.
 func (l *loop) dial(c *lconn) {
 	if l.lnfd < 0 {
-		l.g.s.metrics.failed.WithLabelValues(l.g.s.opts.Name, failReason(ErrShutdown)).Inc()
+		l.g.s.metrics.failed.WithLabelValues(l.g.s.opts.Name, failReason(serve.ErrShutdown)).Inc()
 		l.close(c, reasonShutdown)
 		return
 	}
@@ -195,7 +196,7 @@ func (l *loop) connect(c *lconn, t *target) error {
 		return os.NewSyscallError("socket", err)
 	}
 	for _, o := range l.g.backendOpts {
-		if err := rawsock.SetsockoptInt(uintptr(fd), o.level, o.opt, o.value); err != nil {
+		if err := rawsock.SetsockoptInt(uintptr(fd), o.Level, o.Opt, o.Value); err != nil {
 			rawsock.Close(fd)
 			return os.NewSyscallError("setsockopt", err)
 		}
@@ -219,7 +220,7 @@ func (l *loop) connect(c *lconn, t *target) error {
 	}
 	if err != nil {
 		c.connecting = true
-		// A dial never outlives Timeout either (Connector.dial).
+		// A dial never outlives Timeout either (serve.Connector's dial).
 		c.deadline = l.now + l.g.s.opts.DialTimeout
 		if to := l.g.s.opts.Timeout; to > 0 {
 			c.deadline = min(c.deadline, c.since+to)
@@ -288,7 +289,7 @@ func (l *loop) connected(c *lconn) {
 // setKeepAlive turns keepalive on for c's backend socket.
 func (l *loop) setKeepAlive(c *lconn) {
 	for _, o := range l.g.keepAlive {
-		if err := rawsock.SetsockoptInt(uintptr(c.bfd), o.level, o.opt, o.value); err != nil {
+		if err := rawsock.SetsockoptInt(uintptr(c.bfd), o.Level, o.Opt, o.Value); err != nil {
 			// Not worth ending a working connection for.
 			c.logger().WithError(os.NewSyscallError("setsockopt", err)).Warn("could not turn keepalive on for the backend socket")
 			return
@@ -355,7 +356,7 @@ func (l *loop) handoff(c *lconn) {
 	nc, err := net.FileConn(f)
 	f.Close()
 	if err != nil {
-		l.g.adm.release(c.src)
+		l.g.adm.Release(c.src)
 		l.g.s.log.WithError(err).Warn("closing client: could not pass it to a goroutine")
 		return
 	}
@@ -594,7 +595,7 @@ func (l *loop) close(c *lconn, reason string) {
 			}).Debug("closed")
 		}
 	}
-	g.adm.release(c.src)
+	g.adm.Release(c.src)
 	g.s.lc.Leave()
 }
 

@@ -16,6 +16,7 @@ import (
 	"unsafe"
 
 	"handover/internal/rawsock"
+	"handover/internal/serve"
 
 	"golang.org/x/sys/unix"
 )
@@ -38,9 +39,9 @@ import (
 // there is a target, given as an IP address, and the dial to it succeeds
 // within DialTimeout. Anything else (no master now, a failed or slow dial,
 // a backend named by host name) hands the client socket to the goroutine
-// path, through the Lifecycle's accept loop, where Connector holds it and
-// retries with backoff as before. That path is rarely taken, and then the
-// broker is gone anyway.
+// path, through serve.Lifecycle's accept loop, where serve.Connector
+// holds it and retries with backoff as before. That path is rarely taken,
+// and then the broker is gone anyway.
 //
 // Bytes move as relay.go moves them: small messages through a 16 KiB
 // buffer (taken from the loop's free list only while it holds bytes), bulk
@@ -83,11 +84,11 @@ type loopGroup struct {
 	addr  net.Addr
 	// backendOpts are set on every backend socket before its connect;
 	// keepAlive once it has lived keepAliveAfter.
-	backendOpts, keepAlive []sockopt
+	backendOpts, keepAlive []serve.Sockopt
 
 	// adm applies the connection caps to every connection the loops
 	// accept, in the loops and handed off.
-	adm *admission
+	adm *serve.Admission
 	// proxied counts connections the loops are proxying to a backend.
 	proxied atomic.Int64
 
@@ -165,9 +166,9 @@ var loopEpoch = time.Now()
 func newLoopGroup(s *Service, n int) (*loopGroup, error) {
 	g := &loopGroup{
 		s:           s,
-		adm:         newAdmission(s.opts, s.log, s.metrics.rejected),
-		backendOpts: []sockopt{{unix.IPPROTO_TCP, unix.TCP_NODELAY, 1}},
-		keepAlive:   keepAliveSockopts(s.opts.KeepAlive),
+		adm:         serve.NewAdmission(s.opts.Settings, s.log, s.metrics.rejected),
+		backendOpts: []serve.Sockopt{{Level: unix.IPPROTO_TCP, Opt: unix.TCP_NODELAY, Value: 1}},
+		keepAlive:   serve.KeepAliveSockopts(s.opts.KeepAlive),
 		notify:      make(chan struct{}, 1),
 		since:       map[*net.TCPConn]time.Time{},
 		src:         map[*net.TCPConn]netip.Addr{},
@@ -175,7 +176,7 @@ func newLoopGroup(s *Service, n int) (*loopGroup, error) {
 	}
 	// Loop 0 binds with SO_REUSEPORT, as the others beside it: first
 	// make sure no other process listens there.
-	if err := ProbeFree(s.opts.Listen); err != nil {
+	if err := serve.ProbeFree(s.opts.Listen); err != nil {
 		return nil, err
 	}
 	for i := range n {
@@ -199,7 +200,7 @@ func (g *loopGroup) newLoop(i int) (*loop, error) {
 	if i > 0 {
 		addr = g.addr.String()
 	}
-	lc := ListenConfig(g.s.opts.KeepAlive)
+	lc := serve.ListenConfig(g.s.opts.KeepAlive)
 	ln, err := lc.Listen(context.Background(), "tcp", addr)
 	if err != nil {
 		return nil, err
@@ -408,7 +409,7 @@ func (g *loopGroup) handoff(c *net.TCPConn, since time.Time, src netip.Addr) {
 func (g *loopGroup) refuse(c *net.TCPConn) {
 	c.Close()
 	g.release(c)
-	g.s.metrics.failed.WithLabelValues(g.s.opts.Name, failReason(ErrShutdown)).Inc()
+	g.s.metrics.failed.WithLabelValues(g.s.opts.Name, failReason(serve.ErrShutdown)).Inc()
 }
 
 // heldSince returns, once, when the loop accepted c, a connection it
@@ -428,7 +429,7 @@ func (g *loopGroup) release(c *net.TCPConn) {
 	src := g.src[c]
 	delete(g.src, c)
 	g.mu.Unlock()
-	g.adm.release(src)
+	g.adm.Release(src)
 }
 
 // closeAll asks every loop to close its connections, and returns how many
@@ -802,7 +803,7 @@ func (l *loop) timers() {
 				continue
 			}
 			if to := l.g.s.opts.Timeout; to <= 0 || l.now >= c.since+to {
-				l.g.s.metrics.failed.WithLabelValues(l.g.s.opts.Name, failReason(ErrTimeout)).Inc()
+				l.g.s.metrics.failed.WithLabelValues(l.g.s.opts.Name, failReason(serve.ErrTimeout)).Inc()
 				c.logger().Warn("closing client: gave up looking for a backend (out of file descriptors)")
 				l.close(c, reasonShutdown)
 				continue
@@ -834,12 +835,12 @@ func (l *loop) commands() {
 		// a backend was reached.
 		for len(l.dialing) > 0 {
 			c := l.dialing[0]
-			l.g.s.metrics.failed.WithLabelValues(l.g.s.opts.Name, failReason(ErrShutdown)).Inc()
+			l.g.s.metrics.failed.WithLabelValues(l.g.s.opts.Name, failReason(serve.ErrShutdown)).Inc()
 			l.close(c, reasonShutdown)
 		}
 		for _, c := range l.starved {
 			if !c.closed {
-				l.g.s.metrics.failed.WithLabelValues(l.g.s.opts.Name, failReason(ErrShutdown)).Inc()
+				l.g.s.metrics.failed.WithLabelValues(l.g.s.opts.Name, failReason(serve.ErrShutdown)).Inc()
 				l.close(c, reasonShutdown)
 			}
 		}
@@ -904,7 +905,7 @@ func (l *loop) sweep() {
 }
 
 // accept takes one connection from the listening socket, and closes it
-// at once if it is over a connection cap (see admission).
+// at once if it is over a connection cap (see serve.Admission).
 func (l *loop) accept() {
 	g := l.g
 	fd, err := rawsock.Accept4(l.lnfd)
@@ -923,17 +924,17 @@ func (l *loop) accept() {
 	}
 	l.delay = 0
 	var src netip.Addr
-	if g.adm.bySourceOn() {
+	if g.adm.BySource() {
 		src = peerAddr(fd).Addr()
 	}
-	if why := g.adm.admit(src); why != "" {
-		g.adm.refused(why, func() string { return peerAddr(fd).String() })
+	if why := g.adm.Admit(src); why != "" {
+		g.adm.Refused(why, func() string { return peerAddr(fd).String() })
 		rawsock.Close(fd)
 		return
 	}
 	if !g.s.lc.Enter() {
 		rawsock.Close(fd)
-		g.adm.release(src)
+		g.adm.Release(src)
 		return
 	}
 	c := &lconn{l: l, cfd: fd, bfd: -1, src: src, since: l.now, up: half{pipe: noPipe}, down: half{pipe: noPipe}}

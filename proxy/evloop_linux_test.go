@@ -18,6 +18,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"handover/internal/serve"
 	"handover/internal/testutil"
 	"handover/proxy/proxytest"
 )
@@ -48,9 +49,9 @@ func TestLoopHandsOff(t *testing.T) {
 		needLoops(t, ts)
 		c := ts.dial(t)
 		roundTrip(t, c, "by name")
-		ts.lc.Mu.Lock()
+		ts.mu.Lock()
 		pairs := len(ts.pairs)
-		ts.lc.Mu.Unlock()
+		ts.mu.Unlock()
 		if pairs != 1 {
 			t.Errorf("goroutine pairs = %d, want 1: the loop should have handed the client off", pairs)
 		}
@@ -418,7 +419,7 @@ func TestLoopOutOfDescriptors(t *testing.T) {
 			}
 		}
 	}))
-	ts := startServiceLog(t, proxytest.NewPicker(be.addr), Options{Name: "test", Listen: "127.0.0.1:0"}, false, log)
+	ts := startServiceLog(t, proxytest.NewPicker(be.addr), Options{Settings: serve.Settings{Name: "test", Listen: "127.0.0.1:0"}}, false, log)
 	needLoops(t, ts)
 
 	var lim syscall.Rlimit

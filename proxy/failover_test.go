@@ -12,6 +12,7 @@ import (
 	"github.com/sirupsen/logrus"
 	"github.com/sirupsen/logrus/hooks/test"
 
+	"handover/internal/serve"
 	"handover/internal/testutil"
 	"handover/proxy/proxytest"
 )
@@ -28,7 +29,7 @@ func TestFailoverDisconnectsLoggedOnce(t *testing.T) {
 	picker := proxytest.NewPicker(a.addr)
 	log := proxytest.Log(t)
 	hook := test.NewLocal(log.Logger)
-	ts := startServiceLog(t, picker, Options{Name: "test", Listen: "127.0.0.1:0"}, false, log)
+	ts := startServiceLog(t, picker, Options{Settings: serve.Settings{Name: "test", Listen: "127.0.0.1:0"}}, false, log)
 	const n = 24
 	conns := make([]*net.TCPConn, n)
 	for i := range conns {
@@ -69,7 +70,7 @@ func TestStopAcceptingBecause(t *testing.T) {
 	be := startBackend(t, "", echo)
 	log := proxytest.Log(t)
 	hook := test.NewLocal(log.Logger)
-	ts := startServiceLog(t, proxytest.NewPicker(be.addr), Options{Name: "test", Listen: "127.0.0.1:0"}, false, log)
+	ts := startServiceLog(t, proxytest.NewPicker(be.addr), Options{Settings: serve.Settings{Name: "test", Listen: "127.0.0.1:0"}}, false, log)
 	roundTrip(t, ts.dial(t), "x")
 	ts.StopAcceptingBecause("listener replaced by a reload")
 	ts.StopAccepting() // the first reason stays

@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sirupsen/logrus"
 
+	"handover/internal/serve"
 	"handover/internal/testutil"
 	"handover/proxy/proxytest"
 )
@@ -103,7 +104,7 @@ type testService struct {
 // cleanup shuts it down and checks that Serve returned nil.
 func startService(t testing.TB, picker *proxytest.Picker, mod func(*Options)) *testService {
 	t.Helper()
-	opts := Options{Name: "test", Listen: "127.0.0.1:0"}
+	opts := Options{Settings: serve.Settings{Name: "test", Listen: "127.0.0.1:0"}}
 	if mod != nil {
 		mod(&opts)
 	}

@@ -5,6 +5,8 @@ import (
 	"net"
 	"sync/atomic"
 	"time"
+
+	"handover/internal/serve"
 )
 
 // Counting bytes without touching them.
@@ -97,7 +99,7 @@ func (p *pair) startMeter(forceCounting bool) {
 // copy copies src to dst for one direction of the pair and returns the
 // bytes written: with relay, which splices bulk data, when the kernel
 // counts; through a countingWriter otherwise.
-func (p *pair) copy(dst, src Conn, f *flow) (int64, error) {
+func (p *pair) copy(dst, src serve.Conn, f *flow) (int64, error) {
 	if !p.counting {
 		// Not counting: both are bare sockets (newPair).
 		return relay(dst.(*net.TCPConn), src.(*net.TCPConn))
@@ -169,7 +171,7 @@ func (p *pair) upstreamBroken() bool {
 // countingWriter counts what a copier writes, where the kernel won't. It
 // hides the socket's ReadFrom, so io.Copy falls back to a user-space buffer.
 type countingWriter struct {
-	dst Conn
+	dst serve.Conn
 	f   *flow
 	p   *pair
 }

@@ -1,9 +1,12 @@
 package proxy
 
 import (
+	"errors"
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"handover/internal/serve"
 )
 
 // Metrics are the proxy's Prometheus series, shared by every Service of a
@@ -192,4 +195,21 @@ func (m *Metrics) ended(c liveConn, bs *backendSeries, reason string) {
 	m.mu.Unlock()
 	bs.active.Dec()
 	bs.closedFor(m, service, backend, reason).Inc()
+}
+
+// failReason is the reason label of handover_proxy_connections_failed_total
+// for an error of serve.Connector.Connect.
+func failReason(err error) string {
+	switch {
+	case errors.Is(err, serve.ErrTimeout):
+		return "timeout"
+	case errors.Is(err, serve.ErrAttempts):
+		return "attempts"
+	case errors.Is(err, serve.ErrNoTarget):
+		return "no_target"
+	case errors.Is(err, serve.ErrUnreachable):
+		return "unreachable"
+	default:
+		return "shutdown"
+	}
 }

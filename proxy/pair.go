@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+
+	"handover/internal/serve"
 )
 
 // Why a proxied connection ended: the reason label of
@@ -29,7 +31,7 @@ type pair struct {
 	service  string
 	backend  string
 	client   *net.TCPConn
-	upstream Conn
+	upstream serve.Conn
 	// upstreamTCP is upstream's socket: upstream itself, or the one under
 	// its TLS. The kernel's counts on it are of TLS records, not of the
 	// bytes proxied, so a TLS pair counts in user space (startMeter).
@@ -59,7 +61,7 @@ type pair struct {
 	idleOff bool
 }
 
-func newPair(s *Service, client *net.TCPConn, upstream Conn, backend string) *pair {
+func newPair(s *Service, client *net.TCPConn, upstream serve.Conn, backend string) *pair {
 	p := &pair{
 		svc:      s,
 		service:  s.opts.Name,
@@ -190,7 +192,7 @@ func (p *pair) copyUpstream(done chan<- struct{}) {
 	// Stored before CloseWrite: see flow.current for why the order matters.
 	p.up.final.Store(n)
 	if err == nil && !p.lastToFinish() {
-		if p.upstream == Conn(p.upstreamTCP) {
+		if p.upstream == serve.Conn(p.upstreamTCP) {
 			err = closeWrite(p.upstreamTCP)
 		} else {
 			err = p.upstream.CloseWrite() // close_notify, then the FIN

@@ -17,10 +17,11 @@
 // failed dial) is handed to the goroutine path, which every platform has.
 //
 // Reading order for one client connection on the goroutine path: proxy.go
-// (accept, failover, shutdown), admit.go (the connection caps), connect.go
-// (hold, dial, back off), pair.go (the two copiers), relay.go (how a
+// (accept, failover, shutdown), pair.go (the two copiers), relay.go (how a
 // copier moves bytes: small messages through a buffer, bulk data spliced),
-// meter.go (counting bytes and idleness without touching the bytes).
+// meter.go (counting bytes and idleness without touching the bytes). The
+// listener's life, the connection caps and finding a backend (hold, dial,
+// back off) are internal/serve's, shared with stompproxy.
 package proxy
 
 import (
@@ -28,10 +29,13 @@ import (
 	"errors"
 	"net"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/sirupsen/logrus"
+
+	"handover/internal/serve"
 )
 
 // Picker says where new connections go. health.Monitor implements it.
@@ -64,10 +68,9 @@ type Service struct {
 	log     *logrus.Entry
 	metrics *Metrics
 	series  serviceSeries
-	// lc owns the listener and the connection goroutines; its Mu guards
-	// pairs too.
-	lc   *Lifecycle[*net.TCPConn]
-	conn Connector
+	// lc owns the listener and the connection goroutines.
+	lc   *serve.Lifecycle[*net.TCPConn]
+	conn serve.Connector
 
 	held atomic.Int64
 	// failoverClosed counts connections closed for a change of targets
@@ -79,6 +82,12 @@ type Service struct {
 	// that path on Linux.
 	forceCounting bool
 
+	// mu guards pairs: the goroutine path's connections that reached a
+	// backend. register adds one only while lc has not stopped, and
+	// closeAll collects them under mu too, so none outlives a shutdown
+	// (see serve.Lifecycle.Stopped). lc's Draining callback takes mu
+	// under lc's lock, so nothing holding mu may wait for lc's lock.
+	mu    sync.Mutex
 	pairs map[*pair]struct{}
 	// loops serve connections on Linux (evloop_linux.go); nil where
 	// every connection gets goroutines.
@@ -89,7 +98,7 @@ type Service struct {
 // the Lifecycle's Acceptor: the connections it hands to goroutines come
 // out of AcceptTCP.
 type eventLoops interface {
-	Acceptor
+	serve.Acceptor
 	// start runs the loops, and reports whether this was its first
 	// call, whose caller must call stop: that ends them once their
 	// connections are gone (or closes their sockets if they never ran).
@@ -137,7 +146,7 @@ func New(opts Options, picker Picker, log *logrus.Entry, m *Metrics) (*Service, 
 		m = NewMetrics(nil)
 	}
 	d := opts.withDefaults()
-	conn, err := NewConnector("proxy", opts.Validate(), picker, d, m.dialErrors)
+	conn, err := serve.NewConnector("proxy", opts.Validate(), picker, d.Settings, m.dialErrors)
 	if err != nil {
 		return nil, err
 	}
@@ -145,13 +154,13 @@ func New(opts Options, picker Picker, log *logrus.Entry, m *Metrics) (*Service, 
 	s := &Service{
 		opts:    opts,
 		picker:  picker,
-		log:     OrDiscard(log).WithField("service", opts.Name),
+		log:     serve.OrDiscard(log).WithField("service", opts.Name),
 		metrics: m,
 		series:  m.serviceSeries(opts.Name),
 		conn:    conn,
 		pairs:   map[*pair]struct{}{},
 	}
-	cfg := LifecycleConfig[*net.TCPConn]{
+	cfg := serve.LifecycleConfig[*net.TCPConn]{
 		Pkg: "proxy", Listening: "listening", Noun: "connections",
 		Accepted: m.accepted, Rejected: m.rejected,
 		Admit:    func(c *net.TCPConn) *net.TCPConn { return c },
@@ -162,7 +171,9 @@ func New(opts Options, picker Picker, log *logrus.Entry, m *Metrics) (*Service, 
 			if s.loops != nil {
 				s.loops.status(&st)
 			}
+			s.mu.Lock()
 			live := len(s.pairs) + st.Active
+			s.mu.Unlock()
 			return logrus.Fields{"live": live, "waiting": conns - live}
 		},
 	}
@@ -175,7 +186,7 @@ func New(opts Options, picker Picker, log *logrus.Entry, m *Metrics) (*Service, 
 		cfg.Listener = s.loops
 		cfg.Forget = s.loops.release
 	}
-	s.lc, err = NewLifecycle(conn.Settings, s.log, cfg)
+	s.lc, err = serve.NewLifecycle(conn.Settings, s.log, cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -184,6 +195,12 @@ func New(opts Options, picker Picker, log *logrus.Entry, m *Metrics) (*Service, 
 
 // Addr is the bound listen address.
 func (s *Service) Addr() net.Addr { return s.lc.Addr() }
+
+// ProbeFree returns an error wrapping serve.ErrAddrInUse if another socket
+// holds addr: the check New makes before binding, so that a second process
+// cannot share a port through SO_REUSEPORT (serve.ProbeFree says how). The
+// sidecar makes it for its admin listener too.
+func ProbeFree(addr string) error { return serve.ProbeFree(addr) }
 
 // Serve accepts connections until ctx is done or Shutdown is called. When
 // ctx ends, Serve shuts down itself, with ShutdownGrace for live connections
@@ -229,8 +246,8 @@ func (s *Service) Status() ServiceStatus {
 		Held:     int(s.held.Load()),
 		Accepted: s.lc.Accepted(),
 	}
-	s.lc.Mu.Lock()
-	defer s.lc.Mu.Unlock()
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	st.Active = len(s.pairs)
 	for p := range s.pairs {
 		st.Backends[p.backend]++
@@ -304,7 +321,7 @@ func (s *Service) serveConn(client *net.TCPConn) {
 		reason := failReason(err)
 		s.metrics.failed.WithLabelValues(s.opts.Name, reason).Inc()
 		l := log.get().WithError(err).WithFields(logrus.Fields{"reason": reason, "waited": time.Since(start).Round(time.Millisecond)})
-		if errors.Is(err, ErrShutdown) {
+		if errors.Is(err, serve.ErrShutdown) {
 			l.Debug("closing client: shutting down before a backend was reached")
 		} else {
 			l.Warn("closing client: gave up looking for a backend")
@@ -317,9 +334,9 @@ func (s *Service) serveConn(client *net.TCPConn) {
 		p.logger().WithField("waited", time.Since(start).Round(time.Millisecond)).Debug("proxying")
 	}
 	reason := p.run()
-	s.lc.Mu.Lock()
+	s.mu.Lock()
 	delete(s.pairs, p)
-	s.lc.Mu.Unlock()
+	s.mu.Unlock()
 	s.metrics.ended(p, p.series, reason)
 	if debug {
 		p.logger().WithFields(logrus.Fields{
@@ -367,12 +384,14 @@ func (s *Service) reach(client *net.TCPConn, log *connLog, end time.Time) (*pair
 // Both register and closeStale read the Picker's answer under mu, so each
 // sees the latest: a pair registered after a sweep was checked against an
 // answer at least as new as the sweep's, and a later change wakes the
-// watcher for another sweep. No pair can slip past a failover.
+// watcher for another sweep. No pair can slip past a failover. Likewise
+// shutdown: lc stops before closeAll runs, and closeAll collects the
+// pairs under mu, so a pair registered at all is among them.
 func (s *Service) register(p *pair) error {
-	s.lc.Mu.Lock()
-	defer s.lc.Mu.Unlock()
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if s.lc.Stopped() {
-		return ErrShutdown
+		return serve.ErrShutdown
 	}
 	if s.opts.OnFailover == OnFailoverClose {
 		targets, _ := s.picker.Targets()
@@ -390,7 +409,7 @@ func (s *Service) register(p *pair) error {
 // that closes every connection to the old master: its clients reconnect,
 // are held while there is no master, and reach the new one.
 func (s *Service) closeStale() <-chan struct{} {
-	s.lc.Mu.Lock()
+	s.mu.Lock()
 	targets, changed := s.picker.Targets()
 	isStale := staleness(s.picker, targets)
 	var stale []*pair
@@ -401,7 +420,7 @@ func (s *Service) closeStale() <-chan struct{} {
 			from[p.backend]++
 		}
 	}
-	s.lc.Mu.Unlock()
+	s.mu.Unlock()
 	loops := 0
 	if s.loops != nil {
 		loops = s.loops.loopCount()
@@ -436,12 +455,12 @@ func staleness(picker Picker, targets []string) func(backend string) bool {
 
 // closeAll closes every live pair and returns how many there were.
 func (s *Service) closeAll(reason string) int {
-	s.lc.Mu.Lock()
+	s.mu.Lock()
 	pairs := make([]*pair, 0, len(s.pairs))
 	for p := range s.pairs {
 		pairs = append(pairs, p)
 	}
-	s.lc.Mu.Unlock()
+	s.mu.Unlock()
 	for _, p := range pairs {
 		p.close(reason)
 	}

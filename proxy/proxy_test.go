@@ -17,12 +17,13 @@ import (
 	"github.com/sirupsen/logrus"
 	logtest "github.com/sirupsen/logrus/hooks/test"
 
+	"handover/internal/serve"
 	"handover/internal/testutil"
 	"handover/proxy/proxytest"
 )
 
 func TestOptionsValidate(t *testing.T) {
-	base := Options{Name: "stomp", Listen: "127.0.0.1:0"}
+	base := Options{Settings: serve.Settings{Name: "stomp", Listen: "127.0.0.1:0"}}
 	tests := []struct {
 		name    string
 		mod     func(*Options)
@@ -95,7 +96,7 @@ func TestLargeTransfer(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			checkLeaks(t)
 			be := startBackend(t, "", echo)
-			ts := startServiceOpts(t, proxytest.NewPicker(be.addr), Options{Name: "test", Listen: "127.0.0.1:0"}, tt.counting)
+			ts := startServiceOpts(t, proxytest.NewPicker(be.addr), Options{Settings: serve.Settings{Name: "test", Listen: "127.0.0.1:0"}}, tt.counting)
 			c := ts.dial(t)
 
 			sent := make(chan []byte, 1)
@@ -169,7 +170,7 @@ func TestLiveByteCounts(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			checkLeaks(t)
 			be := startBackend(t, "", echo)
-			ts := startServiceOpts(t, proxytest.NewPicker(be.addr), Options{Name: "test", Listen: "127.0.0.1:0"}, tt.counting)
+			ts := startServiceOpts(t, proxytest.NewPicker(be.addr), Options{Settings: serve.Settings{Name: "test", Listen: "127.0.0.1:0"}}, tt.counting)
 			c := ts.dial(t)
 			msg := strings.Repeat("x", 1000)
 			roundTrip(t, c, msg)
@@ -471,9 +472,9 @@ func TestConnectionCaps(t *testing.T) {
 		from, want []string
 	}{
 		{"max_connections", 2, 0,
-			[]string{"127.0.0.1", "127.0.0.2", "127.0.0.3"}, []string{"", "", RejectMax}},
+			[]string{"127.0.0.1", "127.0.0.2", "127.0.0.3"}, []string{"", "", serve.RejectMax}},
 		{"max_connections_per_source", 0, 1,
-			[]string{"127.0.0.1", "127.0.0.1", "127.0.0.2"}, []string{"", RejectPerSource, ""}},
+			[]string{"127.0.0.1", "127.0.0.1", "127.0.0.2"}, []string{"", serve.RejectPerSource, ""}},
 		{"no cap", NoLimit, 0,
 			[]string{"127.0.0.1", "127.0.0.1", "127.0.0.1"}, []string{"", "", ""}},
 	}
@@ -488,8 +489,8 @@ func TestConnectionCaps(t *testing.T) {
 				be := startBackend(t, "", echo)
 				log := proxytest.Log(t)
 				hook := logtest.NewLocal(log.Logger)
-				opts := Options{Name: "test", Listen: "127.0.0.1:0", MaxConnections: tt.max,
-					MaxConnectionsPerSource: tt.perSource, goroutines: goroutines}
+				opts := Options{Settings: serve.Settings{Name: "test", Listen: "127.0.0.1:0", MaxConnections: tt.max,
+					MaxConnectionsPerSource: tt.perSource}, goroutines: goroutines}
 				ts := startServiceLog(t, proxytest.NewPicker(be.addr), opts, false, log)
 
 				var first *net.TCPConn
@@ -506,7 +507,7 @@ func TestConnectionCaps(t *testing.T) {
 					expectClosed(t, c, 5*time.Second)
 					refused[tt.want[i]]++
 				}
-				for _, why := range []string{RejectMax, RejectPerSource} {
+				for _, why := range []string{serve.RejectMax, serve.RejectPerSource} {
 					if got := ts.metric(t, "handover_proxy_connections_rejected_total", "reason", why); got != refused[why] {
 						t.Errorf("rejected_total{reason=%q} = %v, want %v", why, got, refused[why])
 					}
@@ -569,7 +570,7 @@ func TestIdleTimeout(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			checkLeaks(t)
 			be := startBackend(t, "", echo)
-			ts := startServiceOpts(t, proxytest.NewPicker(be.addr), Options{Name: "test", Listen: "127.0.0.1:0", IdleTimeout: idle}, tt.counting)
+			ts := startServiceOpts(t, proxytest.NewPicker(be.addr), Options{Settings: serve.Settings{Name: "test", Listen: "127.0.0.1:0"}, IdleTimeout: idle}, tt.counting)
 			c := ts.dial(t)
 			// Talk every idle/3 for twice the timeout: the pair must
 			// stay up. (The pauses are the scenario, not sync.)
@@ -729,7 +730,7 @@ func TestShutdown(t *testing.T) {
 
 	t.Run("before Serve", func(t *testing.T) {
 		checkLeaks(t)
-		s, err := New(Options{Name: "test", Listen: "127.0.0.1:0"}, proxytest.NewPicker(), proxytest.Log(t), nil)
+		s, err := New(Options{Settings: serve.Settings{Name: "test", Listen: "127.0.0.1:0"}}, proxytest.NewPicker(), proxytest.Log(t), nil)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"handover/internal/serve"
 	"handover/proxy/proxytest"
 )
 
@@ -17,7 +18,7 @@ import (
 func TestRelaySmallThenBulk(t *testing.T) {
 	checkLeaks(t)
 	be := startBackend(t, "", echo)
-	ts := startServiceOpts(t, proxytest.NewPicker(be.addr), Options{Name: "test", Listen: "127.0.0.1:0"}, false)
+	ts := startServiceOpts(t, proxytest.NewPicker(be.addr), Options{Settings: serve.Settings{Name: "test", Listen: "127.0.0.1:0"}}, false)
 	c := ts.dial(t)
 	var total int64
 	for range 3 {

@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"handover/internal/serve"
 	"handover/internal/testutil"
 	"handover/proxy/proxytest"
 )
@@ -39,7 +40,7 @@ func TestKeepAliveOnBothSockets(t *testing.T) {
 			t.Run(path.name+"/"+tt.name, func(t *testing.T) {
 				be := startBackend(t, "", echo)
 				ts := startServiceOpts(t, proxytest.NewPicker(be.addr),
-					Options{Name: "test", Listen: "127.0.0.1:0", KeepAlive: tt.keepAlive, goroutines: path.goroutines}, false)
+					Options{Settings: serve.Settings{Name: "test", Listen: "127.0.0.1:0", KeepAlive: tt.keepAlive}, goroutines: path.goroutines}, false)
 				c := ts.dial(t)
 				roundTrip(t, c, "ping")
 				sides := map[string]int{
@@ -122,13 +123,11 @@ func sockOpts(t *testing.T, fd int) [5]int {
 	return got
 }
 
-// TestProbeFree: a listen address another socket holds is refused, whether
-// that socket set SO_REUSEPORT (another sidecar) or not; a free one, port
-// 0, and one whose only sockets are connections left by a closed listener
-// (a reload's drain) are not. New refuses a taken address on both data
-// paths.
-func TestProbeFree(t *testing.T) {
-	lc := ListenConfig(0) // SO_REUSEPORT, as another sidecar binds
+// TestNewRefusesTakenAddress: New refuses a listen address another socket
+// holds (serve.ProbeFree), whether that socket set SO_REUSEPORT (another
+// sidecar) or not, on both data paths.
+func TestNewRefusesTakenAddress(t *testing.T) {
+	lc := serve.ListenConfig(0) // SO_REUSEPORT, as another sidecar binds
 	shared, err := lc.Listen(context.Background(), "tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -140,40 +139,14 @@ func TestProbeFree(t *testing.T) {
 	}
 	defer plain.Close()
 	for _, addr := range []string{shared.Addr().String(), plain.Addr().String()} {
-		if err := ProbeFree(addr); !errors.Is(err, ErrAddrInUse) || !strings.Contains(err.Error(), "another process") {
-			t.Errorf("ProbeFree(%s) = %v, want ErrAddrInUse", addr, err)
-		}
 		for _, goroutines := range []bool{false, true} {
-			if s, err := New(Options{Name: "x", Listen: addr, goroutines: goroutines}, proxytest.NewPicker(), nil, nil); !errors.Is(err, ErrAddrInUse) {
+			o := Options{Settings: serve.Settings{Name: "x", Listen: addr}, goroutines: goroutines}
+			if s, err := New(o, proxytest.NewPicker(), nil, nil); !errors.Is(err, serve.ErrAddrInUse) {
 				if s != nil {
 					s.Shutdown(context.Background())
 				}
 				t.Errorf("New on %s (goroutines %v): %v, want ErrAddrInUse", addr, goroutines, err)
 			}
 		}
-	}
-	if err := ProbeFree("127.0.0.1:0"); err != nil {
-		t.Errorf("port 0: %v", err)
-	}
-
-	// A listener that accepted a connection and closed: the connection
-	// lives on (draining) and the port is free for the next listener.
-	ln, err := lc.Listen(context.Background(), "tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	sc, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sc.Close()
-	ln.Close()
-	if err := ProbeFree(ln.Addr().String()); err != nil {
-		t.Errorf("port with a draining connection: %v", err)
 	}
 }

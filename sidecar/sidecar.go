@@ -27,6 +27,7 @@ import (
 	"handover/internal/buildinfo"
 	"handover/internal/conf"
 	"handover/internal/sdnotify"
+	"handover/internal/serve"
 	"handover/proxy"
 	"handover/stompproxy"
 )
@@ -360,17 +361,19 @@ func healthBackends(s ServiceConfig) []health.Backend {
 	return bs
 }
 
-// proxyOptions is everything of s that the data path uses.
-func (sc *Sidecar) proxyOptions(s ServiceConfig) (proxy.Options, error) {
+// dataPathSettings is what both data paths take of s (serve.Settings), the
+// shutdown grace being the running configuration's; newService adds what
+// each protocol takes alone.
+func (sc *Sidecar) dataPathSettings(s ServiceConfig) (serve.Settings, error) {
 	listen, err := listenAddr(s.Listen)
 	if err != nil {
-		return proxy.Options{}, err
+		return serve.Settings{}, err
 	}
 	tlsConf, err := s.TLS.load()
 	if err != nil {
-		return proxy.Options{}, fmt.Errorf("tls: %w", err)
+		return serve.Settings{}, fmt.Errorf("tls: %w", err)
 	}
-	return proxy.Options{
+	return serve.Settings{
 		TLS:                     tlsConf,
 		Name:                    s.Name,
 		Listen:                  listen,
@@ -380,11 +383,9 @@ func (sc *Sidecar) proxyOptions(s ServiceConfig) (proxy.Options, error) {
 		BackoffMultiplier:       s.BackoffMultiplier,
 		MaxReconnectAttempts:    s.MaxReconnectAttempts,
 		DialTimeout:             s.DialTimeout.D(),
-		IdleTimeout:             s.IdleTimeout.D(),
 		KeepAlive:               s.KeepAlive.D(),
 		MaxConnections:          s.MaxConnections,
 		MaxConnectionsPerSource: s.MaxConnectionsPerSource,
-		OnFailover:              s.OnFailover,
 		ShutdownGrace:           sc.cfg.ShutdownGrace.D(),
 	}, nil
 }
@@ -393,12 +394,12 @@ func (sc *Sidecar) proxyOptions(s ServiceConfig) (proxy.Options, error) {
 // shares that pool: a rebind keeps the health state and the master.
 func (sc *Sidecar) newService(s ServiceConfig, pl *pool) (*service, error) {
 	log := sc.log.WithField("service", s.Name)
-	opts, err := sc.proxyOptions(s)
+	settings, err := sc.dataPathSettings(s)
 	if err != nil {
 		return nil, err
 	}
 	if pl == nil {
-		checker, err := health.NewCheckerWith(s.Check.Kind, s.Check.options(opts.TLS))
+		checker, err := health.NewCheckerWith(s.Check.Kind, s.Check.options(settings.TLS))
 		if err != nil {
 			return nil, err
 		}
@@ -410,28 +411,20 @@ func (sc *Sidecar) newService(s ServiceConfig, pl *pool) (*service, error) {
 	if s.Protocol == "stomp" {
 		var sp *stompproxy.Service
 		sp, err = stompproxy.New(stompproxy.Options{
-			Name:                    opts.Name,
-			Listen:                  opts.Listen,
-			Timeout:                 opts.Timeout,
-			InitialReconnectDelay:   opts.InitialReconnectDelay,
-			MaxReconnectDelay:       opts.MaxReconnectDelay,
-			BackoffMultiplier:       opts.BackoffMultiplier,
-			MaxReconnectAttempts:    opts.MaxReconnectAttempts,
-			DialTimeout:             opts.DialTimeout,
-			KeepAlive:               opts.KeepAlive,
-			MaxConnections:          opts.MaxConnections,
-			MaxConnectionsPerSource: opts.MaxConnectionsPerSource,
-			ShutdownGrace:           opts.ShutdownGrace,
-			TLS:                     opts.TLS,
-			Credentials:             s.Credentials.credentials(),
-			ConnectTimeout:          s.ConnectTimeout.D(),
-			ClientWriteTimeout:      s.ClientWriteTimeout.D(),
-			MaxReplayBytes:          s.MaxReplayBytes,
+			Settings:           settings,
+			Credentials:        s.Credentials.credentials(),
+			ConnectTimeout:     s.ConnectTimeout.D(),
+			ClientWriteTimeout: s.ClientWriteTimeout.D(),
+			MaxReplayBytes:     s.MaxReplayBytes,
 		}, pl.monitor, log.WithField("component", "stompproxy"), sc.sm)
 		p = stompPath{sp}
 	} else {
 		var tp *proxy.Service
-		tp, err = proxy.New(opts, pl.monitor, log.WithField("component", "proxy"), sc.pm)
+		tp, err = proxy.New(proxy.Options{
+			Settings:    settings,
+			IdleTimeout: s.IdleTimeout.D(),
+			OnFailover:  s.OnFailover,
+		}, pl.monitor, log.WithField("component", "proxy"), sc.pm)
 		p = tcpPath{tp}
 	}
 	if err != nil {
@@ -831,16 +824,20 @@ func (sc *Sidecar) drainInBackground(s *service, grace time.Duration, stopMonito
 // needsRebind reports whether the data-path options of a service changed
 // (its listener must be replaced), as opposed to health settings only.
 func (sc *Sidecar) needsRebind(a, b ServiceConfig, ca, cb *Config) bool {
-	oa, _ := sc.proxyOptionsFor(a, ca)
-	ob, _ := sc.proxyOptionsFor(b, cb)
+	oa, _ := sc.dataPathSettingsFor(a, ca)
+	ob, _ := sc.dataPathSettingsFor(b, cb)
 	// Each load makes a new *tls.Config: compare what it was made from.
 	oa.TLS, ob.TLS = nil, nil
-	return oa != ob || a.TLS.fingerprint() != b.TLS.fingerprint() || a.Protocol != b.Protocol || a.MaxReplayBytes != b.MaxReplayBytes || a.ConnectTimeout != b.ConnectTimeout ||
+	return oa != ob || a.TLS.fingerprint() != b.TLS.fingerprint() || a.Protocol != b.Protocol ||
+		a.IdleTimeout != b.IdleTimeout || a.OnFailover != b.OnFailover ||
+		a.MaxReplayBytes != b.MaxReplayBytes || a.ConnectTimeout != b.ConnectTimeout ||
 		a.ClientWriteTimeout != b.ClientWriteTimeout || a.Credentials != b.Credentials
 }
 
-func (sc *Sidecar) proxyOptionsFor(s ServiceConfig, c *Config) (proxy.Options, error) {
-	o, err := sc.proxyOptions(s)
+// dataPathSettingsFor is dataPathSettings with configuration c's shutdown
+// grace.
+func (sc *Sidecar) dataPathSettingsFor(s ServiceConfig, c *Config) (serve.Settings, error) {
+	o, err := sc.dataPathSettings(s)
 	o.ShutdownGrace = c.ShutdownGrace.D()
 	return o, err
 }

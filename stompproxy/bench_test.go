@@ -4,6 +4,7 @@ import (
 	"context"
 	"testing"
 
+	"handover/internal/serve"
 	"handover/proxy"
 	"handover/proxy/proxytest"
 	"handover/stompclient"
@@ -31,7 +32,7 @@ func benchThroughput(b *testing.B, mode string, persistentMsgs bool) {
 	p := proxytest.NewPicker(br.Addr())
 	var addr string
 	if mode == "tcp" {
-		ps, err := proxy.New(proxy.Options{Name: "tcp", Listen: "127.0.0.1:0"}, p, proxytest.Log(b), nil)
+		ps, err := proxy.New(proxy.Options{Settings: serve.Settings{Name: "tcp", Listen: "127.0.0.1:0"}}, p, proxytest.Log(b), nil)
 		if err != nil {
 			b.Fatal(err)
 		}

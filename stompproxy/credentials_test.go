@@ -16,6 +16,7 @@ import (
 	"handover/brokerd"
 	"handover/brokerd/auth"
 	"handover/frame"
+	"handover/internal/serve"
 	"handover/proxy/proxytest"
 	"handover/stompclient"
 )
@@ -300,7 +301,7 @@ func TestCredentialsValidate(t *testing.T) {
 	writeSecret(t, empty, "\n")
 	twoLines := filepath.Join(dir, "two-lines")
 	writeSecret(t, twoLines, "s3cret\nmore\n")
-	base := Options{Name: "x", Listen: "127.0.0.1:0"}
+	base := Options{Settings: serve.Settings{Name: "x", Listen: "127.0.0.1:0"}}
 	for _, tt := range []struct {
 		name  string
 		creds *Credentials

@@ -22,8 +22,9 @@
 //
 // Reading order: service.go (accept, targets, shutdown), session.go (one
 // client: its goroutines, the resume), tracker.go (the bookkeeping, no
-// I/O), credentials.go (the sidecar's own login); waiting for and reaching
-// a master is proxy.Connector's.
+// I/O), credentials.go (the sidecar's own login); the listener, the
+// connection caps, and waiting for and reaching a master are
+// internal/serve's (Lifecycle, Connector), which proxy uses too.
 //
 // # Credentials
 //
@@ -126,7 +127,7 @@
 // A client has ConnectTimeout from accept to send its whole CONNECT frame,
 // a deadline its bytes do not move on; MaxConnections and
 // MaxConnectionsPerSource refuse, with an ERROR, a client over them (see
-// proxy.Options).
+// serve.Settings).
 //
 // A client that has not taken a write (64 KiB at most) within
 // ClientWriteTimeout has stopped reading its socket: it is closed with its

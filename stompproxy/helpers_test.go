@@ -12,6 +12,7 @@ import (
 	"handover/brokerd"
 	"handover/frame"
 	"handover/internal/conf"
+	"handover/internal/serve"
 	"handover/internal/testutil"
 	"handover/proxy"
 	"handover/proxy/proxytest"
@@ -21,8 +22,8 @@ import (
 // startService runs a Service on a loopback port until test cleanup.
 func startService(t testing.TB, p proxy.Picker, mod func(*Options)) *Service {
 	t.Helper()
-	o := Options{Name: "stomp", Listen: "127.0.0.1:0", Timeout: 10 * time.Second,
-		InitialReconnectDelay: 5 * time.Millisecond, MaxReconnectDelay: 50 * time.Millisecond, ShutdownGrace: time.Second}
+	o := Options{Settings: serve.Settings{Name: "stomp", Listen: "127.0.0.1:0", Timeout: 10 * time.Second,
+		InitialReconnectDelay: 5 * time.Millisecond, MaxReconnectDelay: 50 * time.Millisecond, ShutdownGrace: time.Second}}
 	if mod != nil {
 		mod(&o)
 	}

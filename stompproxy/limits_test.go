@@ -16,8 +16,8 @@ import (
 
 	"handover/brokerd"
 	"handover/frame"
+	"handover/internal/serve"
 	"handover/internal/testutil"
-	"handover/proxy"
 	"handover/proxy/proxytest"
 	"handover/stompclient"
 )
@@ -199,13 +199,13 @@ func TestConnectionCapsSTOMP(t *testing.T) {
 		want           []string // "" for connected, else the reason refused
 	}{
 		{"max_connections", 2, 0,
-			[]string{"127.0.0.1", "127.0.0.2", "127.0.0.3"}, []string{"", "", proxy.RejectMax}},
+			[]string{"127.0.0.1", "127.0.0.2", "127.0.0.3"}, []string{"", "", serve.RejectMax}},
 		{"max_connections_per_source", 0, 1,
-			[]string{"127.0.0.1", "127.0.0.1", "127.0.0.2"}, []string{"", proxy.RejectPerSource, ""}},
+			[]string{"127.0.0.1", "127.0.0.1", "127.0.0.2"}, []string{"", serve.RejectPerSource, ""}},
 	}
 	message := map[string]string{
-		proxy.RejectMax:       "too many connections",
-		proxy.RejectPerSource: "too many connections from this address",
+		serve.RejectMax:       "too many connections",
+		serve.RejectPerSource: "too many connections from this address",
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -230,7 +230,7 @@ func TestConnectionCapsSTOMP(t *testing.T) {
 				}
 				refused[tt.want[i]]++
 			}
-			for _, why := range []string{proxy.RejectMax, proxy.RejectPerSource} {
+			for _, why := range []string{serve.RejectMax, serve.RejectPerSource} {
 				if got := proxytest.Counter(t, svc.metrics.rejected.WithLabelValues("stomp", why)); got != refused[why] {
 					t.Errorf("rejected_total{reason=%q} = %v, want %v", why, got, refused[why])
 				}

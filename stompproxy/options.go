@@ -1,12 +1,12 @@
 package stompproxy
 
 import (
-	"crypto/tls"
+	"errors"
 	"fmt"
 	"time"
 
 	"handover/frame"
-	"handover/proxy"
+	"handover/internal/serve"
 )
 
 // DefaultMaxReplayBytes is the default of Options.MaxReplayBytes: 4 MiB of
@@ -23,20 +23,18 @@ const DefaultConnectTimeout = 10 * time.Second
 const DefaultClientWriteTimeout = 30 * time.Second
 
 // Options configure one STOMP-mode service: one listener whose client
-// sessions survive the death of the master. The fields shared with
-// proxy.Options mean the same, with the same defaults (proxy.Default*), so
-// that a service switched from protocol "tcp" to "stomp" keeps its tuning;
-// the zero value of every field but Name and Listen means its default.
+// sessions survive the death of the master. The zero value of every field
+// but Name and Listen means its default.
 //
 // The reconnect fields drive both the first connection of a client and
 // every resume after a failover: the session is held (its client socket
 // open, heart-beats flowing) while there is no master, as ActiveMQ's
 // failover transport would hold its application.
 type Options struct {
-	// Name, Listen, the reconnect fields (Timeout to DialTimeout),
-	// KeepAlive, MaxConnections, MaxConnectionsPerSource and ShutdownGrace
-	// are proxy.Options's: see there. In STOMP mode, a connection is a
-	// client session, and:
+	// Settings are what this package shares with proxy.Options, meaning
+	// the same with the same defaults, so that a service switched from
+	// protocol "tcp" to "stomp" keeps its tuning: see serve.Settings for
+	// each. In STOMP mode, a connection is a client session, and:
 	//   - Timeout is how long a session waits for a master, both for its
 	//     first connection and after losing one; then the client is closed.
 	//     It also bounds how long an acknowledgement of a pre-failover
@@ -46,17 +44,9 @@ type Options struct {
 	//   - DialTimeout bounds one dial plus the CONNECT→CONNECTED exchange.
 	//   - A client refused for a connection cap gets an ERROR frame
 	//     ("too many connections"), then is closed.
-	Name, Listen                                      string
-	Timeout, InitialReconnectDelay, MaxReconnectDelay time.Duration
-	BackoffMultiplier                                 float64
-	MaxReconnectAttempts                              int
-	DialTimeout, KeepAlive                            time.Duration
-	MaxConnections, MaxConnectionsPerSource           int
-	ShutdownGrace                                     time.Duration
-	// TLS, unless nil, is proxy.Options's TLS: the session's upstream
-	// connections (the first and every resume) speak TLS to the broker,
-	// verifying its certificate; the client's side stays plain.
-	TLS *tls.Config
+	//   - TLS is spoken on the session's upstream connections (the first
+	//     and every resume); the client's side stays plain.
+	serve.Settings
 
 	// Credentials, unless nil, are the login and passcode every session
 	// presents to the brokers: the CONNECT sent upstream (the first and
@@ -102,35 +92,25 @@ type Options struct {
 // they mean the defaults. With Credentials, it reads the passcode once, so
 // that a missing passcode file fails a start or a reload, not a client.
 func (o Options) Validate() error {
-	var replay, connect, write, creds error
+	errs := []error{o.Settings.Validate()}
 	if o.MaxReplayBytes < 0 {
-		replay = fmt.Errorf("max_replay_bytes: must be 0 (the default, %d) or positive, got %d", DefaultMaxReplayBytes, o.MaxReplayBytes)
+		errs = append(errs, fmt.Errorf("max_replay_bytes: must be 0 (the default, %d) or positive, got %d", DefaultMaxReplayBytes, o.MaxReplayBytes))
 	}
 	if o.ConnectTimeout < 0 {
-		connect = fmt.Errorf("connect_timeout: must be 0 (the default, %v) or positive, got %v", DefaultConnectTimeout, o.ConnectTimeout)
+		errs = append(errs, fmt.Errorf("connect_timeout: must be 0 (the default, %v) or positive, got %v", DefaultConnectTimeout, o.ConnectTimeout))
 	}
 	if o.ClientWriteTimeout < 0 {
-		write = fmt.Errorf("client_write_timeout: must be 0 (the default, %v) or positive, got %v", DefaultClientWriteTimeout, o.ClientWriteTimeout)
+		errs = append(errs, fmt.Errorf("client_write_timeout: must be 0 (the default, %v) or positive, got %v", DefaultClientWriteTimeout, o.ClientWriteTimeout))
 	}
 	if o.Credentials != nil {
-		creds = o.Credentials.validate()
+		errs = append(errs, o.Credentials.validate())
 	}
-	return o.shared().ValidateWith(replay, connect, write, creds)
-}
-
-// shared returns the fields o shares with proxy.Options, as those.
-func (o Options) shared() proxy.Options {
-	return proxy.Options{Name: o.Name, Listen: o.Listen, Timeout: o.Timeout,
-		InitialReconnectDelay: o.InitialReconnectDelay, MaxReconnectDelay: o.MaxReconnectDelay,
-		BackoffMultiplier: o.BackoffMultiplier, MaxReconnectAttempts: o.MaxReconnectAttempts, DialTimeout: o.DialTimeout,
-		KeepAlive: o.KeepAlive, MaxConnections: o.MaxConnections, MaxConnectionsPerSource: o.MaxConnectionsPerSource,
-		ShutdownGrace: o.ShutdownGrace, TLS: o.TLS}
+	return errors.Join(errs...)
 }
 
 // withDefaults returns o with every zero field set to its default.
 func (o Options) withDefaults() Options {
-	proxy.SetDefaults(&o.Timeout, &o.InitialReconnectDelay, &o.MaxReconnectDelay, &o.BackoffMultiplier,
-		&o.DialTimeout, &o.KeepAlive, &o.ShutdownGrace)
+	o.Settings = o.Settings.WithDefaults()
 	if o.MaxReplayBytes == 0 {
 		o.MaxReplayBytes = DefaultMaxReplayBytes
 	}
@@ -149,5 +129,5 @@ func (o Options) holdTimeout() time.Duration {
 	if o.Timeout > 0 {
 		return o.Timeout
 	}
-	return proxy.DefaultTimeout
+	return serve.DefaultTimeout
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"handover/frame"
+	"handover/internal/serve"
 	"handover/proxy"
 )
 
@@ -25,10 +26,9 @@ type Service struct {
 	picker  proxy.Picker
 	log     *logrus.Entry
 	metrics *Metrics
-	// lc owns the listener and the session goroutines; its Mu guards
-	// sessions too.
-	lc   *proxy.Lifecycle[*session]
-	conn proxy.Connector
+	// lc owns the listener, the sessions (Live) and their goroutines.
+	lc   *serve.Lifecycle[*session]
+	conn serve.Connector
 	// prefix makes producer ids unique across sidecars and restarts:
 	// brokerd remembers producers in its store, so a reused id with its
 	// sequence starting again at 1 would have new SENDs dropped.
@@ -43,8 +43,6 @@ type Service struct {
 	// held counts sessions that lost their upstream and wait for a master
 	// (FailoverCounts).
 	held atomic.Int64
-
-	sessions map[*session]struct{}
 }
 
 // Status is a snapshot of a Service, for /status pages.
@@ -85,7 +83,7 @@ func New(opts Options, picker proxy.Picker, log *logrus.Entry, m *Metrics) (*Ser
 		m = NewMetrics(nil)
 	}
 	d := opts.withDefaults()
-	conn, err := proxy.NewConnector("stompproxy", opts.Validate(), picker, d.shared(), m.dialErrors)
+	conn, err := serve.NewConnector("stompproxy", opts.Validate(), picker, d.Settings, m.dialErrors)
 	if err != nil {
 		return nil, err
 	}
@@ -94,23 +92,23 @@ func New(opts Options, picker proxy.Picker, log *logrus.Entry, m *Metrics) (*Ser
 		return nil, err
 	}
 	s := &Service{
-		opts:     d,
-		picker:   picker,
-		log:      proxy.OrDiscard(log).WithField("service", d.Name),
-		metrics:  m,
-		conn:     conn,
-		prefix:   hex.EncodeToString(id[:]),
-		sessions: map[*session]struct{}{},
+		opts:    d,
+		picker:  picker,
+		log:     serve.OrDiscard(log).WithField("service", d.Name),
+		metrics: m,
+		conn:    conn,
+		prefix:  hex.EncodeToString(id[:]),
 	}
-	lc, err := proxy.NewLifecycle(conn.Settings, s.log, proxy.LifecycleConfig[*session]{
+	lc, err := serve.NewLifecycle(conn.Settings, s.log, serve.LifecycleConfig[*session]{
 		Pkg: "stompproxy", Listening: "listening (STOMP mode)", Noun: "sessions",
 		Accepted: m.accepted, Rejected: m.rejected,
 		Reject:   reject,
-		Admit:    s.admit,
+		Admit:    s.newSession,
 		Serve:    s.serveSession,
-		Forget:   func(ss *session) { delete(s.sessions, ss) },
 		CloseAll: func() int { return s.closeAll(reasonShutdown) },
-		Draining: func(int) logrus.Fields { return logrus.Fields{"live": len(s.sessions)} },
+		// Every session is one the accept loop admitted, so conns
+		// counts the live sessions.
+		Draining: func(conns int) logrus.Fields { return logrus.Fields{"live": conns} },
 	})
 	if err != nil {
 		return nil, err
@@ -119,12 +117,18 @@ func New(opts Options, picker proxy.Picker, log *logrus.Entry, m *Metrics) (*Ser
 	return s, nil
 }
 
-// Addr, Serve, Shutdown and StopAccepting are those of proxy.Lifecycle;
-// Serve's watcher moves sessions off backends no longer targeted.
+// Addr is the bound listen address.
 func (s *Service) Addr() net.Addr { return s.lc.Addr() }
 
+// Shutdown stops accepting, wakes sessions waiting for a master, and lets
+// live sessions finish until ctx is done or ShutdownGrace has passed; then
+// it closes them. It is serve.Lifecycle.Shutdown: idempotent, and each
+// call waits until every session is gone.
 func (s *Service) Shutdown(ctx context.Context) error { return s.lc.Shutdown(ctx) }
 
+// StopAccepting closes the listener at once, the first step of Shutdown,
+// and leaves live sessions to finish; a reload uses it to free the address
+// for a replacement listener first.
 func (s *Service) StopAccepting() { s.lc.StopAccepting() }
 
 // StopAcceptingBecause is StopAccepting for a reason other than shutting
@@ -138,6 +142,10 @@ func (s *Service) FailoverCounts() proxy.FailoverCounts {
 	return proxy.FailoverCounts{Closed: s.unresumable.Load(), Held: int(s.held.Load())}
 }
 
+// Serve accepts clients until ctx is done or Shutdown is called, as
+// serve.Lifecycle.Serve does; beside it a watcher moves sessions off
+// backends no longer targeted (moveOff) after each change of the Picker's
+// answer. It may be called once.
 func (s *Service) Serve(ctx context.Context) error {
 	// Taken before the first accept: any change from here on wakes the
 	// watcher.
@@ -158,7 +166,7 @@ func (s *Service) Status() Status {
 		RedeliveriesSuppressed: s.suppressed.Load(),
 		Unresumable:            s.unresumable.Load(),
 	}
-	sessions := s.live()
+	sessions := s.lc.Live()
 	st.Active = len(sessions)
 	for _, ss := range sessions {
 		if b := ss.backend(); b != "" {
@@ -175,12 +183,12 @@ func (s *Service) Status() Status {
 // wait for the client; the bound is a guard for the accept loop it runs on.
 const rejectWriteTimeout = 100 * time.Millisecond
 
-// reject tells a client refused for a connection cap (proxy.RejectMax,
-// proxy.RejectPerSource) so in an ERROR frame, then closes it, as a broker
+// reject tells a client refused for a connection cap (serve.RejectMax,
+// serve.RejectPerSource) so in an ERROR frame, then closes it, as a broker
 // closes after an ERROR (STOMP 1.2 "ERROR").
 func reject(c *net.TCPConn, why string) {
 	msg := "too many connections"
-	if why == proxy.RejectPerSource {
+	if why == serve.RejectPerSource {
 		msg = "too many connections from this address"
 	}
 	c.SetWriteDeadline(time.Now().Add(rejectWriteTimeout))
@@ -191,29 +199,11 @@ func reject(c *net.TCPConn, why string) {
 	c.Close()
 }
 
-// admit makes an accepted connection a session (with lc.Mu held).
-func (s *Service) admit(c *net.TCPConn) *session {
-	ss := s.newSession(c)
-	s.sessions[ss] = struct{}{}
-	return ss
-}
-
 func (s *Service) serveSession(ss *session) {
 	s.metrics.active.WithLabelValues(s.opts.Name).Inc()
 	reason := ss.run()
 	s.metrics.active.WithLabelValues(s.opts.Name).Dec()
 	s.metrics.closed.WithLabelValues(s.opts.Name, reason).Inc()
-}
-
-// live returns the sessions open now.
-func (s *Service) live() []*session {
-	s.lc.Mu.Lock()
-	defer s.lc.Mu.Unlock()
-	sessions := make([]*session, 0, len(s.sessions))
-	for ss := range s.sessions {
-		sessions = append(sessions, ss)
-	}
-	return sessions
 }
 
 // newSessionID returns a producer id no other session of any sidecar has
@@ -234,7 +224,7 @@ func (s *Service) moveOff() <-chan struct{} {
 	stale := staleness(s.picker, targets)
 	n := 0
 	from := map[string]bool{}
-	for _, ss := range s.live() {
+	for _, ss := range s.lc.Live() {
 		if b := ss.backend(); b != "" && stale(b) {
 			ss.dropUpstream("backend is no longer a target")
 			n++
@@ -273,7 +263,7 @@ func staleness(picker proxy.Picker, targets []string) func(backend string) bool 
 
 // closeAll closes every session and returns how many there were.
 func (s *Service) closeAll(reason string) int {
-	sessions := s.live()
+	sessions := s.lc.Live()
 	for _, ss := range sessions {
 		ss.close(reason)
 	}

@@ -18,7 +18,7 @@ import (
 
 	"handover/frame"
 	"handover/internal/rawsock"
-	"handover/proxy"
+	"handover/internal/serve"
 )
 
 // Why a session ended: the reason label of
@@ -103,6 +103,9 @@ type session struct {
 	closeOnce sync.Once
 }
 
+// newSession makes an accepted connection a session: the Lifecycle's
+// Admit, run under its lock, so it only builds (the session's goroutines
+// start in run).
 func (s *Service) newSession(c *net.TCPConn) *session {
 	id := s.newSessionID()
 	ctx, cancel := context.WithCancel(s.lc.Context())
@@ -229,7 +232,7 @@ func (c *clientWriter) setTimeout(t time.Duration) {
 
 // upstream is one connection to a broker, CONNECTED.
 type upstream struct {
-	nc        proxy.Conn // a *net.TCPConn, or a *tls.Conn over one
+	nc        serve.Conn // a *net.TCPConn, or a *tls.Conn over one
 	backend   string
 	dr        *deadlineReader
 	r         *frame.Reader // read by run only
@@ -240,7 +243,7 @@ type upstream struct {
 	lastWrite atomic.Int64 // unix nanos of the last flush
 }
 
-func newUpstream(nc proxy.Conn, backend string, lim frame.Limits) *upstream {
+func newUpstream(nc serve.Conn, backend string, lim frame.Limits) *upstream {
 	var us io.ReadWriter = nc // TLS: the raw system calls of stream cannot encrypt
 	if tc, ok := nc.(*net.TCPConn); ok {
 		us = stream(tc)
@@ -425,7 +428,7 @@ func (s *session) establish(end time.Time) (*upstream, *frame.Frame, error) {
 	}
 	var u *upstream
 	var reply *frame.Frame
-	_, _, err = s.svc.conn.Connect(s.ctx, end, func(nc proxy.Conn, backend string) error {
+	_, _, err = s.svc.conn.Connect(s.ctx, end, func(nc serve.Conn, backend string) error {
 		c := newUpstream(nc, backend, s.svc.opts.Limits)
 		c.dr.beforeRead = s.flushClient
 		r, err := c.handshake(connect, s.svc.opts.DialTimeout)
@@ -434,7 +437,7 @@ func (s *session) establish(end time.Time) (*upstream, *frame.Frame, error) {
 			return err
 		case r.Command == frame.ERROR:
 			reply = r
-			return fmt.Errorf("%w: the broker refused CONNECT: %s", proxy.ErrFinal, r.Value("message"))
+			return fmt.Errorf("%w: the broker refused CONNECT: %s", serve.ErrFinal, r.Value("message"))
 		case r.Command != frame.CONNECTED:
 			return fmt.Errorf("%s in reply to CONNECT", r.Command)
 		}
@@ -459,7 +462,7 @@ func (s *session) gaveUp(err error, reply *frame.Frame, resuming bool) {
 	switch {
 	case s.isClosed():
 		return
-	case errors.Is(err, proxy.ErrShutdown):
+	case errors.Is(err, serve.ErrShutdown):
 		s.close(reasonShutdown)
 	case errors.Is(err, errCredentials):
 		// The sidecar's own configuration is at fault, not the client nor

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"handover/frame"
+	"handover/internal/serve"
 	"handover/internal/testutil"
 	"handover/proxy/proxytest"
 	"handover/stompclient"
@@ -308,8 +309,8 @@ func TestOptionsValidate(t *testing.T) {
 	if err := (Options{}).Validate(); err == nil || !strings.Contains(err.Error(), "name") || !strings.Contains(err.Error(), "listen") {
 		t.Fatalf("empty options: %v", err)
 	}
-	bad := Options{Name: "x", Listen: "x", MaxReplayBytes: -1, BackoffMultiplier: 0.5, InitialReconnectDelay: 2 * time.Second,
-		ClientWriteTimeout: -time.Second}
+	bad := Options{Settings: serve.Settings{Name: "x", Listen: "x", BackoffMultiplier: 0.5, InitialReconnectDelay: 2 * time.Second},
+		MaxReplayBytes: -1, ClientWriteTimeout: -time.Second}
 	err := bad.Validate()
 	for _, want := range []string{"max_replay_bytes", "backoff_multiplier", "max_reconnect_delay", "client_write_timeout"} {
 		if err == nil || !strings.Contains(err.Error(), want) {

@@ -1,12 +1,16 @@
 // Package proxytest holds test helpers shared by the two data paths' tests,
-// proxy's and stompproxy's: a Picker whose answer the test sets, and a
-// logger onto t.Log.
+// proxy's and stompproxy's, and by those of the package beneath them,
+// internal/serve: a Picker whose answer the test sets, a logger onto t.Log,
+// and a TLS echo backend.
 package proxytest
 
 import (
+	"crypto/tls"
+	"io"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
@@ -99,4 +103,37 @@ func Counter(t testing.TB, c prometheus.Counter) float64 {
 		t.Fatal(err)
 	}
 	return m.GetCounter().GetValue()
+}
+
+// TLSEcho serves echo over TLS with a certificate of ca (for 127.0.0.1)
+// valid from notBefore for validity, until test cleanup, and returns its
+// address: a backend for tests of TLS to the brokers, good or refused.
+func TLSEcho(t testing.TB, ca *testutil.CA, notBefore time.Time, validity time.Duration) string {
+	t.Helper()
+	_, _, cert := ca.Issue(t, "broker", notBefore, validity)
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(10 * time.Second))
+				io.Copy(c, c)
+				c.(*tls.Conn).CloseWrite()
+			}()
+		}
+	}()
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	return ln.Addr().String()
 }

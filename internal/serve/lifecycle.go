@@ -1,4 +1,4 @@
-package proxy
+package serve
 
 import (
 	"context"
@@ -15,25 +15,28 @@ import (
 )
 
 // Lifecycle is the life of one listener, the part both data paths share
-// (this package's Service and stompproxy's): it owns the bound listener,
-// the accept loop with the connection caps, the count of connection
-// goroutines, and StopAccepting/Shutdown with their drain and grace. What
-// a connection is and how it is served is the owner's, given in a
+// (proxy's Service and stompproxy's): it owns the bound listener, the
+// accept loop with the connection caps, the connections it admitted and
+// their goroutines, and StopAccepting/Shutdown with their drain and grace.
+// What a connection is and how it is served is the owner's, given in a
 // LifecycleConfig: T is what the owner makes of an accepted connection
 // (the bare *net.TCPConn for the TCP data path, a session for STOMP).
-type Lifecycle[T any] struct {
-	// Mu guards the lifecycle's state and, by convention, the owner's set
-	// of live connections, so that one lock decides whether a connection
-	// still gets in: Admit, Forget and Draining run with it held, and an
-	// owner registering a connection later checks Stopped under it.
-	Mu sync.Mutex
+//
+// Its lock is its own: an owner sees the live connections through Live
+// and runs code under the lock only as LifecycleConfig's callbacks, so
+// that the one decision whether a connection still gets in (made under
+// the lock, against shutdown) cannot be bypassed.
+type Lifecycle[T comparable] struct {
+	// mu guards the fields below it, and serializes the callbacks Admit,
+	// Forget and Draining with the start of shutdown.
+	mu sync.Mutex
 
 	cfg   LifecycleConfig[T]
 	grace time.Duration
 	log   *logrus.Entry
 	ln    Acceptor
 	// adm applies the connection caps; nil when the Listener does.
-	adm *admission
+	adm *Admission
 	// ctx is cancelled when shutdown begins: it wakes connections waiting
 	// for a backend and aborts dials in flight.
 	ctx    context.Context
@@ -48,16 +51,21 @@ type Lifecycle[T any] struct {
 	// acceptedTotal is cfg.Accepted's child for this service, looked up
 	// once rather than per connection.
 	acceptedTotal prometheus.Counter
+	// stopped is set, under mu, when shutdown begins; Stopped reads it
+	// without the lock.
+	stopped atomic.Bool
 
 	serving bool
-	stopped bool
 	// why is the reason given to StopAcceptingBecause, "" for a shutdown.
 	why   string
 	conns int // connection goroutines
+	// live holds what Admit made of each connection the accept loop
+	// admitted, until its Serve has returned (Live).
+	live map[T]struct{}
 }
 
 // LifecycleConfig is what a Lifecycle needs from its owner.
-type LifecycleConfig[T any] struct {
+type LifecycleConfig[T comparable] struct {
 	// Pkg prefixes Serve's errors ("proxy", "stompproxy"); Listening is
 	// logged when Serve starts; Noun names the connections in shutdown logs
 	// ("connections", "sessions").
@@ -71,25 +79,27 @@ type LifecycleConfig[T any] struct {
 	// protocol; unset, the connection is just closed. It runs on the
 	// accept loop, so it must not wait for the client.
 	Reject func(c *net.TCPConn, why string)
-	// Admit makes an accepted connection into a T, with Mu held and
-	// shutdown not begun.
+	// Admit makes an accepted connection into a T, with the lifecycle's
+	// lock held and shutdown not begun, so it must not block. Each T it
+	// returns must be new (Live keeps them in a set).
 	Admit func(*net.TCPConn) T
 	// Serve runs in the connection's own goroutine until it is done.
 	Serve func(T)
-	// Forget, when set, runs with Mu held after Serve returned.
+	// Forget, when set, runs with the lifecycle's lock held after Serve
+	// returned.
 	Forget func(T)
 	// CloseAll closes every live connection, when the shutdown grace is
 	// over, and returns how many there were.
 	CloseAll func() int
-	// Draining returns, with Mu held, the log fields describing what is
-	// left when shutdown begins; conns counts the connections (Enter's
-	// included).
+	// Draining returns, with the lifecycle's lock held, the log fields
+	// describing what is left when shutdown begins; conns counts the
+	// connections (Enter's included).
 	Draining func(conns int) logrus.Fields
 	// Listener, when set, is accepted from instead of a listener bound
-	// to the Options' Listen; the connection caps are then the
-	// Listener's to enforce. The event loops (evloop_linux.go) accept on
-	// sockets of their own and pass on here only the connections they
-	// hand to a goroutine.
+	// to the Settings' Listen; the connection caps are then the
+	// Listener's to enforce. proxy's event loops accept on sockets of
+	// their own and pass on here only the connections they hand to a
+	// goroutine.
 	Listener Acceptor
 }
 
@@ -101,10 +111,10 @@ type Acceptor interface {
 	Addr() net.Addr
 }
 
-// NewLifecycle binds c.Listen; of c it uses the fields stompproxy.Options
-// shares, defaults applied. The listener turns keepalive on for every
-// accepted socket (ListenConfig). log is the service's entry.
-func NewLifecycle[T any](c Options, log *logrus.Entry, cfg LifecycleConfig[T]) (*Lifecycle[T], error) {
+// NewLifecycle binds c.Listen, c having its defaults applied. The
+// listener turns keepalive on for every accepted socket (ListenConfig).
+// log is the service's entry.
+func NewLifecycle[T comparable](c Settings, log *logrus.Entry, cfg LifecycleConfig[T]) (*Lifecycle[T], error) {
 	ln := cfg.Listener
 	if ln == nil {
 		// SO_REUSEPORT (ListenConfig) would let the bind below succeed
@@ -129,11 +139,12 @@ func NewLifecycle[T any](c Options, log *logrus.Entry, cfg LifecycleConfig[T]) (
 		cancel:   cancel,
 		stopping: make(chan struct{}),
 		drained:  make(chan struct{}),
+		live:     map[T]struct{}{},
 
 		acceptedTotal: cfg.Accepted.WithLabelValues(c.Name),
 	}
 	if cfg.Listener == nil {
-		l.adm = newAdmission(c, log, cfg.Rejected)
+		l.adm = NewAdmission(c, log, cfg.Rejected)
 	}
 	return l, nil
 }
@@ -158,8 +169,25 @@ func (l *Lifecycle[T]) Context() context.Context { return l.ctx }
 // Stopping is closed when shutdown begins.
 func (l *Lifecycle[T]) Stopping() <-chan struct{} { return l.stopping }
 
-// Stopped reports whether shutdown has begun. Mu must be held.
-func (l *Lifecycle[T]) Stopped() bool { return l.stopped }
+// Stopped reports whether shutdown has begun. It takes no lock, so an
+// owner may ask under a lock of its own: one that registers a connection
+// (say, once it has reached a backend) only while Stopped is false, and
+// whose CloseAll collects the connections under that same lock, misses
+// none, because shutdown begins before CloseAll runs.
+func (l *Lifecycle[T]) Stopped() bool { return l.stopped.Load() }
+
+// Live returns what Admit made of each connection the accept loop
+// admitted and whose Serve has not returned yet (not those counted by
+// Enter), in no order.
+func (l *Lifecycle[T]) Live() []T {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	live := make([]T, 0, len(l.live))
+	for t := range l.live {
+		live = append(live, t)
+	}
+	return live
+}
 
 // Accepted counts the connections accepted so far.
 func (l *Lifecycle[T]) Accepted() uint64 { return l.accepted.Load() }
@@ -173,14 +201,14 @@ func (l *Lifecycle[T]) Accepted() uint64 { return l.accepted.Load() }
 // once every goroutine it started has ended: nil on a clean stop. Serve may
 // be called once.
 func (l *Lifecycle[T]) Serve(ctx context.Context, changed <-chan struct{}, sweep func() <-chan struct{}) error {
-	l.Mu.Lock()
+	l.mu.Lock()
 	if l.serving {
-		l.Mu.Unlock()
+		l.mu.Unlock()
 		return errors.New(l.cfg.Pkg + ": Serve called more than once")
 	}
 	l.serving = true
-	if l.stopped {
-		l.Mu.Unlock()
+	if l.stopped.Load() {
+		l.mu.Unlock()
 		return nil
 	}
 	if sweep != nil {
@@ -189,7 +217,7 @@ func (l *Lifecycle[T]) Serve(ctx context.Context, changed <-chan struct{}, sweep
 	}
 	l.loops.Add(1)
 	go l.acceptLoop()
-	l.Mu.Unlock()
+	l.mu.Unlock()
 	l.log.WithField("listen", l.Addr().String()).Info(l.cfg.Listening)
 
 	select {
@@ -219,12 +247,12 @@ func (l *Lifecycle[T]) Shutdown(ctx context.Context) error {
 	case <-ctx.Done():
 	}
 	if n := l.cfg.CloseAll(); n > 0 {
-		l.Mu.Lock()
+		l.mu.Lock()
 		what := "shutdown grace over"
 		if l.why != "" {
 			what = "drain grace over (" + l.why + ")"
 		}
-		l.Mu.Unlock()
+		l.mu.Unlock()
 		l.log.WithField("closed", n).Warn(what + ": closing live " + l.cfg.Noun)
 	}
 	<-l.drained
@@ -234,7 +262,7 @@ func (l *Lifecycle[T]) Shutdown(ctx context.Context) error {
 // StopAccepting is the idempotent first half of Shutdown: it closes the
 // listener at once and leaves live connections to finish; Shutdown then
 // waits for them. A reload uses it to free the address for a replacement
-// listener first. Order matters: stopped is set under Mu before the
+// listener first. Order matters: stopped is set under the lock before the
 // listener closes, so no connection goroutine starts after it (and an
 // owner checking Stopped registers nothing more); cancelling the context
 // then wakes every connection waiting for a backend.
@@ -245,19 +273,19 @@ func (l *Lifecycle[T]) StopAccepting() { l.StopAcceptingBecause("") }
 // that the listener drains and why, not that the process shuts down. The
 // first call's reason stays.
 func (l *Lifecycle[T]) StopAcceptingBecause(why string) {
-	l.Mu.Lock()
-	if l.stopped {
-		l.Mu.Unlock()
+	l.mu.Lock()
+	if l.stopped.Load() {
+		l.mu.Unlock()
 		return
 	}
-	l.stopped = true
+	l.stopped.Store(true)
 	l.why = why
 	close(l.stopping)
 	fields := l.cfg.Draining(l.conns)
 	if l.conns == 0 {
 		close(l.drained)
 	}
-	l.Mu.Unlock()
+	l.mu.Unlock()
 	l.ln.Close()
 	l.cancel()
 	what := "shutting down"
@@ -272,9 +300,9 @@ func (l *Lifecycle[T]) StopAcceptingBecause(why string) {
 // caller closes the connection. Leave ends what Enter began. Shutdown
 // waits for entered connections as for its own.
 func (l *Lifecycle[T]) Enter() bool {
-	l.Mu.Lock()
-	defer l.Mu.Unlock()
-	if l.stopped {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.stopped.Load() {
 		return false
 	}
 	l.conns++
@@ -283,15 +311,15 @@ func (l *Lifecycle[T]) Enter() bool {
 
 // Leave is called once for each connection Enter admitted, when it ends.
 func (l *Lifecycle[T]) Leave() {
-	l.Mu.Lock()
-	defer l.Mu.Unlock()
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	l.leaveLocked()
 }
 
-// leaveLocked is Leave with Mu held.
+// leaveLocked is Leave with mu held.
 func (l *Lifecycle[T]) leaveLocked() {
 	l.conns--
-	if l.stopped && l.conns == 0 {
+	if l.stopped.Load() && l.conns == 0 {
 		close(l.drained)
 	}
 }
@@ -316,7 +344,7 @@ func (l *Lifecycle[T]) watch(changed <-chan struct{}, sweep func() <-chan struct
 }
 
 // acceptLoop accepts until shutdown. A connection over a cap is refused
-// (see admission) before it is admitted, counted as accepted or given a
+// (see Admission) before it is admitted, counted as accepted or given a
 // goroutine. (We don't use netutil.LimitListener: it wraps each
 // *net.TCPConn, and io.Copy can only splice between bare *net.TCPConns.)
 func (l *Lifecycle[T]) acceptLoop() {
@@ -347,22 +375,23 @@ func (l *Lifecycle[T]) acceptLoop() {
 		delay = 0
 		var src netip.Addr
 		if l.adm != nil {
-			src = l.adm.sourceOf(c)
-			if why := l.adm.admit(src); why != "" {
+			src = l.adm.SourceOf(c)
+			if why := l.adm.Admit(src); why != "" {
 				l.reject(c, why)
 				continue
 			}
 		}
-		l.Mu.Lock()
-		if l.stopped {
-			l.Mu.Unlock()
+		l.mu.Lock()
+		if l.stopped.Load() {
+			l.mu.Unlock()
 			c.Close()
 			l.release(src)
 			return
 		}
 		l.conns++
 		t := l.cfg.Admit(c)
-		l.Mu.Unlock()
+		l.live[t] = struct{}{}
+		l.mu.Unlock()
 		if l.cfg.Listener == nil {
 			// A Listener's connections were counted by whoever
 			// accepted them (CountAccepted).
@@ -374,7 +403,7 @@ func (l *Lifecycle[T]) acceptLoop() {
 
 // reject refuses c for a connection cap.
 func (l *Lifecycle[T]) reject(c *net.TCPConn, why string) {
-	l.adm.refused(why, func() string { return c.RemoteAddr().String() })
+	l.adm.Refused(why, func() string { return c.RemoteAddr().String() })
 	if l.cfg.Reject != nil {
 		l.cfg.Reject(c, why)
 	} else {
@@ -391,10 +420,12 @@ func (l *Lifecycle[T]) serve(t T, src netip.Addr) {
 	l.cfg.Serve(t)
 }
 
+// done ends what the accept loop began for t, a connection from src.
 func (l *Lifecycle[T]) done(t T, src netip.Addr) {
 	l.release(src)
-	l.Mu.Lock()
-	defer l.Mu.Unlock()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	delete(l.live, t)
 	if l.cfg.Forget != nil {
 		l.cfg.Forget(t)
 	}
@@ -404,6 +435,6 @@ func (l *Lifecycle[T]) done(t T, src netip.Addr) {
 // release frees the place under the caps of a connection from src.
 func (l *Lifecycle[T]) release(src netip.Addr) {
 	if l.adm != nil {
-		l.adm.release(src)
+		l.adm.Release(src)
 	}
 }

@@ -1,4 +1,4 @@
-package proxy
+package serve
 
 import (
 	"context"
@@ -9,19 +9,19 @@ import (
 
 // Conn is a connection to a backend as the data paths hold it: a
 // *net.TCPConn, or a *tls.Conn over one when the service speaks TLS to its
-// backends (Options.TLS). CloseWrite passes on a client's half-close: on a
+// backends (Settings.TLS). CloseWrite passes on a client's half-close: on a
 // TLS connection it sends close_notify, then the FIN.
 type Conn interface {
 	net.Conn
 	CloseWrite() error
 }
 
-// TLSFor returns conf for a connection to addr: conf itself when it names
+// tlsFor returns conf for a connection to addr: conf itself when it names
 // its ServerName, else a copy with ServerName set to addr's host, as
 // tls.Dial does. The broker's certificate must then be valid for the
 // address the backend was listed by (a host name, or an IP address in the
 // certificate's IP SANs).
-func TLSFor(conf *tls.Config, addr string) *tls.Config {
+func tlsFor(conf *tls.Config, addr string) *tls.Config {
 	if conf.ServerName != "" {
 		return conf
 	}
@@ -40,7 +40,7 @@ func TLSFor(conf *tls.Config, addr string) *tls.Config {
 // authority, expired, a name the certificate does not hold) as Go's
 // crypto/x509 words it.
 func startTLS(ctx context.Context, nc *net.TCPConn, addr string, conf *tls.Config) (*tls.Conn, error) {
-	c := TLSFor(conf, addr)
+	c := tlsFor(conf, addr)
 	tc := tls.Client(nc, c)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		nc.Close()

@@ -1,4 +1,4 @@
-package proxy
+package serve
 
 import (
 	"net/netip"
@@ -10,14 +10,14 @@ import (
 	"handover/proxy/proxytest"
 )
 
-// TestAdmission: the caps as admit and release apply them, with their
+// TestAdmission: the caps as Admit and Release apply them, with their
 // defaults (0 for MaxConnections is 10,000, not "no cap").
 func TestAdmission(t *testing.T) {
 	a1, a2 := netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.0.0.2")
 	type step struct {
 		release bool // release src instead of admitting it
 		src     netip.Addr
-		want    string // admit's answer
+		want    string // Admit's answer
 	}
 	tests := []struct {
 		name           string
@@ -42,19 +42,19 @@ func TestAdmission(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			rejected := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "rejected"}, []string{"service", "reason"})
-			a := newAdmission(Options{Name: "s", MaxConnections: tt.max, MaxConnectionsPerSource: tt.perSource}, proxytest.Log(t), rejected)
+			a := NewAdmission(Settings{Name: "s", MaxConnections: tt.max, MaxConnectionsPerSource: tt.perSource}, proxytest.Log(t), rejected)
 			if a.max != tt.wantMax {
 				t.Fatalf("cap %d, want %d", a.max, tt.wantMax)
 			}
 			live := 0
 			for i, s := range tt.steps {
 				if s.release {
-					a.release(s.src)
+					a.Release(s.src)
 					live--
 					continue
 				}
-				if got := a.admit(s.src); got != s.want {
-					t.Fatalf("step %d: admit(%v) = %q, want %q", i, s.src, got, s.want)
+				if got := a.Admit(s.src); got != s.want {
+					t.Fatalf("step %d: Admit(%v) = %q, want %q", i, s.src, got, s.want)
 				}
 				if s.want == "" {
 					live++
@@ -73,9 +73,9 @@ func TestAdmissionLogsSparingly(t *testing.T) {
 	log := proxytest.Log(t)
 	hook := logtest.NewLocal(log.Logger)
 	rejected := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "rejected"}, []string{"service", "reason"})
-	a := newAdmission(Options{Name: "s", MaxConnections: 1}, log, rejected)
+	a := NewAdmission(Settings{Name: "s", MaxConnections: 1}, log, rejected)
 	for range 100 {
-		a.refused(RejectMax, func() string { return "127.0.0.1:1" })
+		a.Refused(RejectMax, func() string { return "127.0.0.1:1" })
 	}
 	if got := proxytest.Counter(t, rejected.WithLabelValues("s", RejectMax)); got != 100 {
 		t.Errorf("counted %v refusals, want 100", got)
@@ -85,7 +85,7 @@ func TestAdmissionLogsSparingly(t *testing.T) {
 	}
 	// As if the last line were older than rejectLogEvery.
 	a.lastLog.Store(a.lastLog.Load() - int64(rejectLogEvery))
-	a.refused(RejectMax, func() string { return "127.0.0.1:1" })
+	a.Refused(RejectMax, func() string { return "127.0.0.1:1" })
 	if e := hook.LastEntry(); len(hook.AllEntries()) != 2 || e.Data["not_logged"] != int64(99) {
 		t.Fatalf("next line: %v entries, last %v, want one saying 99 were not logged", len(hook.AllEntries()), e.Data)
 	}

@@ -1,4 +1,4 @@
-package proxy
+package serve
 
 import (
 	"context"
@@ -11,8 +11,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// Why a client connection was closed without reaching a backend. Each maps
-// to a reason label of handover_proxy_connections_failed_total.
+// Why a client connection was closed without reaching a backend, as
+// Connect returns it. proxy maps each to a reason label of
+// handover_proxy_connections_failed_total.
 var (
 	ErrTimeout     = errors.New("no backend reached within the timeout")
 	ErrAttempts    = errors.New("max reconnect attempts used up")
@@ -24,33 +25,31 @@ var (
 	ErrFinal = errors.New("final")
 )
 
-// failReason is the metric label for an error returned by connect.
-func failReason(err error) string {
-	switch {
-	case errors.Is(err, ErrTimeout):
-		return "timeout"
-	case errors.Is(err, ErrAttempts):
-		return "attempts"
-	case errors.Is(err, ErrNoTarget):
-		return "no_target"
-	case errors.Is(err, ErrUnreachable):
-		return "unreachable"
-	default:
-		return "shutdown"
-	}
+// Picker is what a Connector asks where to dial: proxy.Picker, whose
+// doc comment is the contract (health.Monitor implements it). It is
+// spelled out here because proxy imports this package, not the reverse;
+// any proxy.Picker is one.
+type Picker interface {
+	// Targets returns the addresses to dial, in preference order (empty:
+	// no master now), and a channel closed when the answer changes.
+	Targets() ([]string, <-chan struct{})
+	// Recheck asks for a health re-check, after a round of failed dials.
+	Recheck()
 }
 
-// Connector finds backends, for both data paths: this package's for a new
+// Connector finds backends, for both data paths: proxy's for a new
 // client, stompproxy's for a session's first connection and every resume.
 type Connector struct {
+	// Picker says where to dial.
 	Picker Picker
+	// Dialer dials the backends (backendDialer, from NewConnector).
 	Dialer net.Dialer
 	// TLS, unless nil, makes each attempt a TLS handshake after the dial
-	// (Options.TLS): one that fails counts as a failed dial.
+	// (Settings.TLS): one that fails counts as a failed dial.
 	TLS *tls.Config
 	// Settings are the service's, defaults applied; Connect uses Name and
 	// the reconnect fields.
-	Settings Options
+	Settings Settings
 	// DialErrors counts failed attempts (labels service, backend).
 	DialErrors *prometheus.CounterVec
 }
@@ -59,12 +58,12 @@ type Connector struct {
 // returns invalid (their Options.Validate's answer) unless nil, an error
 // prefixed with pkg if picker is nil, and else the Connector of a service
 // with settings o (defaults applied), counting failed attempts in
-// dialErrors. The Dialer turns keepalive on for backend sockets, as the
+// dialErrors (labels service, backend). The Dialer turns keepalive on for backend sockets, as the
 // listener does for accepted ones, and connects cheaply (backendDialer in
 // sockopt_*.go). TCP_NODELAY stays on, as
 // Go sets it: STOMP frames are small, and a proxy that batched them would
 // add Nagle's delay to every hop.
-func NewConnector(pkg string, invalid error, picker Picker, o Options, dialErrors *prometheus.CounterVec) (Connector, error) {
+func NewConnector(pkg string, invalid error, picker Picker, o Settings, dialErrors *prometheus.CounterVec) (Connector, error) {
 	switch {
 	case invalid != nil:
 		return Connector{}, invalid

@@ -1,6 +1,6 @@
 //go:build linux
 
-package proxy
+package serve
 
 import (
 	"errors"
@@ -25,24 +25,24 @@ const (
 	keepAliveCount    = 9
 )
 
-// ListenConfig is the ListenConfig of a service's listener (stompproxy's
-// too), with TCP keepalive every keepAlive (negative: off) and
-// SO_REUSEPORT, so that a replacement sidecar, or a reload that changes a
-// service's options, binds the address while the old listener still
-// accepts and then drains: a restart refuses no client. Linux copies the listening
-// socket's SO_KEEPALIVE, TCP_KEEPIDLE, TCP_KEEPINTVL and TCP_KEEPCNT into
+// ListenConfig is the ListenConfig of a service's listener (either data
+// path's, and each of proxy's event loops'), with TCP keepalive every
+// keepAlive (negative: off) and SO_REUSEPORT, so that a replacement
+// sidecar, or a reload that changes a service's options, binds the address
+// while the old listener still accepts and then drains: a restart refuses
+// no client. Linux copies the listening socket's SO_KEEPALIVE, TCP_KEEPIDLE, TCP_KEEPINTVL and TCP_KEEPCNT into
 // every socket it accepts (and starts the keepalive timer then), so they
 // are set once here, rather than with four setsockopt calls per accepted
 // connection as net.ListenConfig.KeepAlive would.
 func ListenConfig(keepAlive time.Duration) net.ListenConfig {
-	opts := append([]sockopt{{unix.SOL_SOCKET, unix.SO_REUSEPORT, 1}}, keepAliveSockopts(keepAlive)...)
+	opts := append([]Sockopt{{unix.SOL_SOCKET, unix.SO_REUSEPORT, 1}}, KeepAliveSockopts(keepAlive)...)
 	return net.ListenConfig{
 		KeepAlive: -1, // inherited from the listener instead
 		Control: func(_, _ string, c syscall.RawConn) error {
 			var err error
 			cerr := c.Control(func(fd uintptr) {
 				for _, o := range opts {
-					if err = unix.SetsockoptInt(int(fd), o.level, o.opt, o.value); err != nil {
+					if err = unix.SetsockoptInt(int(fd), o.Level, o.Opt, o.Value); err != nil {
 						return
 					}
 				}
@@ -55,12 +55,15 @@ func ListenConfig(keepAlive time.Duration) net.ListenConfig {
 	}
 }
 
-// sockopt is one int socket option.
-type sockopt struct{ level, opt, value int }
+// Sockopt is one int socket option, as setsockopt(2) takes it.
+type Sockopt struct{ Level, Opt, Value int }
 
-// keepAliveSockopts are the options that turn TCP keepalive on with a period
-// of keepAlive (0: DefaultKeepAlive), or none when it is negative.
-func keepAliveSockopts(keepAlive time.Duration) []sockopt {
+// KeepAliveSockopts are the options that turn TCP keepalive on with a
+// period of keepAlive (0: DefaultKeepAlive), or none when it is negative:
+// what ListenConfig and the backend Dialer set, and what proxy's event
+// loops set on the backend sockets they dial themselves, so that every
+// socket probes alike.
+func KeepAliveSockopts(keepAlive time.Duration) []Sockopt {
 	if keepAlive < 0 {
 		return nil
 	}
@@ -68,7 +71,7 @@ func keepAliveSockopts(keepAlive time.Duration) []sockopt {
 		keepAlive = DefaultKeepAlive
 	}
 	secs := func(d time.Duration) int { return int((d + time.Second - 1) / time.Second) }
-	return []sockopt{
+	return []Sockopt{
 		{unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1},
 		{unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, secs(keepAlive)},
 		{unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, secs(keepAliveInterval)},
@@ -93,7 +96,7 @@ func keepAliveSockopts(keepAlive time.Duration) []sockopt {
 //     and net waits as usual, deadline and cancellation included. A
 //     connect that fails at once (ENETUNREACH, say) fails the dial here.
 func backendDialer(keepAlive time.Duration) net.Dialer {
-	opts := keepAliveSockopts(keepAlive)
+	opts := KeepAliveSockopts(keepAlive)
 	return net.Dialer{
 		KeepAlive: -1, // set by Control
 		Control: func(_, address string, c syscall.RawConn) error {
@@ -102,7 +105,7 @@ func backendDialer(keepAlive time.Duration) net.Dialer {
 			var err error
 			cerr := c.Control(func(fd uintptr) {
 				for _, o := range opts {
-					if err = rawsock.SetsockoptInt(fd, o.level, o.opt, o.value); err != nil {
+					if err = rawsock.SetsockoptInt(fd, o.Level, o.Opt, o.Value); err != nil {
 						err = os.NewSyscallError("setsockopt", err)
 						return
 					}

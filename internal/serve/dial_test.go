@@ -1,4 +1,4 @@
-package proxy
+package serve
 
 import (
 	"context"
@@ -13,20 +13,20 @@ import (
 // connect itself on Linux) reaches IPv4, IPv6 and named addresses, and
 // reports a refused port as net would.
 func TestBackendDialer(t *testing.T) {
-	v4 := startBackend(t, "", echo)
-	_, port, _ := net.SplitHostPort(v4.addr)
+	v4 := startEcho(t, "")
+	_, port, _ := net.SplitHostPort(v4)
 	for _, tt := range []struct {
 		name string
 		addr func(t *testing.T) string
 	}{
-		{"ipv4", func(*testing.T) string { return v4.addr }},
+		{"ipv4", func(*testing.T) string { return v4 }},
 		{"ipv6", func(t *testing.T) string {
 			probe, err := net.Listen("tcp6", "[::1]:0")
 			if err != nil {
 				t.Skipf("no tcp6 loopback here: %v", err)
 			}
 			probe.Close()
-			return startBackend(t, "[::1]:0", echo).addr
+			return startEcho(t, "[::1]:0")
 		}},
 		{"name", func(*testing.T) string { return net.JoinHostPort("localhost", port) }},
 	} {

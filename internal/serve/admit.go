@@ -1,4 +1,4 @@
-package proxy
+package serve
 
 import (
 	"net"
@@ -28,15 +28,15 @@ const (
 // become a flood of log lines. The metric counts every one.
 const rejectLogEvery = time.Second
 
-// admission decides at accept whether a client connection may stay, under
+// Admission decides at accept whether a client connection may stay, under
 // MaxConnections and MaxConnectionsPerSource, and counts the connections it
 // admitted until they are released. Every path that accepts (the
-// Lifecycle's accept loop, the event loops) asks one. Over a cap, the
+// Lifecycle's accept loop, proxy's event loops) asks one. Over a cap, the
 // connection is accepted and closed at once rather than left in the listen
 // backlog: the client learns now (in STOMP mode from an ERROR frame), and a
 // client that never finishes its handshake cannot keep others waiting
 // there unseen.
-type admission struct {
+type Admission struct {
 	max, perSource int // 0: no cap
 	live           atomic.Int64
 
@@ -51,11 +51,12 @@ type admission struct {
 	quiet   atomic.Int64
 }
 
-// newAdmission returns the admission for the Options' caps (defaults not
-// yet applied: 0 is DefaultMaxConnections). rejected is the counter vector
-// (labels service, reason) of refused connections.
-func newAdmission(o Options, log *logrus.Entry, rejected *prometheus.CounterVec) *admission {
-	a := &admission{max: o.MaxConnections, perSource: o.MaxConnectionsPerSource, log: log,
+// NewAdmission returns the Admission for the caps of o, a service's
+// settings (0 is DefaultMaxConnections, NoLimit none). rejected is the
+// counter vector (labels service, reason) of refused connections; log is
+// the service's entry.
+func NewAdmission(o Settings, log *logrus.Entry, rejected *prometheus.CounterVec) *Admission {
+	a := &Admission{max: o.MaxConnections, perSource: o.MaxConnectionsPerSource, log: log,
 		rejected: map[string]prometheus.Counter{
 			RejectMax:       rejected.WithLabelValues(o.Name, RejectMax),
 			RejectPerSource: rejected.WithLabelValues(o.Name, RejectPerSource),
@@ -74,14 +75,14 @@ func newAdmission(o Options, log *logrus.Entry, rejected *prometheus.CounterVec)
 	return a
 }
 
-// bySourceOn reports whether admit looks at the source address: callers
+// BySource reports whether Admit looks at the source address: callers
 // that must make a system call to learn it skip that otherwise.
-func (a *admission) bySourceOn() bool { return a.perSource > 0 }
+func (a *Admission) BySource() bool { return a.perSource > 0 }
 
-// sourceOf is c's remote IP address, as admit and release take it, or the
+// SourceOf is c's remote IP address, as Admit and Release take it, or the
 // zero Addr when the per-source cap is off.
-func (a *admission) sourceOf(c *net.TCPConn) netip.Addr {
-	if !a.bySourceOn() {
+func (a *Admission) SourceOf(c *net.TCPConn) netip.Addr {
+	if !a.BySource() {
 		return netip.Addr{}
 	}
 	if ta, ok := c.RemoteAddr().(*net.TCPAddr); ok {
@@ -90,10 +91,10 @@ func (a *admission) sourceOf(c *net.TCPConn) netip.Addr {
 	return netip.Addr{}
 }
 
-// admit counts a new connection from src, or returns why it must be
+// Admit counts a new connection from src, or returns why it must be
 // refused (RejectMax, RejectPerSource), counting nothing. Each connection
 // admitted is released once, with the same src.
-func (a *admission) admit(src netip.Addr) string {
+func (a *Admission) Admit(src netip.Addr) string {
 	if n := a.live.Add(1); a.max > 0 && n > int64(a.max) {
 		a.live.Add(-1)
 		return RejectMax
@@ -111,8 +112,8 @@ func (a *admission) admit(src netip.Addr) string {
 	return ""
 }
 
-// release ends what admit began for a connection from src.
-func (a *admission) release(src netip.Addr) {
+// Release ends what Admit began for a connection from src.
+func (a *Admission) Release(src netip.Addr) {
 	a.live.Add(-1)
 	if a.perSource == 0 {
 		return
@@ -126,11 +127,11 @@ func (a *admission) release(src netip.Addr) {
 	}
 }
 
-// refused counts a connection refused for why and logs it, unless another
+// Refused counts a connection refused for why and logs it, unless another
 // refusal was logged less than rejectLogEvery ago; the next line then
 // says how many were not. client is called only for a line logged (it may
 // cost a system call).
-func (a *admission) refused(why string, client func() string) {
+func (a *Admission) Refused(why string, client func() string) {
 	a.rejected[why].Inc()
 	now := time.Now().UnixNano()
 	last := a.lastLog.Load()
