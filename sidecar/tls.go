@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 )
 
 // TLSConfig is a service's [service.tls] table: TLS from the sidecar to
@@ -25,6 +26,40 @@ type TLSConfig struct {
 	// that ask for one (brokerd's tls_client_ca); both or neither.
 	Cert string `toml:"cert"`
 	Key  string `toml:"key"`
+	// Curves are the key exchanges offered, in order of preference,
+	// colon-separated as OpenSSL and HAProxy's `curves` write them:
+	// X25519MLKEM768, X25519, P-256, P-384, P-521. "" is Go's default,
+	// which puts the hybrid post-quantum X25519MLKEM768 first: a recorded
+	// session cannot be decrypted later by a quantum computer, at a cost
+	// of a fifth to a third of the sidecar's rate of new connections to
+	// TLS brokers (docs/benchmarks.md). "X25519" is what HAProxy with OpenSSL 3.0
+	// offers first.
+	Curves string `toml:"curves"`
+}
+
+// curveIDs are the names Curves accepts.
+var curveIDs = map[string]tls.CurveID{
+	"X25519MLKEM768": tls.X25519MLKEM768,
+	"X25519":         tls.X25519,
+	"P-256":          tls.CurveP256,
+	"P-384":          tls.CurveP384,
+	"P-521":          tls.CurveP521,
+}
+
+// curves parses Curves: nil for "" (Go's default).
+func (t TLSConfig) curves() ([]tls.CurveID, error) {
+	if t.Curves == "" {
+		return nil, nil
+	}
+	var ids []tls.CurveID
+	for _, name := range strings.Split(t.Curves, ":") {
+		id, ok := curveIDs[name]
+		if !ok {
+			return nil, fmt.Errorf("curves: unknown key exchange %q (want X25519MLKEM768, X25519, P-256, P-384 or P-521, colon-separated)", name)
+		}
+		ids = append(ids, id)
+	}
+	return ids, nil
 }
 
 // enabled reports whether the table asks for TLS at all.
@@ -49,11 +84,16 @@ func (t TLSConfig) load() (*tls.Config, error) {
 	if !pool.AppendCertsFromPEM(pem) {
 		return nil, fmt.Errorf("ca: %s holds no PEM certificate", t.CA)
 	}
+	curves, err := t.curves()
+	if err != nil {
+		return nil, err
+	}
 	c := &tls.Config{
 		RootCAs:            pool,
 		ServerName:         t.ServerName,
 		MinVersion:         tls.VersionTLS12,
 		ClientSessionCache: tls.NewLRUClientSessionCache(0),
+		CurvePreferences:   curves,
 	}
 	switch {
 	case t.Cert != "" && t.Key != "":
@@ -76,7 +116,7 @@ func (t TLSConfig) fingerprint() string {
 	if !t.enabled() {
 		return ""
 	}
-	s := fmt.Sprintf("%q %q %q %q", t.CA, t.ServerName, t.Cert, t.Key)
+	s := fmt.Sprintf("%q %q %q %q %q", t.CA, t.ServerName, t.Cert, t.Key, t.Curves)
 	for _, f := range []string{t.CA, t.Cert, t.Key} {
 		if f == "" {
 			continue

@@ -2,6 +2,7 @@ package sidecar
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"strings"
 	"testing"
@@ -118,5 +119,61 @@ ca = %q
 		if s.Name == "bad" && s.Master != "" {
 			t.Errorf("service bad has master %q, want none", s.Master)
 		}
+	}
+}
+
+// TestTLSCurves: [service.tls] curves is what the sidecar's ClientHello
+// offers, in order; "" leaves Go's default (post-quantum hybrid first); an
+// unknown name is refused with the names it takes.
+func TestTLSCurves(t *testing.T) {
+	ca := testutil.NewCA(t, "test CA")
+	_, _, cert := ca.Issue(t, "127.0.0.1", time.Now().Add(-time.Hour), 24*time.Hour)
+	offered := make(chan []tls.CurveID, 1)
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{
+		Certificates: []tls.Certificate{cert},
+		GetConfigForClient: func(h *tls.ClientHelloInfo) (*tls.Config, error) {
+			offered <- h.SupportedCurves
+			return nil, nil
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.(*tls.Conn).Handshake()
+			c.Close()
+		}
+	}()
+	for _, tt := range []struct {
+		curves string
+		first  tls.CurveID
+		n      int
+	}{
+		{"", tls.X25519MLKEM768, 0},
+		{"X25519", tls.X25519, 1},
+		{"X25519:P-256", tls.X25519, 2},
+	} {
+		conf, err := TLSConfig{CA: ca.File(t), Curves: tt.curves}.load()
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := tls.Dial("tcp", ln.Addr().String(), conf)
+		if err != nil {
+			t.Fatalf("curves %q: %v", tt.curves, err)
+		}
+		c.Close()
+		got := <-offered
+		if len(got) == 0 || got[0] != tt.first || tt.n > 0 && len(got) != tt.n {
+			t.Errorf("curves %q: offered %v, want %v first (%d in all)", tt.curves, got, tt.first, tt.n)
+		}
+	}
+	if _, err := (TLSConfig{CA: ca.File(t), Curves: "X25519:X448"}).load(); err == nil || !strings.Contains(err.Error(), `unknown key exchange "X448"`) {
+		t.Errorf("curves X448: %v", err)
 	}
 }
