@@ -201,8 +201,18 @@ func BenchmarkProxyRoundTripInterleaved(b *testing.B) {
 // handover, then through HAProxy, and again, until each has made b.N. It
 // reports each target's rate over the time spent on it (NAME-conns/s) and
 // handover's rate over HAProxy's (rate-ratio).
-func BenchmarkProxyConnectInterleaved(b *testing.B) {
-	ts := lgStartTargets(b)
+func BenchmarkProxyConnectInterleaved(b *testing.B) { lgConnectInterleaved(b, lgStartTargets(b)) }
+
+// BenchmarkProxyTLSConnectInterleaved is BenchmarkProxyConnectInterleaved
+// with the proxies originating TLS (issue 17's "new TLS connections/s"
+// beside HAProxy): each new client connection is a TLS handshake with the
+// backend, resumed from the proxy's session cache (both proxies keep one).
+func BenchmarkProxyTLSConnectInterleaved(b *testing.B) {
+	lgConnectInterleaved(b, lgStartTargetsTLS(b, testutil.NewCA(b, "bench CA")))
+}
+
+// lgConnectInterleaved is BenchmarkProxyConnectInterleaved against ts.
+func lgConnectInterleaved(b *testing.B, ts *lgTargets) {
 	for _, conns := range lgConnCounts {
 		b.Run(fmt.Sprintf("conns=%d", conns), func(b *testing.B) {
 			spent := make([]time.Duration, len(ts.targets))
@@ -225,6 +235,9 @@ func BenchmarkProxyConnectInterleaved(b *testing.B) {
 			}
 			if hp, ok := rate["haproxy"]; ok {
 				b.ReportMetric(rate["handover"]/hp, "rate-ratio")
+				if hx, ok := rate["handover-x25519"]; ok {
+					b.ReportMetric(hx/hp, "x25519-rate-ratio")
+				}
 			}
 		})
 	}
@@ -301,8 +314,17 @@ func lgRoundTrips(b *testing.B, cs []*net.TCPConn, size, n int) []time.Duration 
 // clients at once. Each operation is a new connection, one 64-byte round
 // trip (through a proxy, the only proof that the backend was reached) and a
 // close.
-func BenchmarkProxyConnect(b *testing.B) {
-	ts := lgStartTargets(b)
+func BenchmarkProxyConnect(b *testing.B) { lgConnect(b, lgStartTargets(b)) }
+
+// BenchmarkProxyTLSConnect is BenchmarkProxyConnect with the proxies
+// originating TLS: each client connection costs the proxy a TLS handshake
+// with the backend, resumed from its session cache.
+func BenchmarkProxyTLSConnect(b *testing.B) {
+	lgConnect(b, lgStartTargetsTLS(b, testutil.NewCA(b, "bench CA")))
+}
+
+// lgConnect is BenchmarkProxyConnect against ts.
+func lgConnect(b *testing.B, ts *lgTargets) {
 	for _, conns := range lgConnCounts {
 		for _, t := range ts.targets {
 			b.Run(fmt.Sprintf("conns=%d/%s", conns, t.name), func(b *testing.B) {
