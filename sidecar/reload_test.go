@@ -296,3 +296,35 @@ func TestSIGHUPAndPOSTReload(t *testing.T) {
 }
 
 func jsonDecode(r io.Reader, v any) error { return json.NewDecoder(r).Decode(v) }
+
+// TestReloadedShutdownGrace: a service a reload adds drains for the new
+// file's shutdown_grace, not the one the sidecar started with: raised from
+// 100ms to 1m, a client on the added service keeps its connection through
+// the first second of a shutdown (the old grace would cut it at 100ms).
+func TestReloadedShutdownGrace(t *testing.T) {
+	be := echoServer(t)
+	a, b := testutil.FreePort(t), testutil.FreePort(t)
+	head := func(grace string) string {
+		return fmt.Sprintf("shutdown_grace = %q\n[admin]\nlisten = \"\"\n", grace)
+	}
+	h := startSidecar(t, head("100ms")+serviceCfg("a", a, []string{be}, ""))
+	h.waitMaster("a", be)
+	h.write(head("1m") + serviceCfg("a", a, []string{be}, "") + serviceCfg("b", b, []string{be}, ""))
+	if err := h.reload(); err != nil {
+		t.Fatal(err)
+	}
+	h.waitMaster("b", be)
+	stop := stream(t, b)
+	stopped := make(chan struct{})
+	go func() { h.stop(); close(stopped) }()
+	time.Sleep(time.Second) // the time the client is owed, not a wait for a condition
+	select {
+	case <-stopped:
+		t.Fatal("the sidecar stopped within a second with a client still on the added service")
+	default:
+	}
+	if err := stop(); err != nil {
+		t.Errorf("the client on the added service lost its connection during the shutdown: %v", err)
+	}
+	<-stopped
+}

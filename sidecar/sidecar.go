@@ -307,7 +307,7 @@ func New(cfg *Config, path string, logOut io.Writer) (*Sidecar, error) {
 	sc.hm, sc.pm, sc.dm = health.NewMetrics(sc.reg), proxy.NewMetrics(sc.reg), discovery.NewMetrics(sc.reg)
 	sc.sm = stompproxy.NewMetrics(sc.reg)
 	for _, s := range cfg.Services {
-		svc, err := sc.newService(s, nil)
+		svc, err := sc.newService(s, cfg, nil)
 		if err != nil {
 			sc.closeListeners()
 			return nil, fmt.Errorf("service %q: %w", s.Name, err)
@@ -362,9 +362,9 @@ func healthBackends(s ServiceConfig) []health.Backend {
 }
 
 // dataPathSettings is what both data paths take of s (serve.Settings), the
-// shutdown grace being the running configuration's; newService adds what
-// each protocol takes alone.
-func (sc *Sidecar) dataPathSettings(s ServiceConfig) (serve.Settings, error) {
+// shutdown grace being c's (the file s is from: on a reload, the new one);
+// newService adds what each protocol takes alone.
+func dataPathSettings(s ServiceConfig, c *Config) (serve.Settings, error) {
 	listen, err := listenAddr(s.Listen)
 	if err != nil {
 		return serve.Settings{}, err
@@ -386,15 +386,16 @@ func (sc *Sidecar) dataPathSettings(s ServiceConfig) (serve.Settings, error) {
 		KeepAlive:               s.KeepAlive.D(),
 		MaxConnections:          s.MaxConnections,
 		MaxConnectionsPerSource: s.MaxConnectionsPerSource,
-		ShutdownGrace:           sc.cfg.ShutdownGrace.D(),
+		ShutdownGrace:           c.ShutdownGrace.D(),
 	}, nil
 }
 
-// newService builds (and binds) a service. With pl set, the new listener
-// shares that pool: a rebind keeps the health state and the master.
-func (sc *Sidecar) newService(s ServiceConfig, pl *pool) (*service, error) {
+// newService builds (and binds) a service s of configuration c. With pl
+// set, the new listener shares that pool: a rebind keeps the health state
+// and the master.
+func (sc *Sidecar) newService(s ServiceConfig, c *Config, pl *pool) (*service, error) {
 	log := sc.log.WithField("service", s.Name)
-	settings, err := sc.dataPathSettings(s)
+	settings, err := dataPathSettings(s, c)
 	if err != nil {
 		return nil, err
 	}
@@ -687,7 +688,7 @@ func (sc *Sidecar) reload() (err error) {
 		c := change{cfg: s, old: old, new: old}
 		switch {
 		case old == nil:
-			svc, err := sc.newService(s, nil)
+			svc, err := sc.newService(s, next, nil)
 			if err != nil {
 				return fail(fmt.Errorf("service %q: %w", s.Name, err))
 			}
@@ -697,7 +698,7 @@ func (sc *Sidecar) reload() (err error) {
 			// bind once the old one is closed, below.
 			c.new, c.rebind = nil, true
 		case sc.needsRebind(old.cfg, s, cur, next):
-			svc, err := sc.newService(s, old.pool)
+			svc, err := sc.newService(s, next, old.pool)
 			if err != nil {
 				return fail(fmt.Errorf("service %q: %w", s.Name, err))
 			}
@@ -723,7 +724,7 @@ func (sc *Sidecar) reload() (err error) {
 			log.Info("service added")
 		case c.rebind:
 			sc.applyHealth(c.old, c.cfg)
-			nw, err := sc.rebindSameAddress(c.old, c.cfg, grace)
+			nw, err := sc.rebindSameAddress(c.old, c.cfg, next, grace)
 			if err != nil {
 				// The old listener is closed already. Keep the old
 				// service (its monitor, its draining connections) so
@@ -790,7 +791,7 @@ func (sc *Sidecar) applyHealth(old *service, s ServiceConfig) {
 // whose data-path options changed: the old listener must close before the
 // new one can bind, so connection attempts in that instant are refused;
 // live connections are not touched (they drain on the old service).
-func (sc *Sidecar) rebindSameAddress(old *service, s ServiceConfig, grace time.Duration) (*service, error) {
+func (sc *Sidecar) rebindSameAddress(old *service, s ServiceConfig, c *Config, grace time.Duration) (*service, error) {
 	// The listener binds with SO_REUSEPORT, so the new one could bind
 	// beside the old; but connections queued on the old one when it closes
 	// would be reset. Close first: a connection attempt in the instant
@@ -800,7 +801,7 @@ func (sc *Sidecar) rebindSameAddress(old *service, s ServiceConfig, grace time.D
 	var svc *service
 	var err error
 	for deadline := time.Now().Add(time.Second); ; {
-		if svc, err = sc.newService(s, old.pool); err == nil || time.Now().After(deadline) {
+		if svc, err = sc.newService(s, c, old.pool); err == nil || time.Now().After(deadline) {
 			break
 		}
 		time.Sleep(10 * time.Millisecond)
@@ -824,22 +825,14 @@ func (sc *Sidecar) drainInBackground(s *service, grace time.Duration, stopMonito
 // needsRebind reports whether the data-path options of a service changed
 // (its listener must be replaced), as opposed to health settings only.
 func (sc *Sidecar) needsRebind(a, b ServiceConfig, ca, cb *Config) bool {
-	oa, _ := sc.dataPathSettingsFor(a, ca)
-	ob, _ := sc.dataPathSettingsFor(b, cb)
+	oa, _ := dataPathSettings(a, ca)
+	ob, _ := dataPathSettings(b, cb)
 	// Each load makes a new *tls.Config: compare what it was made from.
 	oa.TLS, ob.TLS = nil, nil
 	return oa != ob || a.TLS.fingerprint() != b.TLS.fingerprint() || a.Protocol != b.Protocol ||
 		a.IdleTimeout != b.IdleTimeout || a.OnFailover != b.OnFailover ||
 		a.MaxReplayBytes != b.MaxReplayBytes || a.ConnectTimeout != b.ConnectTimeout ||
 		a.ClientWriteTimeout != b.ClientWriteTimeout || a.Credentials != b.Credentials
-}
-
-// dataPathSettingsFor is dataPathSettings with configuration c's shutdown
-// grace.
-func (sc *Sidecar) dataPathSettingsFor(s ServiceConfig, c *Config) (serve.Settings, error) {
-	o, err := sc.dataPathSettings(s)
-	o.ShutdownGrace = c.ShutdownGrace.D()
-	return o, err
 }
 
 func sameListen(a, b ServiceConfig) bool {
