@@ -89,15 +89,17 @@ func Guard(h http.Handler) http.Handler {
 
 // RequireToken serves h only to requests that carry token as a bearer
 // token (Authorization: Bearer TOKEN), except the health checks (/healthz,
-// /readyz) that load balancers and sidecars make; with an empty token it
-// is h. The comparison takes the same time whatever the guess.
+// /readyz) that load balancers and sidecars make and brokerd's /watch,
+// which streams what /readyz answers (role, epoch, serving) to the
+// sidecars that follow it; with an empty token it is h. The comparison
+// takes the same time whatever the guess.
 func RequireToken(h http.Handler, token string) http.Handler {
 	if token == "" {
 		return h
 	}
 	want := []byte("Bearer " + token)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path != "/healthz" && r.URL.Path != "/readyz" &&
+		if r.URL.Path != "/healthz" && r.URL.Path != "/readyz" && r.URL.Path != "/watch" &&
 			subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="handover admin"`)
 			http.Error(w, "unauthorized: this admin port needs Authorization: Bearer <token>", http.StatusUnauthorized)

@@ -149,7 +149,7 @@ func (c byName) Collect(ch chan<- prometheus.Metric) {
 
 func TestRequireToken(t *testing.T) {
 	mux := http.NewServeMux()
-	for _, p := range []string{"/status", "/healthz", "/readyz"} {
+	for _, p := range []string{"/status", "/healthz", "/readyz", "/watch"} {
 		mux.HandleFunc("GET "+p, func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok")) })
 	}
 	srv := httptest.NewServer(RequireToken(mux, "s3cret"))
@@ -163,6 +163,7 @@ func TestRequireToken(t *testing.T) {
 		{"/status", "Bearer s3cret", 200},
 		{"/healthz", "", 200},
 		{"/readyz", "", 200},
+		{"/watch", "", 200},
 	} {
 		req, _ := http.NewRequest("GET", srv.URL+tt.path, nil)
 		if tt.auth != "" {
