@@ -3,10 +3,16 @@ package brokerd
 import (
 	"bufio"
 	"encoding/json"
+	"fmt"
+	"net"
 	"net/http"
+	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"handover/internal/testutil"
 )
 
 // watchStream reads a /watch stream's events.
@@ -99,4 +105,188 @@ func TestWatch(t *testing.T) {
 	if n := sl.watch.count(); n != 1 {
 		t.Errorf("%d watchers on the new master, want 1", n)
 	}
+}
+
+// hubClient is the reading end of one watch connection made straight to a
+// hub, without an HTTP server between.
+type hubClient struct {
+	nc net.Conn
+	r  *bufio.Reader
+}
+
+// hubWatchers connects n watchers to h over loopback TCP and reads each
+// one's response head.
+func hubWatchers(t *testing.T, h *watchHub, n int) []*hubClient {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	cs := make([]*hubClient, n)
+	for i := range cs {
+		nc, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { nc.Close() })
+		sc, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		h.add(sc)
+		cs[i] = &hubClient{nc: nc, r: bufio.NewReader(nc)}
+		for {
+			line, err := cs[i].r.ReadString('\n')
+			if err != nil {
+				t.Fatalf("watcher %d: reading the head: %v", i, err)
+			}
+			if line == "\r\n" {
+				break
+			}
+		}
+	}
+	return cs
+}
+
+// states reads c's events until one satisfies last, and returns them all.
+func (c *hubClient) states(t *testing.T, last func(WatchState) bool) []WatchState {
+	t.Helper()
+	c.nc.SetReadDeadline(time.Now().Add(15 * time.Second))
+	var got []WatchState
+	for {
+		line, err := c.r.ReadString('\n')
+		if err != nil {
+			t.Fatalf("after %+v: %v", got, err)
+		}
+		data, ok := strings.CutPrefix(line, "data: ")
+		if !ok {
+			continue
+		}
+		var st WatchState
+		if err := json.Unmarshal([]byte(data), &st); err != nil {
+			t.Fatal(err)
+		}
+		if got = append(got, st); last(st) {
+			return got
+		}
+	}
+}
+
+// runHub runs h's loop until the test ends.
+func runHub(t *testing.T, h *watchHub) {
+	stop, done := make(chan struct{}), make(chan struct{})
+	go func() { h.run(stop); close(done) }()
+	t.Cleanup(func() { close(stop); <-done })
+}
+
+// TestWatchHubStates: states reach every watcher, more than one
+// goroutine's worth, in the order published (a state replaced before it
+// went out may be skipped, never sent after its successor); a stopping
+// state is on every socket when set returns.
+func TestWatchHubStates(t *testing.T) {
+	h := &watchHub{}
+	h.set(WatchState{Role: RoleSlave})
+	cs := hubWatchers(t, h, 2*watchShard+10)
+	runHub(t, h)
+	for epoch := uint64(1); epoch <= 20; epoch++ {
+		h.set(WatchState{Role: RoleMaster, Epoch: epoch})
+	}
+	h.set(WatchState{Role: RoleMaster, Epoch: 21, Stopping: true})
+	h.mu.Lock()
+	for i, w := range h.list {
+		if w.sent != h.gen {
+			t.Errorf("watcher %d: sent generation %d when set returned, want %d", i, w.sent, h.gen)
+		}
+	}
+	h.mu.Unlock()
+	for i, c := range cs {
+		got := c.states(t, func(st WatchState) bool { return st.Stopping })
+		if got[0].Role != RoleSlave {
+			t.Errorf("watcher %d: first state %+v, want the slave's", i, got[0])
+		}
+		for k := 1; k < len(got); k++ {
+			if got[k].Epoch <= got[k-1].Epoch {
+				t.Fatalf("watcher %d: states out of order: %+v", i, got)
+			}
+		}
+	}
+}
+
+// TestWatchHubDrops: a watcher that hung up is dropped by the next sends
+// (the first may still be taken by its socket); one that stops reading is
+// cut off once its socket cannot take an event whole, instead of holding
+// up the others.
+func TestWatchHubDrops(t *testing.T) {
+	h := &watchHub{}
+	h.set(WatchState{Role: RoleSlave})
+	cs := hubWatchers(t, h, 3)
+	cs[0].nc.Close()
+	for range 2 {
+		h.pass(heartbeat)
+	}
+	if n := h.count(); n != 2 {
+		t.Fatalf("%d watchers after one hung up, want 2", n)
+	}
+
+	// cs[1] never reads; cs[2] does.
+	big := []byte(": " + strings.Repeat("x", 64<<10) + "\n\n")
+	var read atomic.Int64
+	go func() {
+		buf := make([]byte, 64<<10)
+		for {
+			n, err := cs[2].r.Read(buf)
+			read.Add(int64(n))
+			if err != nil {
+				return
+			}
+		}
+	}()
+	for i := 0; h.count() == 2; i++ {
+		if i == 10000 {
+			t.Fatal("a watcher that does not read was never cut off")
+		}
+		// The reader keeps up (it has read this pass before the next),
+		// however slow the machine: only the one that never reads may
+		// fall behind.
+		before := read.Load()
+		h.pass(big)
+		testutil.Eventually(t, 10*time.Second, func() error {
+			if h.count() == 2 && read.Load() < before+int64(len(big)) {
+				return fmt.Errorf("the reader has read %d of the pass's %d bytes", read.Load()-before, len(big))
+			}
+			return nil
+		})
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if len(h.list) != 1 || h.list[0].i != 0 {
+		t.Fatalf("%d watchers left, want the reader", len(h.list))
+	}
+}
+
+// TestWatchCostsNoGoroutine: a watch holds no goroutine in the broker once
+// it is set up, so that ten thousand of them cost sockets, not stacks.
+func TestWatchCostsNoGoroutine(t *testing.T) {
+	s := startServer(t, t.TempDir(), nil)
+	s.waitReady(t)
+	before := runtime.NumGoroutine()
+	const n = 200
+	for range n {
+		nc, err := net.Dial("tcp", s.AdminAddr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { nc.Close() })
+		fmt.Fprintf(nc, "GET /watch HTTP/1.1\r\nHost: %s\r\n\r\n", s.AdminAddr())
+	}
+	testutil.Eventually(t, 15*time.Second, func() error {
+		if c := s.watch.count(); c != n {
+			return fmt.Errorf("%d watchers", c)
+		}
+		if g := runtime.NumGoroutine() - before; g > n/10 {
+			return fmt.Errorf("%d more goroutines with %d watchers", g, n)
+		}
+		return nil
+	})
 }
