@@ -28,6 +28,11 @@ type Backend struct {
 	// CheckURL is, for checks of kind "http", the URL to GET, for example
 	// "http://127.0.0.1:8161/readyz". Other kinds ignore it.
 	CheckURL string
+	// WatchURL is the backend's watch stream (brokerd's
+	// "http://HOST:ADMINPORT/watch"). "" means the one on CheckURL's
+	// origin, if there is a CheckURL: a backend that offers none there is
+	// polled (see Config.Watch).
+	WatchURL string
 	// Priority breaks election ties: lower first. Zero is the default.
 	Priority int
 	// Weight is reserved for weighted balancing in ModeAny; zero is the

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"handover/health/watch"
 )
 
 // Election modes.
@@ -59,7 +61,24 @@ type Config struct {
 	// checked back to back, a storm of probes against a broker already in
 	// trouble. Zero means no spacing (every Recheck may start a check).
 	MinRecheckInterval time.Duration
+	// Watch is how the monitor learns of role changes besides its checks:
+	// WatchAuto ("" too) follows each backend's watch stream where it
+	// offers one (brokerd's GET /watch, on the admin port its CheckURL
+	// names; see watching.go) and polls the others; WatchOff only polls.
+	Watch string
+	// WatchTimeout is how long a watch may be silent (no event, no
+	// heartbeat) before the backend is taken as frozen: the bound on
+	// noticing a SIGSTOPped broker without its checks. Zero means
+	// watch.DefaultHeartbeatTimeout; it must exceed the broker's heartbeat
+	// interval (brokerd's is 3s).
+	WatchTimeout time.Duration
 }
+
+// Values of Config.Watch.
+const (
+	WatchAuto = "auto"
+	WatchOff  = "off"
+)
 
 // Validate reports every problem with c at once. Zero values are fine (they
 // take defaults); negative ones and unknown modes are not. NewMonitor does
@@ -70,7 +89,7 @@ func (c Config) Validate() error {
 	for _, d := range []struct {
 		name string
 		v    time.Duration
-	}{{"interval", c.Interval}, {"timeout", c.Timeout}, {"no_master_interval", c.NoMasterInterval}, {"min_recheck_interval", c.MinRecheckInterval}} {
+	}{{"interval", c.Interval}, {"timeout", c.Timeout}, {"no_master_interval", c.NoMasterInterval}, {"min_recheck_interval", c.MinRecheckInterval}, {"watch_timeout", c.WatchTimeout}} {
 		if d.v < 0 {
 			errs = append(errs, fmt.Errorf("%s: must not be negative, got %v", d.name, d.v))
 		}
@@ -82,6 +101,11 @@ func (c Config) Validate() error {
 	case "", ModeMaster, ModeAny:
 	default:
 		errs = append(errs, fmt.Errorf("mode: want %q or %q, got %q", ModeMaster, ModeAny, c.Mode))
+	}
+	switch c.Watch {
+	case "", WatchAuto, WatchOff:
+	default:
+		errs = append(errs, fmt.Errorf("watch: want %q or %q, got %q", WatchAuto, WatchOff, c.Watch))
 	}
 	return errors.Join(errs...)
 }
@@ -108,6 +132,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.NoMasterInterval > c.Interval {
 		c.NoMasterInterval = c.Interval
+	}
+	if c.Watch != WatchOff {
+		c.Watch = WatchAuto
+	}
+	if c.WatchTimeout <= 0 {
+		c.WatchTimeout = watch.DefaultHeartbeatTimeout
 	}
 	return c
 }

@@ -71,6 +71,9 @@ type Monitor struct {
 	log     *logrus.Entry
 	metrics *Metrics
 
+	// pushes carries watch updates from the watch goroutines to Run
+	// (watching.go).
+	pushes chan push
 	// wake asks Run to look for checks to start (after Recheck or
 	// SetBackends). Capacity one: a wake-up already pending covers any
 	// number of later requests, because what to do is read from the state.
@@ -151,13 +154,22 @@ type backend struct {
 	// "" otherwise; refusalLogged the last refusal logged, "" since the
 	// backend last passed (see noteRefusal).
 	refused, refusalLogged string
+	// watch is WatchWatched or WatchPolled (watching.go); watchErr why
+	// the latest watch was lost or could not be opened; watchedSince and
+	// lastEvent when the open watch's first and latest events came.
+	watch, watchErr         string
+	watchedSince, lastEvent time.Time
+	noWatchLogged           bool // "offers no watch" said since last watched
 }
 
-// outcome is a finished check on its way to Run.
+// outcome is a finished check on its way to Run, or (pushed) what a
+// backend's watch said, in a check's terms (applyPush).
 type outcome struct {
 	b       *backend
 	r       Result
 	passive bool
+	pushed  bool
+	started time.Time // when the check started (not for pushes)
 }
 
 // NewMonitor returns a Monitor named name (the service label of logs and
@@ -185,6 +197,7 @@ func NewMonitor(name string, cfg Config, backends []Backend, checker Checker, cl
 		log:            log,
 		metrics:        metrics,
 		wake:           make(chan struct{}, 1),
+		pushes:         make(chan push),
 		changed:        make(chan struct{}),
 		noneSince:      clock.Now(),
 		outageLogEvery: OutageLogInterval,
@@ -226,14 +239,17 @@ func (m *Monitor) Run(ctx context.Context) {
 			if !r.OK && r.Err == nil {
 				r.Err = errors.New("check failed")
 			}
-			results <- outcome{b: b, r: r, passive: passive}
+			results <- outcome{b: b, r: r, passive: passive, started: start}
 		}()
 	}
 
+	ws := &watchers{ctx: ctx, running: map[*backend]watcher{}}
+	defer ws.stop()
 	m.mu.Lock()
 	now := m.clock.Now()
 	m.accounted = now
 	m.startChecks(launch, true)
+	m.reconcile(ws)
 	fast := len(m.targets) == 0
 	cfg := m.cfg
 	m.mu.Unlock()
@@ -287,9 +303,17 @@ func (m *Monitor) Run(ctx context.Context) {
 		case <-m.wake:
 			m.mu.Lock()
 			m.account(m.clock.Now())
+			m.reconcile(ws)
 			m.startChecks(launch, false)
 			none = len(m.targets) == 0
 			m.mu.Unlock()
+		case p := <-m.pushes:
+			m.mu.Lock()
+			m.applyPush(p)
+			m.startChecks(launch, false)
+			none = len(m.targets) == 0
+			m.mu.Unlock()
+			m.flush()
 		case o := <-results:
 			running--
 			m.mu.Lock()
@@ -338,6 +362,9 @@ func (m *Monitor) startChecks(launch func(*backend, bool), periodic bool) {
 				continue
 			}
 		}
+		if periodic && !passive && b.checks > 0 && b.watch == WatchWatched {
+			continue // its watch speaks for it (watching.go)
+		}
 		if periodic || passive || b.checks == 0 {
 			launch(b, passive)
 		}
@@ -371,17 +398,27 @@ func (m *Monitor) recheckC() <-chan time.Time {
 // package documentation) and re-elects. m.mu is held.
 func (m *Monitor) apply(o outcome) {
 	b, r := o.b, o.r
-	b.running = false
+	if !o.pushed {
+		b.running = false
+	}
 	if b.removed {
+		return
+	}
+	if !o.pushed && b.watch == WatchWatched && o.started.Before(b.lastEvent) {
+		// The backend pushed its state while this check was on its way:
+		// the check's answer is older news (a slave's 503 read just
+		// before it was promoted) and must not undo the push.
 		return
 	}
 	now := m.clock.Now()
 	m.account(now)
-	m.metrics.observe(m.name, b.Addr, r)
 	first := b.checks == 0
 	b.checks++
-	b.lastCheck, b.lastLatency = now, r.Latency
-	m.noteRefusal(b, r)
+	if !o.pushed {
+		m.metrics.observe(m.name, b.Addr, r)
+		b.lastCheck, b.lastLatency = now, r.Latency
+		m.noteRefusal(b, r)
+	}
 	switch {
 	case r.OK:
 		b.successes++
@@ -391,6 +428,8 @@ func (m *Monitor) apply(o outcome) {
 		b.standby = false
 		if !b.up {
 			switch {
+			case o.pushed:
+				m.setUp(b, true, "pushed: master, serving")
 			case first:
 				m.setUp(b, true, "first check passed")
 			case b.successes >= m.cfg.Rise:
@@ -417,6 +456,8 @@ func (m *Monitor) apply(o outcome) {
 		switch {
 		case b.up:
 			switch {
+			case o.pushed:
+				m.setUp(b, false, r.Err.Error())
 			case o.passive && m.serving(b):
 				m.setUp(b, false, "failed a recheck: "+r.Err.Error())
 			case r.Definitive && m.serving(b):
@@ -891,7 +932,7 @@ func (m *Monitor) SetBackends(bs []Backend) {
 		seen[nb.Addr] = true
 		b := old[nb.Addr]
 		if b == nil {
-			b = &backend{state: StateDown}
+			b = &backend{state: StateDown, watch: WatchPolled}
 			m.metrics.setState(m.name, nb.Addr, m.cfg.Mode, StateDown, false)
 		}
 		b.Backend = nb
@@ -1000,6 +1041,17 @@ type BackendStatus struct {
 	Failures  int `json:"failures"`
 	// Checks counts completed checks.
 	Checks int `json:"checks"`
+	// Watch is WatchWatched while the backend's watch stream is open (it
+	// pushes its role; checks on the interval are skipped), else
+	// WatchPolled. WatchError says why the latest watch was lost or could
+	// not be opened ("offers no watch" for a backend without one).
+	Watch      string `json:"watch"`
+	WatchError string `json:"watch_error,omitempty"`
+	// WatchedSince is when the open watch began; LastEvent when it last
+	// pushed a state (its heartbeats, every few seconds, are not shown:
+	// while Watch is WatchWatched it has spoken within WatchTimeout).
+	WatchedSince time.Time `json:"watched_since,omitzero"`
+	LastEvent    time.Time `json:"last_event,omitzero"`
 }
 
 // Status returns a snapshot of the monitor's state.
@@ -1027,6 +1079,10 @@ func (m *Monitor) Status() ServiceStatus {
 			State: b.state, Since: b.since, LastCheck: b.lastCheck, LastLatency: b.lastLatency,
 			Epoch: b.epoch, Successes: b.successes, Failures: b.failures, Checks: b.checks,
 			CredentialsRefused: b.refused != "",
+			Watch:              b.watch, WatchError: b.watchErr,
+		}
+		if b.watch == WatchWatched {
+			bs.WatchedSince, bs.LastEvent = b.watchedSince, b.lastEvent
 		}
 		if b.lastErr != nil {
 			bs.LastError = b.lastErr.Error()

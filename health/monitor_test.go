@@ -12,6 +12,8 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/sirupsen/logrus"
 	"github.com/sirupsen/logrus/hooks/test"
+
+	"handover/health/watch"
 )
 
 // TestStateMachineAndElection drives a Monitor through scripted check
@@ -777,15 +779,19 @@ func TestConfig(t *testing.T) {
 		invalid bool
 	}{
 		{name: "zero", in: Config{},
-			want: Config{Interval: time.Second, Timeout: time.Second, Rise: 2, Fall: 3, Mode: ModeMaster, NoMasterInterval: 20 * time.Millisecond}},
+			want: Config{Interval: time.Second, Timeout: time.Second, Rise: 2, Fall: 3, Mode: ModeMaster, NoMasterInterval: 20 * time.Millisecond, Watch: WatchAuto, WatchTimeout: watch.DefaultHeartbeatTimeout}},
 		{name: "timeout and no-master interval capped at interval", in: Config{Interval: 20 * time.Millisecond, Timeout: time.Second, Mode: ModeAny},
-			want: Config{Interval: 20 * time.Millisecond, Timeout: 20 * time.Millisecond, Rise: 2, Fall: 3, Mode: ModeAny, NoMasterInterval: 20 * time.Millisecond}},
+			want: Config{Interval: 20 * time.Millisecond, Timeout: 20 * time.Millisecond, Rise: 2, Fall: 3, Mode: ModeAny, NoMasterInterval: 20 * time.Millisecond, Watch: WatchAuto, WatchTimeout: watch.DefaultHeartbeatTimeout}},
 		{name: "explicit", in: Config{Interval: 2 * time.Second, Timeout: time.Second, Rise: 1, Fall: 1, NoMasterInterval: 10 * time.Millisecond},
-			want: Config{Interval: 2 * time.Second, Timeout: time.Second, Rise: 1, Fall: 1, Mode: ModeMaster, NoMasterInterval: 10 * time.Millisecond}},
+			want: Config{Interval: 2 * time.Second, Timeout: time.Second, Rise: 1, Fall: 1, Mode: ModeMaster, NoMasterInterval: 10 * time.Millisecond, Watch: WatchAuto, WatchTimeout: watch.DefaultHeartbeatTimeout}},
 		{name: "negative", in: Config{Interval: -1, Rise: -1}, invalid: true,
-			want: Config{Interval: time.Second, Timeout: time.Second, Rise: 2, Fall: 3, Mode: ModeMaster, NoMasterInterval: 20 * time.Millisecond}},
+			want: Config{Interval: time.Second, Timeout: time.Second, Rise: 2, Fall: 3, Mode: ModeMaster, NoMasterInterval: 20 * time.Millisecond, Watch: WatchAuto, WatchTimeout: watch.DefaultHeartbeatTimeout}},
+		{name: "watches off", in: Config{Watch: WatchOff, WatchTimeout: 4 * time.Second},
+			want: Config{Interval: time.Second, Timeout: time.Second, Rise: 2, Fall: 3, Mode: ModeMaster, NoMasterInterval: 20 * time.Millisecond, Watch: WatchOff, WatchTimeout: 4 * time.Second}},
+		{name: "unknown watch", in: Config{Watch: "sometimes"}, invalid: true,
+			want: Config{Interval: time.Second, Timeout: time.Second, Rise: 2, Fall: 3, Mode: ModeMaster, NoMasterInterval: 20 * time.Millisecond, Watch: WatchAuto, WatchTimeout: watch.DefaultHeartbeatTimeout}},
 		{name: "unknown mode", in: Config{Mode: "round-robin"}, invalid: true,
-			want: Config{Interval: time.Second, Timeout: time.Second, Rise: 2, Fall: 3, Mode: ModeMaster, NoMasterInterval: 20 * time.Millisecond}},
+			want: Config{Interval: time.Second, Timeout: time.Second, Rise: 2, Fall: 3, Mode: ModeMaster, NoMasterInterval: 20 * time.Millisecond, Watch: WatchAuto, WatchTimeout: watch.DefaultHeartbeatTimeout}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -133,6 +133,12 @@ type CheckConfig struct {
 	// MinRecheckInterval spaces the passive re-checks of one backend that
 	// failed dials and upstream resets ask for; default 20ms.
 	MinRecheckInterval conf.Duration `toml:"min_recheck_interval"`
+	// Watch is "auto" (default: follow each backend's watch stream, on
+	// its check_url's admin port or its watch_url, where it offers one,
+	// and poll the others) or "off" (poll all). WatchTimeout bounds a
+	// silent watch (default 7s, two of brokerd's heartbeats and a second).
+	Watch        string        `toml:"watch"`
+	WatchTimeout conf.Duration `toml:"watch_timeout"`
 	// Login, PasscodeFile and PasscodeEnv (kind stomp) are what the check
 	// logs in with, as LoginConfig; Host is the CONNECT's host header
 	// (RabbitMQ's virtual host; default "localhost").
@@ -148,10 +154,13 @@ func (c CheckConfig) login() LoginConfig {
 }
 
 // Backend is one broker: "host:port", or a table {addr = "host:port",
-// check_url = "http://…/readyz"} when the check is http.
+// check_url = "http://…/readyz"} when the check is http (brokerd's watch
+// is then followed on the same admin port), with watch_url for a watch
+// elsewhere.
 type Backend struct {
 	Addr     string `toml:"addr"`
 	CheckURL string `toml:"check_url"`
+	WatchURL string `toml:"watch_url"`
 }
 
 // UnmarshalTOML accepts both spellings of a backend.
@@ -171,8 +180,10 @@ func (b *Backend) UnmarshalTOML(v any) error {
 				b.Addr = s
 			case "check_url":
 				b.CheckURL = s
+			case "watch_url":
+				b.WatchURL = s
 			default:
-				return fmt.Errorf("unknown backend key %q (want addr, check_url)", k)
+				return fmt.Errorf("unknown backend key %q (want addr, check_url, watch_url)", k)
 			}
 		}
 		return nil
@@ -606,6 +617,22 @@ func (c *Config) validate(name string, pos conf.Positions, skip map[string]bool)
 		}
 		if s.Check.MinRecheckInterval < 0 {
 			bad(ck+".min_recheck_interval", "must not be negative")
+		}
+		switch s.Check.Watch {
+		case "", "auto", "off":
+		default:
+			bad(ck+".watch", "%q: want auto or off", s.Check.Watch)
+		}
+		if s.Check.WatchTimeout != 0 && s.Check.WatchTimeout.D() <= 3*time.Second {
+			bad(ck+".watch_timeout", "must be longer than brokerd's heartbeat interval (3s), got %s", s.Check.WatchTimeout)
+		}
+		for j, b := range s.Backends {
+			if b.WatchURL == "" {
+				continue
+			}
+			if u, err := url.Parse(b.WatchURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+				bad(p+".backends", "backend %d %q: watch_url %q is not an http(s) URL", j, b.Addr, b.WatchURL)
+			}
 		}
 		if s.Check.Rise < 1 {
 			bad(ck+".rise", "must be at least 1")

@@ -72,7 +72,7 @@ interval = "100ms"
 
 	escaped := `&lt;b&gt;svc&lt;/b&gt;&amp;&#34;x&#34;`
 	aRow := regexp.MustCompile(`<tr><td>` + regexp.QuoteMeta(a.addr) + `</td><td><span class="state master">master</span></td>` +
-		`<td>[^<]* ago</td><td class=n>7</td><td>[^<]* ago</td><td class=n>[0-9.]+[µm]?s</td><td class=n>1</td><td></td></tr>`)
+		`<td>[^<]* ago</td><td class=n>7</td><td>polling <span title="[^"]*offers no watch[^"]*">\(no watch\)</span></td><td>[^<]* ago</td><td class=n>[0-9.]+[µm]?s</td><td class=n>1</td><td></td></tr>`)
 	var page string
 	testutil.Eventually(t, 5*time.Second, func() error {
 		page = getPage(t, h.adminURL()+"/")

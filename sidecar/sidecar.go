@@ -350,13 +350,15 @@ func healthConfig(s ServiceConfig) health.Config {
 		Randomize:          s.Random,
 		NoMasterInterval:   s.Check.NoMasterInterval.D(),
 		MinRecheckInterval: s.Check.MinRecheckInterval.D(),
+		Watch:              s.Check.Watch,
+		WatchTimeout:       s.Check.WatchTimeout.D(),
 	}
 }
 
 func healthBackends(s ServiceConfig) []health.Backend {
 	bs := make([]health.Backend, len(s.Backends))
 	for i, b := range s.Backends {
-		bs[i] = health.Backend{Addr: b.Addr, CheckURL: b.CheckURL}
+		bs[i] = health.Backend{Addr: b.Addr, CheckURL: b.CheckURL, WatchURL: b.WatchURL}
 	}
 	return bs
 }
