@@ -1,6 +1,7 @@
 package sidecar
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"net/http/httputil"
@@ -14,6 +15,7 @@ import (
 
 	"handover/health"
 	"handover/internal/testutil"
+	"handover/stompclient"
 )
 
 // TestWatchMix: the sidecar in front of a mix, failing over both ways:
@@ -155,4 +157,38 @@ func waitReadyz(t *testing.T, admin string) {
 		}
 		return nil
 	})
+}
+
+// TestSIGTERMPushed: a master that is SIGTERMed says so on its watch
+// before its port closes, and the sidecar takes it out on that word (not
+// on a failed check or a closed connection); a STOMP-mode session carries
+// on, on the new master, on its first connection.
+func TestSIGTERMPushed(t *testing.T) {
+	c := startClusterWith(t, 2, `protocol = "stomp"`)
+	c.waitSidecarMaster(c.brokers[0].listen)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cl, err := stompclient.Dial(ctx, c.listen, stompclient.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	if err := cl.SendReceipt(ctx, "/queue/sigterm", []byte("before")); err != nil {
+		t.Fatal(err)
+	}
+	c.brokers[0].p.Signal(syscall.SIGTERM)
+	c.waitSidecarMaster(c.brokers[1].listen)
+	if err := cl.SendReceipt(ctx, "/queue/sigterm", []byte("after")); err != nil {
+		t.Fatalf("the session did not carry on after SIGTERM of its master: %v", err)
+	}
+	var down string
+	for _, l := range strings.Split(c.sidecar.Out.String(), "\n") {
+		if strings.Contains(l, `msg="backend down"`) && strings.Contains(l, fmt.Sprintf("backend=%q", c.brokers[0].listen)) {
+			down = l
+			break
+		}
+	}
+	if !strings.Contains(down, "pushed: master stopping") {
+		t.Errorf("the SIGTERMed master was not taken out on its pushed stop; its first down line: %q", down)
+	}
 }
