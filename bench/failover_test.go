@@ -67,7 +67,11 @@ type foKill struct {
 
 func (k foKill) total() time.Duration { return k.done.Sub(k.killed) }
 
-func foStartCluster(b *testing.B) *foCluster {
+func foStartCluster(b *testing.B) *foCluster { return foStartClusterWith(b, nil) }
+
+// foStartClusterWith is foStartCluster with the sidecar's config (the
+// sample's) passed through edit, unless nil.
+func foStartClusterWith(b *testing.B, edit func(cfg string) string) *foCluster {
 	b.Helper()
 	c := &foCluster{
 		data:   b.TempDir(),
@@ -91,6 +95,9 @@ func foStartCluster(b *testing.B) *foCluster {
 		backends: [2]string{c.brokers[0].listen, c.brokers[1].listen},
 		checks:   [2]string{"http://" + c.brokers[0].admin + "/readyz", "http://" + c.brokers[1].admin + "/readyz"},
 	}, true)
+	if edit != nil {
+		cfg = edit(cfg)
+	}
 	path := filepath.Join(b.TempDir(), "proxy.toml")
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		b.Fatal(err)
@@ -207,6 +214,16 @@ func (c *foCluster) kill(b *testing.B) foKill {
 // msg and, if match is not nil, whose fields match.
 func foLogTime(b *testing.B, p *testutil.Process, msg string, match func(map[string]any) bool) time.Time {
 	b.Helper()
+	t := foLogTimeMaybe(p, msg, match)
+	if t.IsZero() {
+		b.Fatalf("%s logged no %q event:\n%s", p.Name, msg, p.Out.String())
+	}
+	return t
+}
+
+// foLogTimeMaybe is foLogTime, but returns the zero time when there is no
+// such event (yet).
+func foLogTimeMaybe(p *testutil.Process, msg string, match func(map[string]any) bool) time.Time {
 	sc := bufio.NewScanner(strings.NewReader(p.Out.String()))
 	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
 	for sc.Scan() {
@@ -218,7 +235,6 @@ func foLogTime(b *testing.B, p *testutil.Process, msg string, match func(map[str
 			return foTime(f)
 		}
 	}
-	b.Fatalf("%s logged no %q event:\n%s", p.Name, msg, p.Out.String())
 	return time.Time{}
 }
 
