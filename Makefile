@@ -38,6 +38,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzStampPlain$$' -fuzztime $(call fuzzbudget,25000x) ./stompproxy/
 	$(GO) test -run '^$$' -fuzz '^FuzzParseUsers$$' -fuzztime $(call fuzzbudget,20000x) ./brokerd/auth/
 	$(GO) test -run '^$$' -fuzz '^FuzzMatch$$' -fuzztime $(call fuzzbudget,50000x) ./brokerd/auth/
+	$(GO) test -run '^$$' -fuzz '^FuzzReader$$' -fuzztime $(call fuzzbudget,20000x) ./health/watch/
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
