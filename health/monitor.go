@@ -159,7 +159,8 @@ type backend struct {
 	// lastEvent when the open watch's first and latest events came.
 	watch, watchErr         string
 	watchedSince, lastEvent time.Time
-	noWatchLogged           bool // "offers no watch" said since last watched
+	lastSpoke               time.Time // the open watch's latest event or heartbeat
+	noWatchLogged           bool      // "offers no watch" said since last watched
 }
 
 // outcome is a finished check on its way to Run, or (pushed) what a
@@ -1048,10 +1049,12 @@ type BackendStatus struct {
 	Watch      string `json:"watch"`
 	WatchError string `json:"watch_error,omitempty"`
 	// WatchedSince is when the open watch began; LastEvent when it last
-	// pushed a state (its heartbeats, every few seconds, are not shown:
-	// while Watch is WatchWatched it has spoken within WatchTimeout).
+	// pushed a state.
 	WatchedSince time.Time `json:"watched_since,omitzero"`
 	LastEvent    time.Time `json:"last_event,omitzero"`
+	// LastSpoke is when the backend was last heard from: a watched one's
+	// latest event or heartbeat, a polled one's latest check.
+	LastSpoke time.Time `json:"last_spoke,omitzero"`
 }
 
 // Status returns a snapshot of the monitor's state.
@@ -1081,8 +1084,10 @@ func (m *Monitor) Status() ServiceStatus {
 			CredentialsRefused: b.refused != "",
 			Watch:              b.watch, WatchError: b.watchErr,
 		}
+		bs.LastSpoke = b.lastCheck
 		if b.watch == WatchWatched {
 			bs.WatchedSince, bs.LastEvent = b.watchedSince, b.lastEvent
+			bs.LastSpoke = b.lastSpoke
 		}
 		if b.lastErr != nil {
 			bs.LastError = b.lastErr.Error()

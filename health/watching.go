@@ -139,6 +139,10 @@ func (m *Monitor) applyPush(p push) {
 	if b.removed {
 		return
 	}
+	if u.Beat {
+		b.lastSpoke = m.clock.Now()
+		return
+	}
 	log := m.log.WithField("backend", b.Addr)
 	if u.Err != nil {
 		was := b.watch == WatchWatched
@@ -167,7 +171,7 @@ func (m *Monitor) applyPush(p push) {
 		b.watchedSince = now
 		m.queue(func() { log.WithField("role", ev.Role).Debug("watching the backend") })
 	}
-	b.watch, b.watchErr, b.lastEvent, b.noWatchLogged = WatchWatched, "", now, false
+	b.watch, b.watchErr, b.lastEvent, b.lastSpoke, b.noWatchLogged = WatchWatched, "", now, now, false
 	var r Result
 	switch {
 	case ev.Stopping:

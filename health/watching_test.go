@@ -58,6 +58,13 @@ func TestPushes(t *testing.T) {
 	if st := h.mon.Status().Backends; st[0].Watch != WatchWatched || st[1].Watch != WatchWatched {
 		t.Errorf("watch states %q %q, want both watched", st[0].Watch, st[1].Watch)
 	}
+	// A heartbeat is the backend speaking: Status says when it last did.
+	h.tick()
+	h.push("a", watch.Update{Beat: true})
+	h.waitIdle()
+	if got := h.mon.Status().Backends[0].LastSpoke; !got.Equal(h.clock.Now()) {
+		t.Errorf("a last spoke at %v, want the heartbeat's %v", got, h.clock.Now())
+	}
 
 	// a says it is stopping: out at once, before its port closes.
 	h.push("a", event("master", 1, true, true))

@@ -32,7 +32,7 @@ const pageBody = `
 {{with .Discovery}}<dt>discovery</dt><dd>{{.Name}}: {{len .Backends}} backends, last lookup {{ago .LastLookup}}{{with .LastError}} <span class="state error">{{.}}</span>{{end}}</dd>{{end}}
 </dl>
 <table id="backends-{{.Name}}"><tr><th>backend</th><th>state</th><th>since</th><th>epoch</th><th>news by</th><th>last check</th><th>latency</th><th>connections</th><th>last error</th></tr>
-{{range .Backends}}<tr><td>{{.Addr}}</td><td><span class="state {{.Class}}">{{.State}}</span>{{with .Health}} (checks: {{.}}){{end}}</td><td>{{if .Since.IsZero}}start{{else}}{{ago .Since}}{{end}}</td><td class=n>{{.Epoch}}</td><td>{{if eq .Watch "watched"}}watch, since {{ago .WatchedSince}}{{else}}polling{{with .WatchError}} <span title="{{.}}">(no watch)</span>{{end}}{{end}}</td><td>{{ago .LastCheck}}</td><td class=n>{{.Latency}}</td><td class=n>{{.Connections}}</td><td>{{.LastError}}</td></tr>
+{{range .Backends}}<tr><td>{{.Addr}}</td><td><span class="state {{.Class}}">{{.State}}</span>{{with .Health}} (checks: {{.}}){{end}}</td><td>{{if .Since.IsZero}}start{{else}}{{ago .Since}}{{end}}</td><td class=n>{{.Epoch}}</td><td>{{if eq .Watch "watched"}}watch, heard {{ago .LastSpoke}}{{else}}polling{{with .WatchError}} <span title="{{.}}">(no watch)</span>{{end}}{{end}}</td><td>{{ago .LastCheck}}</td><td class=n>{{.Latency}}</td><td class=n>{{.Connections}}</td><td>{{.LastError}}</td></tr>
 {{end}}</table>
 {{with .Unlisted}}<p>Set by an operator, for backends not listed now: {{range .}}{{.Addr}} {{.State}}; {{end}}enable them to clear it.</p>{{end}}
 {{end}}`

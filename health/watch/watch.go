@@ -79,8 +79,8 @@ type Event struct {
 	At time.Time
 }
 
-// Update is what Follow reports: an Event, or (Err set) the loss of the
-// watch.
+// Update is what Follow reports: an Event, a heartbeat (Beat), or (Err
+// set) the loss of the watch.
 type Update struct {
 	// Event is the state pushed, when Err is nil.
 	Event Event
@@ -93,6 +93,9 @@ type Update struct {
 	Err error
 	// RetryIn is, with Err, how long Follow waits before trying again.
 	RetryIn time.Duration
+	// Beat marks a heartbeat (Event and Err are zero): the backend spoke,
+	// and nothing changed.
+	Beat bool
 }
 
 // Options are what Follow needs to follow one backend's watch.
@@ -316,8 +319,12 @@ func (f *follower) stream(ctx context.Context, report func(Update)) (got bool, e
 		if err != nil {
 			return got, f.lost(err)
 		}
+		if m.Event == "" {
+			report(Update{Beat: true})
+			continue
+		}
 		if m.Event != "state" {
-			continue // a heartbeat, or a type this client does not know
+			continue // a type this client does not know
 		}
 		ev, err := decode(m.Data)
 		if err != nil {

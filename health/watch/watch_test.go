@@ -26,7 +26,8 @@ const patience = 15 * time.Second
 // follower runs Follow in the background for one test and collects what it
 // reports.
 type follower struct {
-	updates chan watch.Update
+	updates chan watch.Update // events and losses
+	beats   atomic.Int64      // heartbeats reported
 	done    chan error
 }
 
@@ -36,7 +37,15 @@ func follow(t *testing.T, o watch.Options) *follower {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	f := &follower{updates: make(chan watch.Update, 1024), done: make(chan error, 1)}
-	go func() { f.done <- watch.Follow(ctx, o, func(u watch.Update) { f.updates <- u }) }()
+	go func() {
+		f.done <- watch.Follow(ctx, o, func(u watch.Update) {
+			if u.Beat {
+				f.beats.Add(1)
+				return
+			}
+			f.updates <- u
+		})
+	}()
 	t.Cleanup(func() {
 		cancel()
 		select {
@@ -277,6 +286,11 @@ func TestFollowHeartbeats(t *testing.T) {
 		}
 		return nil
 	})
+	// Each beat is reported (Update.Beat): the caller knows when the
+	// backend last spoke. The last few may still be on their way.
+	if got, sent := f.beats.Load(), beats.Load(); got < sent-5 {
+		t.Errorf("%d heartbeats reported of %d sent", got, sent)
+	}
 }
 
 // TestFollowLosses: each way a stream can fail to start or go wrong is
