@@ -250,6 +250,10 @@ type Journal struct {
 	rmu    sync.Mutex
 	rfiles map[uint64]*os.File
 	ahead  map[uint64]int64 // how far read-ahead was asked for, per segment
+	// cache holds blocks of sealed segments, those before activeSeq, the
+	// segment being written (cache.go).
+	cache     *blockCache
+	activeSeq atomic.Uint64
 
 	nSyncs   atomic.Uint64
 	nRecords atomic.Uint64
@@ -348,6 +352,7 @@ func newJournal(opts Options, log *logrus.Entry) *Journal {
 		exited:    make(chan struct{}),
 		rfiles:    make(map[uint64]*os.File),
 		ahead:     make(map[uint64]int64),
+		cache:     newBlockCache(readCacheBytes),
 		token:     strconv.FormatUint(rand.Uint64(), 36),
 	}
 	j.cond.L = &j.mu
@@ -419,6 +424,7 @@ func (j *Journal) start(st *state) error {
 		return fmt.Errorf("journal: %w", err)
 	}
 	j.f, j.active = f, seg
+	j.activeSeq.Store(seg.seq)
 	st.addSegment(seg)
 	j.startDirect()
 	// Compaction deletes files, which takes time a new master should spend
@@ -956,6 +962,7 @@ func (j *Journal) roll() error {
 	j.stopDirect()
 	old, oldSeg := j.f, j.active
 	j.f, j.active = f, seg
+	j.activeSeq.Store(seg.seq)
 	j.st.addSegment(seg)
 	j.startDirect()
 	if err := old.Close(); err != nil {

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -91,8 +92,17 @@ func (j *Journal) ReadMany(ids []string) ([][]byte, []error) {
 	return data, errs
 }
 
-// readAt reads and checks the record of id at l.
+// readAt reads and checks the record of id at l, through the block cache
+// where its segment is sealed.
 func (j *Journal) readAt(id string, l loc) ([]byte, error) {
+	if l.seg < j.activeSeq.Load() {
+		if buf, err := j.readCached(id, l); buf != nil || err != nil {
+			if err != nil {
+				return nil, err
+			}
+			return j.checkAt(id, l, buf)
+		}
+	}
 	f, err := j.reader(l.seg)
 	if err != nil {
 		return nil, err
@@ -100,11 +110,72 @@ func (j *Journal) readAt(id string, l loc) ([]byte, error) {
 	j.readAhead(f, l)
 	buf := make([]byte, l.n)
 	if _, err := f.ReadAt(buf, int64(l.off)); err != nil {
-		// Past the end of its file: the index and the file disagree.
-		path := filepath.Join(j.dir, segName(l.seg))
-		return nil, fmt.Errorf("%w: segment %s offset %d: reading %d-byte record of %q: %v", ErrCorrupt, path, l.off, l.n, id, err)
+		return nil, j.pastEnd(id, l, err)
 	}
 	return j.checkAt(id, l, buf)
+}
+
+// pastEnd is the error of a record that its file does not hold: the index
+// and the file disagree.
+func (j *Journal) pastEnd(id string, l loc, err error) error {
+	path := filepath.Join(j.dir, segName(l.seg))
+	return fmt.Errorf("%w: segment %s offset %d: reading %d-byte record of %q: %v", ErrCorrupt, path, l.off, l.n, id, err)
+}
+
+// readCached returns the bytes of the record at l in a sealed segment from
+// the cached blocks it spans, reading and caching those that are missing.
+// It returns nil, nil when the record is not for the cache (larger than
+// half a block: worth its own read) or the cache is being bypassed.
+func (j *Journal) readCached(id string, l loc) ([]byte, error) {
+	if l.n > blockLen/2 {
+		return nil, nil
+	}
+	c := j.cache
+	off, end := int64(l.off), int64(l.off)+int64(l.n)
+	first, last := off/blockLen, (end-1)/blockLen // at most two blocks
+	buf := make([]byte, l.n)
+	// part is what of buf block b holds, and where in the block it starts.
+	part := func(b int64) ([]byte, int) {
+		lo, hi := max(off, b*blockLen), min(end, (b+1)*blockLen)
+		return buf[lo-off : hi-off], int(lo - b*blockLen)
+	}
+	var missing [2]bool
+	for b := first; b <= last; b++ {
+		dst, from := part(b)
+		missing[b-first] = !c.copyOut(blockKey{l.seg, uint32(b)}, from, dst)
+	}
+	if !missing[0] && !missing[last-first] {
+		return buf, nil
+	}
+	if !c.useful() {
+		return nil, nil
+	}
+	f, err := j.reader(l.seg)
+	if err != nil {
+		return nil, err
+	}
+	j.readAhead(f, l)
+	for b := first; b <= last; b++ {
+		if !missing[b-first] {
+			continue
+		}
+		d := c.buffer()
+		n, err := f.ReadAt(d, b*blockLen)
+		d = d[:n]
+		dst, from := part(b)
+		if from+len(dst) > n {
+			if err == nil {
+				err = io.ErrUnexpectedEOF
+			}
+			return nil, j.pastEnd(id, l, err)
+		}
+		copy(dst, d[from:])
+		// Only a missing block is cached: a cached one is never replaced,
+		// so that the cache can tell which blocks served reads. After put,
+		// d belongs to the cache.
+		c.put(blockKey{l.seg, uint32(b)}, d)
+	}
+	return buf, nil
 }
 
 // checkAt checks that buf is the whole record of id found at l, and
@@ -174,6 +245,7 @@ func (j *Journal) closeReader(seq uint64) {
 	delete(j.rfiles, seq)
 	delete(j.ahead, seq)
 	j.rmu.Unlock()
+	j.cache.dropSegment(seq)
 	if f != nil {
 		f.Close()
 	}

@@ -58,7 +58,7 @@ type state struct {
 	order []uint64 // sequence numbers of segs, ascending
 
 	mu        sync.RWMutex
-	live      map[string]loc // message id -> its live Put
+	live      *locIndex      // message id -> its live Put
 	producers map[string]loc // producer id -> its live window
 
 	compactDue bool // some segment may have become deletable
@@ -72,7 +72,7 @@ type state struct {
 func newState() *state {
 	return &state{
 		segs:      make(map[uint64]*segment),
-		live:      make(map[string]loc),
+		live:      newLocIndex(),
 		producers: make(map[string]loc),
 	}
 }
@@ -87,7 +87,7 @@ func (st *state) addSegment(s *segment) {
 // lookup returns where the live Put id is.
 func (st *state) lookup(id string) (loc, bool) {
 	st.mu.RLock()
-	l, ok := st.live[id]
+	l, ok := st.live.get(id)
 	st.mu.RUnlock()
 	return l, ok
 }
@@ -145,29 +145,34 @@ func (st *state) apply(kind store.Kind, id string, l loc) bool {
 		// record; found without its Put (its segment was deleted after
 		// the move), it is the Put.
 		st.mu.Lock()
-		was := st.retire(st.live, seg, id)
-		st.live[id] = l
+		old, was := st.live.get(id)
+		st.live.set(id, l)
 		st.mu.Unlock()
+		if was {
+			st.retire(old, seg)
+		}
 		st.hold(seg, l, !was)
 	case store.KindAck:
 		st.mu.Lock()
-		ok := st.retire(st.live, seg, id)
-		if ok {
-			delete(st.live, id)
-		}
+		old, ok := st.live.del(id)
 		st.mu.Unlock()
 		if !ok {
 			return false
 		}
+		st.retire(old, seg)
 		st.nLive.Add(-1)
 	case store.KindProducer:
-		st.retire(st.producers, seg, id)
+		if old, ok := st.producers[id]; ok {
+			st.retire(old, seg)
+		}
 		st.producers[id] = l
 		st.hold(seg, l, false)
 	case store.KindProducerEnd:
-		if !st.retire(st.producers, seg, id) {
+		old, ok := st.producers[id]
+		if !ok {
 			return false
 		}
+		st.retire(old, seg)
 		delete(st.producers, id)
 	}
 	return true
@@ -184,17 +189,12 @@ func (st *state) hold(seg *segment, l loc, newMsg bool) {
 	}
 }
 
-// retire marks the live record id of m, if any, as no longer needed
-// because of a record in seg, and remembers the cross-segment dependency.
-// It does not remove id from m. It reports whether id was live.
-func (st *state) retire(m map[string]loc, seg *segment, id string) bool {
-	old, ok := m[id]
-	if !ok {
-		return false
-	}
+// retire marks the live record at old as no longer needed because of a
+// record in seg, and remembers the cross-segment dependency.
+func (st *state) retire(old loc, seg *segment) {
 	s := st.segs[old.seg]
 	if s == nil {
-		return true // its segment is gone (a standby saw it deleted)
+		return // its segment is gone (a standby saw it deleted)
 	}
 	s.live--
 	s.liveBytes -= int64(old.n)
@@ -205,7 +205,6 @@ func (st *state) retire(m map[string]loc, seg *segment, id string) bool {
 	if s.live == 0 {
 		st.compactDue = true
 	}
-	return true
 }
 
 // dropSegment forgets a segment that another process deleted: everything
@@ -217,18 +216,24 @@ func (st *state) dropSegment(seq uint64, idx store.Index) {
 		return
 	}
 	if s.live > 0 {
-		st.mu.Lock()
-		for id, l := range st.live {
+		var gone []string
+		st.live.each(func(id string, l loc) {
 			if l.seg == seq {
-				delete(st.live, id)
-				st.nLive.Add(-1)
-				st.nLiveBytes.Add(-int64(l.n))
-				if idx != nil {
-					idx.Ack(id)
-				}
+				gone = append(gone, id)
 			}
+		})
+		st.mu.Lock()
+		for _, id := range gone {
+			l, _ := st.live.del(id)
+			st.nLive.Add(-1)
+			st.nLiveBytes.Add(-int64(l.n))
 		}
 		st.mu.Unlock()
+		if idx != nil {
+			for _, id := range gone {
+				idx.Ack(id)
+			}
+		}
 		for id, l := range st.producers {
 			if l.seg == seq {
 				delete(st.producers, id)
