@@ -39,6 +39,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParseUsers$$' -fuzztime $(call fuzzbudget,20000x) ./brokerd/auth/
 	$(GO) test -run '^$$' -fuzz '^FuzzMatch$$' -fuzztime $(call fuzzbudget,50000x) ./brokerd/auth/
 	$(GO) test -run '^$$' -fuzz '^FuzzReader$$' -fuzztime $(call fuzzbudget,20000x) ./health/watch/
+	$(GO) test -run '^$$' -fuzz '^FuzzParseStored$$' -fuzztime $(call fuzzbudget,20000x) ./brokerd/
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \

@@ -10,11 +10,17 @@ import (
 // small message per live persistent message, its body left in the store.
 // Only the goroutine calling the standby's CatchUp or Promote touches it.
 type backlog struct {
-	msgs      map[string]*message
+	msgs      map[string]blEntry
 	queues    map[string]*blist
 	producers map[string]uint64
 	live      int
 	bytes     int64
+}
+
+// blEntry is a live message of the backlog and its queue's list.
+type blEntry struct {
+	m *message
+	l *blist
 }
 
 // blist is one queue's messages in store order. Acknowledged messages are
@@ -28,12 +34,12 @@ type blist struct {
 }
 
 func newBacklog() *backlog {
-	return &backlog{msgs: map[string]*message{}, queues: map[string]*blist{}, producers: map[string]uint64{}}
+	return &backlog{msgs: map[string]blEntry{}, queues: map[string]*blist{}, producers: map[string]uint64{}}
 }
 
 // Put implements store.Index.
 func (b *backlog) Put(id, queue string, size int, order uint64) {
-	if b.msgs[id] != nil {
+	if _, ok := b.msgs[id]; ok {
 		b.Ack(id) // put again: it takes its new place
 	}
 	l := b.queues[queue]
@@ -41,28 +47,28 @@ func (b *backlog) Put(id, queue string, size int, order uint64) {
 		l = &blist{}
 		b.queues[queue] = l
 	}
-	m := &message{id: id, dest: queue, persistent: true, redelivered: true, size: int32(min(size, 1<<31-1))}
+	m := &message{id: id, persistent: true, redelivered: true, size: int32(min(size, 1<<31-1))}
 	if n := len(l.orders); n > 0 && l.orders[n-1] > order {
 		l.unsorted = true
 	}
 	l.ms = append(l.ms, m)
 	l.orders = append(l.orders, order)
-	b.msgs[id] = m
+	b.msgs[id] = blEntry{m, l}
 	b.live++
 	b.bytes += int64(size)
 }
 
 // Ack implements store.Index.
 func (b *backlog) Ack(id string) {
-	m := b.msgs[id]
-	if m == nil {
+	e, ok := b.msgs[id]
+	if !ok {
 		return
 	}
 	delete(b.msgs, id)
 	b.live--
-	b.bytes -= int64(m.size)
-	m.gone = true
-	l := b.queues[m.dest]
+	b.bytes -= int64(e.m.size)
+	e.m.gone = true
+	l := e.l
 	l.dead++
 	if l.dead > 1024 && l.dead > len(l.ms)/2 {
 		l.sweep()

@@ -229,3 +229,81 @@ func TestDamagedBodySkipped(t *testing.T) {
 		t.Fatalf("status damaged = %+v, want one report naming the file and offset", st.Damaged)
 	}
 }
+
+// TestDeliveredBodiesLetGo: a persistent message's body is held in memory
+// only until its MESSAGE is written to the consumer, not for as long as
+// it waits for its ACK; a redelivery (NACK, or the consumer gone) reads it
+// back from the store, whole.
+func TestDeliveredBodiesLetGo(t *testing.T) {
+	const (
+		n    = 200
+		size = 64 << 10 // 12.5 MiB in flight
+	)
+	s := startServer(t, t.TempDir(), nil)
+	s.waitReady(t)
+	p := dial(t, s.Addr())
+	for i := 0; i < n; i += 50 {
+		sendBatch(t, p, "/queue/held", i, 50, size)
+	}
+	c := dial(t, s.Addr())
+	prefetch := frame.Header{Key: "activemq.prefetchSize", Value: strconv.Itoa(n)}
+	sub, err := c.SubscribeReceipt(ctx5(t), "/queue/held", stompclient.AckClientIndividual, prefetch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make([]*frame.Frame, n)
+	for i := range got {
+		if got[i] = recv(t, sub); !bytes.Equal(got[i].Body, body(i, size)) {
+			t.Fatalf("message %d: got %.8q…", i, got[i].Body)
+		}
+		got[i].Body = nil // this process's heap is the broker's too
+	}
+	// Everything is in flight, unacknowledged, and nothing is pinned.
+	testutil.Eventually(t, 5*time.Second, func() error {
+		st := getStatus(t, s.AdminAddr())
+		if st.Memory.Pinned != 0 || len(st.Queues) != 1 || st.Queues[0].Inflight != n || st.Queues[0].Memory != 0 {
+			return fmt.Errorf("memory %+v, queues %+v: want %d in flight, nothing pinned", st.Memory, st.Queues, n)
+		}
+		return nil
+	})
+	if heap := heapInUse(); heap > n*size*3/4 {
+		t.Errorf("heap %d MiB with %d MiB of bodies in flight: they are held", heap>>20, n*size>>20)
+	}
+	// A NACK redelivers from the store.
+	if err := c.Nack(got[7]); err != nil {
+		t.Fatal(err)
+	}
+	if m := recv(t, sub); !bytes.Equal(m.Body, body(7, size)) || m.Value("redelivered") != "true" {
+		t.Fatalf("redelivery of message 7: redelivered=%q, body %.8q…", m.Value("redelivered"), m.Body)
+	}
+	// So does the consumer's going away (in the order of its deliveries:
+	// 7 last).
+	c.Close()
+	c2 := dial(t, s.Addr())
+	sub2, err := c2.Subscribe("/queue/held", stompclient.AckClientIndividual, prefetch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k := range n {
+		i := k
+		switch {
+		case k == n-1:
+			i = 7
+		case k >= 7:
+			i = k + 1
+		}
+		m := recv(t, sub2)
+		if !bytes.Equal(m.Body, body(i, size)) {
+			t.Fatalf("redelivery %d: got %.8q…, want message %d", k, m.Body, i)
+		}
+		if err := c2.Ack(m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	testutil.Eventually(t, 5*time.Second, func() error {
+		if m := getStatus(t, s.AdminAddr()).Memory; m.Pinned != 0 || m.Cached != 0 {
+			return fmt.Errorf("memory after draining: %+v", m)
+		}
+		return nil
+	})
+}

@@ -103,6 +103,22 @@ type outFrame struct {
 	closeAfter bool
 	reason     string
 	mem        int64 // bytes pinned in the budget until written or dropped
+	// body is the bytes of a persistent queue message's body pinned in the
+	// budget and in queue q until written or dropped (see deliver). Unlike
+	// mem it does not count towards MaxPendingBytes: a queue bounds its
+	// deliveries itself.
+	body int64
+	q    *queue
+}
+
+// release gives back what o holds in the budget. The queue's count goes
+// first: unpinning wakes producers that look at it.
+func (c *conn) release(o *outFrame) {
+	if o.body != 0 {
+		o.q.pinned.Add(-o.body)
+		c.s.mem.unpin(o.body)
+	}
+	c.s.mem.unpin(o.mem)
 }
 
 // txn is an open transaction: its frames wait in memory until COMMIT, so
@@ -544,7 +560,7 @@ func (c *conn) applied(f *frame.Frame, apply func(), err error) bool {
 func (c *conn) prepare(f *frame.Frame) ([]store.Record, func(), error) {
 	switch f.Command {
 	case frame.SEND:
-		m, err := c.s.newMessage(f)
+		m, dest, err := c.s.newMessage(f)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -558,13 +574,13 @@ func (c *conn) prepare(f *frame.Frame) ([]store.Record, func(), error) {
 			recs = append(recs, evicted...)
 		}
 		if m.persistent {
-			recs = append(recs, putRecord(m))
+			recs = append(recs, putRecord(m, dest))
 			if stamped {
 				recs = append(recs, dedupRecord(st))
 			}
 		}
 		return recs, func() {
-			c.s.route(m)
+			c.s.route(m, dest)
 			if stamped {
 				c.s.dedup.persisted(st)
 			}
@@ -597,7 +613,7 @@ func (c *conn) prepare(f *frame.Frame) ([]store.Record, func(), error) {
 		var recs []store.Record
 		for _, m := range acked {
 			if m.persistent {
-				recs = append(recs, store.Record{Kind: store.KindAck, ID: m.id, Queue: m.dest})
+				recs = append(recs, store.Record{Kind: store.KindAck, ID: m.id, Queue: sub.q.name})
 			}
 		}
 		return recs, nil, nil
@@ -911,15 +927,26 @@ func (c *conn) deliver(s *subscription, m *message) {
 		c.mu.Unlock()
 	}
 	o := outFrame{f: f, onWritten: onWritten}
-	if s.q == nil {
+	switch {
+	case s.q == nil:
 		// A topic message's only copy for this subscriber is this frame:
 		// it counts against the budget until written (a queue message's
 		// body is counted by the queue while it is in flight).
 		o.mem = int64(m.size)
 		c.s.mem.pin(o.mem)
+	case m.persistent && m.mem == memPinned:
+		// The body goes out with the frame and is not kept for a
+		// redelivery, which reads it back from the store: what a
+		// delivery costs memory is then the consumer's socket backlog,
+		// not its whole prefetch window (a consumer of a thousand queues
+		// with a prefetch of a thousand would otherwise pin a backlog of
+		// a million in memory). What dispatch pinned for the message,
+		// the frame holds until written.
+		o.body, o.q = int64(m.size), s.q
+		m.mem, m.frame = memNone, nil
 	}
 	if !c.send(o) {
-		c.s.mem.unpin(o.mem)
+		c.release(&o)
 		return
 	}
 	c.s.metrics.delivered.Inc()
@@ -934,7 +961,7 @@ func (c *conn) autoAck(s *subscription, m *message) {
 	for _, a := range acked {
 		if a.persistent {
 			id := a.id
-			c.s.st.Append([]store.Record{{Kind: store.KindAck, ID: a.id, Queue: a.dest}}, func(err error) {
+			c.s.st.Append([]store.Record{{Kind: store.KindAck, ID: a.id, Queue: s.q.name}}, func(err error) {
 				if err != nil {
 					c.log.WithError(err).WithField("message", id).Warn("auto-ack not journaled: the message will be delivered again after a restart")
 				}
@@ -1059,9 +1086,15 @@ func (c *conn) flush() {
 		return
 	}
 	buf := c.flushBuf[:0]
+	if buf == nil {
+		if p, ok := bigFlushBufs.Get().(*[]byte); ok {
+			buf = (*p)[:0]
+		}
+	}
 	v := c.ver()
 	for i, o := range c.outq {
 		buf = frame.Append(buf, o.f, v)
+		c.release(&o) // what is left to write is a copy in buf
 		c.outq[i] = outFrame{}
 	}
 	c.outq, c.outSize = c.outq[:0], 0
@@ -1081,16 +1114,24 @@ func (c *conn) flush() {
 			c.log.WithError(err).Debug("direct write failed; leaving it to the writer")
 		}
 	}
+	short := n < len(buf)
 	if cap(buf) <= 64<<10 {
 		c.flushBuf = buf[:0]
 	} else {
 		c.flushBuf = nil
+		bigFlushBufs.Put(&buf)
 	}
 	c.wmu.Unlock()
-	if n < len(buf) {
+	if short {
 		c.wake()
 	}
 }
+
+// bigFlushBufs are flush buffers that grew past what a connection keeps
+// (64 KiB), for the next large flush of any connection: a consumer
+// draining a backlog is sent hundreds of KiB at a time, and growing a
+// buffer that big for every flush was a fifth of what a drain allocated.
+var bigFlushBufs sync.Pool
 
 // writeNow makes one non-blocking send of buf and returns how much of it the
 // socket took.
@@ -1205,8 +1246,8 @@ func (c *conn) writeLoop() {
 			continue
 		}
 		c.lastWrite.Store(time.Now().UnixNano())
-		for i, o := range batch {
-			c.s.mem.unpin(o.mem)
+		for i := range batch {
+			c.release(&batch[i])
 			batch[i] = outFrame{}
 		}
 		if confirms && c.confirmDeliveries() {
@@ -1242,7 +1283,7 @@ const writeTimeout = 30 * time.Second
 // and go back to the queue when the connection's subscriptions are dropped.
 func (c *conn) abandon(batch []outFrame) {
 	for i := range batch {
-		c.s.mem.unpin(batch[i].mem)
+		c.release(&batch[i])
 		batch[i] = outFrame{}
 	}
 }

@@ -22,13 +22,17 @@ const (
 // redelivered headers to a copy of the header list and share the body.
 //
 // A persistent message's frame may be nil: its body is only in the store
-// (a backlog larger than the cache, or one recovered from the store), and
-// is read back when the message is delivered. What memory holds for such a
-// message is this struct and its place in its queue. Fields other than id,
-// dest and persistent are guarded by the queue's lock.
+// (a backlog larger than the cache, one recovered from the store, or a
+// delivery whose frame went out: see conn.deliver), and is read back when
+// the message is delivered. What memory holds for such a message is this
+// struct and its place in its queue. Fields other than id and persistent
+// are guarded by the queue's lock.
+//
+// A message does not know its destination (its queue does, and its frame's
+// destination header): with the name it would take 48 bytes instead of 32,
+// and a backlog of a million pays that a million times.
 type message struct {
 	id          string
-	dest        string
 	frame       *frame.Frame
 	size        int32    // bytes of the encoded frame
 	mem         memState // what of size is charged to the budget
@@ -38,7 +42,7 @@ type message struct {
 }
 
 // memState says how a message's body counts against the budget. It is a
-// byte so that a message stays within 48 bytes: a backlog of a million
+// byte so that a message stays within 32 bytes: a backlog of a million
 // costs memory per message, and this struct is most of it.
 type memState uint8
 
@@ -210,9 +214,6 @@ func (q *queue) enqueue(ms ...*message) bool {
 		return false
 	}
 	for _, m := range ms {
-		// The queue's own copy of the name: m's would keep the SEND's
-		// header buffer alive for as long as m is queued.
-		m.dest = q.name
 		m.hold(q)
 	}
 	q.pending = append(q.pending, ms...)
@@ -458,7 +459,7 @@ func (q *queue) load(m *message) bool {
 	}
 	f, err := q.s.readMessage(m)
 	if err != nil {
-		q.s.damaged(m, err)
+		q.s.damaged(m, q.name, err)
 		return false
 	}
 	m.frame = f
@@ -501,7 +502,7 @@ func (q *queue) loadHead(m *message, br store.BatchReader) bool {
 		}
 		switch {
 		case err != nil && i == 0:
-			q.s.damaged(b, err)
+			q.s.damaged(b, q.name, err)
 			ok = false
 		case err != nil:
 			// Reported when it reaches the head and is read alone.

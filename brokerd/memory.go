@@ -10,8 +10,10 @@ import (
 // message bodies. Two kinds of holding count against it:
 //
 //   - pinned: bodies that exist nowhere else or are on their way out:
-//     non-persistent messages waiting in a queue, messages delivered and
-//     not yet acknowledged, topic messages waiting in a subscriber's output.
+//     non-persistent messages waiting in a queue or delivered and not yet
+//     acknowledged, deliveries waiting in a consumer's output (a
+//     persistent message's body is let go once written: a redelivery
+//     reads it back), topic messages waiting in a subscriber's output.
 //     They cannot be dropped, so producers of such messages wait while
 //     the budget is spent (producer flow control, as ActiveMQ's).
 //   - cached: bodies of persistent messages kept in memory after they

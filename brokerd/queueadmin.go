@@ -105,7 +105,7 @@ func (s *Server) purge(ctx context.Context, name string) (int, error) {
 	var recs []store.Record
 	for _, m := range ms {
 		if m.persistent {
-			recs = append(recs, store.Record{Kind: store.KindAck, ID: m.id, Queue: m.dest})
+			recs = append(recs, store.Record{Kind: store.KindAck, ID: m.id, Queue: q.name})
 		}
 	}
 	if len(recs) > 0 {

@@ -277,13 +277,20 @@ func (s *Server) Run(ctx context.Context) error {
 		return err
 	}
 
-	rctx, stopReclaim := context.WithCancel(ctx)
-	reclaimDone := make(chan struct{})
+	// The master's housekeeping. Memory is given back after bursts by a
+	// master only: a slave's collection after it caught up would compete
+	// with the takeover it may have to make at any moment.
+	rctx, stopHousekeeping := context.WithCancel(ctx)
+	reclaimDone, memDone := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(reclaimDone)
 		s.reclaimLoop(rctx)
 	}()
-	defer func() { stopReclaim(); <-reclaimDone }()
+	go func() {
+		defer close(memDone)
+		s.returnMemoryLoop(rctx)
+	}()
+	defer func() { stopHousekeeping(); <-reclaimDone; <-memDone }()
 
 	select {
 	case <-ctx.Done():
@@ -636,14 +643,15 @@ func (s *Server) topic(name string) *topic {
 	return t
 }
 
-// newMessage turns a SEND into a message with a fresh id. Message ids embed
-// the lock epoch, which no other master has had or will have, so they stay
-// unique across restarts and failovers without any shared counter.
-func (s *Server) newMessage(f *frame.Frame) (*message, error) {
+// newMessage turns a SEND into a message with a fresh id, and returns its
+// destination. Message ids embed the lock epoch, which no other master has
+// had or will have, so they stay unique across restarts and failovers
+// without any shared counter.
+func (s *Server) newMessage(f *frame.Frame) (*message, string, error) {
 	dest := f.Value("destination")
 	isQueue, err := splitDestination(dest)
 	if err != nil {
-		return nil, fmt.Errorf("SEND: %w", err)
+		return nil, "", fmt.Errorf("SEND: %w", err)
 	}
 	s.mu.Lock()
 	epoch := s.epoch
@@ -662,24 +670,23 @@ func (s *Server) newMessage(f *frame.Frame) (*message, error) {
 	}
 	return &message{
 		id:    id,
-		dest:  dest,
 		frame: mf,
 		size:  frameSize(mf),
 		// Topic messages are never journaled: a topic keeps nothing for
 		// absent subscribers, so there is nothing to recover.
 		persistent: isQueue && f.Value("persistent") == "true",
-	}, nil
+	}, dest, nil
 }
 
-// route hands a message to its destination.
-func (s *Server) route(m *message) {
+// route hands a message to its destination dest.
+func (s *Server) route(m *message, dest string) {
 	s.metrics.received.Inc()
-	if isQueue, _ := splitDestination(m.dest); isQueue {
-		for !s.queue(m.dest).enqueue(m) {
+	if isQueue, _ := splitDestination(dest); isQueue {
+		for !s.queue(dest).enqueue(m) {
 			// Reclaimed between the lookup and the enqueue: look again.
 		}
 	} else {
-		for !s.topic(m.dest).publish(m) {
+		for !s.topic(dest).publish(m) {
 		}
 	}
 }
