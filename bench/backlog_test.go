@@ -29,9 +29,10 @@
 //     (drain-msgs/s), then, as the reference from the same run, fill a
 //     fresh set of queues of the same layout with a backlog small enough
 //     for its bodies to stay in memory (the same size up to 100,000, and
-//     within the quarter of max_memory that brokerd caches bodies in,
-//     about 43,000 with the default 256 MiB), and drain it at once
-//     (ref-drain-msgs/s); drain-of-ref is the ratio (issue 13: ≥ 0.8).
+//     within the cache share of max_memory that brokerd keeps bodies in,
+//     /status's cache_limit: 21,845 with the default 256 MiB), and drain
+//     it at once (ref-drain-msgs/s); drain-of-ref is the ratio (issue 13:
+//     ≥ 0.8).
 //
 // BenchmarkTakeoverBacklogActiveMQ runs the same steps with a 100,000
 // backlog on one queue against brokerd (journal) and then ActiveMQ 5.17
@@ -95,8 +96,8 @@ const (
 	blAMQSizeDefault = 100000
 	// blRefMax bounds the reference backlog, whose bodies should still be
 	// in memory when it is drained. brokerd keeps persistent bodies cached
-	// within a quarter of max_memory (brokerd/memory.go); where /status
-	// tells max_memory, the reference is also held to that quarter at
+	// within a share of max_memory (brokerd/memory.go); where /status
+	// tells that share (cache_limit), the reference is also held to it at
 	// blRefMsgBytes a message (a 1 KiB body, its headers, and a margin).
 	blRefMax      = 100000
 	blRefMsgBytes = 1536
