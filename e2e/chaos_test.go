@@ -25,8 +25,9 @@ func requirePython(t *testing.T) {
 var defaultWorkload = WorkloadOptions{GoProducers: 2, PyProducers: 1, GoConsumers: 1, PyConsumers: 1, Pace: 5 * time.Millisecond}
 
 // runChaos starts a cluster and the workload, runs the schedule and asserts
-// the verdicts that hold whatever the timing.
-func runChaos(t *testing.T, copts ClusterOptions, wopts WorkloadOptions, sopts ScheduleOptions) *Report {
+// the verdicts that hold whatever the timing. It returns the report and the
+// cluster, still running, for checks of its own.
+func runChaos(t *testing.T, copts ClusterOptions, wopts WorkloadOptions, sopts ScheduleOptions) (*Report, *Cluster) {
 	t.Helper()
 	requirePython(t)
 	c := StartCluster(t, copts)
@@ -42,7 +43,7 @@ func runChaos(t *testing.T, copts ClusterOptions, wopts WorkloadOptions, sopts S
 	if err := rep.Verdict(); err != nil {
 		t.Error(err)
 	}
-	return rep
+	return rep, c
 }
 
 // TestChaosShort runs one fault of each kind under the default workload.
@@ -53,7 +54,7 @@ func TestChaosShort(t *testing.T) {
 		t.Skip("starts a cluster and injects faults for half a minute")
 	}
 	sopts := ScheduleOptions{Faults: AllFaults, Pace: time.Second, Seed: 1, Drain: 30 * time.Second}
-	rep := runChaos(t, ClusterOptions{}, defaultWorkload, sopts)
+	rep, _ := runChaos(t, ClusterOptions{}, defaultWorkload, sopts)
 	checkSanity(t, rep, 3*time.Second)
 }
 
@@ -95,7 +96,7 @@ func TestScenario(t *testing.T) {
 	for _, kind := range AllFaults {
 		t.Run(string(kind), func(t *testing.T) {
 			sopts := ScheduleOptions{Faults: []FaultKind{kind}, Pace: time.Second, Seed: 1, Drain: 30 * time.Second}
-			rep := runChaos(t, ClusterOptions{}, defaultWorkload, sopts)
+			rep, _ := runChaos(t, ClusterOptions{}, defaultWorkload, sopts)
 			checkSanity(t, rep, 3*time.Second)
 		})
 	}
@@ -176,21 +177,8 @@ func TestChaosSecure(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a cluster and injects faults for half a minute")
 	}
-	requirePython(t)
-	c := StartCluster(t, ClusterOptions{Protocol: "stomp", Secure: true})
-	w, err := StartWorkload(c, defaultWorkload)
-	if err != nil {
-		t.Fatal(err)
-	}
 	sopts := ScheduleOptions{Faults: AllFaults, Pace: time.Second, Seed: 3, Drain: 30 * time.Second}
-	rep, err := Run(c, w, sopts, t.Logf)
-	t.Logf("logs in %s\n%s", c.LogDir(), rep)
-	if err != nil {
-		t.Error(err)
-	}
-	if err := rep.Verdict(); err != nil {
-		t.Error(err)
-	}
+	rep, c := runChaos(t, ClusterOptions{Protocol: "stomp", Secure: true}, defaultWorkload, sopts)
 	checkSanity(t, rep, 3*time.Second)
 
 	// The brokers the workload went through were secure: the master

@@ -21,6 +21,6 @@ func TestChaosPostgres(t *testing.T) {
 		Faults: []FaultKind{Kill9Master, Kill9Master, SigtermMaster, Kill9Slave, Kill9Master, DBRestart},
 		Pace:   time.Second, Seed: 1, Drain: 30 * time.Second,
 	}
-	rep := runChaos(t, ClusterOptions{Store: StorePostgres}, defaultWorkload, sopts)
+	rep, _ := runChaos(t, ClusterOptions{Store: StorePostgres}, defaultWorkload, sopts)
 	checkSanity(t, rep, 0)
 }
