@@ -144,22 +144,9 @@ kind = "tcp"
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			path := filepath.Join(t.TempDir(), "f.toml")
-			os.WriteFile(path, []byte(tt.text), 0o644)
-			_, err := LoadConfig(path)
-			if tt.want == nil {
-				if err != nil {
-					t.Fatal(err)
-				}
+			_, err := loadText(t, tt.text)
+			if !wantErrors(t, err, tt.want) {
 				return
-			}
-			if err == nil {
-				t.Fatal("want errors")
-			}
-			for _, w := range tt.want {
-				if !strings.Contains(err.Error(), w) {
-					t.Errorf("error lacks %q:\n%v", w, err)
-				}
 			}
 			if strings.Contains(err.Error(), "name: required") {
 				t.Errorf("a name of the wrong type is reported missing too:\n%v", err)
@@ -190,4 +177,36 @@ func TestSetGOMAXPROCS(t *testing.T) {
 			t.Errorf("gomaxprocs = %d: GOMAXPROCS is %d, want %d", tt.set, got, tt.want)
 		}
 	}
+}
+
+// loadText loads text as the config file f.toml.
+func loadText(t *testing.T, text string) (*Config, error) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "f.toml")
+	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return LoadConfig(path)
+}
+
+// wantErrors checks a load's error: none when want is nil, else one that
+// contains each of want. It reports whether there was an error to look at
+// further.
+func wantErrors(t *testing.T, err error, want []string) bool {
+	t.Helper()
+	if want == nil {
+		if err != nil {
+			t.Fatal(err)
+		}
+		return false
+	}
+	if err == nil {
+		t.Fatal("want errors")
+	}
+	for _, w := range want {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("error lacks %q:\n%v", w, err)
+		}
+	}
+	return true
 }

@@ -59,13 +59,8 @@ func TestConfigCredentials(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			path := filepath.Join(t.TempDir(), "f.toml")
-			os.WriteFile(path, []byte(tt.text), 0o644)
-			cfg, err := LoadConfig(path)
-			if tt.want == nil {
-				if err != nil {
-					t.Fatal(err)
-				}
+			cfg, err := loadText(t, tt.text)
+			if !wantErrors(t, err, tt.want) {
 				if strings.Contains(tt.name, "credentials") {
 					c := cfg.Services[0].Credentials.credentials()
 					pw, err := c.Passcode()
@@ -74,14 +69,6 @@ func TestConfigCredentials(t *testing.T) {
 					}
 				}
 				return
-			}
-			if err == nil {
-				t.Fatal("want errors")
-			}
-			for _, w := range tt.want {
-				if !strings.Contains(err.Error(), w) {
-					t.Errorf("error lacks %q:\n%v", w, err)
-				}
 			}
 			if strings.Contains(err.Error(), "s3cret") {
 				t.Errorf("an error shows the passcode:\n%v", err)
