@@ -74,6 +74,10 @@ type Config struct {
 	WatchTimeout time.Duration
 }
 
+// MinWatchTimeout is brokerd's heartbeat interval: a WatchTimeout not
+// above it would take every quiet stream as stalled between two beats.
+const MinWatchTimeout = 3 * time.Second
+
 // Values of Config.Watch.
 const (
 	WatchAuto = "auto"
@@ -106,6 +110,9 @@ func (c Config) Validate() error {
 	case "", WatchAuto, WatchOff:
 	default:
 		errs = append(errs, fmt.Errorf("watch: want %q or %q, got %q", WatchAuto, WatchOff, c.Watch))
+	}
+	if c.WatchTimeout > 0 && c.WatchTimeout <= MinWatchTimeout {
+		errs = append(errs, fmt.Errorf("watch_timeout: must be longer than brokerd's heartbeat interval (%v), got %v", MinWatchTimeout, c.WatchTimeout))
 	}
 	return errors.Join(errs...)
 }

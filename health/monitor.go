@@ -160,6 +160,7 @@ type backend struct {
 	watch, watchErr         string
 	watchedSince, lastEvent time.Time
 	lastSpoke               time.Time // the open watch's latest event or heartbeat
+	lastPush                time.Time // the latest event or loss of a watch
 	noWatchLogged           bool      // "offers no watch" said since last watched
 }
 
@@ -405,10 +406,11 @@ func (m *Monitor) apply(o outcome) {
 	if b.removed {
 		return
 	}
-	if !o.pushed && b.watch == WatchWatched && o.started.Before(b.lastEvent) {
-		// The backend pushed its state while this check was on its way:
-		// the check's answer is older news (a slave's 503 read just
-		// before it was promoted) and must not undo the push.
+	if !o.pushed && o.started.Before(b.lastPush) {
+		// The backend's watch spoke (an event, or its loss) while this
+		// check was on its way: the check's answer is older news (a
+		// slave's 503 read just before it was promoted, a master's 200
+		// read just before it was killed) and must not undo the push.
 		return
 	}
 	now := m.clock.Now()

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/url"
 	"sync"
+	"time"
 
 	"github.com/sirupsen/logrus"
 
@@ -46,6 +47,10 @@ const (
 type push struct {
 	b *backend
 	u watch.Update
+	// ctx is the watch's: a push that was on its way when reconcile
+	// stopped the watch (cancelling ctx under m.mu) must not mark the
+	// backend watched again, or its interval checks would stay skipped.
+	ctx context.Context
 }
 
 // watchURLOf is the watch stream b is followed on, "" for none: its
@@ -75,8 +80,9 @@ type watchers struct {
 }
 
 type watcher struct {
-	url    string
-	cancel context.CancelFunc
+	url     string
+	timeout time.Duration // the HeartbeatTimeout it runs with
+	cancel  context.CancelFunc
 }
 
 // reconcile starts a watch for each backend that has a watch URL and none
@@ -92,8 +98,9 @@ func (m *Monitor) reconcile(ws *watchers) {
 			want[b] = u
 		}
 	}
+	timeout := m.cfg.WatchTimeout
 	for b, w := range ws.running {
-		if want[b] != w.url {
+		if want[b] != w.url || w.timeout != timeout {
 			w.cancel()
 			delete(ws.running, b)
 			if b.watch == WatchWatched {
@@ -101,19 +108,18 @@ func (m *Monitor) reconcile(ws *watchers) {
 			}
 		}
 	}
-	timeout := m.cfg.WatchTimeout
 	for b, u := range want {
 		if _, ok := ws.running[b]; ok {
 			continue
 		}
 		ctx, cancel := context.WithCancel(ws.ctx)
-		ws.running[b] = watcher{url: u, cancel: cancel}
+		ws.running[b] = watcher{url: u, timeout: timeout, cancel: cancel}
 		ws.wg.Add(1)
 		go func() {
 			defer ws.wg.Done()
 			report := func(u watch.Update) {
 				select {
-				case m.pushes <- push{b: b, u: u}:
+				case m.pushes <- push{b: b, u: u, ctx: ctx}:
 				case <-ctx.Done():
 				}
 			}
@@ -136,13 +142,15 @@ func (ws *watchers) stop() {
 // applyPush runs a watch update through apply. m.mu is held.
 func (m *Monitor) applyPush(p push) {
 	b, u := p.b, p.u
-	if b.removed {
+	if b.removed || p.ctx.Err() != nil {
 		return
 	}
 	if u.Beat {
 		b.lastSpoke = m.clock.Now()
 		return
 	}
+	// Checks started before this are older news (see apply).
+	b.lastPush = m.clock.Now()
 	log := m.log.WithField("backend", b.Addr)
 	if u.Err != nil {
 		was := b.watch == WatchWatched

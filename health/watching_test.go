@@ -1,8 +1,11 @@
 package health
 
 import (
+	"context"
 	"testing"
 	"time"
+
+	"github.com/sirupsen/logrus/hooks/test"
 
 	"handover/health/watch"
 )
@@ -11,7 +14,10 @@ import (
 // goroutine would, and returns once Run has taken it. With no check
 // running, Run then waits to report itself idle: call waitIdle before the
 // next push.
-func (h *harness) push(addr string, u watch.Update) {
+func (h *harness) push(addr string, u watch.Update) { h.pushCtx(context.Background(), addr, u) }
+
+// pushCtx is push from a watch whose context is ctx.
+func (h *harness) pushCtx(ctx context.Context, addr string, u watch.Update) {
 	h.t.Helper()
 	h.mon.mu.Lock()
 	var b *backend
@@ -25,7 +31,7 @@ func (h *harness) push(addr string, u watch.Update) {
 		h.t.Fatalf("no backend %s", addr)
 	}
 	select {
-	case h.mon.pushes <- push{b: b, u: u}:
+	case h.mon.pushes <- push{b: b, u: u, ctx: ctx}:
 	case <-time.After(10 * time.Second):
 		h.t.Fatal("Run did not take the push in 10s")
 	}
@@ -120,5 +126,58 @@ func TestPushBeatsStaleCheck(t *testing.T) {
 	h.waitIdle()
 	if got := h.states(); got != "a=standby b=master" {
 		t.Errorf("states %q: the stale check undid the pushed promotion", got)
+	}
+}
+
+// TestLossBeatsStaleCheck: a master's check that passed just before its
+// watch was lost (killed) does not bring it back when its answer arrives
+// after the loss.
+func TestLossBeatsStaleCheck(t *testing.T) {
+	h := newHarness(t, Config{}, backends("a", "b"), nil)
+	hook := test.NewLocal(h.mon.log.Logger)
+	h.chk.set(t, "a=ok:1 b=standby")
+	h.start()
+	h.push("a", event("master", 1, true, false))
+	h.waitIdle()
+
+	gate, entered := make(chan struct{}), make(chan string, 2)
+	h.chk.mu.Lock()
+	h.chk.gate, h.chk.entered = gate, entered
+	h.chk.mu.Unlock()
+	h.mon.Recheck()
+	<-entered // a's check has read "ok": what a was before the kill
+	<-entered
+	h.chk.set(t, "a=refused b=standby")
+	h.clock.Advance(time.Millisecond)
+	hook.Reset()
+	h.push("a", watch.Update{Err: watch.ErrClosed})
+	h.chk.mu.Lock()
+	h.chk.gate, h.chk.entered = nil, nil
+	h.chk.mu.Unlock()
+	close(gate)
+	h.waitIdle()
+	for _, e := range hook.AllEntries() {
+		if e.Message == "backend master" || e.Data["reason"] == "check passed while nothing else serves" {
+			t.Errorf("a killed master came back on a check from before its watch was lost: %s %v", e.Message, e.Data)
+		}
+	}
+	if got := h.targets(); got != "" {
+		t.Errorf("targets %q, want none", got)
+	}
+}
+
+// TestPushAfterStopIgnored: a push from a watch already stopped (its
+// context cancelled: watches turned off, a URL changed) does not mark the
+// backend watched again, which would stop its interval checks for good.
+func TestPushAfterStopIgnored(t *testing.T) {
+	h := newHarness(t, Config{}, backends("a"), nil)
+	h.chk.set(t, "a=ok:1")
+	h.start()
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	h.pushCtx(ctx, "a", event("master", 1, true, false))
+	h.waitIdle()
+	if st := h.mon.Status().Backends[0]; st.Watch != WatchPolled {
+		t.Errorf("a push from a stopped watch made a %q", st.Watch)
 	}
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/BurntSushi/toml"
 
+	"handover/health"
 	"handover/internal/adminmux"
 	"handover/internal/conf"
 	"handover/proxy"
@@ -623,8 +624,8 @@ func (c *Config) validate(name string, pos conf.Positions, skip map[string]bool)
 		default:
 			bad(ck+".watch", "%q: want auto or off", s.Check.Watch)
 		}
-		if s.Check.WatchTimeout != 0 && s.Check.WatchTimeout.D() <= 3*time.Second {
-			bad(ck+".watch_timeout", "must be longer than brokerd's heartbeat interval (3s), got %s", s.Check.WatchTimeout)
+		if s.Check.WatchTimeout != 0 && s.Check.WatchTimeout.D() <= health.MinWatchTimeout {
+			bad(ck+".watch_timeout", "must be longer than brokerd's heartbeat interval (%v), got %s", health.MinWatchTimeout, s.Check.WatchTimeout)
 		}
 		for j, b := range s.Backends {
 			if b.WatchURL == "" {
