@@ -298,7 +298,10 @@ func parseStored(data []byte) *frame.Frame {
 		return nil
 	}
 	s := string(buf)
-	f := &frame.Frame{Command: frame.MESSAGE, Headers: make([]frame.Header, len(ends)/2), Body: body[:length:length]}
+	// The body is copied: data is often a slice of a read shared by the
+	// neighbouring records (journal.ReadMany), which a body kept for a
+	// later delivery would hold in memory, uncounted, whole.
+	f := &frame.Frame{Command: frame.MESSAGE, Headers: make([]frame.Header, len(ends)/2), Body: bytes.Clone(body[:length])}
 	at := 0
 	for i := range f.Headers {
 		k, v := ends[2*i], ends[2*i+1]
