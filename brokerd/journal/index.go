@@ -25,6 +25,7 @@ type locIndex struct {
 	runs  map[string]*idRun
 	other map[string]loc
 	n     int
+	spare *[chunkLen]loc // an emptied chunk, all zero, for the next one made
 }
 
 const (
@@ -35,6 +36,12 @@ const (
 	// grows (counters of messages that were not journaled), and how many
 	// of its last chunks may still be made late.
 	maxGap = 16
+	// maxJump is how far past its end a run holding many ids may grow at
+	// once: the counters in between were taken by messages never
+	// journaled (brokerd's counter is shared with topic and non-persistent
+	// messages, which a burst can take thousands of), and a skipped chunk
+	// costs a nil pointer and a count. Past it, ids go to the map.
+	maxJump = 1 << 16
 	// maxDigits keeps a counter within uint64.
 	maxDigits = 19
 )
@@ -144,9 +151,9 @@ func (x *locIndex) grow(id string, r *idRun) bool {
 		x.runs[prefix] = r
 	case c < r.base || c+maxGap < r.end:
 		return false // older than the run's last chunks
-	case c >= r.end+maxGap && r.n >= chunkLen:
+	case c >= r.end+maxGap && r.n >= chunkLen && c >= r.end+maxJump:
 		return false
-	case c >= r.end+maxGap:
+	case c >= r.end+maxGap && r.n < chunkLen:
 		for k := range r.chunks {
 			if r.chunks[k] != nil {
 				x.thin(prefix, r, k)
@@ -161,7 +168,11 @@ func (x *locIndex) grow(id string, r *idRun) bool {
 		r.chunks = append(r.chunks, nil)
 		r.live = append(r.live, 0)
 	}
-	r.chunks[c-r.base] = new([chunkLen]loc)
+	if x.spare != nil {
+		r.chunks[c-r.base], x.spare = x.spare, nil
+	} else {
+		r.chunks[c-r.base] = new([chunkLen]loc)
+	}
 	if c >= r.end {
 		r.end = c + 1
 		x.sweep(prefix, r)
@@ -204,7 +215,10 @@ func (x *locIndex) del(id string) (loc, bool) {
 	x.n--
 	r.n--
 	if r.live[i]--; r.live[i] == 0 {
-		r.chunks[i] = nil
+		// Every slot is zero again: the chunk is kept for the next one
+		// made, so that a queue its consumer keeps empty does not make
+		// and free a chunk of 8 KiB for every message.
+		x.spare, r.chunks[i] = r.chunks[i], nil
 		prefix, _, _ := splitID(id)
 		x.trim(prefix, r)
 	}

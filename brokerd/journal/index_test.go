@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"maps"
 	"math/rand/v2"
+	"runtime"
 	"strconv"
 	"testing"
 )
@@ -216,5 +217,43 @@ func TestLocIndexLateCommits(t *testing.T) {
 	}
 	if len(x.other) != 0 || x.len() != next-1 {
 		t.Fatalf("%d of %d ids in the map", len(x.other), x.len())
+	}
+}
+
+// TestLocIndexJumps: a deep run whose counter jumps ahead (a burst of topic
+// or non-persistent messages took the counters in between) keeps its ids in
+// chunks; and a queue kept empty does not make a chunk per message.
+func TestLocIndexJumps(t *testing.T) {
+	x := newLocIndex()
+	id := func(i int) string { return "ID:7-" + strconv.Itoa(i) }
+	for i := 1; i <= 1000; i++ {
+		x.set(id(i), loc{seg: 1, off: uint32(i), n: 100})
+	}
+	for i := 10001; i <= 110000; i++ {
+		x.set(id(i), loc{seg: 1, off: uint32(i), n: 100})
+	}
+	if len(x.other) > chunkLen {
+		t.Errorf("%d of %d ids in the map after a jump of 9,000 counters", len(x.other), x.len())
+	}
+	for _, i := range []int{1, 1000, 10001, 110000} {
+		if l, ok := x.get(id(i)); !ok || l.off != uint32(i) {
+			t.Fatalf("%s: %+v %v", id(i), l, ok)
+		}
+	}
+
+	y := newLocIndex()
+	next := 0
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	const msgs = 5000
+	for range msgs {
+		next++
+		y.set(id(next), loc{seg: 1, off: 1, n: 100})
+		y.del(id(next))
+	}
+	runtime.ReadMemStats(&after)
+	// The ids and the run's small slices; not a chunk of 8 KiB each.
+	if per := (after.TotalAlloc - before.TotalAlloc) / msgs; per > 1024 {
+		t.Errorf("%d bytes allocated per message through an empty queue", per)
 	}
 }
