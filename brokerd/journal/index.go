@@ -267,8 +267,17 @@ func (x *locIndex) len() int { return x.n }
 // each calls fn with every id and its loc, in no particular order. fn
 // must not change the index.
 func (x *locIndex) each(fn func(id string, l loc)) {
+	x.eachWhere(nil, fn)
+}
+
+// eachWhere is each for the locs keep (unless nil) takes: the id of a loc
+// it does not take is never made, which matters to a standby dropping a
+// segment among a million live ids.
+func (x *locIndex) eachWhere(keep func(loc) bool, fn func(id string, l loc)) {
 	for id, l := range x.other {
-		fn(id, l)
+		if keep == nil || keep(l) {
+			fn(id, l)
+		}
 	}
 	for prefix, r := range x.runs {
 		for k, ch := range r.chunks {
@@ -277,7 +286,7 @@ func (x *locIndex) each(fn func(id string, l loc)) {
 			}
 			base := (r.base + uint64(k)) * chunkLen
 			for j, l := range ch {
-				if l.n != 0 {
+				if l.n != 0 && (keep == nil || keep(l)) {
 					fn(prefix+strconv.FormatUint(base+uint64(j), 10), l)
 				}
 			}

@@ -217,10 +217,8 @@ func (st *state) dropSegment(seq uint64, idx store.Index) {
 	}
 	if s.live > 0 {
 		var gone []string
-		st.live.each(func(id string, l loc) {
-			if l.seg == seq {
-				gone = append(gone, id)
-			}
+		st.live.eachWhere(func(l loc) bool { return l.seg == seq }, func(id string, _ loc) {
+			gone = append(gone, id)
 		})
 		st.mu.Lock()
 		for _, id := range gone {
