@@ -1070,11 +1070,13 @@ func (c *conn) flush() {
 	}
 	c.outMu.Lock()
 	plain := len(c.outq) > 0 && !c.closing
+	size := 0 // about what the frames will take
 	for _, o := range c.outq {
 		if o.f == nil || o.onWritten != nil || o.closeAfter || o.mem != 0 {
 			plain = false
 			break
 		}
+		size += len(o.f.Body) + 256
 	}
 	if !plain {
 		empty := len(c.outq) == 0
@@ -1086,9 +1088,10 @@ func (c *conn) flush() {
 		return
 	}
 	buf := c.flushBuf[:0]
-	if buf == nil {
+	var pooled *[]byte
+	if buf == nil && size > maxKeptFlushBuf {
 		if p, ok := bigFlushBufs.Get().(*[]byte); ok {
-			buf = (*p)[:0]
+			pooled, buf = p, (*p)[:0]
 		}
 	}
 	v := c.ver()
@@ -1115,11 +1118,15 @@ func (c *conn) flush() {
 		}
 	}
 	short := n < len(buf)
-	if cap(buf) <= 64<<10 {
+	if cap(buf) <= maxKeptFlushBuf {
 		c.flushBuf = buf[:0]
 	} else {
 		c.flushBuf = nil
-		bigFlushBufs.Put(&buf)
+		if pooled == nil {
+			pooled = new([]byte)
+		}
+		*pooled = buf[:0]
+		bigFlushBufs.Put(pooled)
 	}
 	c.wmu.Unlock()
 	if short {
@@ -1128,10 +1135,15 @@ func (c *conn) flush() {
 }
 
 // bigFlushBufs are flush buffers that grew past what a connection keeps
-// (64 KiB), for the next large flush of any connection: a consumer
-// draining a backlog is sent hundreds of KiB at a time, and growing a
-// buffer that big for every flush was a fifth of what a drain allocated.
+// (maxKeptFlushBuf), for the next large flush of any connection: a
+// consumer draining a backlog is sent hundreds of KiB at a time, and
+// growing a buffer that big for every flush was a fifth of what a drain
+// allocated. A small flush never takes one.
 var bigFlushBufs sync.Pool
+
+// maxKeptFlushBuf is the largest flush buffer a connection keeps for
+// itself.
+const maxKeptFlushBuf = 64 << 10
 
 // writeNow makes one non-blocking send of buf and returns how much of it the
 // socket took.
