@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"handover/internal/passcode"
 	"handover/stompclient"
 )
 
@@ -134,7 +135,7 @@ type CheckOptions struct {
 	Login string
 	// Passcode, unless nil, returns the passcode header's value. It is
 	// called at each check, so a rotated passcode file is read again
-	// (stompproxy.PasscodeFile, stompproxy.PasscodeEnv), and once by
+	// (passcode.File, passcode.Env), and once by
 	// NewCheckerWith, so that a missing one fails a start or a reload. A
 	// check whose Passcode fails, or answers "" or a value with a line
 	// break, fails without dialing. It needs a Login.
@@ -225,7 +226,7 @@ func (t tcpChecker) Check(ctx context.Context, b Backend) Result {
 // Encoding"), so a line break cannot be sent.
 func (o CheckOptions) validateLogin() error {
 	var errs []error
-	if !headerSafe(o.Login) || !headerSafe(o.Host) {
+	if !passcode.HeaderSafe(o.Login) || !passcode.HeaderSafe(o.Host) {
 		errs = append(errs, errors.New("health: the check's login and host must not contain a line break or NUL"))
 	}
 	if o.Passcode != nil {
@@ -239,21 +240,14 @@ func (o CheckOptions) validateLogin() error {
 	return errors.Join(errs...)
 }
 
-// checkPasscode calls passcode and checks its answer.
-func checkPasscode(passcode func() (string, error)) (string, error) {
-	p, err := passcode()
-	switch {
-	case err != nil:
+// checkPasscode reads the check's passcode (passcode.Read).
+func checkPasscode(src func() (string, error)) (string, error) {
+	p, err := passcode.Read(src)
+	if err != nil {
 		return "", fmt.Errorf("check passcode: %w", err)
-	case p == "":
-		return "", errors.New("check passcode: empty")
-	case !headerSafe(p):
-		return "", errors.New("check passcode: contains a line break or NUL, which a CONNECT header cannot carry")
 	}
 	return p, nil
 }
-
-func headerSafe(v string) bool { return !strings.ContainsAny(v, "\r\n\x00") }
 
 type stompChecker struct {
 	tls         *tls.Config

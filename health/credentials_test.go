@@ -24,7 +24,7 @@ import (
 )
 
 // passcode returns a CheckOptions.Passcode answering p.
-func passcode(p string) func() (string, error) { return func() (string, error) { return p, nil } }
+func fixedPasscode(p string) func() (string, error) { return func() (string, error) { return p, nil } }
 
 // startAuthBroker runs brokerd as master with a users file holding the
 // user "checker", passcode "s3cret", and no anonymous access.
@@ -57,8 +57,8 @@ func TestSTOMPCheckerCredentials(t *testing.T) {
 		refused bool
 		err     string // in the error
 	}{
-		{"right login", CheckOptions{Login: "checker", Passcode: passcode("s3cret")}, true, false, ""},
-		{"wrong passcode", CheckOptions{Login: "checker", Passcode: passcode("guess")}, false, true, "check credentials refused: authentication failed"},
+		{"right login", CheckOptions{Login: "checker", Passcode: fixedPasscode("s3cret")}, true, false, ""},
+		{"wrong passcode", CheckOptions{Login: "checker", Passcode: fixedPasscode("guess")}, false, true, "check credentials refused: authentication failed"},
 		{"no login", CheckOptions{}, false, true, "check credentials refused: authentication failed"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
@@ -165,7 +165,7 @@ func TestSTOMPCheckerHeaders(t *testing.T) {
 		host, login, passcode string // "" for no such header
 	}{
 		{"defaults", CheckOptions{}, "localhost", "", ""},
-		{"virtual host and login", CheckOptions{Host: "/", Login: "checker", Passcode: passcode("pa:ss")}, "/", "checker", "pa:ss"},
+		{"virtual host and login", CheckOptions{Host: "/", Login: "checker", Passcode: fixedPasscode("pa:ss")}, "/", "checker", "pa:ss"},
 		{"login without passcode", CheckOptions{Host: "vh1", Login: "checker"}, "vh1", "checker", ""},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
@@ -211,13 +211,13 @@ func TestNewCheckerWithCredentials(t *testing.T) {
 		opts CheckOptions
 		want string // in the error; "" for none
 	}{
-		{"stomp with everything", KindSTOMP, CheckOptions{Login: "c", Passcode: passcode("p"), Host: "/"}, ""},
+		{"stomp with everything", KindSTOMP, CheckOptions{Login: "c", Passcode: fixedPasscode("p"), Host: "/"}, ""},
 		{"login for tcp", KindTCP, CheckOptions{Login: "c"}, `for the "stomp" kind only`},
 		{"host for http", KindHTTP, CheckOptions{Host: "/"}, `for the "stomp" kind only`},
-		{"passcode without login", KindSTOMP, CheckOptions{Passcode: passcode("p")}, "needs a login"},
+		{"passcode without login", KindSTOMP, CheckOptions{Passcode: fixedPasscode("p")}, "needs a login"},
 		{"unreadable passcode", KindSTOMP, CheckOptions{Login: "c", Passcode: func() (string, error) { return "", os.ErrNotExist }}, "check passcode: file does not exist"},
-		{"empty passcode", KindSTOMP, CheckOptions{Login: "c", Passcode: passcode("")}, "check passcode: empty"},
-		{"passcode on two lines", KindSTOMP, CheckOptions{Login: "c", Passcode: passcode("p\nq")}, "line break"},
+		{"empty passcode", KindSTOMP, CheckOptions{Login: "c", Passcode: fixedPasscode("")}, "check passcode: the passcode is empty"},
+		{"passcode on two lines", KindSTOMP, CheckOptions{Login: "c", Passcode: fixedPasscode("p\nq")}, "line break"},
 		{"host with a line break", KindSTOMP, CheckOptions{Host: "/\nlogin:x"}, "line break"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
@@ -367,10 +367,10 @@ func TestMonitorCheckCredentials(t *testing.T) {
 		return mon, hook
 	}
 
-	good, _ := run(CheckOptions{Login: "checker", Passcode: passcode("s3cret"), Host: "/"})
+	good, _ := run(CheckOptions{Login: "checker", Passcode: fixedPasscode("s3cret"), Host: "/"})
 	waitTargets(t, good, []string{s.Addr()}, 10*time.Second)
 
-	bad, hook := run(CheckOptions{Login: "checker", Passcode: passcode("guess"), Host: "/"})
+	bad, hook := run(CheckOptions{Login: "checker", Passcode: fixedPasscode("guess"), Host: "/"})
 	testutil.Eventually(t, 10*time.Second, func() error {
 		if b := bad.Status().Backends[0]; b.Checks == 0 {
 			return errors.New("not checked yet")

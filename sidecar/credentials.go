@@ -7,6 +7,7 @@ import (
 	"slices"
 
 	"handover/health"
+	"handover/internal/passcode"
 	"handover/stompproxy"
 )
 
@@ -30,9 +31,9 @@ func (l LoginConfig) set() bool { return l != LoginConfig{} }
 func (l LoginConfig) passcode() func() (string, error) {
 	switch {
 	case l.PasscodeFile != "":
-		return stompproxy.PasscodeFile(l.PasscodeFile)
+		return passcode.File(l.PasscodeFile)
 	case l.PasscodeEnv != "":
-		return stompproxy.PasscodeEnv(l.PasscodeEnv)
+		return passcode.Env(l.PasscodeEnv)
 	}
 	return nil
 }
@@ -55,10 +56,8 @@ func (l LoginConfig) problems(needPasscode bool) map[string]error {
 			p["passcode_file"] = errors.New("a passcode_file or a passcode_env is required (the passcode is never written in this file)")
 		}
 	default:
-		if pw, err := l.passcode()(); err != nil {
+		if _, err := passcode.Read(l.passcode()); err != nil {
 			p[l.key()] = err
-		} else if pw == "" {
-			p[l.key()] = errors.New("the passcode is empty")
 		}
 	}
 	return p

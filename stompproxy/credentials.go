@@ -3,10 +3,9 @@ package stompproxy
 import (
 	"errors"
 	"fmt"
-	"os"
-	"strings"
 
 	"handover/frame"
+	"handover/internal/passcode"
 )
 
 // Credentials are what the sidecar logs in to the brokers with in place of
@@ -20,7 +19,7 @@ type Credentials struct {
 	// Passcode returns the passcode header's value. It is called at each
 	// upstream CONNECT (a session's first and every resume), so a passcode
 	// file replaced on disk is used from the next connection on, without a
-	// restart or a reload (see PasscodeFile). It is required, and must
+	// restart or a reload (see passcode.File). It is required, and must
 	// return a non-empty value without line breaks or NULs, which a
 	// CONNECT header cannot carry (STOMP 1.2 "Value Encoding": CONNECT is
 	// never escaped). It is called from many sessions at once.
@@ -39,7 +38,7 @@ func (c *Credentials) validate() error {
 	switch {
 	case c.Login == "":
 		errs = append(errs, errors.New("credentials.login: must not be empty (the login the sidecar sends the brokers)"))
-	case !headerSafe(c.Login):
+	case !passcode.HeaderSafe(c.Login):
 		errs = append(errs, errors.New("credentials.login: must not contain a line break or NUL"))
 	}
 	if c.Passcode == nil {
@@ -50,23 +49,8 @@ func (c *Credentials) validate() error {
 	return errors.Join(errs...)
 }
 
-// passcode calls Passcode and checks its answer.
-func (c *Credentials) passcode() (string, error) {
-	p, err := c.Passcode()
-	switch {
-	case err != nil:
-		return "", err
-	case p == "":
-		return "", errors.New("the passcode is empty")
-	case !headerSafe(p):
-		return "", errors.New("the passcode contains a line break or NUL, which a CONNECT header cannot carry")
-	}
-	return p, nil
-}
-
-// headerSafe reports whether v can be a CONNECT header value as it is:
-// CONNECT headers are never escaped.
-func headerSafe(v string) bool { return !strings.ContainsAny(v, "\r\n\x00") }
+// passcode reads Passcode and checks its answer (passcode.Read).
+func (c *Credentials) passcode() (string, error) { return passcode.Read(c.Passcode) }
 
 // withCredentials returns connect, the client's CONNECT (or STOMP) frame,
 // to be sent upstream: unchanged without c, else a copy whose login and
@@ -85,34 +69,4 @@ func withCredentials(connect *frame.Frame, c *Credentials) (*frame.Frame, error)
 	f.Set("login", c.Login)
 	f.Set("passcode", p)
 	return f, nil
-}
-
-// PasscodeFile returns a Credentials.Passcode (or health.CheckOptions
-// Passcode) that reads the file at path at each call, without its trailing
-// line break: a file written with echo works, and a file replaced on disk
-// (a rotated secret, a Kubernetes secret volume) is read again at the next
-// upstream connection. Replace it atomically (write another file, then
-// rename it over this one), as those tools do: a file caught half written
-// is empty or wrong, and a session connecting at that instant is refused.
-func PasscodeFile(path string) func() (string, error) {
-	return func() (string, error) {
-		b, err := os.ReadFile(path)
-		if err != nil {
-			return "", err // names the file
-		}
-		return strings.TrimRight(string(b), "\r\n"), nil
-	}
-}
-
-// PasscodeEnv returns a Credentials.Passcode (or health.CheckOptions
-// Passcode) that reads the environment variable name at each call; unset
-// is an error.
-func PasscodeEnv(name string) func() (string, error) {
-	return func() (string, error) {
-		p, ok := os.LookupEnv(name)
-		if !ok {
-			return "", fmt.Errorf("environment variable %s is not set", name)
-		}
-		return p, nil
-	}
 }

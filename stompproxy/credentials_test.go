@@ -16,6 +16,7 @@ import (
 	"handover/brokerd"
 	"handover/brokerd/auth"
 	"handover/frame"
+	"handover/internal/passcode"
 	"handover/internal/serve"
 	"handover/proxy/proxytest"
 	"handover/stompclient"
@@ -57,7 +58,7 @@ func writeSecret(t testing.TB, path, content string) {
 // in the file secret.
 func withSidecarLogin(secret string) func(*Options) {
 	return func(o *Options) {
-		o.Credentials = &Credentials{Login: "sidecar", Passcode: PasscodeFile(secret)}
+		o.Credentials = &Credentials{Login: "sidecar", Passcode: passcode.File(secret)}
 	}
 }
 
@@ -308,15 +309,15 @@ func TestCredentialsValidate(t *testing.T) {
 		want  string // in the error; "" for none
 	}{
 		{"none", nil, ""},
-		{"file", &Credentials{Login: "sidecar", Passcode: PasscodeFile(good)}, ""},
-		{"environment", &Credentials{Login: "sidecar", Passcode: PasscodeEnv("HANDOVER_TEST_PASSCODE")}, ""},
-		{"empty login", &Credentials{Passcode: PasscodeFile(good)}, "credentials.login: must not be empty"},
-		{"login with a line break", &Credentials{Login: "a\nb", Passcode: PasscodeFile(good)}, "credentials.login: must not contain"},
+		{"file", &Credentials{Login: "sidecar", Passcode: passcode.File(good)}, ""},
+		{"environment", &Credentials{Login: "sidecar", Passcode: passcode.Env("HANDOVER_TEST_PASSCODE")}, ""},
+		{"empty login", &Credentials{Passcode: passcode.File(good)}, "credentials.login: must not be empty"},
+		{"login with a line break", &Credentials{Login: "a\nb", Passcode: passcode.File(good)}, "credentials.login: must not contain"},
 		{"no passcode", &Credentials{Login: "sidecar"}, "a passcode is required"},
-		{"missing file", &Credentials{Login: "sidecar", Passcode: PasscodeFile(filepath.Join(dir, "nope"))}, "nope: no such file"},
-		{"empty file", &Credentials{Login: "sidecar", Passcode: PasscodeFile(empty)}, "the passcode is empty"},
-		{"two lines", &Credentials{Login: "sidecar", Passcode: PasscodeFile(twoLines)}, "line break"},
-		{"unset variable", &Credentials{Login: "sidecar", Passcode: PasscodeEnv("HANDOVER_TEST_NO_SUCH_VARIABLE")}, "HANDOVER_TEST_NO_SUCH_VARIABLE is not set"},
+		{"missing file", &Credentials{Login: "sidecar", Passcode: passcode.File(filepath.Join(dir, "nope"))}, "nope: no such file"},
+		{"empty file", &Credentials{Login: "sidecar", Passcode: passcode.File(empty)}, "the passcode is empty"},
+		{"two lines", &Credentials{Login: "sidecar", Passcode: passcode.File(twoLines)}, "line break"},
+		{"unset variable", &Credentials{Login: "sidecar", Passcode: passcode.Env("HANDOVER_TEST_NO_SUCH_VARIABLE")}, "HANDOVER_TEST_NO_SUCH_VARIABLE is not set"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			o := base
@@ -333,7 +334,7 @@ func TestCredentialsValidate(t *testing.T) {
 			}
 		})
 	}
-	if p, err := PasscodeFile(good)(); p != "s3cret" || err != nil {
+	if p, err := passcode.File(good)(); p != "s3cret" || err != nil {
 		t.Fatalf("PasscodeFile = %q, %v; want the line without its line break", p, err)
 	}
 }
