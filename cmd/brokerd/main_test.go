@@ -26,6 +26,18 @@ type broker struct {
 	p             *testutil.Process
 }
 
+// startPair starts brokerd-a on a new data directory and waits for it to be
+// master, then brokerd-b on the same one as its slave; args go to both.
+func startPair(t *testing.T, args ...string) (master, slave *broker) {
+	t.Helper()
+	data := t.TempDir()
+	master = startBroker(t, "brokerd-a", data, args...)
+	master.waitRole(t, "master")
+	slave = startBroker(t, "brokerd-b", data, args...)
+	slave.waitRole(t, "slave")
+	return master, slave
+}
+
 func startBroker(t *testing.T, name, data string, args ...string) *broker {
 	t.Helper()
 	b := &broker{listen: testutil.FreePort(t), admin: testutil.FreePort(t)}
@@ -109,11 +121,7 @@ func TestFlagsAndConfig(t *testing.T) {
 // the middle of a stream of receipted persistent sends; the slave serves
 // within a second; every message that got a RECEIPT is delivered afterwards.
 func TestKill9MasterUnderLoad(t *testing.T) {
-	data := t.TempDir()
-	a := startBroker(t, "brokerd-a", data)
-	a.waitRole(t, "master")
-	b := startBroker(t, "brokerd-b", data)
-	b.waitRole(t, "slave")
+	a, b := startPair(t)
 
 	const queue = "/queue/orders"
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -143,15 +151,11 @@ func TestKill9MasterUnderLoad(t *testing.T) {
 // exits 3 by itself; and every message that got a RECEIPT, from either
 // broker, is delivered afterwards.
 func TestSIGSTOPMasterUnderLoad(t *testing.T) {
-	data := t.TempDir()
 	cfg := t.TempDir() + "/lease.toml"
 	if err := os.WriteFile(cfg, []byte("lease_renew = \"50ms\"\nlease_timeout = \"600ms\"\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	a := startBroker(t, "brokerd-a", data, "-config", cfg)
-	a.waitRole(t, "master")
-	b := startBroker(t, "brokerd-b", data, "-config", cfg)
-	b.waitRole(t, "slave")
+	a, b := startPair(t, "-config", cfg)
 
 	const queue = "/queue/orders"
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -179,11 +183,7 @@ func TestSIGSTOPMasterUnderLoad(t *testing.T) {
 }
 
 func TestSIGTERMReleasesLock(t *testing.T) {
-	data := t.TempDir()
-	a := startBroker(t, "brokerd-a", data)
-	a.waitRole(t, "master")
-	b := startBroker(t, "brokerd-b", data)
-	b.waitRole(t, "slave")
+	a, b := startPair(t)
 	a.p.Signal(syscall.SIGTERM)
 	if err := a.p.Wait(10 * time.Second); err != nil {
 		t.Fatalf("SIGTERM: %v (exit %d)", err, a.p.ExitCode())
@@ -268,11 +268,7 @@ func TestInitAndCheck(t *testing.T) {
 // TestCtl: brokerd ctl finds the serving master among the admin addresses,
 // shows each broker, browses and purges a queue.
 func TestCtl(t *testing.T) {
-	data := t.TempDir()
-	a := startBroker(t, "brokerd-a", data)
-	a.waitRole(t, "master")
-	b := startBroker(t, "brokerd-b", data)
-	b.waitRole(t, "slave")
+	a, b := startPair(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	p := startProducer(ctx, "/queue/ctl", a.listen)
@@ -307,11 +303,7 @@ func TestCtl(t *testing.T) {
 // during a failover sees the slave named master on its page once it took
 // over, with the queue that survived.
 func TestStatusPageInBrowser(t *testing.T) {
-	data := t.TempDir()
-	a := startBroker(t, "brokerd-a", data)
-	a.waitRole(t, "master")
-	b := startBroker(t, "brokerd-b", data)
-	b.waitRole(t, "slave")
+	a, b := startPair(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	p := startProducer(ctx, "/queue/watched", a.listen)
