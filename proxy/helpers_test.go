@@ -222,21 +222,7 @@ func (ts *testService) waitStatus(t testing.TB, what string, cond func(ServiceSt
 }
 
 // roundTrip writes msg and expects it echoed.
-func roundTrip(t testing.TB, c net.Conn, msg string) {
-	t.Helper()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	defer c.SetDeadline(time.Time{})
-	if _, err := io.WriteString(c, msg); err != nil {
-		t.Fatalf("write %q: %v", msg, err)
-	}
-	buf := make([]byte, len(msg))
-	if _, err := io.ReadFull(c, buf); err != nil {
-		t.Fatalf("read echo of %q: %v", msg, err)
-	}
-	if string(buf) != msg {
-		t.Fatalf("echo: got %q, want %q", buf, msg)
-	}
-}
+func roundTrip(t testing.TB, c net.Conn, msg string) { testutil.RoundTrip(t, c, msg) }
 
 // expectClosed waits up to timeout for c to be closed by the proxy (EOF or
 // reset) and fails if it reads data or times out.

@@ -6,7 +6,6 @@ package proxytest
 
 import (
 	"crypto/tls"
-	"io"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -115,25 +114,5 @@ func TLSEcho(t testing.TB, ca *testutil.CA, notBefore time.Time, validity time.D
 	if err != nil {
 		t.Fatal(err)
 	}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(10 * time.Second))
-				io.Copy(c, c)
-				c.(*tls.Conn).CloseWrite()
-			}()
-		}
-	}()
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	return ln.Addr().String()
+	return testutil.ServeEcho(t, ln)
 }
