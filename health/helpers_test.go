@@ -172,6 +172,27 @@ func (f *fakeChecker) set(t testing.TB, spec string) {
 	}
 }
 
+// recheckHeld asks the monitor for a check of every backend and holds
+// the checks of its n backends in flight, once each has read its script;
+// release lets them answer, and later checks run unheld.
+func (h *harness) recheckHeld(n int) (release func()) {
+	h.t.Helper()
+	gate, entered := make(chan struct{}), make(chan string, n)
+	h.chk.mu.Lock()
+	h.chk.gate, h.chk.entered = gate, entered
+	h.chk.mu.Unlock()
+	h.mon.Recheck()
+	for range n {
+		<-entered
+	}
+	return func() {
+		h.chk.mu.Lock()
+		h.chk.gate, h.chk.entered = nil, nil
+		h.chk.mu.Unlock()
+		close(gate)
+	}
+}
+
 func (f *fakeChecker) Check(ctx context.Context, b Backend) Result {
 	f.mu.Lock()
 	f.calls[b.Addr]++

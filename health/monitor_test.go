@@ -298,20 +298,11 @@ func TestRecheckCoalesces(t *testing.T) {
 
 	// Now with the checks held in flight: the requests made meanwhile are
 	// owed one more check per backend once these finish.
-	gate, entered := make(chan struct{}), make(chan string, 2)
-	h.chk.mu.Lock()
-	h.chk.gate, h.chk.entered = gate, entered
-	h.chk.mu.Unlock()
-	h.mon.Recheck()
-	<-entered
-	<-entered
+	release := h.recheckHeld(2)
 	for range 20 {
 		h.mon.Recheck()
 	}
-	h.chk.mu.Lock()
-	h.chk.gate, h.chk.entered = nil, nil
-	h.chk.mu.Unlock()
-	close(gate)
+	release()
 	h.waitIdle()
 	for _, a := range []string{"a", "b"} {
 		if n := h.chk.callCount(a); n != 4 {

@@ -110,19 +110,11 @@ func TestPushBeatsStaleCheck(t *testing.T) {
 	h.push("b", event("slave", 0, false, false))
 	h.waitIdle()
 
-	gate, entered := make(chan struct{}), make(chan string, 2)
-	h.chk.mu.Lock()
-	h.chk.gate, h.chk.entered = gate, entered
-	h.chk.mu.Unlock()
-	h.mon.Recheck()
-	<-entered
-	<-entered
+	release := h.recheckHeld(2)
 	h.clock.Advance(time.Millisecond)
 	h.push("b", event("master", 2, true, false)) // promoted while its check runs
-	h.chk.mu.Lock()
-	h.chk.gate, h.chk.entered = nil, nil
-	h.chk.mu.Unlock()
-	close(gate) // b's check answers what it read before: standby
+	// b's check answers what it read before: standby.
+	release()
 	h.waitIdle()
 	if got := h.states(); got != "a=standby b=master" {
 		t.Errorf("states %q: the stale check undid the pushed promotion", got)
@@ -140,21 +132,13 @@ func TestLossBeatsStaleCheck(t *testing.T) {
 	h.push("a", event("master", 1, true, false))
 	h.waitIdle()
 
-	gate, entered := make(chan struct{}), make(chan string, 2)
-	h.chk.mu.Lock()
-	h.chk.gate, h.chk.entered = gate, entered
-	h.chk.mu.Unlock()
-	h.mon.Recheck()
-	<-entered // a's check has read "ok": what a was before the kill
-	<-entered
+	// a's check has read "ok": what a was before the kill.
+	release := h.recheckHeld(2)
 	h.chk.set(t, "a=refused b=standby")
 	h.clock.Advance(time.Millisecond)
 	hook.Reset()
 	h.push("a", watch.Update{Err: watch.ErrClosed})
-	h.chk.mu.Lock()
-	h.chk.gate, h.chk.entered = nil, nil
-	h.chk.mu.Unlock()
-	close(gate)
+	release()
 	h.waitIdle()
 	for _, e := range hook.AllEntries() {
 		if e.Message == "backend master" || e.Data["reason"] == "check passed while nothing else serves" {
