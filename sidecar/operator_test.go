@@ -52,18 +52,7 @@ func (b *echoBackend) listen() {
 	b.mu.Lock()
 	b.ln, b.addr = ln, ln.Addr().String()
 	b.mu.Unlock()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				io.Copy(c, c)
-			}()
-		}
-	}()
+	go echoAll(ln)
 }
 
 // stop closes the listener only.

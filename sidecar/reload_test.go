@@ -25,19 +25,24 @@ func echoServer(t *testing.T) string {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				io.Copy(c, c)
-			}()
-		}
-	}()
+	go echoAll(ln)
 	return ln.Addr().String()
+}
+
+// echoAll echoes every connection ln accepts, until ln is closed; the
+// connections live on until their clients close them (a backend whose
+// listener is closed keeps its live connections).
+func echoAll(ln net.Listener) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			io.Copy(c, c)
+		}()
+	}
 }
 
 type reloadHarness struct {
