@@ -644,7 +644,7 @@ func (c *Config) validate(name string, pos conf.Positions, skip map[string]bool)
 		if s.Check.Kind != "stomp" && (s.Check.login().set() || s.Check.Host != "") {
 			bad(ck+".kind", "login, passcode_file, passcode_env and host are sent by the stomp check only, not %q", s.Check.Kind)
 		} else if s.Check.login().set() {
-			for _, k := range sortedKeys(s.Check.login().problems(false)) {
+			for _, k := range s.Check.login().problems(false) {
 				bad(ck+"."+k.key, "%v", k.err)
 			}
 		}
@@ -655,7 +655,7 @@ func (c *Config) validate(name string, pos conf.Positions, skip map[string]bool)
 			if s.Protocol != "stomp" {
 				bad(p+".credentials", "needs protocol = \"stomp\": in tcp mode the sidecar copies bytes and never sees the client's CONNECT")
 			}
-			for _, k := range sortedKeys(s.Credentials.problems(true)) {
+			for _, k := range s.Credentials.problems(true) {
 				bad(p+".credentials."+k.key, "%v", k.err)
 			}
 		}

@@ -3,8 +3,6 @@ package sidecar
 import (
 	"crypto/tls"
 	"errors"
-	"maps"
-	"slices"
 
 	"handover/health"
 	"handover/internal/passcode"
@@ -38,44 +36,35 @@ func (l LoginConfig) passcode() func() (string, error) {
 	return nil
 }
 
-// problems lists what is wrong with the login, by key. A login must name
-// its passcode's one source (needPasscode: the credentials table; a check
-// may log in with a login alone), and the passcode must be readable now,
-// so that a missing file stops a start, a reload or -check rather than the
-// first client.
-func (l LoginConfig) problems(needPasscode bool) map[string]error {
-	p := map[string]error{}
+// problems lists what is wrong with the login, each by its key, login
+// first. A login must name its passcode's one source (needPasscode: the
+// credentials table; a check may log in with a login alone), and the
+// passcode must be readable now, so that a missing file stops a start, a
+// reload or -check rather than the first client.
+func (l LoginConfig) problems(needPasscode bool) []keyProblem {
+	var p []keyProblem
 	if l.Login == "" {
-		p["login"] = errors.New("required with a passcode_file or passcode_env (the login the sidecar sends the brokers)")
+		p = append(p, keyProblem{"login", errors.New("required with a passcode_file or passcode_env (the login the sidecar sends the brokers)")})
 	}
 	switch {
 	case l.PasscodeFile != "" && l.PasscodeEnv != "":
-		p["passcode_env"] = errors.New("give passcode_file or passcode_env, not both")
+		p = append(p, keyProblem{"passcode_env", errors.New("give passcode_file or passcode_env, not both")})
 	case l.PasscodeFile == "" && l.PasscodeEnv == "":
 		if needPasscode {
-			p["passcode_file"] = errors.New("a passcode_file or a passcode_env is required (the passcode is never written in this file)")
+			p = append(p, keyProblem{"passcode_file", errors.New("a passcode_file or a passcode_env is required (the passcode is never written in this file)")})
 		}
 	default:
 		if _, err := passcode.Read(l.passcode()); err != nil {
-			p[l.key()] = err
+			p = append(p, keyProblem{l.key(), err})
 		}
 	}
 	return p
 }
 
-// keyProblem is one of problems' entries.
+// keyProblem is what is wrong with one key.
 type keyProblem struct {
 	key string
 	err error
-}
-
-// sortedKeys is problems' map in key order, for messages in a stable order.
-func sortedKeys(m map[string]error) []keyProblem {
-	var out []keyProblem
-	for _, k := range slices.Sorted(maps.Keys(m)) {
-		out = append(out, keyProblem{k, m[k]})
-	}
-	return out
 }
 
 // key is the key the passcode comes from.
