@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -22,6 +21,7 @@ import (
 // certificate (for 127.0.0.1), a users file with the sidecar's login, and
 // the sidecar's passcode file.
 type secrets struct {
+	ca                        *testutil.CA
 	caFile, certFile, keyFile string
 	usersFile, passcodeFile   string
 }
@@ -32,7 +32,7 @@ const secureLogin = "sidecar"
 func newSecrets(t testing.TB, dir string) *secrets {
 	t.Helper()
 	ca := testutil.NewCA(t, "e2e CA")
-	s := &secrets{caFile: ca.File(t)}
+	s := &secrets{ca: ca, caFile: ca.File(t)}
 	s.certFile, s.keyFile, _ = ca.Issue(t, "127.0.0.1", time.Now().Add(-time.Hour), 24*time.Hour)
 	const passcode = "e2e-sidecar-passcode"
 	hash, err := bcrypt.GenerateFromPassword([]byte(passcode), bcrypt.MinCost)
@@ -81,12 +81,7 @@ func (c *Cluster) SecureRefusals(b *Broker) error {
 		conn.Close()
 		return fmt.Errorf("%s let a plain-TCP client in on %s", b.Name, b.Listen)
 	}
-	pool := x509.NewCertPool()
-	pem, err := os.ReadFile(c.sec.caFile)
-	if err != nil || !pool.AppendCertsFromPEM(pem) {
-		return fmt.Errorf("CA file %s: %v", c.sec.caFile, err)
-	}
-	nc, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", b.Listen, &tls.Config{RootCAs: pool})
+	nc, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", b.Listen, &tls.Config{RootCAs: c.sec.ca.Pool()})
 	if err != nil {
 		return fmt.Errorf("TLS to %s: %w", b.Name, err)
 	}
