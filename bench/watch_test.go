@@ -5,8 +5,8 @@
 //
 // BenchmarkWatchPromotion runs an in-process brokerd master/slave pair on
 // a shared data directory, and WATCHERS (default 10,000) simulated sidecars
-// following the slave's watch with health/watch's Follow, in a second
-// process (this test binary again, running TestWatchFleetChild), so that
+// following the slave's watch, in a second process (this test binary
+// again, running TestWatchFleetChild), so that
 // each end of the streams counts against a descriptor limit of its own:
 // RLIMIT_NOFILE's hard limit cannot always be raised (it is 20,000 in this
 // project's sandbox, even for root), and both ends of 10,000 streams in one
@@ -26,7 +26,13 @@
 // master's shutdown to the slave serving, for scale. Streams lost while
 // the fleets connect and idle (a heartbeat missed under load) are counted
 // in idle-losses, and watchers that never heard the promotion in
-// promo-missed.
+// promo-missed. It does so for two fleets, side by side (WATCH_FLEET
+// picks one): fleet=arrival times each event's arrival in its watcher's
+// socket while the fleet holds off reading, as a fleet on other hosts
+// would cost the broker's machine nothing (see watchfleet_test.go); and
+// fleet=follow is a goroutine per stream running health/watch's Follow as
+// the sidecar does, timed when each reads the event, its reading of
+// 10,000 events competing with the broker for the same two cores.
 //
 // BenchmarkWatchCost runs one brokerd master as a process of its own (so
 // that its CPU time, from /proc/PID/stat, and resident set, VmRSS, are its
@@ -288,34 +294,56 @@ func (r *wbPromotion) metrics() []blMetric {
 func BenchmarkWatchPromotion(b *testing.B) {
 	n := blEnvInt(b, "WATCHERS", wbWatchersDefault)
 	rounds := blEnvInt(b, "PROMOTIONS", wbRoundsDefault)
-	var r *wbPromotion
-	b.Run(fmt.Sprintf("watchers=%d", n), func(b *testing.B) {
-		if b.N == 1 || r == nil { // once per -count, as in BenchmarkFreezeTakeover
-			r = &wbPromotion{}
-			for i := range rounds {
-				rd := wbRunPromotion(b, n)
-				b.Logf("promotion %d of %d to %d watchers: %s", i+1, rounds, n, wbLine((&wbPromotion{[]*wbRound{rd}}).metrics()))
-				r.rounds = append(r.rounds, rd)
-			}
-			if p99 := r.metrics()[2].v; p99 > blMS(wbTarget) {
-				b.Logf("MISSED TARGET: a promotion reached 99%% of the fleet in %.1f ms (median of %d; issue 18: %v)", p99, rounds, wbTarget)
-			}
+	fleets := []string{wbFleetArrival, wbFleetFollow}
+	if f := os.Getenv("WATCH_FLEET"); f != "" {
+		if !slices.Contains(fleets, f) {
+			b.Fatalf("WATCH_FLEET=%q: want one of %v", f, fleets)
 		}
-		b.ReportMetric(0, "ns/op")
-		for _, m := range r.metrics() {
-			b.ReportMetric(m.v, m.unit)
-		}
-	})
+		fleets = []string{f}
+	}
+	for _, fleet := range fleets {
+		var r *wbPromotion
+		b.Run(fmt.Sprintf("watchers=%d/fleet=%s", n, fleet), func(b *testing.B) {
+			if b.N == 1 || r == nil { // once per -count, as in BenchmarkFreezeTakeover
+				r = &wbPromotion{}
+				for i := range rounds {
+					rd := wbRunPromotion(b, n, fleet)
+					b.Logf("promotion %d of %d to %d watchers: %s", i+1, rounds, n, wbLine((&wbPromotion{[]*wbRound{rd}}).metrics()))
+					r.rounds = append(r.rounds, rd)
+				}
+				if p99 := r.metrics()[2].v; p99 > blMS(wbTarget) {
+					b.Logf("MISSED TARGET: a promotion reached 99%% of the %s fleet in %.1f ms (median of %d; issue 18: %v)", fleet, p99, rounds, wbTarget)
+				}
+			}
+			b.ReportMetric(0, "ns/op")
+			for _, m := range r.metrics() {
+				b.ReportMetric(m.v, m.unit)
+			}
+		})
+	}
 }
 
 // Environment of the fleet child (TestWatchFleetChild).
 const (
-	wbChildURL = "WATCH_FLEET_URL"
-	wbChildN   = "WATCH_FLEET_N"
+	wbChildURL  = "WATCH_FLEET_URL"
+	wbChildN    = "WATCH_FLEET_N"
+	wbChildKind = "WATCH_FLEET_KIND"
 )
 
-// wbRunPromotion times one promotion: a new pair, a new fleet.
-func wbRunPromotion(b *testing.B, n int) *wbRound {
+// The simulated fleets (see the top of this file).
+const (
+	wbFleetArrival = "arrival"
+	wbFleetFollow  = "follow"
+)
+
+// wbHold is how long the arrival fleet holds off reading once the slave
+// serves: ample for the broker's fan-out to 10,000 (tens of ms). An event
+// sent later still has its arrival timed, with the fleet reading again.
+const wbHold = time.Second
+
+// wbRunPromotion times one promotion: a new pair, a new fleet of kind
+// fleet.
+func wbRunPromotion(b *testing.B, n int, fleet string) *wbRound {
 	b.Helper()
 	wbRaiseNoFile(b, uint64(n+4096))
 	dir := b.TempDir()
@@ -331,9 +359,14 @@ func wbRunPromotion(b *testing.B, n int) *wbRound {
 
 	// The fleet, in a process of its own (see the top of this file).
 	child := exec.Command(os.Args[0], "-test.run=^TestWatchFleetChild$", "-test.count=1", "-test.timeout=0")
-	child.Env = append(os.Environ(), wbChildURL+"="+s.watchURL(), wbChildN+"="+strconv.Itoa(n))
+	child.Env = append(os.Environ(), wbChildURL+"="+s.watchURL(), wbChildN+"="+strconv.Itoa(n), wbChildKind+"="+fleet)
 	var stderr testutil.SyncBuffer
 	child.Stderr = &stderr
+	in, err := child.StdinPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer in.Close()
 	out, err := child.StdoutPipe()
 	if err != nil {
 		b.Fatal(err)
@@ -376,6 +409,10 @@ func wbRunPromotion(b *testing.B, n int) *wbRound {
 	// close itself.
 	serving := make(chan time.Time, 1)
 	go func() { <-s.Ready(); serving <- time.Now() }()
+	if fleet == wbFleetArrival {
+		fmt.Fprintln(in, "hold")
+		expect("held")
+	}
 	stopped := time.Now()
 	m.cancel() // as SIGTERM
 	var t0 time.Time
@@ -383,6 +420,10 @@ func wbRunPromotion(b *testing.B, n int) *wbRound {
 	case t0 = <-serving:
 	case <-time.After(wbLimit):
 		b.Fatal("the slave did not take over")
+	}
+	if fleet == wbFleetArrival {
+		time.Sleep(wbHold)
+		fmt.Fprintln(in, "read")
 	}
 	res := expect("fleet-promoted")
 	idle, err := strconv.ParseInt(res[0], 10, 64)
@@ -434,12 +475,15 @@ func wbLine(ms []blMetric) string {
 
 // TestWatchFleetChild is BenchmarkWatchPromotion's fleet, run in a process
 // of its own; it skips unless the benchmark started it. It follows the
-// watch at $WATCH_FLEET_URL with $WATCH_FLEET_N watchers, prints
+// watch at $WATCH_FLEET_URL with $WATCH_FLEET_N watchers of the kind
+// $WATCH_FLEET_KIND ("epoll" or "follow"), prints
 // "fleet-ready MS LOSSES" once every one has heard a ready standby, then
 // "fleet-promoted LOSSES T1 … Tn" once every one has heard it serve as
 // master (or 30 s after the first did): the wall-clock times, in Unix
-// nanoseconds, at which each read that event (0: never), and the streams
-// lost before it.
+// nanoseconds, at which each read that event (the arrival fleet: at which
+// it arrived; 0: never), and the streams lost before it. The arrival
+// fleet takes two commands on its standard input: "hold", answered by
+// "held" once it has stopped reading, and "read", to read again.
 func TestWatchFleetChild(t *testing.T) {
 	url := os.Getenv(wbChildURL)
 	if url == "" {
@@ -453,7 +497,7 @@ func TestWatchFleetChild(t *testing.T) {
 	standby := make([]atomic.Bool, n)
 	promoted := make([]atomic.Int64, n)
 	var standbys, promotions atomic.Int64
-	seen := func(i, _ int, e watch.Event) {
+	seen := func(i int, e watch.Event) {
 		switch {
 		case e.Role == "slave" && e.StandbyReady:
 			if !standby[i].Swap(true) {
@@ -466,9 +510,37 @@ func TestWatchFleetChild(t *testing.T) {
 		}
 	}
 	start := time.Now()
-	fleet := wbStartFleet(t, n, []string{url}, seen)
+	var losses *atomic.Int64
+	switch kind := os.Getenv(wbChildKind); kind {
+	case wbFleetFollow:
+		fleet := wbStartFleet(t, n, []string{url}, func(i, _ int, e watch.Event) { seen(i, e) })
+		defer fleet.stop()
+		losses = &fleet.losses
+	case wbFleetArrival:
+		losses = new(atomic.Int64)
+		ctx, cancel := context.WithCancel(context.Background())
+		ready, done := make(chan struct{}), make(chan error, 1)
+		hold := make(chan chan struct{})
+		go func() {
+			done <- wbRunArrivalFleet(ctx, n, url, seen, func() { losses.Add(1) }, func() { close(ready) }, hold)
+		}()
+		go wbHoldCommands(ctx, hold)
+		defer func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Error(err)
+			}
+		}()
+		select {
+		case <-ready:
+		case err := <-done:
+			t.Fatal(err)
+		}
+	default:
+		t.Fatalf("%s=%q", wbChildKind, kind)
+	}
 	wbAwait(t, "the fleet to hear the slave is a ready standby", func() bool { return standbys.Load() == int64(n) })
-	idle := fleet.losses.Load()
+	idle := losses.Load()
 	fmt.Printf("fleet-ready %d %d\n", time.Since(start).Milliseconds(), idle)
 
 	wbAwait(t, "the first watcher to hear the promotion", func() bool { return promotions.Load() > 0 })
@@ -482,7 +554,32 @@ func TestWatchFleetChild(t *testing.T) {
 		fmt.Fprintf(&s, " %d", promoted[i].Load())
 	}
 	fmt.Println(s.String())
-	fleet.stop()
+}
+
+// wbHoldCommands reads the arrival fleet's commands from standard input
+// (see TestWatchFleetChild) and passes them to its loop through hold.
+func wbHoldCommands(ctx context.Context, hold chan<- chan struct{}) {
+	var until chan struct{}
+	sc := bufio.NewScanner(os.Stdin)
+	for sc.Scan() {
+		switch sc.Text() {
+		case "hold":
+			if until == nil {
+				until = make(chan struct{})
+				select {
+				case hold <- until: // the loop has stopped reading
+				case <-ctx.Done():
+					return
+				}
+			}
+			fmt.Println("held")
+		case "read":
+			if until != nil {
+				close(until)
+				until = nil
+			}
+		}
+	}
 }
 
 // wbCost is BenchmarkWatchCost's figures.
