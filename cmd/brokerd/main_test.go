@@ -363,10 +363,12 @@ func TestStompPyTLS(t *testing.T) {
 		return string(out), err
 	}
 	// stomp.py reads an ssl socket on its receiver thread while the main
-	// thread writes it, which Python's ssl does not make safe: now and then
-	// a connection hangs before its CONNECT is sent, or a write fails with
-	// "[SSL] internal error", on the client's side alone. A broker that
-	// fails the round trip fails it every time; the client gets three tries.
+	// thread writes it, which OpenSSL does not allow: a connection hung
+	// before its CONNECT was sent, or a write failed with "[SSL] internal
+	// error", on the client's side alone (three times running on a loaded
+	// machine). The script now serializes the two; should the client still
+	// fail that way, it gets three tries, as a broker that fails the round
+	// trip fails it every time.
 	for try := 1; ; try++ {
 		out, err := run("STOMP_TLS_CA="+ca.File(t), "STOMP_LOGIN=app", "STOMP_PASSCODE=s3cret")
 		if err == nil && strings.Contains(out, "ok 1.2 5") {

@@ -9,9 +9,13 @@ With STOMP_TLS_CA set it speaks TLS, verifying the broker against that CA
 (and presenting STOMP_TLS_CERT/STOMP_TLS_KEY if set); with STOMP_LOGIN it
 logs in with STOMP_PASSCODE."""
 import os
+import select
+import ssl
 import sys
 import threading
 import stomp
+import stomp.transport
+
 
 host, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 
@@ -46,10 +50,43 @@ class Listener(stomp.ConnectionListener):
                 sys.exit("ERROR from broker: %s" % self.errors)
 
 
-# stomp.py writes heart-beats from a thread of its own. Over TLS that write
-# can overlap the main thread's on one ssl socket, which Python's ssl does
-# not make safe ("[SSL] internal error" in sendall, now and then): no
-# heart-beats over TLS.
+# stomp.py reads its socket on a receiver thread while the main thread
+# writes it. On an ssl socket the two then run OpenSSL on one connection at
+# once, which it does not allow: now and then a write fails with "[SSL]
+# internal error", or the CONNECT is never sent. So, over TLS, the receiver
+# waits for bytes outside OpenSSL (select) and then reads without blocking,
+# under the lock every write takes; the protocol is stomp.py's own.
+_ssl_io = threading.Lock()
+_send, _receive = stomp.transport.Transport.send, stomp.transport.Transport.receive
+
+
+def _locked_send(self, encoded_frame):
+    with _ssl_io:
+        return _send(self, encoded_frame)
+
+
+def _locked_receive(self):
+    sock = self.socket
+    if not isinstance(sock, ssl.SSLSocket):
+        return _receive(self)
+    if not sock.pending():
+        select.select([sock], [], [], 0.2)
+    with _ssl_io:
+        timeout = sock.gettimeout()
+        sock.settimeout(0)
+        try:
+            return sock.recv(self._Transport__recv_bytes)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+            raise stomp.exception.InterruptedException()
+        finally:
+            sock.settimeout(timeout)
+
+
+stomp.transport.Transport.send = _locked_send
+stomp.transport.Transport.receive = _locked_receive
+
+# stomp.py writes heart-beats from a thread of its own; over TLS they would
+# only add writes to serialize: none.
 heartbeats = (0, 0) if os.environ.get("STOMP_TLS_CA") else (1000, 1000)
 for version, cls in (("1.1", stomp.Connection11), ("1.2", stomp.Connection12)):
     conn = cls([(host, port)], heartbeats=heartbeats)
