@@ -22,12 +22,14 @@ type Status struct {
 	// Cluster is the identity of the storage (see cluster.go).
 	Cluster Identity `json:"cluster"`
 	// PID is this process's, so that an operator kills the right one.
-	PID         int          `json:"pid"`
-	Ready       bool         `json:"ready"`
-	Connections int          `json:"connections"`
-	Queues      []queueStats `json:"queues"`
-	Topics      []queueStats `json:"topics"`
-	Journal     *JournalStat `json:"journal,omitempty"`
+	PID         int  `json:"pid"`
+	Ready       bool `json:"ready"`
+	Connections int  `json:"connections"`
+	// Watchers is the open watch streams (GET /watch).
+	Watchers int          `json:"watchers"`
+	Queues   []queueStats `json:"queues"`
+	Topics   []queueStats `json:"topics"`
+	Journal  *JournalStat `json:"journal,omitempty"`
 	// Memory is the memory budget for message bodies.
 	Memory memoryStatus `json:"memory"`
 	// Standby is a slave's view of the store it follows (nil on a master).
@@ -63,6 +65,7 @@ func (s *Server) Status() Status {
 		PID:         os.Getpid(),
 		Ready:       s.isReady,
 		Connections: len(s.conns),
+		Watchers:    s.watch.count(),
 		Version:     Version,
 		Queues:      []queueStats{},
 		Topics:      []queueStats{},

@@ -41,6 +41,13 @@ type Options struct {
 	// address; 0 means no cap. A sidecar funnels a whole host's clients
 	// through one address, so it is a fraction of MaxConnections, not one.
 	MaxConnectionsPerSource int `toml:"max_connections_per_source"`
+	// MaxWatchers caps the open watch streams (GET /watch on the admin
+	// port, one per sidecar); 0 means no cap. A watch over it is answered
+	// 503, and its sidecar polls instead and asks again a minute later.
+	// The admin port's watches need no token (as /readyz does not), so
+	// the cap is what bounds the sockets and memory a stranger who can
+	// reach that port can hold (about 2 KB a watcher).
+	MaxWatchers int `toml:"max_watchers"`
 	// InactiveDestinationTimeout is how long a destination may stay empty
 	// and without subscribers before it is removed (its counters with it).
 	InactiveDestinationTimeout conf.Duration `toml:"inactive_destination_timeout"`
@@ -180,6 +187,7 @@ func NewOptions() Options {
 
 		MaxConnections:          10000,
 		MaxConnectionsPerSource: 2000,
+		MaxWatchers:             20000,
 		MaxSubscriptions:        1000,
 
 		InactiveDestinationTimeout: conf.Duration(time.Minute),
@@ -254,6 +262,9 @@ func (o *Options) Validate() error {
 	}
 	if o.MaxDisk < 0 {
 		errs = append(errs, fmt.Errorf("max_disk: must be 0 (no cap) or positive, got %d", o.MaxDisk))
+	}
+	if o.MaxWatchers < 0 {
+		errs = append(errs, fmt.Errorf("max_watchers: must be 0 (no cap) or positive, got %d", o.MaxWatchers))
 	}
 	if o.MaxConnectionsPerSource < 0 {
 		errs = append(errs, fmt.Errorf("max_connections_per_source: must be 0 (no cap) or positive, got %d", o.MaxConnectionsPerSource))

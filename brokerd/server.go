@@ -186,6 +186,7 @@ func New(opts Options) (*Server, error) {
 		mem:       newBudget(opts.MaxMemory),
 		backlog:   newBacklog(),
 	}
+	s.watch.limit = opts.MaxWatchers
 	s.metrics = newMetrics(s)
 	s.admin = &http.Server{Handler: adminmux.RequireToken(s.adminHandler(), adminToken), ReadHeaderTimeout: 5 * time.Second}
 	return s, nil

@@ -118,6 +118,10 @@ type watchHub struct {
 	kick   chan struct{} // a new state waits for the loop
 	closed bool          // the loop has ended: no new watchers
 	snap   []*watcher    // the loop's copy of list for a pass
+	// limit caps len(list) (max_watchers; 0: no cap); refused counts the
+	// watches turned away by it.
+	limit   int
+	refused atomic.Uint64
 }
 
 // lazyInit makes the zero hub usable. h.mu must be held.
@@ -275,8 +279,13 @@ func (h *watchHub) drop(dead []*watcher) {
 	}
 }
 
+// watchFull is the answer to a watch over the hub's limit. Retry-After is
+// a hint: health/watch asks again after a minute whatever it says.
+const watchFull = "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nRetry-After: 60\r\nConnection: close\r\nContent-Length: 46\r\n\r\nwatchers at capacity (max_watchers): poll me\r\n"
+
 // add takes nc on as a watcher: it sends the response head and the current
 // state, under the lock so that no state published meanwhile comes first.
+// Over the limit it answers 503 instead and closes nc.
 func (h *watchHub) add(nc net.Conn) {
 	w := &watcher{nc: nc}
 	if sc, ok := nc.(syscall.Conn); ok {
@@ -286,6 +295,12 @@ func (h *watchHub) add(nc net.Conn) {
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if !h.closed && h.limit > 0 && len(h.list) >= h.limit {
+		h.refused.Add(1)
+		w.send([]byte(watchFull))
+		nc.Close()
+		return
+	}
 	if h.closed || !w.send(append([]byte(watchHead), h.state...)) {
 		nc.Close()
 		return

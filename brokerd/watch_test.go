@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"runtime"
@@ -105,6 +106,41 @@ func TestWatch(t *testing.T) {
 	if n := sl.watch.count(); n != 1 {
 		t.Errorf("%d watchers on the new master, want 1", n)
 	}
+}
+
+// TestWatchersCapped: past max_watchers a watch is answered 503 (which
+// health/watch takes as "poll, ask again later"), counted in /metrics and
+// shown with the open ones in /status; a watcher that leaves makes room.
+func TestWatchersCapped(t *testing.T) {
+	s := startServer(t, t.TempDir(), func(o *Options) { o.MaxWatchers = 2 })
+	s.waitReady(t)
+	w1 := openWatch(t, s.AdminAddr())
+	openWatch(t, s.AdminAddr())
+	// A watch let in streams without end: the timeout makes that a failure.
+	resp, err := (&http.Client{Timeout: 5 * time.Second}).Get("http://" + s.AdminAddr() + "/watch")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), "max_watchers") {
+		t.Fatalf("a third watch: %s %q, want 503 naming max_watchers", resp.Status, body)
+	}
+	if n := getStatus(t, s.AdminAddr()).Watchers; n != 2 {
+		t.Errorf("/status says %d watchers, want 2", n)
+	}
+	m := scrape(t, s.AdminAddr())
+	for _, want := range []string{"brokerd_watchers 2\n", "brokerd_watchers_refused_total 1\n"} {
+		if !strings.Contains(m, want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	// The hub finds the closed stream at its next send (a heartbeat).
+	w1.resp.Body.Close()
+	waitUntil(t, 5*watchBeat, "the closed watch's place was not freed", func() bool {
+		return getStatus(t, s.AdminAddr()).Watchers == 1
+	})
+	openWatch(t, s.AdminAddr()).next(t, "the state on the new watch", func(st WatchState) bool { return st.Role == RoleMaster })
 }
 
 // hubClient is the reading end of one watch connection made straight to a

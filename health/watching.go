@@ -158,9 +158,16 @@ func (m *Monitor) applyPush(p push) {
 		if !was {
 			// A failed reconnection, or no watch there at all: the
 			// checks on the interval carry on as they were.
-			if errors.Is(u.Err, watch.ErrNoWatch) && !b.noWatchLogged {
+			switch {
+			case b.noWatchLogged:
+			case errors.Is(u.Err, watch.ErrNoWatch):
 				b.noWatchLogged = true
 				m.queue(func() { log.WithField("reason", u.Err.Error()).Info("backend offers no watch: polling it") })
+			case errors.Is(u.Err, watch.ErrBusy):
+				// The broker's cap on watchers (brokerd's max_watchers)
+				// is too low for this fleet: polling costs it more.
+				b.noWatchLogged = true
+				m.queue(func() { log.WithField("reason", u.Err.Error()).Warn("backend's watch is full: polling it") })
 			}
 			return
 		}

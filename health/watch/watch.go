@@ -46,6 +46,12 @@ var (
 	// or 501, or with something other than an event stream. Follow asks
 	// again only after Options.NoWatchRetry; the caller polls meanwhile.
 	ErrNoWatch = errors.New("the backend offers no watch")
+	// ErrBusy says the backend offers a watch but has no room for another
+	// watcher now: it answered 503 (brokerd over its max_watchers). Follow
+	// asks again after Options.NoWatchRetry, as for ErrNoWatch, so that a
+	// full broker is not asked again and again by a whole fleet; the
+	// caller polls meanwhile.
+	ErrBusy = errors.New("the backend's watch is full")
 	// ErrStalled says the backend sent nothing for Options.HeartbeatTimeout
 	// on an open connection (no heartbeat, no event; or no answer to the
 	// request): a process that is frozen (SIGSTOP), hung, or behind a
@@ -85,7 +91,7 @@ type Update struct {
 	// Event is the state pushed, when Err is nil.
 	Event Event
 	// Err, when set, says why the backend is not watched now: the stream
-	// could not be opened or was lost. It wraps ErrNoWatch, ErrStalled,
+	// could not be opened or was lost. It wraps ErrNoWatch, ErrBusy, ErrStalled,
 	// ErrClosed, ErrBadEvent, ErrLineTooLong or ErrDataTooLarge, or is
 	// the network's error (a refused connection, for one). Until the next
 	// Event the backend's state is unknown: the caller checks it the
@@ -129,7 +135,7 @@ type Options struct {
 	// and is drawn at random from its upper half, so that a fleet of
 	// sidecars that lost the same broker does not reconnect in step.
 	RetryMin, RetryMax time.Duration
-	// NoWatchRetry is the delay after ErrNoWatch (zero:
+	// NoWatchRetry is the delay after ErrNoWatch or ErrBusy (zero:
 	// DefaultNoWatchRetry).
 	NoWatchRetry time.Duration
 	// Limits bound each stream's lines and events (zero fields:
@@ -170,7 +176,7 @@ func Follow(ctx context.Context, o Options, report func(Update)) error {
 			return ctx.Err()
 		}
 		switch {
-		case errors.Is(err, ErrNoWatch):
+		case errors.Is(err, ErrNoWatch), errors.Is(err, ErrBusy):
 			delay = f.o.NoWatchRetry
 		case got || delay == 0:
 			delay = f.o.RetryMin
@@ -349,12 +355,14 @@ func (f *follower) lost(err error) error {
 }
 
 // checkResponse accepts a 200 event stream; a response that says there is
-// no watch here wraps ErrNoWatch.
+// no watch here wraps ErrNoWatch, and a 503 ErrBusy.
 func checkResponse(resp *http.Response) error {
 	switch resp.StatusCode {
 	case http.StatusOK:
 	case http.StatusNotFound, http.StatusMethodNotAllowed, http.StatusNotImplemented:
 		return fmt.Errorf("%w: GET %s: %s", ErrNoWatch, resp.Request.URL.Path, resp.Status)
+	case http.StatusServiceUnavailable:
+		return fmt.Errorf("%w: GET %s: %s", ErrBusy, resp.Request.URL.Path, resp.Status)
 	default:
 		return fmt.Errorf("watch: GET %s: %s", resp.Request.URL.Path, resp.Status)
 	}

@@ -306,6 +306,9 @@ func TestFollowLosses(t *testing.T) {
 		retryMin, retryMax time.Duration
 	}{
 		{name: "404", handler: http.NotFound, want: watch.ErrNoWatch, retryMin: 30 * time.Second, retryMax: time.Minute},
+		{name: "503", handler: func(w http.ResponseWriter, r *http.Request) {
+			http.Error(w, "watchers at capacity", http.StatusServiceUnavailable)
+		}, want: watch.ErrBusy, retryMin: 30 * time.Second, retryMax: time.Minute},
 		{name: "not an event stream", handler: func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Content-Type", "text/html")
 			fmt.Fprint(w, "<html>")
@@ -358,7 +361,7 @@ func TestFollowReconnects(t *testing.T) {
 	var conns atomic.Int64
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if conns.Add(1) > 2 {
-			http.Error(w, "down", http.StatusServiceUnavailable)
+			http.Error(w, "down", http.StatusBadGateway)
 			return
 		}
 		sseHandler(w, slaveState)
@@ -372,12 +375,13 @@ func TestFollowReconnects(t *testing.T) {
 			t.Errorf("RetryIn %v after a stream that delivered, want the minimum", u.RetryIn)
 		}
 	}
-	// 503s from here on: 40 ms, then 80 ms (each drawn from its upper half).
+	// 502s from here on (a proxy before a broker that is down): 40 ms,
+	// then 80 ms (each drawn from its upper half).
 	var last time.Duration
 	for i := range 4 {
 		u := f.next(t, "a failed attempt", func(u watch.Update) bool { return u.Err != nil })
-		if !strings.Contains(u.Err.Error(), "503") {
-			t.Fatalf("attempt %d: %v, want a 503", i, u.Err)
+		if !strings.Contains(u.Err.Error(), "502") {
+			t.Fatalf("attempt %d: %v, want a 502", i, u.Err)
 		}
 		if i >= 1 && (u.RetryIn < 40*time.Millisecond || u.RetryIn > 80*time.Millisecond) {
 			t.Errorf("attempt %d: RetryIn %v, want 40-80ms", i, u.RetryIn)
