@@ -230,6 +230,34 @@ func TestDamagedBodySkipped(t *testing.T) {
 	}
 }
 
+// TestUnwrittenBytesCounted: what a consumer's socket has not taken of a
+// delivery stays in the memory budget until it is written, so that
+// consumers that stopped reading hold their unwritten bytes inside
+// max_memory, not beside it; they are given back once written.
+func TestUnwrittenBytesCounted(t *testing.T) {
+	const size = 24 << 20 // far more than a loopback socket takes (a few MiB)
+	s := startServer(t, t.TempDir(), func(o *Options) { o.MaxBody, o.MaxTransactionBytes = 32<<20, 32<<20 })
+	s.waitReady(t)
+	sendBatch(t, dial(t, s.Addr()), "/queue/unread", 0, 1, size)
+	c := connectRaw(t, s.Addr())
+	c.send("SUBSCRIBE\nid:1\ndestination:/queue/unread\nack:client-individual\n\n\x00")
+	testutil.Eventually(t, 5*time.Second, func() error {
+		if st := getStatus(t, s.AdminAddr()); st.Memory.Pinned < size/3 {
+			return fmt.Errorf("%d KiB pinned while a %d MiB MESSAGE waits for a consumer that does not read", st.Memory.Pinned>>10, size>>20)
+		}
+		return nil
+	})
+	if f := c.read(); f.Command != frame.MESSAGE || !bytes.Equal(f.Body, body(0, size)) {
+		t.Fatalf("got %v, %d bytes", f.Command, len(f.Body))
+	}
+	testutil.Eventually(t, 5*time.Second, func() error {
+		if st := getStatus(t, s.AdminAddr()); st.Memory.Pinned != 0 {
+			return fmt.Errorf("%d bytes still pinned once the MESSAGE was written", st.Memory.Pinned)
+		}
+		return nil
+	})
+}
+
 // TestDeliveredBodiesLetGo: a persistent message's body is held in memory
 // only until its MESSAGE is written to the consumer, not for as long as
 // it waits for its ACK; a redelivery (NACK, or the consumer gone) reads it

@@ -57,6 +57,9 @@ type conn struct {
 	outSize int64 // bytes of the topic frames in outq (see enqueue)
 	outWake chan struct{}
 	closing bool // no more frames are accepted
+	// released: close has let go of outq, so that nothing queued later
+	// would be written or give back what it holds in the budget.
+	released bool
 
 	// wmu is held by whoever writes to the socket (writeLoop or flush), from
 	// taking frames off outq until they are written, so frames keep their
@@ -1106,12 +1109,18 @@ func (c *conn) flush() {
 	n, err := c.writeNow(buf)
 	if n < len(buf) {
 		// The socket buffer is full (or the write failed, which writeLoop
-		// will discover and handle): the rest goes first in the queue.
+		// will discover and handle): the rest goes first in the queue,
+		// pinned in the budget until it is written, as the frames it
+		// came from were. A consumer that stopped reading would otherwise
+		// hold up to a flush's worth of bodies outside the budget.
 		rest := append([]byte(nil), buf[n:]...)
 		c.outMu.Lock()
-		c.outq = append(c.outq, outFrame{})
-		copy(c.outq[1:], c.outq)
-		c.outq[0] = outFrame{raw: rest}
+		if !c.released {
+			c.s.mem.pin(int64(len(rest)))
+			c.outq = append(c.outq, outFrame{})
+			copy(c.outq[1:], c.outq)
+			c.outq[0] = outFrame{raw: rest, mem: int64(len(rest))}
+		}
 		c.outMu.Unlock()
 		if err != nil {
 			c.log.WithError(err).Debug("direct write failed; leaving it to the writer")
@@ -1306,7 +1315,7 @@ func (c *conn) abandon(batch []outFrame) {
 func (c *conn) close(reason string) {
 	c.closeOnce.Do(func() {
 		c.outMu.Lock()
-		c.closing = true
+		c.closing, c.released = true, true
 		dropped := c.outq
 		c.outq, c.outSize = nil, 0
 		c.outMu.Unlock()
