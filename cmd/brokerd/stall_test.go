@@ -239,7 +239,11 @@ func (c *pgCluster) startVia(px *stallProxy, name string, args ...string) *broke
 // after the new one, and every receipted message is delivered.
 func TestPostgresStalledMaster(t *testing.T) {
 	const (
-		leaseTimeout = time.Second
+		// leaseTimeout leaves each of the lease's checks (half of what
+		// is left of it after one lock_retry: 875 ms here) room for a
+		// database busy with -race and other tests. At 1 s a check had
+		// 125 ms, and the new master lost its lease on a loaded machine.
+		leaseTimeout = 3 * time.Second
 		// takeoverSlack covers the slave's polling (it looks again just
 		// after the lease runs out), ending the session, the epoch
 		// increment and promotion, with -race and a busy machine.
