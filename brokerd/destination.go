@@ -50,6 +50,10 @@ const (
 	memNone memState = iota
 	memCached
 	memPinned
+	// memLoading: no body in memory, and a background read of it is on
+	// its way (queue.fetch), which attaches it only if the message is
+	// still loading then (a purge releases it to memNone).
+	memLoading
 )
 
 // hold charges m's body to the budget as it enters queue q: a persistent
@@ -176,6 +180,13 @@ type queue struct {
 	// producers of non-persistent messages to a queue at
 	// MaxDestinationMemory wait, as for the whole budget.
 	pinned atomic.Int64
+
+	// Background reads of bodies (see fetchLocked): fetching is how many
+	// are on their way; unreadable is a message one could not read, read
+	// again alone (and reported if it fails again) when it reaches the
+	// head.
+	fetching   int
+	unreadable *message
 }
 
 // queueStats is a snapshot for /status and /metrics.
@@ -274,7 +285,27 @@ func (q *queue) dispatchLocked() {
 		if s == nil {
 			return
 		}
+		if br, ok := q.s.st.(store.BatchReader); ok {
+			// The head's body is read with the next ones (see
+			// fetchLocked); from a remote store in the background, and
+			// whoever waits for it waits without the queue's lock, with
+			// the next batches read while this one is delivered.
+			if head := q.pending[q.head]; head.frame == nil && head != q.unreadable {
+				if head.mem == memLoading || !q.fetchLocked(br, true) {
+					return
+				}
+				continue // read: the head has its body now, or is unreadable
+			}
+			if _, remote := br.(store.RemoteReader); remote {
+				if i := q.head + readAheadScan - readAheadMessages; i < len(q.pending) && q.pending[i].frame == nil && q.pending[i].mem != memLoading {
+					q.fetchLocked(br, false)
+				}
+			}
+		}
 		m := q.popLocked()
+		if m == q.unreadable {
+			q.unreadable = nil
+		}
 		if !q.load(m) {
 			continue
 		}
@@ -445,17 +476,14 @@ func (t *topic) stats() queueStats {
 	return queueStats{Name: t.name, Consumers: len(t.subs), Enqueued: t.enqueued, Dequeued: t.dequeued}
 }
 
-// load reads m's body back from the store if memory does not hold it. A
-// body the store cannot give back (damaged on disk, say) is reported with
-// where it is, and the message is dropped from memory, never delivered:
-// every other message keeps flowing. It stays in the store, for an
-// operator to look at.
+// load reads m's body back from the store, alone, if memory does not hold
+// it. A body the store cannot give back (damaged on disk, say) is reported
+// with where it is, and the message is dropped from memory, never
+// delivered: every other message keeps flowing. It stays in the store, for
+// an operator to look at.
 func (q *queue) load(m *message) bool {
 	if m.frame != nil {
 		return true
-	}
-	if br, ok := q.s.st.(store.BatchReader); ok {
-		return q.loadHead(m, br)
 	}
 	f, err := q.s.readMessage(m)
 	if err != nil {
@@ -466,53 +494,114 @@ func (q *queue) load(m *message) bool {
 	return true
 }
 
-// Read-ahead of a queue's head: when a message must be read back from the
-// store, the next ones waiting without their body are read with it, up to
-// readAheadMessages or readAheadBytes, so that draining a backlog costs a
-// read per batch. They are charged to the cache even past its share: they
-// are delivered next, and the batch bounds the excess.
+// Read-ahead of a queue's head: the messages waiting without their body
+// are read from the store in batches of up to readAheadMessages or
+// readAheadBytes, so that draining a backlog costs a read per batch. A
+// local store (the journal) is read on the dispatch path, a batch when the
+// head needs one. A remote one (store.RemoteReader: PostgreSQL) is read in
+// the background, so that the queue is not locked while the database
+// answers (acknowledgements and sends to the queue go on meanwhile), and
+// up to readAheadFetches batches are on their way at once: a batch is a
+// round trip and a query, and one at a time left the drain waiting on
+// them. The batch the head waits for is charged to the cache even past
+// its share (it is delivered next, and it bounds the excess); the others
+// are read only while the cache has room for them. readAheadScan bounds
+// the messages a batch is looked for among.
 const (
 	readAheadMessages = 64
 	readAheadBytes    = 256 << 10
+	readAheadFetches  = 4
+	readAheadScan     = readAheadFetches * readAheadMessages
 )
 
-func (q *queue) loadHead(m *message, br store.BatchReader) bool {
-	batch := []*message{m}
-	bytes := int(m.size)
-	for _, n := range q.pending[q.head:] {
+// fetchLocked reads the bodies of the next messages waiting from the head
+// without one, if fewer than readAheadFetches reads are on their way and,
+// unless the head waits for it (needed), the cache has room. It says
+// whether it read them before returning (a local store); from a remote
+// store it starts a background read (fetch). q.mu is held.
+func (q *queue) fetchLocked(br store.BatchReader, needed bool) (read bool) {
+	if q.fetching >= readAheadFetches {
+		return false
+	}
+	var batch []*message
+	bytes := 0
+	for _, n := range q.pending[q.head:min(len(q.pending), q.head+readAheadScan)] {
 		if len(batch) >= readAheadMessages || bytes >= readAheadBytes {
 			break
 		}
-		if n.frame == nil && n.persistent {
+		if n.frame == nil && n.mem != memLoading && n != q.unreadable {
 			batch = append(batch, n)
 			bytes += int(n.size)
 		}
 	}
+	if len(batch) == 0 || !needed && !q.s.mem.roomInCache(int64(bytes)) {
+		return false
+	}
+	for _, m := range batch {
+		m.mem = memLoading
+	}
+	if _, remote := br.(store.RemoteReader); !remote {
+		q.attachLocked(batch, readBatch(br, batch))
+		return true
+	}
+	q.fetching++
+	q.s.fetches.Add(1)
+	go q.fetch(br, batch)
+	return false
+}
+
+// fetch reads batch's bodies in the background, attaches those still
+// wanted, and dispatches.
+func (q *queue) fetch(br store.BatchReader, batch []*message) {
+	defer q.s.fetches.Done()
+	frames := readBatch(br, batch)
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.fetching--
+	q.attachLocked(batch, frames)
+	q.dispatchLocked()
+}
+
+// batchRead is what readBatch read of each message: its frame, or why not.
+type batchRead struct {
+	f   *frame.Frame
+	err error
+}
+
+// readBatch reads and parses the bodies of batch from br.
+func readBatch(br store.BatchReader, batch []*message) []batchRead {
 	ids := make([]string, len(batch))
-	for i, b := range batch {
-		ids[i] = b.id
+	for i, m := range batch {
+		ids[i] = m.id
 	}
 	data, errs := br.ReadMany(ids)
-	ok := true
-	for i, b := range batch {
-		err := errs[i]
-		var f *frame.Frame
-		if err == nil {
-			f, err = parseMessage(b, data[i])
-		}
-		switch {
-		case err != nil && i == 0:
-			q.s.damaged(b, q.name, err)
-			ok = false
-		case err != nil:
-			// Reported when it reaches the head and is read alone.
-		case i == 0:
-			b.frame = f
-		default:
-			b.frame = f
-			q.s.mem.cacheAnyway(int64(b.size))
-			b.mem = memCached
+	out := make([]batchRead, len(batch))
+	for i, m := range batch {
+		if out[i].err = errs[i]; out[i].err == nil {
+			out[i].f, out[i].err = parseMessage(m, data[i])
 		}
 	}
-	return ok
+	return out
+}
+
+// attachLocked gives the messages of batch that are still loading what
+// readBatch read of them. One that could not be read is left for the head
+// to read alone (see unreadable). q.mu is held.
+func (q *queue) attachLocked(batch []*message, read []batchRead) {
+	for i, m := range batch {
+		if m.mem != memLoading {
+			continue // purged meanwhile
+		}
+		m.mem = memNone
+		if read[i].err != nil {
+			// The head's, always: the head is not read again in a batch.
+			if q.unreadable == nil || q.head < len(q.pending) && q.pending[q.head] == m {
+				q.unreadable = m
+			}
+			continue
+		}
+		m.frame = read[i].f
+		q.s.mem.cacheAnyway(int64(m.size))
+		m.mem = memCached
+	}
 }

@@ -65,11 +65,16 @@ func (b *budget) unpin(n int64) {
 // cache charges n bytes of cached body if they fit; it reports whether
 // they did.
 func (b *budget) cache(n int64) bool {
-	if b.cached.Load()+n > b.cacheLimit() || b.used()+n > b.limit {
+	if !b.roomInCache(n) {
 		return false
 	}
 	b.cached.Add(n)
 	return true
+}
+
+// roomInCache says whether n more bytes of cached body would fit now.
+func (b *budget) roomInCache(n int64) bool {
+	return b.cached.Load()+n <= b.cacheLimit() && b.used()+n <= b.limit
 }
 
 // cacheAnyway charges n bytes of cached body whether or not they fit (a

@@ -97,6 +97,7 @@ func (s *Server) purge(ctx context.Context, name string) (int, error) {
 	ms := append([]*message(nil), q.pending[q.head:]...)
 	clear(q.pending)
 	q.pending, q.head = q.pending[:0], 0
+	q.unreadable = nil
 	for _, m := range ms {
 		m.release(q)
 	}

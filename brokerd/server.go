@@ -73,6 +73,9 @@ type Server struct {
 	conns     map[*conn]struct{}
 	sources   map[string]int // open connections per client IP address
 	connWG    sync.WaitGroup
+	// fetches are the queues' background reads of bodies (queue.fetch),
+	// waited for before the store closes.
+	fetches sync.WaitGroup
 
 	destMu  sync.Mutex
 	queues  map[string]*queue
@@ -536,6 +539,7 @@ func (s *Server) closeJournal() {
 	s.destMu.Lock()
 	j := s.st
 	s.destMu.Unlock()
+	s.fetches.Wait()
 	if j != nil {
 		if err := j.Close(); err != nil {
 			s.log.WithError(err).Error("closing the journal")

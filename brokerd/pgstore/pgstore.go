@@ -301,6 +301,9 @@ func (s *Store) withReadConn(fn func(ctx context.Context, conn *pgx.Conn) error)
 // readManySQL reads many bodies in one round trip.
 const readManySQL = `SELECT id, data FROM ` + messagesTable + ` WHERE id = ANY($1::text[])`
 
+// RemoteReads implements store.RemoteReader: every read is a query.
+func (s *Store) RemoteReads() {}
+
 // ReadMany implements store.BatchReader with one query.
 func (s *Store) ReadMany(ids []string) ([][]byte, []error) {
 	data := make([][]byte, len(ids))

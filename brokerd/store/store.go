@@ -173,6 +173,18 @@ type BatchReader interface {
 	ReadMany(ids []string) (data [][]byte, errs []error)
 }
 
+// RemoteReader is a BatchReader whose reads are round trips to another
+// server (pgstore): the broker reads its bodies ahead, several batches at
+// once, in the background, so that a queue waits on none of them. A local
+// store's reads (the journal's: the page cache, or a disk read) are made
+// on the queue's dispatch path, one batch at a time, which costs less
+// than handing them to another goroutine.
+type RemoteReader interface {
+	BatchReader
+	// RemoteReads marks the store; it does nothing.
+	RemoteReads()
+}
+
 // Stats is a snapshot of a store's counters.
 type Stats struct {
 	Segments int    // files on disk (journal); 0 for PostgreSQL
