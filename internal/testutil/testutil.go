@@ -58,16 +58,37 @@ func Binary(t testing.TB, pkg string) string {
 
 // FreePort returns a loopback address with a port that was free a moment
 // ago. Processes that must bind a known port (a slave's port, closed until it
-// becomes master) need one chosen up front.
+// becomes master) need one chosen up front. A port is never returned twice
+// in one test process: the kernel may hand a port just closed to the next
+// bind, and two services given one port fail when the second binds it.
 func FreePort(t testing.TB) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for range 100 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := l.Addr().String()
+		l.Close()
+		freePorts.Lock()
+		given := freePorts.given[addr]
+		if !given {
+			freePorts.given[addr] = true
+		}
+		freePorts.Unlock()
+		if !given {
+			return addr
+		}
 	}
-	defer l.Close()
-	return l.Addr().String()
+	t.Fatal("no port not already handed out after 100 tries")
+	return ""
 }
+
+// freePorts are the addresses FreePort has returned.
+var freePorts = struct {
+	sync.Mutex
+	given map[string]bool
+}{given: map[string]bool{}}
 
 // Eventually polls cond every 10ms until it returns nil or timeout passes,
 // then fails the test with cond's last error.
