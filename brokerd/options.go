@@ -43,10 +43,12 @@ type Options struct {
 	MaxConnectionsPerSource int `toml:"max_connections_per_source"`
 	// MaxWatchers caps the open watch streams (GET /watch on the admin
 	// port, one per sidecar); 0 means no cap. A watch over it is answered
-	// 503, and its sidecar polls instead and asks again a minute later.
-	// The admin port's watches need no token (as /readyz does not), so
-	// the cap is what bounds the sockets and memory a stranger who can
-	// reach that port can hold (about 2 KB a watcher).
+	// 503, and its sidecar polls instead and asks again 30-60 s later. A
+	// watcher gone without a word holds its place until a heartbeat
+	// finds it gone (up to two, 6 s), so leave room over the fleet's
+	// size. The admin port's watches need no token (as /readyz does
+	// not), so the cap is what bounds the sockets and memory a stranger
+	// who can reach that port can hold (about 2 KB a watcher).
 	MaxWatchers int `toml:"max_watchers"`
 	// InactiveDestinationTimeout is how long a destination may stay empty
 	// and without subscribers before it is removed (its counters with it).

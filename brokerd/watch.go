@@ -279,9 +279,11 @@ func (h *watchHub) drop(dead []*watcher) {
 	}
 }
 
-// watchFull is the answer to a watch over the hub's limit. Retry-After is
-// a hint: health/watch asks again after a minute whatever it says.
-const watchFull = "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nRetry-After: 60\r\nConnection: close\r\nContent-Length: 46\r\n\r\nwatchers at capacity (max_watchers): poll me\r\n"
+// watchFull is the answer to a watch over the hub's limit. Its
+// Handover-Watch-Full header tells health/watch that this 503 is the cap,
+// not a proxy's passing outage: it then asks again only after 30-60 s
+// (Retry-After is for other clients).
+const watchFull = "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nHandover-Watch-Full: max_watchers\r\nRetry-After: 60\r\nConnection: close\r\nContent-Length: 46\r\n\r\nwatchers at capacity (max_watchers): poll me\r\n"
 
 // add takes nc on as a watcher: it sends the response head and the current
 // state, under the lock so that no state published meanwhile comes first.

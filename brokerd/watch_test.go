@@ -123,8 +123,8 @@ func TestWatchersCapped(t *testing.T) {
 	}
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), "max_watchers") {
-		t.Fatalf("a third watch: %s %q, want 503 naming max_watchers", resp.Status, body)
+	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), "max_watchers") || resp.Header.Get("Handover-Watch-Full") == "" {
+		t.Fatalf("a third watch: %s %v %q, want 503 naming max_watchers, with Handover-Watch-Full", resp.Status, resp.Header, body)
 	}
 	if n := getStatus(t, s.AdminAddr()).Watchers; n != 2 {
 		t.Errorf("/status says %d watchers, want 2", n)

@@ -47,10 +47,12 @@ var (
 	// again only after Options.NoWatchRetry; the caller polls meanwhile.
 	ErrNoWatch = errors.New("the backend offers no watch")
 	// ErrBusy says the backend offers a watch but has no room for another
-	// watcher now: it answered 503 (brokerd over its max_watchers). Follow
-	// asks again after Options.NoWatchRetry, as for ErrNoWatch, so that a
-	// full broker is not asked again and again by a whole fleet; the
-	// caller polls meanwhile.
+	// watcher now: it answered 503 with a Handover-Watch-Full header
+	// (brokerd over its max_watchers). Follow asks again after
+	// Options.NoWatchRetry, as for ErrNoWatch, so that a full broker is not
+	// asked again and again by a whole fleet; the caller polls meanwhile.
+	// A 503 without the header (a proxy's passing outage) is retried like
+	// any other failure.
 	ErrBusy = errors.New("the backend's watch is full")
 	// ErrStalled says the backend sent nothing for Options.HeartbeatTimeout
 	// on an open connection (no heartbeat, no event; or no answer to the
@@ -355,14 +357,14 @@ func (f *follower) lost(err error) error {
 }
 
 // checkResponse accepts a 200 event stream; a response that says there is
-// no watch here wraps ErrNoWatch, and a 503 ErrBusy.
+// no watch here wraps ErrNoWatch, and brokerd's 503 over its cap ErrBusy.
 func checkResponse(resp *http.Response) error {
-	switch resp.StatusCode {
-	case http.StatusOK:
-	case http.StatusNotFound, http.StatusMethodNotAllowed, http.StatusNotImplemented:
+	switch code := resp.StatusCode; {
+	case code == http.StatusOK:
+	case code == http.StatusNotFound || code == http.StatusMethodNotAllowed || code == http.StatusNotImplemented:
 		return fmt.Errorf("%w: GET %s: %s", ErrNoWatch, resp.Request.URL.Path, resp.Status)
-	case http.StatusServiceUnavailable:
-		return fmt.Errorf("%w: GET %s: %s", ErrBusy, resp.Request.URL.Path, resp.Status)
+	case code == http.StatusServiceUnavailable && resp.Header.Get("Handover-Watch-Full") != "":
+		return fmt.Errorf("%w: GET %s: %s (%s)", ErrBusy, resp.Request.URL.Path, resp.Status, resp.Header.Get("Handover-Watch-Full"))
 	default:
 		return fmt.Errorf("watch: GET %s: %s", resp.Request.URL.Path, resp.Status)
 	}

@@ -306,7 +306,8 @@ func TestFollowLosses(t *testing.T) {
 		retryMin, retryMax time.Duration
 	}{
 		{name: "404", handler: http.NotFound, want: watch.ErrNoWatch, retryMin: 30 * time.Second, retryMax: time.Minute},
-		{name: "503", handler: func(w http.ResponseWriter, r *http.Request) {
+		{name: "503 from a full broker", handler: func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Handover-Watch-Full", "max_watchers")
 			http.Error(w, "watchers at capacity", http.StatusServiceUnavailable)
 		}, want: watch.ErrBusy, retryMin: 30 * time.Second, retryMax: time.Minute},
 		{name: "not an event stream", handler: func(w http.ResponseWriter, r *http.Request) {
@@ -361,7 +362,7 @@ func TestFollowReconnects(t *testing.T) {
 	var conns atomic.Int64
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if conns.Add(1) > 2 {
-			http.Error(w, "down", http.StatusBadGateway)
+			http.Error(w, "down", http.StatusServiceUnavailable)
 			return
 		}
 		sseHandler(w, slaveState)
@@ -375,13 +376,14 @@ func TestFollowReconnects(t *testing.T) {
 			t.Errorf("RetryIn %v after a stream that delivered, want the minimum", u.RetryIn)
 		}
 	}
-	// 502s from here on (a proxy before a broker that is down): 40 ms,
-	// then 80 ms (each drawn from its upper half).
+	// 503s from here on, from a proxy before a broker that is down (not
+	// brokerd's "full", which waits longer): 40 ms, then 80 ms (each drawn
+	// from its upper half).
 	var last time.Duration
 	for i := range 4 {
 		u := f.next(t, "a failed attempt", func(u watch.Update) bool { return u.Err != nil })
-		if !strings.Contains(u.Err.Error(), "502") {
-			t.Fatalf("attempt %d: %v, want a 502", i, u.Err)
+		if !strings.Contains(u.Err.Error(), "503") || errors.Is(u.Err, watch.ErrBusy) {
+			t.Fatalf("attempt %d: %v, want a 503 that is not ErrBusy", i, u.Err)
 		}
 		if i >= 1 && (u.RetryIn < 40*time.Millisecond || u.RetryIn > 80*time.Millisecond) {
 			t.Errorf("attempt %d: RetryIn %v, want 40-80ms", i, u.RetryIn)
