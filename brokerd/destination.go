@@ -520,7 +520,9 @@ const (
 // whether it read them before returning (a local store); from a remote
 // store it starts a background read (fetch). q.mu is held.
 func (q *queue) fetchLocked(br store.BatchReader, needed bool) (read bool) {
-	if q.fetching >= readAheadFetches {
+	// Room for a whole batch, looked at before the queue is: a full
+	// cache is then one comparison per delivery.
+	if q.fetching >= readAheadFetches || !needed && !q.s.mem.roomInCache(readAheadBytes) {
 		return false
 	}
 	var batch []*message
@@ -534,7 +536,7 @@ func (q *queue) fetchLocked(br store.BatchReader, needed bool) (read bool) {
 			bytes += int(n.size)
 		}
 	}
-	if len(batch) == 0 || !needed && !q.s.mem.roomInCache(int64(bytes)) {
+	if len(batch) == 0 {
 		return false
 	}
 	for _, m := range batch {

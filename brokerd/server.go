@@ -74,7 +74,7 @@ type Server struct {
 	sources   map[string]int // open connections per client IP address
 	connWG    sync.WaitGroup
 	// fetches are the queues' background reads of bodies (queue.fetch),
-	// waited for before the store closes.
+	// waited for once the store is closed.
 	fetches sync.WaitGroup
 
 	destMu  sync.Mutex
@@ -539,12 +539,15 @@ func (s *Server) closeJournal() {
 	s.destMu.Lock()
 	j := s.st
 	s.destMu.Unlock()
-	s.fetches.Wait()
 	if j != nil {
 		if err := j.Close(); err != nil {
 			s.log.WithError(err).Error("closing the journal")
 		}
 	}
+	// After Close, which ends reads still waiting for the database: a
+	// stalled one would otherwise hold the shutdown for each read's
+	// timeout. No subscriber is left to start another.
+	s.fetches.Wait()
 }
 
 func (s *Server) setRole(role string, epoch uint64) {
