@@ -17,7 +17,9 @@
 // down as SIGTERM does, and each watcher's moment of reading the slave's
 // "master, serving" event is timed from the moment the slave serves (its
 // Ready channel closing, right before it publishes), both clocks being the
-// machine's wall clock. That is PROMOTIONS (default 3) times, each with a
+// machine's wall clock. That moment is read by a goroutine the close
+// wakes, up to a scheduling delay late: promo-min-ms may come out a
+// fraction of a millisecond below zero. That is PROMOTIONS (default 3) times, each with a
 // new pair and a new fleet, and each figure is the median over them, so
 // that one round slowed by whatever else the machine runs does not decide
 // it: promo-p50-ms, promo-p99-ms (issue 18: 99 % of the fleet within
@@ -25,8 +27,10 @@
 // promo-p99-worst-ms, the worst round's p99; takeover-ms is from the
 // master's shutdown to the slave serving, for scale. Streams lost while
 // the fleets connect and idle (a heartbeat missed under load) are counted
-// in idle-losses, and watchers that never heard the promotion in
-// promo-missed. It does so for two fleets, side by side (WATCH_FLEET
+// in idle-losses, watchers that never heard the promotion in
+// promo-missed, and arrivals that cannot be trusted (see
+// watchfleet_test.go; 0 when the hold missed the heartbeats) in
+// promo-suspect. It does so for two fleets, side by side (WATCH_FLEET
 // picks one): fleet=arrival times each event's arrival in its watcher's
 // socket while the fleet holds off reading, as a fleet on other hosts
 // would cost the broker's machine nothing (see watchfleet_test.go); and
@@ -254,6 +258,10 @@ type wbRound struct {
 	missed     int             // watchers that never heard it
 	takeover   time.Duration   // master shut down → slave serving
 	idleLosses int64
+	// suspect counts the arrival fleet's promotions read with more bytes
+	// behind them, whose arrival may be a later segment's (see
+	// watchfleet_test.go): 0 unless a heartbeat came during the hold.
+	suspect int
 }
 
 // wbPromotion is BenchmarkWatchPromotion's figures: each one the median
@@ -275,11 +283,12 @@ func (r *wbPromotion) metrics() []blMetric {
 	pct := func(p float64) func(*wbRound) float64 {
 		return func(rd *wbRound) float64 { return blMS(lgPercentile(rd.latencies, p)) }
 	}
-	worst, missed, losses := 0.0, 0, int64(0)
+	worst, missed, losses, suspect := 0.0, 0, int64(0), 0
 	for _, rd := range r.rounds {
 		worst = max(worst, pct(99)(rd))
 		missed += rd.missed
 		losses += rd.idleLosses
+		suspect += rd.suspect
 	}
 	return []blMetric{
 		{median(pct(0)), "promo-min-ms"},
@@ -290,6 +299,7 @@ func (r *wbPromotion) metrics() []blMetric {
 		{float64(missed), "promo-missed"},
 		{median(func(rd *wbRound) float64 { return blMS(rd.takeover) }), "takeover-ms"},
 		{float64(losses), "idle-losses"},
+		{float64(suspect), "promo-suspect"},
 	}
 }
 
@@ -342,7 +352,13 @@ const (
 // wbHold is how long the arrival fleet holds off reading once the slave
 // serves: ample for the broker's fan-out to 10,000 (tens of ms). An event
 // sent later still has its arrival timed, with the fleet reading again.
-const wbHold = time.Second
+// wbBeatPass is how long a heartbeat takes to reach the whole fleet, at
+// most (a pass of 10,000 sends takes about 100 ms). Both together, with
+// the takeover, must stay well within brokerd's heartbeat interval (3 s).
+const (
+	wbHold     = time.Second
+	wbBeatPass = 300 * time.Millisecond
+)
 
 // wbRunPromotion times one promotion: a new pair, a new fleet of kind
 // fleet.
@@ -395,13 +411,20 @@ func wbRunPromotion(b *testing.B, n int, fleet string) *wbRound {
 	}()
 	expect := func(prefix string) []string {
 		b.Helper()
-		for line := range lines {
-			if f := strings.Fields(line); len(f) > 0 && f[0] == prefix {
-				return f[1:]
+		deadline := time.After(wbLimit)
+		for {
+			select {
+			case line, ok := <-lines:
+				if !ok {
+					b.Fatalf("the fleet ended without %q\n%s", prefix, stderr.String())
+				}
+				if f := strings.Fields(line); len(f) > 0 && f[0] == prefix {
+					return f[1:]
+				}
+			case <-deadline:
+				b.Fatalf("the fleet said no %q in %v\n%s", prefix, wbLimit, stderr.String())
 			}
 		}
-		b.Fatalf("the fleet ended without %q\n%s", prefix, stderr.String())
-		return nil
 	}
 	ready := expect("fleet-ready")
 	b.Logf("fleet of %d watchers of the slave: open in %s ms, %s losses", n, ready[0], ready[1])
@@ -430,11 +453,12 @@ func wbRunPromotion(b *testing.B, n int, fleet string) *wbRound {
 	}
 	res := expect("fleet-promoted")
 	idle, err := strconv.ParseInt(res[0], 10, 64)
-	if err != nil || len(res)-1 != n {
-		b.Fatalf("fleet results: %d fields, %v", len(res), err)
+	suspect, err2 := strconv.Atoi(res[1])
+	if err != nil || err2 != nil || len(res)-2 != n {
+		b.Fatalf("fleet results: %d fields, %v, %v", len(res), err, err2)
 	}
-	r := &wbRound{takeover: t0.Sub(stopped), idleLosses: idle}
-	for _, f := range res[1:] {
+	r := &wbRound{takeover: t0.Sub(stopped), idleLosses: idle, suspect: suspect}
+	for _, f := range res[2:] {
 		at, err := strconv.ParseInt(f, 10, 64)
 		if err != nil {
 			b.Fatal(err)
@@ -479,7 +503,7 @@ func wbLine(ms []blMetric) string {
 // TestWatchFleetChild is BenchmarkWatchPromotion's fleet, run in a process
 // of its own; it skips unless the benchmark started it. It follows the
 // watch at $WATCH_FLEET_URL with $WATCH_FLEET_N watchers of the kind
-// $WATCH_FLEET_KIND ("epoll" or "follow"), prints
+// $WATCH_FLEET_KIND ("arrival" or "follow"), prints
 // "fleet-ready MS LOSSES" once every one has heard a ready standby, then
 // "fleet-promoted LOSSES T1 … Tn" once every one has heard it serve as
 // master (or 30 s after the first did): the wall-clock times, in Unix
@@ -500,7 +524,8 @@ func TestWatchFleetChild(t *testing.T) {
 	standby := make([]atomic.Bool, n)
 	promoted := make([]atomic.Int64, n)
 	var standbys, promotions atomic.Int64
-	seen := func(i int, e watch.Event) {
+	// seen says whether e is watcher i's promotion.
+	seen := func(i int, e watch.Event) bool {
 		switch {
 		case e.Role == "slave" && e.StandbyReady:
 			if !standby[i].Swap(true) {
@@ -509,11 +534,14 @@ func TestWatchFleetChild(t *testing.T) {
 		case e.Role == "master" && e.Serving && e.Epoch >= 2:
 			if promoted[i].CompareAndSwap(0, e.At.UnixNano()) {
 				promotions.Add(1)
+				return true
 			}
 		}
+		return false
 	}
 	start := time.Now()
 	var losses *atomic.Int64
+	var suspect atomic.Int64 // promotions read with more bytes behind them
 	switch kind := os.Getenv(wbChildKind); kind {
 	case wbFleetFollow:
 		fleet := wbStartFleet(t, n, []string{url}, func(i, _ int, e watch.Event) { seen(i, e) })
@@ -521,13 +549,22 @@ func TestWatchFleetChild(t *testing.T) {
 		losses = &fleet.losses
 	case wbFleetArrival:
 		losses = new(atomic.Int64)
+		var beats atomic.Int64
 		ctx, cancel := context.WithCancel(context.Background())
 		ready, done := make(chan struct{}), make(chan error, 1)
 		hold := make(chan chan struct{})
-		go func() {
-			done <- wbRunArrivalFleet(ctx, n, url, seen, func() { losses.Add(1) }, func() { close(ready) }, hold)
-		}()
-		go wbHoldCommands(ctx, hold)
+		hooks := wbArrivalHooks{
+			seen: func(i int, e watch.Event, trailing bool) {
+				if seen(i, e) && trailing {
+					suspect.Add(1)
+				}
+			},
+			beat:  func() { beats.Add(1) },
+			loss:  func() { losses.Add(1) },
+			ready: func() { close(ready) },
+		}
+		go func() { done <- wbRunArrivalFleet(ctx, n, url, hooks, hold) }()
+		go wbHoldCommands(ctx, hold, &beats)
 		defer func() {
 			cancel()
 			if err := <-done; err != nil {
@@ -552,7 +589,7 @@ func TestWatchFleetChild(t *testing.T) {
 		time.Sleep(time.Millisecond)
 	}
 	var s strings.Builder
-	fmt.Fprintf(&s, "fleet-promoted %d", idle)
+	fmt.Fprintf(&s, "fleet-promoted %d %d", idle, suspect.Load())
 	for i := range promoted {
 		fmt.Fprintf(&s, " %d", promoted[i].Load())
 	}
@@ -560,14 +597,28 @@ func TestWatchFleetChild(t *testing.T) {
 }
 
 // wbHoldCommands reads the arrival fleet's commands from standard input
-// (see TestWatchFleetChild) and passes them to its loop through hold.
-func wbHoldCommands(ctx context.Context, hold chan<- chan struct{}) {
+// (see TestWatchFleetChild) and passes them to its loop through hold. A
+// hold starts just after a heartbeat has reached the fleet (beats counts
+// them), so that the next one, 3 s later, comes after the hold: one that
+// came during it would merge with the event before it in the sockets.
+func wbHoldCommands(ctx context.Context, hold chan<- chan struct{}, beats *atomic.Int64) {
 	var until chan struct{}
 	sc := bufio.NewScanner(os.Stdin)
 	for sc.Scan() {
 		switch sc.Text() {
 		case "hold":
 			if until == nil {
+				for from, since := beats.Load(), time.Now(); beats.Load() == from; {
+					if ctx.Err() != nil {
+						return
+					}
+					if time.Since(since) > 10*time.Second {
+						fmt.Fprintln(os.Stderr, "no heartbeat in 10 s: holding anyway")
+						break
+					}
+					time.Sleep(time.Millisecond)
+				}
+				time.Sleep(wbBeatPass) // the rest of the fleet hears it too
 				until = make(chan struct{})
 				select {
 				case hold <- until: // the loop has stopped reading
