@@ -348,7 +348,11 @@ func TestStandbyBehindTrim(t *testing.T) {
 	}
 	t.Logf("reload: %+v", p)
 
-	// And it follows incrementally again.
+	// And it follows incrementally again, once acknowledgements are kept
+	// a while: with a 1 ns retention the next batch's own trim may reach
+	// them before the standby does, which on a loaded machine it did.
+	s.Close()
+	s = f.openWith(f.opts(), nil)
 	write(ack("m04"), put("m11", "/queue/b", "z"))
 	if p := catchUp(t, sb, idx); sb.reloads != 1 || p.Records != 2 {
 		t.Fatalf("CatchUp after the reload: %+v, %d reloads; want 2 records, no reload", p, sb.reloads)
