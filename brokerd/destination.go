@@ -273,16 +273,15 @@ func (q *queue) popLocked() *message {
 // round-robin order, until one or the other runs out.
 func (q *queue) dispatchLocked() {
 	for q.head < len(q.pending) && len(q.subs) > 0 {
-		var s *subscription
+		pick := -1
 		for i := range q.subs {
-			c := q.subs[(q.next+i)%len(q.subs)]
-			if len(c.inflight) < c.prefetch && (c.inflightBytes < q.s.opts.MaxPendingBytes || len(c.inflight) == 0) {
-				s = c
-				q.next = (q.next + i + 1) % len(q.subs)
+			k := (q.next + i) % len(q.subs)
+			if c := q.subs[k]; len(c.inflight) < c.prefetch && (c.inflightBytes < q.s.opts.MaxPendingBytes || len(c.inflight) == 0) {
+				pick = k
 				break
 			}
 		}
-		if s == nil {
+		if pick < 0 {
 			return
 		}
 		if br, ok := q.s.st.(store.BatchReader); ok {
@@ -294,7 +293,7 @@ func (q *queue) dispatchLocked() {
 				if head.mem == memLoading || !q.fetchLocked(br, true) {
 					return
 				}
-				continue // read: the head has its body now, or is unreadable
+				continue // read: the head has its body now, or is unreadable (the same pick comes next)
 			}
 			if _, remote := br.(store.RemoteReader); remote {
 				if i := q.head + readAheadScan - readAheadMessages; i < len(q.pending) && q.pending[i].frame == nil && q.pending[i].mem != memLoading {
@@ -302,6 +301,8 @@ func (q *queue) dispatchLocked() {
 				}
 			}
 		}
+		s := q.subs[pick]
+		q.next = (pick + 1) % len(q.subs)
 		m := q.popLocked()
 		if m == q.unreadable {
 			q.unreadable = nil
