@@ -435,10 +435,13 @@ func (g *loopGroup) release(c *net.TCPConn) {
 // closeAll asks every loop to close its connections, and returns how many
 // there were.
 func (g *loopGroup) closeAll() int {
+	// Counted before the loops are told: a loop may close them all before
+	// a count taken after the posts, which then said none were closed.
+	n := int(g.proxied.Load())
 	for _, l := range g.loops {
 		l.post(cmdCloseAll)
 	}
-	return int(g.proxied.Load())
+	return n
 }
 
 // sweep asks every loop to close its connections to backends no longer
