@@ -13,6 +13,7 @@ import (
 
 	"handover/brokerd"
 	"handover/frame"
+	"handover/internal/brokertest"
 	"handover/stompclient"
 )
 
@@ -25,25 +26,13 @@ func startBroker(b *testing.B) *brokerd.Server {
 	return startBrokerWith(b, func(*brokerd.Options) {})
 }
 
-// startBrokerWith is startBroker with options changed by set.
+// startBrokerWith is startBroker with options changed by set, and waits
+// for it to serve.
 func startBrokerWith(b *testing.B, set func(*brokerd.Options)) *brokerd.Server {
 	b.Helper()
-	o := brokerd.NewOptions()
-	o.Listen, o.Admin, o.Data = "127.0.0.1:0", "127.0.0.1:0", b.TempDir()
-	if _, err := brokerd.InitData(o.Data); err != nil {
-		b.Fatal(err)
-	}
-	set(&o)
-	s, err := brokerd.New(o)
-	if err != nil {
-		b.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { s.Run(ctx); close(done) }()
-	b.Cleanup(func() { cancel(); <-done })
-	<-s.Ready()
-	return s
+	br := brokertest.Start(b, "", set)
+	br.WaitReady(b)
+	return br.Server
 }
 
 func dial(b *testing.B, addr string) *stompclient.Conn {

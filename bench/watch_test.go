@@ -81,8 +81,8 @@ import (
 	"testing"
 	"time"
 
-	"handover/brokerd"
 	"handover/health/watch"
+	"handover/internal/brokertest"
 	"handover/internal/testutil"
 	"handover/stompclient"
 )
@@ -217,37 +217,13 @@ func (f *wbFleet) stop() {
 }
 
 // wbBroker is an in-process brokerd.
-type wbBroker struct {
-	*brokerd.Server
-	cancel context.CancelFunc
-	done   chan struct{}
-}
+type wbBroker struct{ *brokertest.Broker }
 
 // wbStartInProcess runs a brokerd with its data in dir, which a master and
-// its slave share. The caller stops it.
+// its slave share, until it is stopped or b's cleanup.
 func wbStartInProcess(b *testing.B, dir string) *wbBroker {
 	b.Helper()
-	if _, err := brokerd.ReadData(dir); err != nil {
-		if _, err := brokerd.InitData(dir); err != nil {
-			b.Fatal(err)
-		}
-	}
-	o := brokerd.NewOptions()
-	o.Listen, o.Admin, o.Data = "127.0.0.1:0", "127.0.0.1:0", dir
-	s, err := brokerd.New(o)
-	if err != nil {
-		b.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	br := &wbBroker{Server: s, cancel: cancel, done: make(chan struct{})}
-	go func() { s.Run(ctx); close(br.done) }()
-	return br
-}
-
-// stop shuts the broker down and waits for it; idempotent.
-func (br *wbBroker) stop() {
-	br.cancel()
-	<-br.done
+	return &wbBroker{brokertest.Start(b, dir, nil)}
 }
 
 func (br *wbBroker) watchURL() string { return "http://" + br.AdminAddr() + "/watch" }
@@ -367,14 +343,14 @@ func wbRunPromotion(b *testing.B, n int, fleet string) *wbRound {
 	wbRaiseNoFile(b, uint64(n+4096))
 	dir := b.TempDir()
 	m := wbStartInProcess(b, dir)
-	defer m.stop()
+	defer m.Stop(b)
 	select {
 	case <-m.Ready():
 	case <-time.After(wbLimit):
 		b.Fatal("the master did not become ready")
 	}
 	s := wbStartInProcess(b, dir)
-	defer s.stop()
+	defer s.Stop(b)
 
 	// The fleet, in a process of its own (see the top of this file).
 	child := exec.Command(os.Args[0], "-test.run=^TestWatchFleetChild$", "-test.count=1", "-test.timeout=0")
@@ -440,7 +416,7 @@ func wbRunPromotion(b *testing.B, n int, fleet string) *wbRound {
 		expect("held")
 	}
 	stopped := time.Now()
-	m.cancel() // as SIGTERM
+	m.Cancel() // as SIGTERM
 	var t0 time.Time
 	select {
 	case t0 = <-serving:

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"handover/brokerd"
+	"handover/internal/brokertest"
 )
 
 func TestNewChecker(t *testing.T) {
@@ -75,53 +76,23 @@ func silentServer(t *testing.T) string {
 	return ln.Addr().String()
 }
 
-// startBroker runs an in-process brokerd as master and returns it.
-func startBroker(t *testing.T, dir, listen string) (*brokerd.Server, context.CancelFunc, <-chan error) {
+// startBroker runs an in-process brokerd with data in dir, STOMP on
+// listen, until test cleanup.
+func startBroker(t *testing.T, dir, listen string) *brokertest.Broker {
 	t.Helper()
 	return startBrokerWith(t, dir, listen, nil)
 }
 
 // startBrokerWith is startBroker with options changed by mod.
-func startBrokerWith(t *testing.T, dir, listen string, mod func(*brokerd.Options)) (*brokerd.Server, context.CancelFunc, <-chan error) {
+func startBrokerWith(t *testing.T, dir, listen string, mod func(*brokerd.Options)) *brokertest.Broker {
 	t.Helper()
-	o := brokerd.NewOptions()
-	o.Listen, o.Admin, o.Data = listen, "127.0.0.1:0", dir
-	if _, err := brokerd.ReadData(o.Data); err != nil {
-		if _, err := brokerd.InitData(o.Data); err != nil {
-			t.Fatal(err)
-		}
-	}
-	o.Log = testLog(t).WithField("broker", listen)
-	if mod != nil {
-		mod(&o)
-	}
-	s, err := brokerd.New(o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(20 * time.Second):
-			t.Error("broker did not stop in 20s")
+	return brokertest.Start(t, dir, func(o *brokerd.Options) {
+		o.Listen = listen
+		o.Log = testLog(t).WithField("broker", listen)
+		if mod != nil {
+			mod(o)
 		}
 	})
-	return s, cancel, done
-}
-
-func waitReady(t *testing.T, s *brokerd.Server, done <-chan error) {
-	t.Helper()
-	select {
-	case <-s.Ready():
-	case err := <-done:
-		t.Fatalf("broker stopped before ready: %v", err)
-	case <-time.After(10 * time.Second):
-		t.Fatal("broker not ready in 10s")
-	}
 }
 
 // checkCase is one probe of a real server.
@@ -282,8 +253,8 @@ func TestParseEpoch(t *testing.T) {
 func TestSTOMPChecker(t *testing.T) {
 	runCheckCases(t, KindSTOMP, []checkCase{
 		{name: "brokerd master", ok: true, backend: func(t *testing.T) Backend {
-			s, _, done := startBroker(t, t.TempDir(), "127.0.0.1:0")
-			waitReady(t, s, done)
+			s := startBroker(t, t.TempDir(), "127.0.0.1:0")
+			s.WaitReady(t)
 			return Backend{Addr: s.Addr()}
 		}},
 		{name: "accepts but never speaks", timeout: 200 * time.Millisecond, timedOut: true, unanswered: true, backend: func(t *testing.T) Backend {

@@ -38,9 +38,9 @@ func startAuthBroker(t *testing.T) *brokerd.Server {
 	if err := os.WriteFile(users, []byte("checker:"+string(h)+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	s, _, done := startBrokerWith(t, t.TempDir(), "127.0.0.1:0", func(o *brokerd.Options) { o.UsersFile = users })
-	waitReady(t, s, done)
-	return s
+	s := startBrokerWith(t, t.TempDir(), "127.0.0.1:0", func(o *brokerd.Options) { o.UsersFile = users })
+	s.WaitReady(t)
+	return s.Server
 }
 
 // TestSTOMPCheckerCredentials: against brokerd with a users file, the

@@ -34,12 +34,12 @@ func TestFailoverBetweenBrokers(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			dir := t.TempDir()
-			master, stopMaster, masterDone := startBroker(t, dir, "127.0.0.1:0")
-			waitReady(t, master, masterDone)
+			master := startBroker(t, dir, "127.0.0.1:0")
+			master.WaitReady(t)
 			// The slave's port must be known before it opens, so pick it
 			// now; 127.0.0.1:0 would only be bound once it is master.
 			slaveAddr := testutil.FreePort(t)
-			slave, _, slaveDone := startBroker(t, dir, slaveAddr)
+			slave := startBroker(t, dir, slaveAddr)
 
 			bs := []Backend{
 				{Addr: master.Addr(), CheckURL: "http://" + master.AdminAddr() + "/readyz"},
@@ -82,12 +82,12 @@ func TestFailoverBetweenBrokers(t *testing.T) {
 			}
 
 			start := time.Now()
-			stopMaster()
+			master.Cancel()
 			select {
 			case <-slave.Ready():
 				t.Logf("slave took over %v after the master was told to stop", time.Since(start))
-			case err := <-slaveDone:
-				t.Fatalf("slave stopped: %v", err)
+			case <-slave.Done():
+				t.Fatalf("slave stopped: %v", slave.Err())
 			case <-time.After(10 * time.Second):
 				t.Fatal("slave did not take over in 10s")
 			}

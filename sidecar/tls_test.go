@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"handover/brokerd"
+	"handover/internal/brokertest"
 	"handover/internal/conf"
 	"handover/internal/testutil"
 	"handover/stompclient"
@@ -25,32 +26,15 @@ func startTLSBroker(t *testing.T, ca *testutil.CA) string {
 }
 
 // startBrokerWith runs brokerd in-process, as mod changes its options,
-// until test cleanup.
+// until test cleanup, and waits for it to serve.
 func startBrokerWith(t *testing.T, mod func(*brokerd.Options)) *brokerd.Server {
 	t.Helper()
-	o := brokerd.NewOptions()
-	o.Listen, o.Admin, o.Data = "127.0.0.1:0", "127.0.0.1:0", t.TempDir()
-	o.ShutdownGrace = conf.Duration(time.Second)
-	mod(&o)
-	if _, err := brokerd.InitData(o.Data); err != nil {
-		t.Fatal(err)
-	}
-	s, err := brokerd.New(o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
-	select {
-	case <-s.Ready():
-	case err := <-done:
-		t.Fatalf("brokerd stopped: %v", err)
-	case <-time.After(10 * time.Second):
-		t.Fatal("brokerd not ready in 10s")
-	}
-	return s
+	b := brokertest.Start(t, "", func(o *brokerd.Options) {
+		o.ShutdownGrace = conf.Duration(time.Second)
+		mod(o)
+	})
+	b.WaitReady(t)
+	return b.Server
 }
 
 // TestTLSOriginationThroughSidecar: plaintext STOMP clients reach brokerd's

@@ -28,7 +28,7 @@ func BenchmarkThroughput(b *testing.B) {
 
 func benchThroughput(b *testing.B, mode string, persistentMsgs bool) {
 	br := startBroker(b, b.TempDir(), "")
-	br.waitReady(b)
+	br.WaitReady(b)
 	p := proxytest.NewPicker(br.Addr())
 	var addr string
 	if mode == "tcp" {

@@ -28,7 +28,7 @@ import (
 func TestBrokerErrorNotResumed(t *testing.T) {
 	const rounds = 10
 	b := startBrokerWith(t, t.TempDir(), "", func(o *brokerd.Options) { o.MaxBody = 1 << 10 })
-	b.waitReady(t)
+	b.WaitReady(t)
 	svc := startService(t, proxytest.NewPicker(b.Addr()), nil)
 	hook := logtest.NewLocal(svc.log.Logger)
 

@@ -78,7 +78,7 @@ func TestSidecarCredentials(t *testing.T) {
 		o.UsersFile = users
 		o.Authorization = auth.Rules{{Destination: "/queue/creds.>", Read: []string{"sidecar"}, Write: []string{"sidecar"}}}
 	})
-	b.waitReady(t)
+	b.WaitReady(t)
 	secret := filepath.Join(t.TempDir(), "passcode")
 	writeSecret(t, secret, "s3cret\n") // as echo writes it
 	svc := startService(t, proxytest.NewPicker(b.Addr()), withSidecarLogin(secret))
@@ -170,7 +170,7 @@ func TestSidecarCredentialsRefused(t *testing.T) {
 	b := startBrokerWith(t, t.TempDir(), "", func(o *brokerd.Options) {
 		o.UsersFile = usersFile(t, map[string]string{"sidecar": "s3cret"})
 	})
-	b.waitReady(t)
+	b.WaitReady(t)
 	secret := filepath.Join(t.TempDir(), "passcode")
 	writeSecret(t, secret, "wrong-secret")
 	svc := startService(t, proxytest.NewPicker(b.Addr()), withSidecarLogin(secret))
@@ -251,7 +251,7 @@ func TestSidecarCredentialsOnResume(t *testing.T) {
 	m := startBrokerWith(t, dir, "", func(o *brokerd.Options) {
 		o.UsersFile = usersFile(t, map[string]string{"sidecar": "old-secret"})
 	})
-	m.waitReady(t)
+	m.WaitReady(t)
 	sl := startBrokerWith(t, dir, "", func(o *brokerd.Options) {
 		o.UsersFile = usersFile(t, map[string]string{"sidecar": "new-secret"})
 	})
@@ -274,8 +274,8 @@ func TestSidecarCredentialsOnResume(t *testing.T) {
 	}
 
 	writeSecret(t, secret, "new-secret\n") // rotated; the live session is not touched
-	m.stop(t)
-	sl.waitReady(t)
+	m.Stop(t)
+	sl.WaitReady(t)
 	p.Set(sl.Addr()) // the slave's port is bound once it is master
 	if err := c.SendReceipt(ctxT(t, 20*time.Second), q, body(2), persistent); err != nil {
 		t.Fatalf("send after the failover: %v", err)

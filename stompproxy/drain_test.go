@@ -83,9 +83,9 @@ func runMonitor(t testing.TB, mon *health.Monitor, want ...string) {
 // brokerd behind a real health.Monitor in mode any.
 func TestDrainKeepsSessions(t *testing.T) {
 	a := startBroker(t, t.TempDir(), "")
-	a.waitReady(t)
+	a.WaitReady(t)
 	b := startBroker(t, t.TempDir(), "")
-	b.waitReady(t)
+	b.WaitReady(t)
 	chk, err := health.NewChecker(health.KindSTOMP)
 	if err != nil {
 		t.Fatal(err)

@@ -34,7 +34,7 @@ func TestHeaderNamesMatchBrokerd(t *testing.T) {
 func TestFailoverMasterSlave(t *testing.T) {
 	dir := t.TempDir()
 	m := startBroker(t, dir, "")
-	m.waitReady(t)
+	m.WaitReady(t)
 	slaveAddr := testutil.FreePort(t)
 	sl := startBroker(t, dir, slaveAddr)
 
@@ -67,7 +67,7 @@ func TestFailoverMasterSlave(t *testing.T) {
 	}
 
 	// The master stops; its clients' connections drop. Ours must not.
-	m.stop(t)
+	m.Stop(t)
 	var wg sync.WaitGroup
 	errs := make(chan error, 20)
 	for i := 10; i < 15; i++ {
@@ -90,7 +90,7 @@ func TestFailoverMasterSlave(t *testing.T) {
 	}
 	// The slave takes over once the master released the lock; the
 	// health checks (here, the test) then point the sidecar at it.
-	sl.waitReady(t)
+	sl.WaitReady(t)
 	p.Set(slaveAddr)
 	wg.Wait()
 	close(errs)
@@ -133,7 +133,7 @@ func TestFailoverMasterSlave(t *testing.T) {
 // spell; and brokerd's beats reach the client.
 func TestHeartbeatsWithBrokerd(t *testing.T) {
 	b := startBrokerWith(t, t.TempDir(), "", func(o *brokerd.Options) { o.HeartBeat = conf.Duration(100 * time.Millisecond) })
-	b.waitReady(t)
+	b.WaitReady(t)
 	svc := startService(t, proxytest.NewPicker(b.Addr()), nil)
 	c := dialClient(t, svc.Addr().String(), stompclient.Options{HeartBeat: [2]time.Duration{100 * time.Millisecond, 100 * time.Millisecond}})
 	time.Sleep(time.Second)
@@ -168,7 +168,7 @@ func brokerdDropsDuplicates(t *testing.T, b *broker) bool {
 // SendReceipt completes and the consumer sees the message once.
 func TestReplayedSendNotDuplicated(t *testing.T) {
 	b := startBroker(t, t.TempDir(), "")
-	b.waitReady(t)
+	b.WaitReady(t)
 	if !brokerdDropsDuplicates(t, b) {
 		t.Skip("brokerd does not drop a repeated (handover-producer, handover-seq) SEND yet (brokerd/conn.go)")
 	}

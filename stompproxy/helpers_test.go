@@ -11,6 +11,7 @@ import (
 
 	"handover/brokerd"
 	"handover/frame"
+	"handover/internal/brokertest"
 	"handover/internal/conf"
 	"handover/internal/serve"
 	"handover/internal/testutil"
@@ -77,15 +78,11 @@ func expectNone(t testing.TB, s *stompclient.Subscription, d time.Duration) {
 }
 
 // broker is an in-process brokerd.
-type broker struct {
-	*brokerd.Server
-	cancel context.CancelFunc
-	done   chan error
-}
+type broker struct{ *brokertest.Broker }
 
 // startBroker runs brokerd on data dir dir, STOMP on listen ("" for any
 // port), until test cleanup. With several on one dir, the first is master
-// and the others wait as slaves (OFD locks conflict within one process).
+// and the others wait as slaves.
 func startBroker(t testing.TB, dir, listen string) *broker {
 	t.Helper()
 	return startBrokerWith(t, dir, listen, nil)
@@ -94,57 +91,17 @@ func startBroker(t testing.TB, dir, listen string) *broker {
 // startBrokerWith is startBroker with options changed by mod.
 func startBrokerWith(t testing.TB, dir, listen string, mod func(*brokerd.Options)) *broker {
 	t.Helper()
-	o := brokerd.NewOptions()
 	if listen == "" {
 		listen = "127.0.0.1:0"
 	}
-	o.Listen, o.Admin, o.Data = listen, "127.0.0.1:0", dir
-	if _, err := brokerd.ReadData(o.Data); err != nil {
-		if _, err := brokerd.InitData(o.Data); err != nil {
-			t.Fatal(err)
+	return &broker{brokertest.Start(t, dir, func(o *brokerd.Options) {
+		o.Listen = listen
+		o.ShutdownGrace = conf.Duration(time.Second)
+		o.Log = proxytest.Log(t).WithField("component", "brokerd-"+listen)
+		if mod != nil {
+			mod(o)
 		}
-	}
-	o.ShutdownGrace = conf.Duration(time.Second)
-	o.Log = proxytest.Log(t).WithField("component", "brokerd-"+listen)
-	if mod != nil {
-		mod(&o)
-	}
-	s, err := brokerd.New(o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	b := &broker{Server: s, cancel: cancel, done: make(chan error, 1)}
-	go func() { b.done <- s.Run(ctx) }()
-	t.Cleanup(func() { b.stop(t) })
-	return b
-}
-
-func (b *broker) waitReady(t testing.TB) {
-	t.Helper()
-	select {
-	case <-b.Ready():
-	case err := <-b.done:
-		t.Fatalf("broker stopped before ready: %v", err)
-	case <-time.After(10 * time.Second):
-		t.Fatal("broker not ready in 10s")
-	}
-}
-
-// stop cancels Run and waits for it; idempotent.
-func (b *broker) stop(t testing.TB) {
-	b.cancel()
-	select {
-	case err, ok := <-b.done:
-		if ok {
-			close(b.done)
-			if err != nil {
-				t.Errorf("brokerd Run: %v", err)
-			}
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("broker did not stop in 20s")
-	}
+	})}
 }
 
 func (b *broker) depth(queue string) int {

@@ -263,7 +263,7 @@ func TestClientWriteTimeout(t *testing.T) {
 	// Room in flight for more than any socket buffers hold: the
 	// subscription below has a prefetch of 100,000.
 	b := startBrokerWith(t, t.TempDir(), "", func(o *brokerd.Options) { o.MaxPendingBytes = 64 << 20 })
-	b.waitReady(t)
+	b.WaitReady(t)
 	svc := startService(t, proxytest.NewPicker(b.Addr()), func(o *Options) { o.ClientWriteTimeout = timeout })
 	hook := logtest.NewLocal(svc.log.Logger)
 	addr := svc.Addr().String()

@@ -20,7 +20,7 @@ func startTLSBroker(t *testing.T, ca *testutil.CA) *broker {
 	b := startBrokerWith(t, t.TempDir(), "", func(o *brokerd.Options) {
 		o.TLSListen, o.TLSCert, o.TLSKey = "127.0.0.1:0", certFile, keyFile
 	})
-	b.waitReady(t)
+	b.WaitReady(t)
 	return b
 }
 

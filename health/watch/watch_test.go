@@ -16,6 +16,7 @@ import (
 
 	"handover/brokerd"
 	"handover/health/watch"
+	"handover/internal/brokertest"
 	"handover/internal/testutil"
 )
 
@@ -87,50 +88,13 @@ func isLoss(target error) func(watch.Update) bool {
 }
 
 // broker is an in-process brokerd.
-type broker struct {
-	*brokerd.Server
-	cancel context.CancelFunc
-	done   chan error
-}
+type broker struct{ *brokertest.Broker }
 
 // startBroker runs a brokerd on 127.0.0.1 port 0 with data in dir (shared
 // by a master and its slave).
 func startBroker(t *testing.T, dir string) *broker {
 	t.Helper()
-	o := brokerd.NewOptions()
-	o.Listen, o.Admin, o.Data = "127.0.0.1:0", "127.0.0.1:0", dir
-	o.Log = testutil.Logger(t)
-	if _, err := brokerd.ReadData(dir); err != nil {
-		if _, err := brokerd.InitData(dir); err != nil {
-			t.Fatal(err)
-		}
-	}
-	s, err := brokerd.New(o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	b := &broker{Server: s, cancel: cancel, done: make(chan error, 1)}
-	go func() { b.done <- s.Run(ctx) }()
-	t.Cleanup(func() { b.stop(t) })
-	return b
-}
-
-// stop shuts the broker down as SIGTERM does and waits for Run to return;
-// idempotent.
-func (b *broker) stop(t *testing.T) {
-	b.cancel()
-	select {
-	case err, ok := <-b.done:
-		if ok {
-			close(b.done)
-			if err != nil {
-				t.Errorf("brokerd: %v", err)
-			}
-		}
-	case <-time.After(patience):
-		t.Fatal("brokerd did not stop")
-	}
+	return &broker{brokertest.Start(t, dir, func(o *brokerd.Options) { o.Log = testutil.Logger(t) })}
 }
 
 func (b *broker) watchURL() string { return "http://" + b.AdminAddr() + "/watch" }
@@ -158,7 +122,7 @@ func TestFollowFailover(t *testing.T) {
 		return e.Role == "slave" && e.StandbyReady && !e.Serving
 	}))
 
-	m.cancel() // as SIGTERM: Run shuts down; the test's cleanup waits for it
+	m.Cancel() // as SIGTERM: Run shuts down; the test's cleanup waits for it
 	fm.next(t, "the master stopping", func(u watch.Update) bool {
 		if u.Err != nil {
 			t.Fatalf("the master's watch was lost (%v) before it said it was stopping", u.Err)
