@@ -191,7 +191,7 @@ func New(opts Options) (*Server, error) {
 	}
 	s.watch.limit = opts.MaxWatchers
 	s.metrics = newMetrics(s)
-	s.admin = &http.Server{Handler: adminmux.RequireToken(s.adminHandler(), adminToken), ReadHeaderTimeout: 5 * time.Second}
+	s.admin = adminmux.Server(adminmux.RequireToken(s.adminHandler(), adminToken))
 	return s, nil
 }
 

@@ -519,7 +519,7 @@ func (sc *Sidecar) Run(ctx context.Context) error {
 	var admin *http.Server
 	adminDone := make(chan struct{})
 	if sc.adminLn != nil {
-		admin = &http.Server{Handler: adminmux.RequireToken(sc.adminHandler(), sc.adminToken), ReadHeaderTimeout: 5 * time.Second}
+		admin = adminmux.Server(adminmux.RequireToken(sc.adminHandler(), sc.adminToken))
 		go func() {
 			defer close(adminDone)
 			if err := admin.Serve(sc.adminLn); err != nil && !errors.Is(err, http.ErrServerClosed) {

@@ -31,6 +31,22 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
+// The admin servers' timeouts: a client that sends its request head
+// slowly, or keeps a connection open without asking anything, would
+// otherwise hold a goroutine and its buffers for as long as it likes
+// (net/http keeps an idle connection forever when no timeout is set). A
+// watch (brokerd's /watch) is taken over from net/http and not bound by
+// them. Variables so that the tests can shorten them.
+var (
+	headerTimeout = 5 * time.Second
+	idleTimeout   = 2 * time.Minute
+)
+
+// Server returns the http.Server of an admin port serving h.
+func Server(h http.Handler) *http.Server {
+	return &http.Server{Handler: h, ReadHeaderTimeout: headerTimeout, IdleTimeout: idleTimeout}
+}
+
 // Options says what New serves besides status, health and metrics.
 type Options struct {
 	// Pprof serves the runtime profiles under /debug/pprof/.

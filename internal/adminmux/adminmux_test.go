@@ -1,8 +1,11 @@
 package adminmux
 
 import (
+	"bufio"
+	"errors"
 	"flag"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -234,5 +237,59 @@ func TestClientSendsToken(t *testing.T) {
 	}
 	if _, err := Client(filepath.Join(t.TempDir(), "missing"), time.Second); err == nil {
 		t.Error("a missing token file was accepted")
+	}
+}
+
+// TestServerClosesIdle: a keep-alive connection left idle after its
+// request is closed by the server after idleTimeout, and a request head
+// sent too slowly after headerTimeout, instead of each holding a goroutine
+// for as long as the client likes.
+func TestServerClosesIdle(t *testing.T) {
+	defer func(h, i time.Duration) { headerTimeout, idleTimeout = h, i }(headerTimeout, idleTimeout)
+	headerTimeout, idleTimeout = 300*time.Millisecond, 300*time.Millisecond
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := Server(New(func() any { return "up" }, prometheus.NewRegistry(), Options{}))
+	go srv.Serve(ln)
+	defer srv.Close()
+
+	for _, tt := range []struct {
+		name, send string
+		answered   bool
+	}{
+		{"idle keep-alive", "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", true},
+		{"slow request head", "GET /healthz HTTP/1.1\r\n", false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := net.Dial("tcp", ln.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if _, err := io.WriteString(c, tt.send); err != nil {
+				t.Fatal(err)
+			}
+			c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			br := bufio.NewReader(c)
+			if tt.answered {
+				resp, err := http.ReadResponse(br, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 200 || resp.Close {
+					t.Fatalf("status %d, close %v: want 200 on a kept-alive connection", resp.StatusCode, resp.Close)
+				}
+			}
+			// The server closes the connection: EOF, or a 408 for the slow head.
+			rest, err := io.ReadAll(br)
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				t.Fatalf("connection still open 10 s on (read %q)", rest)
+			}
+		})
 	}
 }
