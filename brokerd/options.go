@@ -143,6 +143,9 @@ type Options struct {
 	// UsersFile, if set, is the users file (see package auth): clients must
 	// log in (CONNECT login and passcode), unless AllowAnonymous lets those
 	// without a login in as "anonymous". Without it, anyone may connect.
+	// The file is read again when it changes (looked at once a second at
+	// most): the change applies to the next logins, and a version that
+	// cannot be parsed is logged and leaves the last good one in force.
 	UsersFile      string `toml:"users_file"`
 	AllowAnonymous bool   `toml:"allow_anonymous"`
 	// Authorization lists who may read (SUBSCRIBE), write (SEND) or

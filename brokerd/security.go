@@ -27,7 +27,7 @@ func (c *conn) authenticate(f *frame.Frame) (auth.Principal, bool) {
 	if s.users == nil || !hasLogin && s.opts.AllowAnonymous {
 		return auth.Anonymous, true
 	}
-	p, err := s.users.Authenticate(login, f.Value("passcode"))
+	p, err := s.users.Users().Authenticate(login, f.Value("passcode"))
 	if err == nil {
 		return p, true
 	}

@@ -1,6 +1,7 @@
 package brokerd
 
 import (
+	"errors"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -8,10 +9,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sirupsen/logrus"
+	logtest "github.com/sirupsen/logrus/hooks/test"
 	"golang.org/x/crypto/bcrypt"
 
 	"handover/brokerd/auth"
 	"handover/frame"
+	"handover/internal/testutil"
 )
 
 func usersFile(t *testing.T, users map[string]string) string {
@@ -82,6 +86,74 @@ func TestAuthentication(t *testing.T) {
 	}
 	if !strings.Contains(scrape(t, s.AdminAddr()), "brokerd_authentication_failures_total 4") {
 		t.Error("failures are not counted")
+	}
+}
+
+// TestUsersFileChanges: a users file changed under a running broker
+// applies to the next logins, without a restart; a connected client keeps
+// its session; a version with a typo is logged and changes nothing.
+func TestUsersFileChanges(t *testing.T) {
+	path := usersFile(t, map[string]string{"alice": "a"})
+	var hook *logtest.Hook
+	s := startServer(t, t.TempDir(), func(o *Options) {
+		o.UsersFile = path
+		hook = logtest.NewLocal(o.Log.Logger)
+	})
+	s.waitReady(t)
+	login := func(user, pass string) *raw {
+		c := dialRaw(t, s.Addr())
+		c.send("CONNECT\naccept-version:1.2\nhost:/\nlogin:" + user + "\npasscode:" + pass + "\n\n\x00")
+		return c
+	}
+	alice := login("alice", "a")
+	if f := alice.read(); f.Command != frame.CONNECTED {
+		t.Fatalf("alice: %v", f)
+	}
+	// replace swaps the file for one with these users, as an operator's
+	// tool would (write aside, rename), and waits for the broker to see it.
+	replace := func(users map[string]string, raw string) {
+		t.Helper()
+		next := usersFile(t, users)
+		if raw != "" {
+			os.WriteFile(next, []byte(raw), 0o600)
+		}
+		if err := os.Rename(next, path); err != nil {
+			t.Fatal(err)
+		}
+	}
+	replace(map[string]string{"bob": "b"}, "")
+	testutil.Eventually(t, 10*time.Second, func() error {
+		if _, ok := s.users.Users().Lookup("bob"); !ok {
+			return errors.New("bob is not in the users in force")
+		}
+		return nil
+	})
+	if f := login("bob", "b").read(); f.Command != frame.CONNECTED {
+		t.Fatalf("bob, added: %v", f)
+	}
+	c := login("alice", "a")
+	if f := c.read(); f.Command != frame.ERROR {
+		t.Fatalf("alice, removed: %v", f)
+	}
+	c.expectClosed()
+	// alice's session, from before, goes on.
+	alice.send("SEND\ndestination:/queue/q\nreceipt:1\n\nstill here\x00")
+	if f := alice.read(); f.Command != frame.RECEIPT {
+		t.Fatalf("alice's session after her removal: %v", f)
+	}
+
+	replace(nil, "carol has no hash\n")
+	testutil.Eventually(t, 10*time.Second, func() error {
+		s.users.Users()
+		for _, e := range hook.AllEntries() {
+			if e.Level == logrus.ErrorLevel && strings.HasPrefix(e.Message, "users file changed but cannot be used") {
+				return nil
+			}
+		}
+		return errors.New("the typo is not logged")
+	})
+	if f := login("bob", "b").read(); f.Command != frame.CONNECTED {
+		t.Fatalf("bob, after a typo: %v", f)
 	}
 }
 

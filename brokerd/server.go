@@ -102,8 +102,8 @@ type Server struct {
 	watch    watchHub
 	// adminDone is closed when the admin server stops: watch streams end.
 	adminDone chan struct{}
-	users     *auth.Users // nil: no authentication
-	tls       *tls.Config // for TLSListen
+	users     *auth.UsersFile // nil: no authentication
+	tls       *tls.Config     // for TLSListen
 	failures  failures
 	// lease is the master's, once it has one: nothing is written to a
 	// client while it is not valid (see leaseValid).
@@ -143,12 +143,20 @@ func New(opts Options) (*Server, error) {
 			return nil, err
 		}
 	}
-	var users *auth.Users
+	var users *auth.UsersFile
 	if opts.UsersFile != "" {
-		if users, err = auth.LoadUsers(opts.UsersFile); err != nil {
+		ulog := log.WithField("users_file", opts.UsersFile)
+		users, err = auth.OpenUsersFile(opts.UsersFile, time.Second, func(u *auth.Users, err error) {
+			if err != nil {
+				ulog.WithError(err).Error("users file changed but cannot be used: the last good users stay in force")
+				return
+			}
+			ulog.WithField("users", u.Len()).Info("users file read again: the next logins use it")
+		})
+		if err != nil {
 			return nil, err
 		}
-		log.WithFields(logrus.Fields{"users": users.Len(), "allow_anonymous": opts.AllowAnonymous, "rules": len(opts.Authorization)}).Info("authentication on")
+		log.WithFields(logrus.Fields{"users": users.Users().Len(), "allow_anonymous": opts.AllowAnonymous, "rules": len(opts.Authorization)}).Info("authentication on")
 	} else {
 		log.WithField("rules", len(opts.Authorization)).Warn("authentication is off: anyone who can reach the STOMP port may connect (set users_file)")
 	}

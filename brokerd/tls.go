@@ -115,7 +115,7 @@ func (c *conn) certPrincipal() (auth.Principal, bool) {
 		return auth.Principal{}, false
 	}
 	if c.s.users != nil {
-		if p, ok := c.s.users.Lookup(cn); ok {
+		if p, ok := c.s.users.Users().Lookup(cn); ok {
 			return p, true
 		}
 	}

@@ -1,0 +1,102 @@
+package auth
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// TestUsersFileReload: the users in force follow the file's changes; a
+// version that cannot be parsed, or a file gone, leaves the last good users
+// in force and is reported once, not at every look.
+func TestUsersFileReload(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "users")
+	mtime := time.Now().Add(-time.Hour)
+	// write replaces the file's content with a new modification time each
+	// time: the file system's clock may not tick between two writes.
+	write := func(content string) {
+		t.Helper()
+		if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		mtime = mtime.Add(time.Second)
+		if err := os.Chtimes(path, mtime, mtime); err != nil {
+			t.Fatal(err)
+		}
+	}
+	alice := "alice:" + hash(t, "a") + ":ops\n"
+	bob := "bob:" + hash(t, "b") + "\n"
+	write(alice)
+	var reloads, failures int
+	f, err := OpenUsersFile(path, 0, func(u *Users, err error) {
+		if err != nil {
+			failures++
+		} else {
+			reloads++
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	steps := []struct {
+		name     string
+		change   func()
+		want     []string // users that log in
+		reloads  int      // reloads and failures reported so far
+		failures int
+	}{
+		{"unchanged", func() {}, []string{"alice"}, 0, 0},
+		{"a user added", func() { write(alice + bob) }, []string{"alice", "bob"}, 1, 0},
+		{"a typo", func() { write(alice + "bob\n") }, []string{"alice", "bob"}, 1, 1},
+		{"the typo looked at again", func() {}, []string{"alice", "bob"}, 1, 1},
+		{"mended, a user removed", func() { write(bob) }, []string{"bob"}, 2, 1},
+		{"gone", func() { os.Remove(path) }, []string{"bob"}, 2, 2},
+		{"still gone", func() {}, []string{"bob"}, 2, 2},
+		{"back", func() { write(alice) }, []string{"alice"}, 3, 2},
+		{"replaced by rename, same times", func() {
+			tmp := path + ".new"
+			os.WriteFile(tmp, []byte(alice+bob), 0o600)
+			os.Chtimes(tmp, mtime, mtime)
+			if err := os.Rename(tmp, path); err != nil {
+				t.Fatal(err)
+			}
+		}, []string{"alice", "bob"}, 4, 2},
+	}
+	pass := map[string]string{"alice": "a", "bob": "b"}
+	for _, st := range steps {
+		st.change()
+		u := f.Users()
+		for _, name := range []string{"alice", "bob"} {
+			_, err := u.Authenticate(name, pass[name])
+			want := false
+			for _, w := range st.want {
+				want = want || w == name
+			}
+			if (err == nil) != want {
+				t.Errorf("%s: %s logs in: %v, want %v", st.name, name, err == nil, want)
+			}
+		}
+		if reloads != st.reloads || failures != st.failures {
+			t.Errorf("%s: %d reloads and %d failures reported, want %d and %d", st.name, reloads, failures, st.reloads, st.failures)
+		}
+	}
+}
+
+// TestUsersFileInterval: between looks, a change is not seen.
+func TestUsersFileInterval(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "users")
+	os.WriteFile(path, []byte("alice:"+hash(t, "a")+"\n"), 0o600)
+	f, err := OpenUsersFile(path, time.Hour, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(path, []byte("bob:"+hash(t, "b")+"\n"), 0o600)
+	if f.Users().Len() != 1 || f.Users().users["alice"].hash == nil {
+		t.Error("the file was read again before the interval was up")
+	}
+	if _, err := OpenUsersFile(filepath.Join(t.TempDir(), "none"), 0, nil); err == nil {
+		t.Error("a missing users file opened")
+	}
+}
