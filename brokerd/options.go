@@ -148,6 +148,10 @@ type Options struct {
 	// cannot be parsed is logged and leaves the last good one in force.
 	UsersFile      string `toml:"users_file"`
 	AllowAnonymous bool   `toml:"allow_anonymous"`
+	// Users overrides where logins are checked; nil means UsersFile.
+	// Not settable from the config file (cmd/brokerd builds it for
+	// users_table).
+	Users UsersSource `toml:"-"`
 	// Authorization lists who may read (SUBSCRIBE), write (SEND) or
 	// administer which destinations; with no rules, everyone may do all.
 	Authorization auth.Rules `toml:"authorization"`

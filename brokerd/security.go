@@ -1,6 +1,7 @@
 package brokerd
 
 import (
+	"context"
 	"fmt"
 	"sync"
 	"time"
@@ -12,9 +13,69 @@ import (
 )
 
 // Authentication at CONNECT and authorization of each SEND and SUBSCRIBE
-// (package auth holds the users file and the rules). Without a users file
-// every client is let in as auth.Anonymous, and brokerd says so in its log
-// at start; with one, a client must log in unless allow_anonymous is set.
+// (package auth holds the users file and the rules). Without users (a
+// users file or table) every client is let in as auth.Anonymous, and
+// brokerd says so in its log at start; with them, a client must log in
+// unless allow_anonymous is set.
+
+// UsersSource is where logins are checked: the users file (the default,
+// from UsersFile) or the PostgreSQL users table (pgstore.UsersTable). A
+// master reads it afresh before it serves, and then every
+// usersRefreshEvery, so that a change applies to the next logins without
+// a restart (which for a master would be a failover).
+type UsersSource interface {
+	// Users returns the users in force: nil while none could be read.
+	Users() *auth.Users
+	// Refresh reads the users again if they changed. Its error says why
+	// they could not be (the last users read stay in force); a source
+	// need not repeat an error while nothing changes.
+	Refresh(ctx context.Context) error
+	// String names the source for logs, without secrets.
+	String() string
+}
+
+// usersRefreshEvery is how often a master looks for changed users; a
+// users file is looked at as often as the TLS certificate.
+const usersRefreshEvery = time.Second
+
+// refreshUsers reads the users again and logs what changed: a new set (at
+// Info), or why none could be read (at Error, once per distinct error).
+// last is the error the previous call logged, if any; the new one is
+// returned.
+func (s *Server) refreshUsers(ctx context.Context, last error) error {
+	before := s.users.Users()
+	err := s.users.Refresh(ctx)
+	log := s.log.WithField("users_from", s.users.String())
+	switch {
+	case err != nil:
+		if last == nil || last.Error() != err.Error() {
+			log.WithError(err).WithField("users", s.users.Users().Len()).Error("users changed but cannot be read: the last users read stay in force")
+		}
+		return err
+	case s.users.Users() != before:
+		log.WithField("users", s.users.Users().Len()).Info("users read again: the next logins use them")
+	case last != nil:
+		log.Info("users can be read again")
+	}
+	return nil
+}
+
+// usersLoop refreshes the users every usersRefreshEvery until ctx ends.
+func (s *Server) usersLoop(ctx context.Context) {
+	t := time.NewTicker(usersRefreshEvery)
+	defer t.Stop()
+	var last error
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			rctx, cancel := context.WithTimeout(ctx, usersRefreshEvery*5)
+			last = s.refreshUsers(rctx, last)
+			cancel()
+		}
+	}
+}
 
 // authenticate decides who the client of CONNECT frame f is. It returns
 // false, having answered with an ERROR, for a failed login.

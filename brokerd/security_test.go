@@ -146,7 +146,7 @@ func TestUsersFileChanges(t *testing.T) {
 	testutil.Eventually(t, 10*time.Second, func() error {
 		s.users.Users()
 		for _, e := range hook.AllEntries() {
-			if e.Level == logrus.ErrorLevel && strings.HasPrefix(e.Message, "users file changed but cannot be used") {
+			if e.Level == logrus.ErrorLevel && strings.HasPrefix(e.Message, "users changed but cannot be read") {
 				return nil
 			}
 		}

@@ -102,8 +102,8 @@ type Server struct {
 	watch    watchHub
 	// adminDone is closed when the admin server stops: watch streams end.
 	adminDone chan struct{}
-	users     *auth.UsersFile // nil: no authentication
-	tls       *tls.Config     // for TLSListen
+	users     UsersSource // nil: no authentication
+	tls       *tls.Config // for TLSListen
 	failures  failures
 	// lease is the master's, once it has one: nothing is written to a
 	// client while it is not valid (see leaseValid).
@@ -143,20 +143,19 @@ func New(opts Options) (*Server, error) {
 			return nil, err
 		}
 	}
-	var users *auth.UsersFile
-	if opts.UsersFile != "" {
-		ulog := log.WithField("users_file", opts.UsersFile)
-		users, err = auth.OpenUsersFile(opts.UsersFile, time.Second, func(u *auth.Users, err error) {
-			if err != nil {
-				ulog.WithError(err).Error("users file changed but cannot be used: the last good users stay in force")
-				return
-			}
-			ulog.WithField("users", u.Len()).Info("users file read again: the next logins use it")
-		})
+	users := opts.Users
+	if users != nil && opts.UsersFile != "" {
+		return nil, errors.New("users_file and users_table: choose one place for the users")
+	}
+	if users == nil && opts.UsersFile != "" {
+		f, err := auth.OpenUsersFile(opts.UsersFile)
 		if err != nil {
 			return nil, err
 		}
-		log.WithFields(logrus.Fields{"users": users.Users().Len(), "allow_anonymous": opts.AllowAnonymous, "rules": len(opts.Authorization)}).Info("authentication on")
+		users = f
+	}
+	if users != nil {
+		log.WithFields(logrus.Fields{"users_from": users.String(), "allow_anonymous": opts.AllowAnonymous, "rules": len(opts.Authorization)}).Info("authentication on")
 	} else {
 		log.WithField("rules", len(opts.Authorization)).Warn("authentication is off: anyone who can reach the STOMP port may connect (set users_file)")
 	}
@@ -293,7 +292,13 @@ func (s *Server) Run(ctx context.Context) error {
 	// master only: a slave's collection after it caught up would compete
 	// with the takeover it may have to make at any moment.
 	rctx, stopHousekeeping := context.WithCancel(ctx)
-	reclaimDone, memDone := make(chan struct{}), make(chan struct{})
+	reclaimDone, memDone, usersDone := make(chan struct{}), make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(usersDone)
+		if s.users != nil {
+			s.usersLoop(rctx)
+		}
+	}()
 	go func() {
 		defer close(reclaimDone)
 		s.reclaimLoop(rctx)
@@ -302,7 +307,7 @@ func (s *Server) Run(ctx context.Context) error {
 		defer close(memDone)
 		s.returnMemoryLoop(rctx)
 	}()
-	defer func() { stopHousekeeping(); <-reclaimDone; <-memDone }()
+	defer func() { stopHousekeeping(); <-reclaimDone; <-memDone; <-usersDone }()
 
 	select {
 	case <-ctx.Done():
@@ -342,6 +347,17 @@ func (s *Server) startMaster(lease lockstore.Lease, sb store.Standby) error {
 	s.st = st
 	s.destMu.Unlock()
 	s.log.WithFields(logrus.Fields{"messages": st.Stats().Live, "took": time.Since(start).Round(time.Millisecond).String()}).Info("store opened: backlog recovered")
+
+	if s.users != nil {
+		// A master that comes up after the users changed must not check
+		// logins against an older set (a table is not read by slaves).
+		ctx, cancel := context.WithTimeout(context.Background(), 5*usersRefreshEvery)
+		err := s.refreshUsers(ctx, nil)
+		cancel()
+		if err != nil && s.users.Users() == nil {
+			return fmt.Errorf("reading the users (%s): %w", s.users, err)
+		}
+	}
 
 	var ln, tln net.Listener
 	if s.opts.Listen != "" {

@@ -32,7 +32,8 @@ var Anonymous = Principal{User: "anonymous", Groups: []string{"anonymous"}}
 // wrong: a client learns nothing about which users exist.
 var ErrFailed = errors.New("authentication failed")
 
-// Users is a loaded users file.
+// Users is a set of users: a loaded users file, or the PostgreSQL users
+// table (package pgstore). A nil *Users has no users: every login fails.
 type Users struct {
 	users map[string]user
 }
@@ -60,7 +61,7 @@ func LoadUsers(path string) (*Users, error) {
 // per line; blank lines and lines starting with # are skipped. Errors name
 // the file and line; every bad line is reported, not the first alone.
 func ParseUsers(r io.Reader, name string) (*Users, error) {
-	u := &Users{users: map[string]user{}}
+	u := NewUsers()
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 0, 4096), 64<<10)
 	var errs []error
@@ -77,24 +78,13 @@ func ParseUsers(r io.Reader, name string) (*Users, error) {
 			bad("want user:bcrypt-hash[:group,...]")
 			continue
 		}
-		login, hash := parts[0], []byte(parts[1])
-		if _, err := bcrypt.Cost(hash); err != nil {
-			bad("user %q: the password must be a bcrypt hash ($2a$, $2b$ or $2y$), e.g. from `htpasswd -nbB user pass`: %v", login, err)
-			continue
+		groups := ""
+		if len(parts) == 3 {
+			groups = parts[2]
 		}
-		if _, dup := u.users[login]; dup {
-			bad("user %q appears twice", login)
-			continue
+		if err := u.Add(parts[0], parts[1], groups); err != nil {
+			bad("%v", err)
 		}
-		var groups []string
-		if len(parts) == 3 && parts[2] != "" {
-			for _, g := range strings.Split(parts[2], ",") {
-				if g = strings.TrimSpace(g); g != "" {
-					groups = append(groups, g)
-				}
-			}
-		}
-		u.users[login] = user{hash: hash, groups: groups}
 	}
 	if err := sc.Err(); err != nil {
 		errs = append(errs, fmt.Errorf("%s: %w", name, err))
@@ -105,9 +95,37 @@ func ParseUsers(r io.Reader, name string) (*Users, error) {
 	return u, nil
 }
 
+// NewUsers returns an empty set of users, for Add.
+func NewUsers() *Users { return &Users{users: map[string]user{}} }
+
+// Add adds a user as a users file's line does: login, a bcrypt hash of the
+// password, and groups separated by commas.
+func (u *Users) Add(login, hash, groups string) error {
+	if login == "" {
+		return errors.New("a user without a name")
+	}
+	if _, err := bcrypt.Cost([]byte(hash)); err != nil {
+		return fmt.Errorf("user %q: the password must be a bcrypt hash ($2a$, $2b$ or $2y$), e.g. from `htpasswd -nbB user pass`: %v", login, err)
+	}
+	if _, dup := u.users[login]; dup {
+		return fmt.Errorf("user %q appears twice", login)
+	}
+	var gs []string
+	for _, g := range strings.Split(groups, ",") {
+		if g = strings.TrimSpace(g); g != "" {
+			gs = append(gs, g)
+		}
+	}
+	u.users[login] = user{hash: []byte(hash), groups: gs}
+	return nil
+}
+
 // Lookup returns user's principal without a password: for a client that
 // proved who it is another way (a TLS client certificate).
 func (u *Users) Lookup(login string) (Principal, bool) {
+	if u == nil {
+		return Principal{}, false
+	}
 	usr, ok := u.users[login]
 	if !ok {
 		return Principal{}, false
@@ -116,12 +134,21 @@ func (u *Users) Lookup(login string) (Principal, bool) {
 }
 
 // Len is how many users there are.
-func (u *Users) Len() int { return len(u.users) }
+func (u *Users) Len() int {
+	if u == nil {
+		return 0
+	}
+	return len(u.users)
+}
 
 // Authenticate checks login and passcode; its error is ErrFailed for any
 // mismatch.
 func (u *Users) Authenticate(login, passcode string) (Principal, error) {
-	usr, ok := u.users[login]
+	var usr user
+	ok := false
+	if u != nil {
+		usr, ok = u.users[login]
+	}
 	hash := usr.hash
 	if !ok {
 		hash = dummyHash

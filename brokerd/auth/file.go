@@ -1,6 +1,7 @@
 package auth
 
 import (
+	"context"
 	"errors"
 	"os"
 	"sync"
@@ -14,18 +15,15 @@ import (
 // properties login module, a change applies to the next login; connected
 // clients keep the principal they logged in as.
 //
-// A file that cannot be read or parsed after a change (half written, a
-// typo) leaves the last good users in force, and is reported once per
-// change rather than at every login.
+// A version of the file that cannot be read or parsed (half written, a
+// typo) leaves the last good users in force, and is reported once, not at
+// every look.
 type UsersFile struct {
-	path     string
-	every    time.Duration
-	onReload func(*Users, error)
+	path string
 
-	mu      sync.Mutex
-	users   *Users
-	stamp   fileStamp // of the file users came from, or of the last failed attempt
-	checked time.Time
+	mu    sync.Mutex
+	users *Users
+	stamp fileStamp // of the file users came from, or of the last failed attempt
 }
 
 // fileStamp tells one version of a file from another: its modification
@@ -45,58 +43,49 @@ func stampOf(fi os.FileInfo) fileStamp {
 	return s
 }
 
-// OpenUsersFile reads the users file at path. Later, Users looks at the
-// file at most once every interval and reads it again when it has changed;
-// onReload (if not nil) is told of each new version: the users read, or
-// why none were (the last good ones then stay in force).
-func OpenUsersFile(path string, interval time.Duration, onReload func(*Users, error)) (*UsersFile, error) {
-	fi, err := os.Stat(path)
-	if err != nil {
-		return nil, errors.New("users file: " + err.Error())
-	}
-	u, err := LoadUsers(path)
-	if err != nil {
+// OpenUsersFile reads the users file at path.
+func OpenUsersFile(path string) (*UsersFile, error) {
+	f := &UsersFile{path: path}
+	if err := f.Refresh(context.Background()); err != nil {
 		return nil, err
 	}
-	return &UsersFile{path: path, every: interval, onReload: onReload, users: u, stamp: stampOf(fi), checked: time.Now()}, nil
+	return f, nil
 }
 
-// Users returns the users in force, reading the file again first if it is
-// time to look and it has changed.
+// String names the file, for logs.
+func (f *UsersFile) String() string { return "file " + f.path }
+
+// Users returns the users in force.
 func (f *UsersFile) Users() *Users {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if time.Since(f.checked) < f.every {
-		return f.users
-	}
-	f.checked = time.Now()
+	return f.users
+}
+
+// Refresh reads the file again if it has changed since the last look. Its
+// error says why a new version cannot be used (the last good users stay in
+// force); it is returned once per version, and nil while nothing changes.
+func (f *UsersFile) Refresh(context.Context) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	fi, err := os.Stat(f.path)
 	if err != nil {
-		// Gone, or between an editor's unlink and rename: keep the users,
-		// and say so once.
-		if f.stamp != (fileStamp{}) {
-			f.stamp = fileStamp{}
-			f.report(nil, errors.New("users file: "+err.Error()))
+		// Gone, or between an editor's unlink and rename.
+		if f.stamp == (fileStamp{}) && f.users != nil {
+			return nil // said already
 		}
-		return f.users
+		f.stamp = fileStamp{}
+		return errors.New("users file: " + err.Error())
 	}
 	st := stampOf(fi)
 	if st == f.stamp {
-		return f.users
+		return nil
 	}
 	f.stamp = st
 	u, err := LoadUsers(f.path)
 	if err != nil {
-		f.report(nil, err)
-		return f.users
+		return err
 	}
 	f.users = u
-	f.report(u, nil)
-	return u
-}
-
-func (f *UsersFile) report(u *Users, err error) {
-	if f.onReload != nil {
-		f.onReload(u, err)
-	}
+	return nil
 }
