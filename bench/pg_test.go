@@ -73,7 +73,7 @@ func sendReceipts(b *testing.B, s *brokerd.Server, conns int) {
 func startPGBroker(b *testing.B, srv *pgtest.Server) *brokerd.Server {
 	b.Helper()
 	ctx := context.Background()
-	if _, err := srv.Conn().Exec(ctx, "DROP TABLE IF EXISTS handover_messages, handover_acks, handover_ack_trim, handover_producers, handover_schema_version; DROP FUNCTION IF EXISTS handover_fence"); err != nil {
+	if _, err := srv.Conn().Exec(ctx, "DROP TABLE IF EXISTS handover_messages, handover_acks, handover_ack_trim, handover_producers, handover_users, handover_users_version, handover_schema_version; DROP FUNCTION IF EXISTS handover_fence, handover_users_changed"); err != nil {
 		b.Fatal(err)
 	}
 	quiet := logrus.New()

@@ -52,6 +52,8 @@ func (s *Server) refreshUsers(ctx context.Context, last error) error {
 			log.WithError(err).WithField("users", s.users.Users().Len()).Error("users changed but cannot be read: the last users read stay in force")
 		}
 		return err
+	case before == nil:
+		log.WithField("users", s.users.Users().Len()).Info("users read")
 	case s.users.Users() != before:
 		log.WithField("users", s.users.Users().Len()).Info("users read again: the next logins use them")
 	case last != nil:

@@ -19,6 +19,8 @@ const (
 	ackTrimTable   = "handover_ack_trim"
 	producersTable = "handover_producers"
 	versionTable   = "handover_schema_version"
+	usersTable     = "handover_users"
+	usersVersion   = "handover_users_version"
 	fenceFunc      = "handover_fence"
 )
 
@@ -135,6 +137,36 @@ BEGIN
 	END IF;
 END
 $$;
+`},
+	{3, "users table", `
+-- Logins, when brokerd's users_table is set: as a users file's lines, so
+-- that brokers on different hosts share one list. Operators edit it with
+-- SQL; a master reads it again within a second of a change.
+CREATE TABLE ` + usersTable + ` (
+	login  text PRIMARY KEY CHECK (login <> ''),
+	hash   text NOT NULL CHECK (hash ~ '^\$2[aby]\$'),  -- bcrypt, as htpasswd -nbB makes
+	groups text NOT NULL DEFAULT ''                     -- comma-separated
+);
+COMMENT ON TABLE ` + usersTable + ` IS
+	'brokerd: logins (users_table = true); hash is bcrypt, groups comma-separated';
+
+-- Counts the changes to the users, so that a master looks at one row once a
+-- second rather than reading every user.
+CREATE TABLE ` + usersVersion + ` (
+	one     boolean PRIMARY KEY DEFAULT true CHECK (one),
+	version bigint NOT NULL
+);
+INSERT INTO ` + usersVersion + ` (version) VALUES (0);
+CREATE FUNCTION handover_users_changed() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+	UPDATE ` + usersVersion + ` SET version = version + 1;
+	RETURN NULL;
+END
+$$;
+CREATE TRIGGER handover_users_changed
+	AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON ` + usersTable + `
+	FOR EACH STATEMENT EXECUTE FUNCTION handover_users_changed();
 `},
 }
 

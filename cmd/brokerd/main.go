@@ -26,6 +26,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/signal"
@@ -68,6 +69,10 @@ type fileConfig struct {
 	// database session stops within about twice this). Unused by the file
 	// lock, whose slaves wait in the kernel.
 	LockRetry conf.Duration `toml:"lock_retry"`
+	// UsersTable checks logins against the store's handover_users table
+	// instead of a users file: brokers on different hosts share one list.
+	// It needs a postgres store.
+	UsersTable bool `toml:"users_table"`
 }
 
 // storeOpenTimeout bounds connecting to PostgreSQL when a broker opens its
@@ -189,6 +194,9 @@ func run(args []string) int {
 		"data": cfg.Data, "store": opts.StoreName, "config": *configPath,
 		"max_memory": opts.MaxMemory, "lease_timeout": opts.LeaseTimeout.D().String(),
 	}).Info("brokerd starting")
+	if c, ok := opts.Users.(io.Closer); ok {
+		defer c.Close()
+	}
 	srv, err := brokerd.New(opts)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "brokerd:", err)
@@ -283,6 +291,19 @@ func backends(cfg *fileConfig, opts *brokerd.Options, logger *logrus.Logger) err
 	pgStore := cfg.StoreURL != ""
 	if pgStore && !isPostgresURL(cfg.StoreURL) {
 		return errors.New("store: want empty (the journal in the data directory) or a postgres:// URL")
+	}
+	if cfg.UsersTable {
+		if !pgStore {
+			return errors.New("users_table: the users table is in the store's database: set store to a postgres:// URL, or use users_file")
+		}
+		if cfg.UsersFile != "" {
+			return errors.New("users_table and users_file: choose one place for the users")
+		}
+		users, err := pgstore.NewUsersTable(cfg.StoreURL)
+		if err != nil {
+			return err
+		}
+		opts.Users = users
 	}
 	lockURL := cfg.LockURL
 	if lockURL == "" && pgStore {
