@@ -26,10 +26,13 @@ type Status struct {
 	Ready       bool `json:"ready"`
 	Connections int  `json:"connections"`
 	// Watchers is the open watch streams (GET /watch).
-	Watchers int          `json:"watchers"`
-	Queues   []queueStats `json:"queues"`
-	Topics   []queueStats `json:"topics"`
-	Journal  *JournalStat `json:"journal,omitempty"`
+	Watchers int `json:"watchers"`
+	// Users says where logins are checked and how many users are in
+	// force (nil: authentication is off).
+	Users   *usersStatus `json:"users,omitempty"`
+	Queues  []queueStats `json:"queues"`
+	Topics  []queueStats `json:"topics"`
+	Journal *JournalStat `json:"journal,omitempty"`
 	// Memory is the memory budget for message bodies.
 	Memory memoryStatus `json:"memory"`
 	// Standby is a slave's view of the store it follows (nil on a master).
@@ -38,6 +41,12 @@ type Status struct {
 	// read back, with the file and offset in the error.
 	Damaged []damageReport `json:"damaged,omitempty"`
 	Version string         `json:"version"`
+}
+
+// usersStatus is the users part of Status.
+type usersStatus struct {
+	From  string `json:"from"`
+	Count int    `json:"count"`
 }
 
 // JournalStat is the journal part of Status.
@@ -74,6 +83,9 @@ func (s *Server) Status() Status {
 		st.Listen = s.ln.Addr().String()
 	}
 	s.mu.Unlock()
+	if s.users != nil {
+		st.Users = &usersStatus{From: s.users.String(), Count: s.users.Users().Len()}
+	}
 	s.destMu.Lock()
 	qs := make([]*queue, 0, len(s.queues))
 	for _, q := range s.queues {

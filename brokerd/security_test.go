@@ -131,6 +131,9 @@ func TestUsersFileChanges(t *testing.T) {
 	if f := login("bob", "b").read(); f.Command != frame.CONNECTED {
 		t.Fatalf("bob, added: %v", f)
 	}
+	if st := getStatus(t, s.AdminAddr()).Users; st == nil || st.Count != 1 || st.From != "file "+path {
+		t.Errorf("/status users: %+v, want 1 from file %s", st, path)
+	}
 	c := login("alice", "a")
 	if f := c.read(); f.Command != frame.ERROR {
 		t.Fatalf("alice, removed: %v", f)
