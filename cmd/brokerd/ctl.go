@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -12,12 +13,14 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"golang.org/x/crypto/bcrypt"
+
 	"handover/internal/adminmux"
 )
 
 // ctl is `brokerd ctl`: the admin API of a cluster's brokers from the
 // command line, so that nobody has to write curl lines at 3 a.m.
-func ctl(args []string, stdout, stderr io.Writer) int {
+func ctl(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("brokerd ctl", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	admin := fs.String("admin", "127.0.0.1:8161", "admin addresses of the cluster's brokers, comma-separated")
@@ -29,7 +32,9 @@ commands:
   status         each broker's role, epoch, standby readiness and queues
   pid            the process id of the serving master (for kill)
   browse QUEUE   the first -n messages waiting in QUEUE (/queue/NAME), not consumed
-  purge QUEUE    remove the messages waiting in QUEUE (not those delivered and unacknowledged)`)
+  purge QUEUE    remove the messages waiting in QUEUE (not those delivered and unacknowledged)
+  passwd USER    read a password from standard input and print USER's users_file line
+                 (user:bcrypt-hash; the hash also goes in handover_users), offline`)
 		fs.PrintDefaults()
 	}
 	words, err := adminmux.ParseCommand(fs, args)
@@ -39,6 +44,15 @@ commands:
 	if len(words) == 0 {
 		fs.Usage()
 		return 2
+	}
+	if words[0] == "passwd" && len(words) == 2 {
+		line, err := passwd(words[1], stdin)
+		if err != nil {
+			fmt.Fprintln(stderr, "brokerd ctl:", err)
+			return 1
+		}
+		fmt.Fprintln(stdout, line)
+		return 0
 	}
 	hc, err := adminmux.Client(*tokenFile, 10*time.Second)
 	if err != nil {
@@ -210,4 +224,26 @@ func (c *ctlClient) purge(w io.Writer, queue string) error {
 	}
 	fmt.Fprintf(w, "purged %d messages from %s\n", res.Purged, queue)
 	return nil
+}
+
+// passwd makes user's line of a users file from the password on the first
+// line of r, so that operators need no htpasswd (apache2-utils) on the
+// brokers' hosts.
+func passwd(user string, r io.Reader) (string, error) {
+	if user == "" || strings.ContainsAny(user, ":\n") || strings.TrimSpace(user) != user {
+		return "", fmt.Errorf("passwd: %q cannot be a user name (no ':', newline, or spaces around it)", user)
+	}
+	pass, err := bufio.NewReader(r).ReadString('\n')
+	if err != nil && err != io.EOF {
+		return "", fmt.Errorf("passwd: reading the password: %w", err)
+	}
+	pass = strings.TrimRight(pass, "\r\n")
+	if pass == "" {
+		return "", errors.New("passwd: no password on standard input (echo -n PASS | brokerd ctl passwd USER)")
+	}
+	hash, err := bcrypt.GenerateFromPassword([]byte(pass), bcrypt.DefaultCost)
+	if err != nil {
+		return "", fmt.Errorf("passwd: %w", err)
+	}
+	return user + ":" + string(hash), nil
 }

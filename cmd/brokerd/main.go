@@ -92,7 +92,7 @@ func main() {
 		debug.SetGCPercent(defaultGCPercent)
 	}
 	if len(os.Args) > 1 && os.Args[1] == "ctl" {
-		os.Exit(ctl(os.Args[2:], os.Stdout, os.Stderr))
+		os.Exit(ctl(os.Args[2:], os.Stdin, os.Stdout, os.Stderr))
 	}
 	os.Exit(run(os.Args[1:]))
 }

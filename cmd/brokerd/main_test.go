@@ -16,6 +16,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"handover/brokerd"
+	"handover/brokerd/auth"
 	"handover/internal/conf"
 	"handover/internal/testutil"
 	"handover/lockstore"
@@ -296,6 +297,44 @@ func TestCtl(t *testing.T) {
 	}
 	if code, out := run("frobnicate"); code != 2 || !strings.Contains(out, "usage: brokerd ctl") {
 		t.Fatalf("ctl with an unknown command: exit %d\n%s", code, out)
+	}
+}
+
+// TestCtlPasswd: brokerd ctl passwd prints a users file line whose
+// password is the one given on standard input; bad input is refused.
+func TestCtlPasswd(t *testing.T) {
+	for _, tt := range []struct {
+		name, user, stdin string
+		code              int
+		want              string // in stdout (code 0) or stderr
+	}{
+		{"a password", "alice", "wonder land\n", 0, "alice:$2a$"},
+		{"without a newline", "bob", "builder", 0, "bob:$2a$"},
+		{"no password", "carol", "", 1, "no password on standard input"},
+		{"a colon in the name", "a:b", "x\n", 1, "cannot be a user name"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var stdout, stderr strings.Builder
+			code := ctl([]string{"passwd", tt.user}, strings.NewReader(tt.stdin), &stdout, &stderr)
+			out := stdout.String()
+			if code != 0 {
+				out = stderr.String()
+			}
+			if code != tt.code || !strings.Contains(out, tt.want) {
+				t.Fatalf("exit %d, %q; want exit %d with %q", code, out, tt.code, tt.want)
+			}
+			if code != 0 {
+				return
+			}
+			users, err := auth.ParseUsers(strings.NewReader(out), "stdout")
+			if err != nil {
+				t.Fatal(err)
+			}
+			pass := strings.TrimSuffix(tt.stdin, "\n")
+			if _, err := users.Authenticate(tt.user, pass); err != nil {
+				t.Errorf("the line does not take the password %q: %v", pass, err)
+			}
+		})
 	}
 }
 
