@@ -27,8 +27,9 @@ type UsersSource interface {
 	// Users returns the users in force: nil while none could be read.
 	Users() *auth.Users
 	// Refresh reads the users again if they changed. Its error says why
-	// they could not be (the last users read stay in force); a source
-	// need not repeat an error while nothing changes.
+	// the users in force are not all of what the source holds now (the
+	// last good ones stay, or the valid part of them); it is returned at
+	// every call until that changes.
 	Refresh(ctx context.Context) error
 	// String names the source for logs, without secrets.
 	String() string
@@ -38,28 +39,28 @@ type UsersSource interface {
 // users file is looked at as often as the TLS certificate.
 const usersRefreshEvery = time.Second
 
-// refreshUsers reads the users again and logs what changed: a new set (at
-// Info), or why none could be read (at Error, once per distinct error).
-// last is the error the previous call logged, if any; the new one is
-// returned.
+// refreshUsers reads the users again and logs what changed: a new set of
+// users (at Info), and why they could not all be read (at Error, once
+// while the reason stays the same). last is the error of the previous
+// call, if any; the new one is returned.
 func (s *Server) refreshUsers(ctx context.Context, last error) error {
 	before := s.users.Users()
 	err := s.users.Refresh(ctx)
-	log := s.log.WithField("users_from", s.users.String())
+	after := s.users.Users()
+	log := s.log.WithFields(logrus.Fields{"users_from": s.users.String(), "users": after.Len()})
 	switch {
-	case err != nil:
-		if last == nil || last.Error() != err.Error() {
-			log.WithError(err).WithField("users", s.users.Users().Len()).Error("users changed but cannot be read: the last users read stay in force")
-		}
-		return err
-	case before == nil:
-		log.WithField("users", s.users.Users().Len()).Info("users read")
-	case s.users.Users() != before:
-		log.WithField("users", s.users.Users().Len()).Info("users read again: the next logins use them")
-	case last != nil:
-		log.Info("users can be read again")
+	case before == nil && after != nil:
+		log.Info("users read")
+	case after != before:
+		log.Info("users read again: the next logins use them")
 	}
-	return nil
+	switch {
+	case err != nil && (last == nil || last.Error() != err.Error()):
+		log.WithError(err).Error("users could not all be read: logins are checked against the users in force")
+	case err == nil && last != nil:
+		log.Info("users read in full again")
+	}
+	return err
 }
 
 // usersLoop refreshes the users every usersRefreshEvery until ctx ends.

@@ -1,6 +1,7 @@
 package brokerd
 
 import (
+	"context"
 	"errors"
 	"net/http"
 	"os"
@@ -149,7 +150,7 @@ func TestUsersFileChanges(t *testing.T) {
 	testutil.Eventually(t, 10*time.Second, func() error {
 		s.users.Users()
 		for _, e := range hook.AllEntries() {
-			if e.Level == logrus.ErrorLevel && strings.HasPrefix(e.Message, "users changed but cannot be read") {
+			if e.Level == logrus.ErrorLevel && strings.HasPrefix(e.Message, "users could not all be read") {
 				return nil
 			}
 		}
@@ -157,6 +158,51 @@ func TestUsersFileChanges(t *testing.T) {
 	})
 	if f := login("bob", "b").read(); f.Command != frame.CONNECTED {
 		t.Fatalf("bob, after a typo: %v", f)
+	}
+}
+
+// TestRefreshUsersLogs: a users file that stays broken is logged once,
+// not at every look, and its mending once.
+func TestRefreshUsersLogs(t *testing.T) {
+	path := usersFile(t, map[string]string{"alice": "a"})
+	o := NewOptions()
+	o.Listen, o.Admin, o.Data, o.UsersFile = "127.0.0.1:0", "127.0.0.1:0", t.TempDir(), path
+	o.Log = testLog(t)
+	hook := logtest.NewLocal(o.Log.Logger)
+	initData(t, o.Data)
+	s, err := New(o) // not run: no master's loop refreshes meanwhile
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.adminLn.Close()
+	count := func(msg string) int {
+		n := 0
+		for _, e := range hook.AllEntries() {
+			if strings.HasPrefix(e.Message, msg) {
+				n++
+			}
+		}
+		return n
+	}
+	var last error
+	refresh := func() { last = s.refreshUsers(context.Background(), last) }
+	os.WriteFile(path, []byte("carol has no hash\n"), 0o600)
+	os.Chtimes(path, time.Now().Add(time.Hour), time.Now().Add(time.Hour))
+	for range 3 {
+		refresh()
+	}
+	if n := count("users could not all be read"); n != 1 || last == nil {
+		t.Errorf("a broken file looked at 3 times: logged %d times (error %v), want once", n, last)
+	}
+	replace := usersFile(t, map[string]string{"bob": "b"})
+	if err := os.Rename(replace, path); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		refresh()
+	}
+	if a, b := count("users read again"), count("users read in full again"); a != 1 || b != 1 || last != nil {
+		t.Errorf("mended: %d 'read again' and %d 'in full again' lines (error %v), want one each", a, b, last)
 	}
 }
 

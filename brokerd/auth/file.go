@@ -16,14 +16,14 @@ import (
 // clients keep the principal they logged in as.
 //
 // A version of the file that cannot be read or parsed (half written, a
-// typo) leaves the last good users in force, and is reported once, not at
-// every look.
+// typo) leaves the last good users in force.
 type UsersFile struct {
 	path string
 
 	mu    sync.Mutex
 	users *Users
-	stamp fileStamp // of the file users came from, or of the last failed attempt
+	stamp fileStamp // of the version looked at last
+	err   error     // why that version is not in force, if it is not
 }
 
 // fileStamp tells one version of a file from another: its modification
@@ -63,29 +63,30 @@ func (f *UsersFile) Users() *Users {
 }
 
 // Refresh reads the file again if it has changed since the last look. Its
-// error says why a new version cannot be used (the last good users stay in
-// force); it is returned once per version, and nil while nothing changes.
+// error says why the version on disk is not the one in force (the last
+// good users stay); it is returned until the file changes again.
 func (f *UsersFile) Refresh(context.Context) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	fi, err := os.Stat(f.path)
-	if err != nil {
-		// Gone, or between an editor's unlink and rename.
-		if f.stamp == (fileStamp{}) && f.users != nil {
-			return nil // said already
-		}
-		f.stamp = fileStamp{}
-		return errors.New("users file: " + err.Error())
+	fi, statErr := os.Stat(f.path)
+	var st fileStamp // zero: the file is not there
+	if statErr == nil {
+		st = stampOf(fi)
 	}
-	st := stampOf(fi)
-	if st == f.stamp {
-		return nil
+	if f.users != nil && st == f.stamp {
+		return f.err // nothing changed since the last look
 	}
 	f.stamp = st
+	if statErr != nil {
+		// Gone, or between an editor's unlink and rename.
+		f.err = errors.New("users file: " + statErr.Error())
+		return f.err
+	}
 	u, err := LoadUsers(f.path)
 	if err != nil {
+		f.err = err
 		return err
 	}
-	f.users = u
+	f.users, f.err = u, nil
 	return nil
 }

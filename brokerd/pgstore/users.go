@@ -28,7 +28,7 @@ type UsersTable struct {
 	mu      sync.Mutex // held by Refresh: conn, version and bad are its
 	conn    *pgx.Conn
 	version int64 // the counter the users in force were read at; -1 before
-	bad     int64 // the last version whose bad rows were reported
+	bad     error // the rows of that version skipped, if any
 	users   atomic.Pointer[auth.Users]
 }
 
@@ -39,7 +39,7 @@ func NewUsersTable(dsn string) (*UsersTable, error) {
 	if err != nil {
 		return nil, fmt.Errorf("users table: %w", err)
 	}
-	return &UsersTable{dsn: dsn, desc: desc, version: -1, bad: -1}, nil
+	return &UsersTable{dsn: dsn, desc: desc, version: -1}, nil
 }
 
 // String names the table and its database, without the password.
@@ -50,7 +50,7 @@ func (u *UsersTable) Users() *auth.Users { return u.users.Load() }
 
 // Refresh reads the users again if the table changed since the last read.
 // A row that is not a valid user is skipped, and the rest are used; the
-// error then names the bad rows (once per change of the table). An error
+// error then names the bad rows, until the table changes again. An error
 // reaching the database leaves the last users read in force.
 func (u *UsersTable) Refresh(ctx context.Context) error {
 	u.mu.Lock()
@@ -99,7 +99,7 @@ func (u *UsersTable) refresh(ctx context.Context) error {
 		return fmt.Errorf("users table: reading its change counter: %w", err)
 	}
 	if version == u.version {
-		return nil
+		return u.bad
 	}
 	rows, err := tx.Query(ctx, "SELECT login, hash, groups FROM "+usersTable+" ORDER BY login")
 	if err != nil {
@@ -118,12 +118,11 @@ func (u *UsersTable) refresh(ctx context.Context) error {
 		return fmt.Errorf("users table: %w", err)
 	}
 	u.users.Store(users)
-	u.version = version
-	if len(bad) > 0 && u.bad != version {
-		u.bad = version
-		return &badRows{bad}
+	u.version, u.bad = version, nil
+	if len(bad) > 0 {
+		u.bad = &badRows{bad}
 	}
-	return nil
+	return u.bad
 }
 
 // Close closes Refresh's connection. Refresh must not be running.
