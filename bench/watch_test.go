@@ -72,6 +72,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -81,6 +82,7 @@ import (
 	"testing"
 	"time"
 
+	"handover/brokerd"
 	"handover/health/watch"
 	"handover/internal/brokertest"
 	"handover/internal/testutil"
@@ -220,10 +222,11 @@ func (f *wbFleet) stop() {
 type wbBroker struct{ *brokertest.Broker }
 
 // wbStartInProcess runs a brokerd with its data in dir, which a master and
-// its slave share, until it is stopped or b's cleanup.
+// its slave share, until it is stopped or b's cleanup. The fleet all comes
+// from 127.0.0.1, so the per-address cap on watchers is off.
 func wbStartInProcess(b *testing.B, dir string) *wbBroker {
 	b.Helper()
-	return &wbBroker{brokertest.Start(b, dir, nil)}
+	return &wbBroker{brokertest.Start(b, dir, func(o *brokerd.Options) { o.MaxWatchersPerSource = 0 })}
 }
 
 func (br *wbBroker) watchURL() string { return "http://" + br.AdminAddr() + "/watch" }
@@ -663,8 +666,13 @@ func wbRunCost(b *testing.B, n int) *wbCost {
 	testutil.InitBroker(b, "-data", data)
 	listen := testutil.FreePort(b)
 	node := &blNode{name: "brokerd", listen: listen}
+	// The fleet all comes from 127.0.0.1: no per-address cap.
+	cfg := filepath.Join(b.TempDir(), "brokerd.toml")
+	if err := os.WriteFile(cfg, []byte("max_watchers_per_source = 0\n"), 0o644); err != nil {
+		b.Fatal(err)
+	}
 	node.proc = testutil.Start(b, node.name, testutil.Binary(b, "handover/cmd/brokerd"),
-		"-listen", listen, "-admin", "127.0.0.1:0", "-data", data, "-log-format", "json")
+		"-listen", listen, "-admin", "127.0.0.1:0", "-data", data, "-log-format", "json", "-config", cfg)
 	wbAwait(b, "brokerd to log its admin address", func() bool {
 		if node.proc.ExitCode() >= 0 {
 			b.Fatalf("brokerd exited\n%s", blTail(node.proc))

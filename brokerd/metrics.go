@@ -84,7 +84,7 @@ var (
 	descEpoch    = prometheus.NewDesc("brokerd_epoch", "Fencing epoch of the held master lock (0 if none).", nil, nil)
 	descConns    = prometheus.NewDesc("brokerd_connections", "Open client connections.", nil, nil)
 	descWatchers = prometheus.NewDesc("brokerd_watchers", "Open watch streams (GET /watch on the admin port).", nil, nil)
-	descWatchRef = prometheus.NewDesc("brokerd_watchers_refused_total", "Watch streams refused (503) because max_watchers were open.", nil, nil)
+	descWatchRef = prometheus.NewDesc("brokerd_watchers_refused_total", "Watch streams refused (503), by the limit reached: max_watchers or max_watchers_per_source.", []string{"limit"}, nil)
 	descDepth    = prometheus.NewDesc("brokerd_queue_depth", "Messages in a queue, unacknowledged deliveries included.", []string{"destination"}, nil)
 	descInflight = prometheus.NewDesc("brokerd_queue_inflight", "Messages delivered and not yet acknowledged.", []string{"destination"}, nil)
 	descConsumer = prometheus.NewDesc("brokerd_destination_consumers", "Subscriptions on a destination.", []string{"destination"}, nil)
@@ -117,7 +117,9 @@ func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- constMetric(descEpoch, prometheus.GaugeValue, float64(st.Epoch))
 	ch <- constMetric(descConns, prometheus.GaugeValue, float64(st.Connections))
 	ch <- constMetric(descWatchers, prometheus.GaugeValue, float64(st.Watchers))
-	ch <- constMetric(descWatchRef, prometheus.CounterValue, float64(c.s.watch.refused.Load()))
+	for why, key := range refusedKey {
+		ch <- constMetric(descWatchRef, prometheus.CounterValue, float64(c.s.watch.refused[why].Load()), key)
+	}
 	for _, q := range st.Queues {
 		ch <- constMetric(descDepth, prometheus.GaugeValue, float64(q.Depth), q.Name)
 		ch <- constMetric(descInflight, prometheus.GaugeValue, float64(q.Inflight), q.Name)

@@ -50,6 +50,11 @@ type Options struct {
 	// not), so the cap is what bounds the sockets and memory a stranger
 	// who can reach that port can hold (about 2 KB a watcher).
 	MaxWatchers int `toml:"max_watchers"`
+	// MaxWatchersPerSource caps the open watch streams from one IP
+	// address (0: no cap), so that one client cannot take every place
+	// under MaxWatchers. A sidecar opens one per backend of each of its
+	// services; many sidecars behind one NAT address share it.
+	MaxWatchersPerSource int `toml:"max_watchers_per_source"`
 	// InactiveDestinationTimeout is how long a destination may stay empty
 	// and without subscribers before it is removed (its counters with it).
 	InactiveDestinationTimeout conf.Duration `toml:"inactive_destination_timeout"`
@@ -197,6 +202,7 @@ func NewOptions() Options {
 		MaxConnections:          10000,
 		MaxConnectionsPerSource: 2000,
 		MaxWatchers:             20000,
+		MaxWatchersPerSource:    2000,
 		MaxSubscriptions:        1000,
 
 		InactiveDestinationTimeout: conf.Duration(time.Minute),
@@ -274,6 +280,9 @@ func (o *Options) Validate() error {
 	}
 	if o.MaxWatchers < 0 {
 		errs = append(errs, fmt.Errorf("max_watchers: must be 0 (no cap) or positive, got %d", o.MaxWatchers))
+	}
+	if o.MaxWatchersPerSource < 0 {
+		errs = append(errs, fmt.Errorf("max_watchers_per_source: must be 0 (no cap) or positive, got %d", o.MaxWatchersPerSource))
 	}
 	if o.MaxConnectionsPerSource < 0 {
 		errs = append(errs, fmt.Errorf("max_connections_per_source: must be 0 (no cap) or positive, got %d", o.MaxConnectionsPerSource))

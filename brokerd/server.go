@@ -196,7 +196,7 @@ func New(opts Options) (*Server, error) {
 		mem:       newBudget(opts.MaxMemory),
 		backlog:   newBacklog(),
 	}
-	s.watch.limit = opts.MaxWatchers
+	s.watch.limit, s.watch.perSource = opts.MaxWatchers, opts.MaxWatchersPerSource
 	s.metrics = newMetrics(s)
 	s.admin = adminmux.Server(adminmux.RequireToken(s.adminHandler(), adminToken))
 	return s, nil

@@ -2,6 +2,7 @@ package brokerd
 
 import (
 	"encoding/json"
+	"fmt"
 	"net"
 	"net/http"
 	"runtime"
@@ -70,6 +71,7 @@ var heartbeat = []byte(": beat\n\n")
 type watcher struct {
 	nc  net.Conn
 	raw syscall.RawConn // nil when nc is not a plain socket
+	src string          // the client's IP address
 	i   int             // index in watchHub.list
 	// sent is the generation of the last state sent. Only add (before the
 	// watcher is listed) and then the hub's passes, one at a time, touch it.
@@ -118,11 +120,22 @@ type watchHub struct {
 	kick   chan struct{} // a new state waits for the loop
 	closed bool          // the loop has ended: no new watchers
 	snap   []*watcher    // the loop's copy of list for a pass
-	// limit caps len(list) (max_watchers; 0: no cap); refused counts the
-	// watches turned away by it.
-	limit   int
-	refused atomic.Uint64
+	// limit caps len(list) (max_watchers; 0: no cap), and perSource the
+	// watchers from one IP address (max_watchers_per_source), counted in
+	// sources; refused counts the watches turned away by each.
+	limit, perSource int
+	sources          map[string]int
+	refused          [2]atomic.Uint64 // by refusal: refusedMax, refusedPerSource
 }
+
+// Why a watch is refused: the index in watchHub.refused, and the setting
+// named in the 503 and the metric.
+const (
+	refusedMax = iota
+	refusedPerSource
+)
+
+var refusedKey = [2]string{"max_watchers", "max_watchers_per_source"}
 
 // lazyInit makes the zero hub usable. h.mu must be held.
 func (h *watchHub) lazyInit() {
@@ -186,7 +199,7 @@ func (h *watchHub) run(stop <-chan struct{}) {
 			for _, w := range h.list {
 				w.nc.Close()
 			}
-			h.list = nil
+			h.list, h.sources = nil, nil
 			h.cond.Broadcast()
 			return
 		}
@@ -272,6 +285,9 @@ func (h *watchHub) sendAll(ws []*watcher, gen uint64, ev, beat []byte) (dead []*
 func (h *watchHub) drop(dead []*watcher) {
 	for _, w := range dead {
 		w.nc.Close()
+		if h.sources[w.src]--; h.sources[w.src] <= 0 {
+			delete(h.sources, w.src)
+		}
 		last := h.list[len(h.list)-1]
 		h.list[w.i], last.i = last, w.i
 		h.list[len(h.list)-1] = nil
@@ -279,17 +295,20 @@ func (h *watchHub) drop(dead []*watcher) {
 	}
 }
 
-// watchFull is the answer to a watch over the hub's limit. Its
-// Handover-Watch-Full header tells health/watch that this 503 is the cap,
-// not a proxy's passing outage: it then asks again only after 30-60 s
-// (Retry-After is for other clients).
-const watchFull = "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nHandover-Watch-Full: max_watchers\r\nRetry-After: 60\r\nConnection: close\r\nContent-Length: 46\r\n\r\nwatchers at capacity (max_watchers): poll me\r\n"
+// watchFull is the answer to a watch over one of the hub's limits, named
+// by key. Its Handover-Watch-Full header tells health/watch that this 503
+// is a cap, not a proxy's passing outage: it then asks again only after
+// 30-60 s (Retry-After is for other clients).
+func watchFull(key string) []byte {
+	body := "watchers at capacity (" + key + "): poll me\r\n"
+	return fmt.Appendf(nil, "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nHandover-Watch-Full: %s\r\nRetry-After: 60\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s", key, len(body), body)
+}
 
 // add takes nc on as a watcher: it sends the response head and the current
 // state, under the lock so that no state published meanwhile comes first.
-// Over the limit it answers 503 instead and closes nc.
+// Over a limit it answers 503 instead and closes nc.
 func (h *watchHub) add(nc net.Conn) {
-	w := &watcher{nc: nc}
+	w := &watcher{nc: nc, src: sourceOf(nc)}
 	if sc, ok := nc.(syscall.Conn); ok {
 		if raw, err := sc.SyscallConn(); err == nil {
 			w.raw = raw
@@ -297,9 +316,17 @@ func (h *watchHub) add(nc net.Conn) {
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if !h.closed && h.limit > 0 && len(h.list) >= h.limit {
-		h.refused.Add(1)
-		w.send([]byte(watchFull))
+	why := -1
+	switch {
+	case h.closed:
+	case h.limit > 0 && len(h.list) >= h.limit:
+		why = refusedMax
+	case h.perSource > 0 && h.sources[w.src] >= h.perSource:
+		why = refusedPerSource
+	}
+	if why >= 0 {
+		h.refused[why].Add(1)
+		w.send(watchFull(refusedKey[why]))
 		nc.Close()
 		return
 	}
@@ -310,6 +337,10 @@ func (h *watchHub) add(nc net.Conn) {
 	w.sent = h.gen
 	w.i = len(h.list)
 	h.list = append(h.list, w)
+	if h.sources == nil {
+		h.sources = map[string]int{}
+	}
+	h.sources[w.src]++
 }
 
 func (h *watchHub) count() int {

@@ -108,39 +108,74 @@ func TestWatch(t *testing.T) {
 	}
 }
 
-// TestWatchersCapped: past max_watchers a watch is answered 503 (which
-// health/watch takes as "poll, ask again later"), counted in /metrics and
-// shown with the open ones in /status; a watcher that leaves makes room.
+// TestWatchersCapped: past max_watchers, or max_watchers_per_source from
+// one IP address, a watch is answered 503 naming the limit (which
+// health/watch takes as "poll, ask again later"), counted in /metrics by
+// limit and shown with the open ones in /status; a watcher that leaves
+// makes room.
 func TestWatchersCapped(t *testing.T) {
-	s := startServer(t, t.TempDir(), func(o *Options) { o.MaxWatchers = 2 })
+	s := startServer(t, t.TempDir(), func(o *Options) { o.MaxWatchers, o.MaxWatchersPerSource = 3, 2 })
 	s.waitReady(t)
-	w1 := openWatch(t, s.AdminAddr())
-	openWatch(t, s.AdminAddr())
-	// A watch let in streams without end: the timeout makes that a failure.
-	resp, err := (&http.Client{Timeout: 5 * time.Second}).Get("http://" + s.AdminAddr() + "/watch")
-	if err != nil {
-		t.Fatal(err)
+	// watch opens a watch from the loopback address from and returns its
+	// response: a watch let in streams without end, so the client's
+	// timeout is on the head alone.
+	watch := func(from string) *http.Response {
+		t.Helper()
+		tr := &http.Transport{DialContext: (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}}).DialContext, ResponseHeaderTimeout: 5 * time.Second}
+		defer tr.CloseIdleConnections()
+		resp, err := (&http.Client{Transport: tr}).Get("http://" + s.AdminAddr() + "/watch")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { resp.Body.Close() })
+		return resp
 	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), "max_watchers") || resp.Header.Get("Handover-Watch-Full") == "" {
-		t.Fatalf("a third watch: %s %v %q, want 503 naming max_watchers, with Handover-Watch-Full", resp.Status, resp.Header, body)
+	var first *http.Response
+	for _, tt := range []struct {
+		from, refused string // "": let in
+	}{
+		{"127.0.0.1", ""},
+		{"127.0.0.1", ""},
+		{"127.0.0.1", "max_watchers_per_source"},
+		{"127.0.0.2", ""},
+		{"127.0.0.2", "max_watchers"},
+	} {
+		resp := watch(tt.from)
+		if tt.refused == "" {
+			if resp.StatusCode != 200 {
+				t.Fatalf("a watch from %s: %s, want it let in", tt.from, resp.Status)
+			}
+			if first == nil {
+				first = resp
+			}
+			continue
+		}
+		if resp.StatusCode != http.StatusServiceUnavailable {
+			t.Fatalf("a watch from %s: %s, want 503 naming %s", tt.from, resp.Status, tt.refused)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		if !strings.Contains(string(body), "("+tt.refused+")") || resp.Header.Get("Handover-Watch-Full") != tt.refused {
+			t.Fatalf("a watch from %s: %s %v %q, want 503 naming %s, with Handover-Watch-Full", tt.from, resp.Status, resp.Header, body, tt.refused)
+		}
 	}
-	if n := getStatus(t, s.AdminAddr()).Watchers; n != 2 {
-		t.Errorf("/status says %d watchers, want 2", n)
+	if n := getStatus(t, s.AdminAddr()).Watchers; n != 3 {
+		t.Errorf("/status says %d watchers, want 3", n)
 	}
 	m := scrape(t, s.AdminAddr())
-	for _, want := range []string{"brokerd_watchers 2\n", "brokerd_watchers_refused_total 1\n"} {
+	for _, want := range []string{"brokerd_watchers 3\n", `brokerd_watchers_refused_total{limit="max_watchers"} 1` + "\n", `brokerd_watchers_refused_total{limit="max_watchers_per_source"} 1` + "\n"} {
 		if !strings.Contains(m, want) {
 			t.Errorf("/metrics lacks %q", want)
 		}
 	}
-	// The hub finds the closed stream at its next send (a heartbeat).
-	w1.resp.Body.Close()
+	// The hub finds a closed stream at its next send (a heartbeat): its
+	// place, and its source's, are freed.
+	first.Body.Close()
 	waitUntil(t, 5*watchBeat, "the closed watch's place was not freed", func() bool {
-		return getStatus(t, s.AdminAddr()).Watchers == 1
+		return getStatus(t, s.AdminAddr()).Watchers == 2
 	})
-	openWatch(t, s.AdminAddr()).next(t, "the state on the new watch", func(st WatchState) bool { return st.Role == RoleMaster })
+	if resp := watch("127.0.0.1"); resp.StatusCode != 200 {
+		t.Fatalf("a watch from 127.0.0.1 after one of its watches closed: %s", resp.Status)
+	}
 }
 
 // hubClient is the reading end of one watch connection made straight to a

@@ -164,8 +164,9 @@ func (m *Monitor) applyPush(p push) {
 				b.noWatchLogged = true
 				m.queue(func() { log.WithField("reason", u.Err.Error()).Info("backend offers no watch: polling it") })
 			case errors.Is(u.Err, watch.ErrBusy):
-				// The broker's cap on watchers (brokerd's max_watchers)
-				// is too low for this fleet: polling costs it more.
+				// The broker's cap on watchers (brokerd's max_watchers,
+				// or max_watchers_per_source for this host's address) is
+				// too low for this fleet: polling costs it more.
 				b.noWatchLogged = true
 				m.queue(func() { log.WithField("reason", u.Err.Error()).Warn("backend's watch is full: polling it") })
 			}

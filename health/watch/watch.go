@@ -48,7 +48,8 @@ var (
 	ErrNoWatch = errors.New("the backend offers no watch")
 	// ErrBusy says the backend offers a watch but has no room for another
 	// watcher now: it answered 503 with a Handover-Watch-Full header
-	// (brokerd over its max_watchers). Follow asks again after
+	// (brokerd over max_watchers or max_watchers_per_source, named in
+	// the header and the error). Follow asks again after
 	// Options.NoWatchRetry, as for ErrNoWatch, so that a full broker is not
 	// asked again and again by a whole fleet; the caller polls meanwhile.
 	// A 503 without the header (a proxy's passing outage) is retried like
