@@ -12,6 +12,7 @@ import (
 	"handover/brokerd"
 	"handover/brokerd/pgstore"
 	"handover/brokerd/store"
+	"handover/internal/brokertest"
 	"handover/internal/pgtest"
 	"handover/lockstore"
 	"handover/stompclient"
@@ -83,36 +84,20 @@ func startPGBroker(b *testing.B, srv *pgtest.Server) *brokerd.Server {
 	if err != nil {
 		b.Fatal(err)
 	}
-	o := brokerd.NewOptions()
-	o.Listen, o.Admin, o.Data = "127.0.0.1:0", "127.0.0.1:0", b.TempDir()
-	if _, err := brokerd.ReadData(o.Data); err != nil {
-		if _, err := brokerd.InitData(o.Data); err != nil {
-			b.Fatal(err)
+	br := brokertest.Start(b, "", func(o *brokerd.Options) {
+		o.Log = log
+		o.Locker = locker
+		o.StoreName = locker.String()
+		o.Store = func(log *logrus.Entry) (store.Standby, error) {
+			octx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			defer cancel()
+			sb, err := pgstore.Follow(octx, pgstore.Options{DSN: srv.DSN(), Log: log})
+			if err != nil {
+				return nil, err
+			}
+			return sb, nil
 		}
-	}
-	o.Locker = locker
-	o.StoreName = locker.String()
-	o.Store = func(log *logrus.Entry) (store.Standby, error) {
-		octx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		defer cancel()
-		sb, err := pgstore.Follow(octx, pgstore.Options{DSN: srv.DSN(), Log: log})
-		if err != nil {
-			return nil, err
-		}
-		return sb, nil
-	}
-	s, err := brokerd.New(o)
-	if err != nil {
-		b.Fatal(err)
-	}
-	rctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() { s.Run(rctx); close(done) }()
-	b.Cleanup(func() { cancel(); <-done })
-	select {
-	case <-s.Ready():
-	case <-done:
-		b.Fatal("broker stopped before serving")
-	}
-	return s
+	})
+	br.WaitReady(b)
+	return br.Server
 }
