@@ -157,7 +157,7 @@ func New(opts Options) (*Server, error) {
 	if users != nil {
 		log.WithFields(logrus.Fields{"users_from": users.String(), "allow_anonymous": opts.AllowAnonymous, "rules": len(opts.Authorization)}).Info("authentication on")
 	} else {
-		log.WithField("rules", len(opts.Authorization)).Warn("authentication is off: anyone who can reach the STOMP port may connect (set users_file)")
+		log.WithField("rules", len(opts.Authorization)).Warn("authentication is off: anyone who can reach the STOMP port may connect (set users_file, or users_table with a PostgreSQL store)")
 	}
 	locker := opts.Locker
 	if locker == nil {
