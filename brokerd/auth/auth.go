@@ -120,6 +120,23 @@ func (u *Users) Add(login, hash, groups string) error {
 	return nil
 }
 
+// Equal reports whether u and v hold the same users, passwords and groups.
+func (u *Users) Equal(v *Users) bool {
+	if u.Len() != v.Len() {
+		return false
+	}
+	if u.Len() == 0 {
+		return true
+	}
+	for login, a := range u.users {
+		b, ok := v.users[login]
+		if !ok || string(a.hash) != string(b.hash) || !slices.Equal(a.groups, b.groups) {
+			return false
+		}
+	}
+	return true
+}
+
 // Lookup returns user's principal without a password: for a client that
 // proved who it is another way (a TLS client certificate).
 func (u *Users) Lookup(login string) (Principal, bool) {

@@ -21,18 +21,22 @@ func TestConformance(t *testing.T) {
 	srv := pgtest.Start(t)
 	var n atomic.Int32
 	storetest.Run(t, func(t *testing.T) storetest.Harness {
-		schema := fmt.Sprintf("conformance_%d", n.Add(1))
-		admin := srv.Conn()
-		if _, err := admin.Exec(context.Background(), "CREATE SCHEMA "+schema); err != nil {
-			t.Fatal(err)
-		}
-		// What lockstore.Postgres creates.
-		if _, err := admin.Exec(context.Background(), `CREATE TABLE `+schema+`.`+lockstore.PostgresLockTable+` (
-			name text PRIMARY KEY, epoch bigint NOT NULL CHECK (epoch > 0), holder text NOT NULL, acquired_at timestamptz NOT NULL)`); err != nil {
-			t.Fatal(err)
-		}
-		return &harness{admin: admin, schema: schema, dsn: srv.DSN() + "&search_path=" + schema}
+		return newSchemaHarness(t, srv.Conn(), srv, fmt.Sprintf("conformance_%d", n.Add(1)))
 	})
+}
+
+// newSchemaHarness makes schema in srv's database, with the lock table
+// lockstore.Postgres would create, and returns a harness whose DSN uses it.
+func newSchemaHarness(t *testing.T, admin *pgx.Conn, srv *pgtest.Server, schema string) *harness {
+	t.Helper()
+	if _, err := admin.Exec(context.Background(), "CREATE SCHEMA "+schema); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.Exec(context.Background(), `CREATE TABLE `+schema+`.`+lockstore.PostgresLockTable+` (
+		name text PRIMARY KEY, epoch bigint NOT NULL CHECK (epoch > 0), holder text NOT NULL, acquired_at timestamptz NOT NULL)`); err != nil {
+		t.Fatal(err)
+	}
+	return &harness{admin: admin, schema: schema, dsn: srv.DSN() + "&search_path=" + schema}
 }
 
 // harness is pgstore's side of the suite: a schema of the shared server.

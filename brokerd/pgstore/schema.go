@@ -157,8 +157,11 @@ CREATE TABLE ` + usersVersion + ` (
 	version bigint NOT NULL
 );
 INSERT INTO ` + usersVersion + ` (version) VALUES (0);
+-- SET search_path FROM CURRENT: the function finds this schema's counter
+-- whatever the search_path of whoever edits the users (an operator's psql
+-- naming the table by schema, say), when clusters share a database.
 CREATE FUNCTION handover_users_changed() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 BEGIN
 	UPDATE ` + usersVersion + ` SET version = version + 1;
 	RETURN NULL;

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -20,15 +21,23 @@ import (
 // file's lines (login, bcrypt hash, comma-separated groups).
 //
 // Refresh looks at the change counter that the table's trigger keeps (one
-// row), and reads the users only when it moved; both in one snapshot, so
-// that a version is never paired with rows from another.
+// row), and reads the users only when it moved, or a minute after the last
+// read; both in one snapshot, so that a version is never paired with rows
+// from another.
 type UsersTable struct {
 	dsn, desc string
 
-	mu      sync.Mutex // held by Refresh: conn, version and bad are its
+	// fullEvery is how often the users are read whatever the counter
+	// says: an edit made with triggers off (a restore with
+	// --disable-triggers, session_replication_role = replica) does not
+	// move it.
+	fullEvery time.Duration
+
+	mu      sync.Mutex // held by Refresh: conn, version, readAt and bad are its
 	conn    *pgx.Conn
-	version int64 // the counter the users in force were read at; -1 before
-	bad     error // the rows of that version skipped, if any
+	version int64     // the counter the users in force were read at; -1 before
+	readAt  time.Time // when they were
+	bad     error     // the rows of that version skipped, if any
 	users   atomic.Pointer[auth.Users]
 }
 
@@ -39,7 +48,7 @@ func NewUsersTable(dsn string) (*UsersTable, error) {
 	if err != nil {
 		return nil, fmt.Errorf("users table: %w", err)
 	}
-	return &UsersTable{dsn: dsn, desc: desc, version: -1}, nil
+	return &UsersTable{dsn: dsn, desc: desc, version: -1, fullEvery: time.Minute}, nil
 }
 
 // String names the table and its database, without the password.
@@ -98,7 +107,7 @@ func (u *UsersTable) refresh(ctx context.Context) error {
 		}
 		return fmt.Errorf("users table: reading its change counter: %w", err)
 	}
-	if version == u.version {
+	if version == u.version && time.Since(u.readAt) < u.fullEvery {
 		return u.bad
 	}
 	rows, err := tx.Query(ctx, "SELECT login, hash, groups FROM "+usersTable+" ORDER BY login")
@@ -117,8 +126,11 @@ func (u *UsersTable) refresh(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("users table: %w", err)
 	}
+	u.version, u.readAt, u.bad = version, time.Now(), nil
+	if old := u.users.Load(); old != nil && old.Equal(users) {
+		users = old // nothing changed: the users in force stay the same set
+	}
 	u.users.Store(users)
-	u.version, u.bad = version, nil
 	if len(bad) > 0 {
 		u.bad = &badRows{bad}
 	}

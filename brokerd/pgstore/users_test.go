@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	"golang.org/x/crypto/bcrypt"
+
+	"handover/internal/pgtest"
 )
 
 // TestUsersTable: the users table is read when its change counter moves,
@@ -40,7 +42,7 @@ func TestUsersTable(t *testing.T) {
 		change func() error
 		want   map[string]string // users in force, and their groups
 		err    string            // in Refresh's error, if any
-		reread bool              // the users are read again
+		reread bool              // the users in force changed
 	}{
 		{"empty", nil, map[string]string{}, "", true},
 		{"a user added", func() error {
@@ -49,7 +51,7 @@ func TestUsersTable(t *testing.T) {
 		{"unchanged", nil, map[string]string{"alice": "ops,admins"}, "", false},
 		{"a bad hash", func() error {
 			return exec("INSERT INTO handover_users VALUES ('bob', '$2y$xx', '')")
-		}, map[string]string{"alice": "ops,admins"}, `1 rows skipped, not valid users: user "bob"`, true},
+		}, map[string]string{"alice": "ops,admins"}, `1 rows skipped, not valid users: user "bob"`, false},
 		{"the bad hash, looked at again", nil, map[string]string{"alice": "ops,admins"}, `1 rows skipped`, false},
 		{"mended", func() error {
 			return exec("UPDATE handover_users SET hash = $1 WHERE login = 'bob'", hash("b"))
@@ -112,5 +114,76 @@ func TestUsersTable(t *testing.T) {
 	}
 	if users.Users().Len() != 2 {
 		t.Errorf("users after the restart: %d, want bob and dave", users.Users().Len())
+	}
+
+	// An edit with the trigger off does not move the counter: it is seen
+	// at the next full read (fullEvery), which leaves unchanged users the
+	// same set.
+	if err := exec("ALTER TABLE handover_users DISABLE TRIGGER handover_users_changed"); err != nil {
+		t.Fatal(err)
+	}
+	if err := exec("INSERT INTO handover_users VALUES ('erin', $1, '')", hash("e")); err != nil {
+		t.Fatal(err)
+	}
+	users.Refresh(ctx)
+	if _, ok := users.Users().Lookup("erin"); ok {
+		t.Error("an edit with the trigger off was seen before a full read was due")
+	}
+	users.fullEvery = 0
+	users.Refresh(ctx)
+	same := users.Users()
+	if _, ok := same.Lookup("erin"); !ok {
+		t.Error("an edit with the trigger off was not seen at the full read")
+	}
+	users.Refresh(ctx)
+	if users.Users() != same {
+		t.Error("a full read of unchanged users replaced the set")
+	}
+}
+
+// TestUsersTableSchemas: clusters sharing a database keep their users in a
+// schema each, and an edit naming one schema's table from a session with
+// another search_path moves that schema's counter, not another's.
+func TestUsersTableSchemas(t *testing.T) {
+	srv := pgtest.Start(t)
+	ctx := context.Background()
+	admin := srv.Conn()
+	tables := map[string]*UsersTable{}
+	for _, schema := range []string{"a", "b"} {
+		h := newSchemaHarness(t, admin, srv, schema)
+		st, err := Open(ctx, Options{DSN: h.dsn, Log: pgtest.Logger(t)}, h.Promotion(t), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st.Close()
+		u, err := NewUsersTable(h.dsn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer u.Close()
+		if err := u.Refresh(ctx); err != nil {
+			t.Fatal(err)
+		}
+		tables[schema] = u
+	}
+	h, err := bcrypt.GenerateFromPassword([]byte("a"), bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// admin's search_path is the default ("$user", public).
+	if _, err := admin.Exec(ctx, "INSERT INTO a.handover_users VALUES ('alice', $1, '')", string(h)); err != nil {
+		t.Fatalf("an insert naming schema a: %v", err)
+	}
+	beforeB := tables["b"].Users()
+	for _, u := range tables {
+		if err := u.Refresh(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, ok := tables["a"].Users().Lookup("alice"); !ok {
+		t.Error("schema a's users were not read again after the insert")
+	}
+	if tables["b"].Users() != beforeB || tables["b"].Users().Len() != 0 {
+		t.Error("schema b's users changed with schema a's table")
 	}
 }
