@@ -19,31 +19,33 @@ import (
 // unless allow_anonymous is set.
 
 // UsersSource is where logins are checked: the users file (the default,
-// from UsersFile) or the PostgreSQL users table (pgstore.UsersTable). A
-// master reads it afresh before it serves, and then every
-// usersRefreshEvery, so that a change applies to the next logins without
-// a restart (which for a master would be a failover).
+// from UsersFile) or the PostgreSQL users table (pgstore.UsersTable).
+// Every broker reads it again every usersRefreshEvery, and a new master
+// once more before it serves, so that a change applies to the next logins
+// without a restart (which for a master would be a failover).
 type UsersSource interface {
 	// Users returns the users in force: nil while none could be read.
+	// It must not wait on the source.
 	Users() *auth.Users
-	// Refresh reads the users again if they changed. Its error says why
-	// the users in force are not all of what the source holds now (the
-	// last good ones stay, or the valid part of them); it is returned at
-	// every call until that changes.
+	// Refresh reads the users again if they changed, within ctx. Its
+	// error says why the users in force are not all of what the source
+	// holds now (the last good ones stay, or the valid part of them); it
+	// is returned at every call until that changes.
 	Refresh(ctx context.Context) error
 	// String names the source for logs, without secrets.
 	String() string
 }
 
-// usersRefreshEvery is how often a master looks for changed users; a
-// users file is looked at as often as the TLS certificate.
+// usersRefreshEvery is how often the users are looked at; a users file as
+// often as the TLS certificate.
 const usersRefreshEvery = time.Second
 
 // refreshUsers reads the users again and logs what changed: a new set of
-// users (at Info), and why they could not all be read (at Error, once
-// while the reason stays the same). last is the error of the previous
-// call, if any; the new one is returned.
-func (s *Server) refreshUsers(ctx context.Context, last error) error {
+// users (at Info), and why they could not all be read (at Error on a
+// master, Warn on a slave; once while the reason stays the same).
+func (s *Server) refreshUsers(ctx context.Context) error {
+	s.usersMu.Lock()
+	defer s.usersMu.Unlock()
 	before := s.users.Users()
 	err := s.users.Refresh(ctx)
 	after := s.users.Users()
@@ -54,9 +56,17 @@ func (s *Server) refreshUsers(ctx context.Context, last error) error {
 	case after != before:
 		log.Info("users read again: the next logins use them")
 	}
+	last := s.usersErr
+	s.usersErr = err
 	switch {
 	case err != nil && (last == nil || last.Error() != err.Error()):
-		log.WithError(err).Error("users could not all be read: logins are checked against the users in force")
+		level := logrus.WarnLevel
+		s.mu.Lock()
+		if s.role == RoleMaster {
+			level = logrus.ErrorLevel
+		}
+		s.mu.Unlock()
+		log.WithError(err).Log(level, "users could not all be read: logins are checked against the users in force")
 	case err == nil && last != nil:
 		log.Info("users read in full again")
 	}
@@ -67,14 +77,13 @@ func (s *Server) refreshUsers(ctx context.Context, last error) error {
 func (s *Server) usersLoop(ctx context.Context) {
 	t := time.NewTicker(usersRefreshEvery)
 	defer t.Stop()
-	var last error
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			rctx, cancel := context.WithTimeout(ctx, usersRefreshEvery*5)
-			last = s.refreshUsers(rctx, last)
+			rctx, cancel := context.WithTimeout(ctx, 5*usersRefreshEvery)
+			s.refreshUsers(rctx)
 			cancel()
 		}
 	}

@@ -161,8 +161,48 @@ func TestUsersFileChanges(t *testing.T) {
 	}
 }
 
+// TestUsersFileSlave: a slave follows the users file too, so that one
+// that takes over after a user was added, and the file then broken, serves
+// the last good users rather than those it started with.
+func TestUsersFileSlave(t *testing.T) {
+	path := usersFile(t, map[string]string{"alice": "a"})
+	dir := t.TempDir()
+	m := startServer(t, dir, func(o *Options) { o.UsersFile = path })
+	m.waitReady(t)
+	sl := startServer(t, dir, func(o *Options) { o.UsersFile = path })
+	waitUntil(t, 10*time.Second, "the second broker is not a slave", func() bool { return getStatus(t, sl.AdminAddr()).Role == RoleSlave })
+
+	if err := os.Rename(usersFile(t, map[string]string{"bob": "b"}), path); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, 10*time.Second, "the slave did not read the new users", func() bool {
+		_, ok := sl.users.Users().Lookup("bob")
+		return ok
+	})
+	broken := filepath.Join(t.TempDir(), "broken")
+	os.WriteFile(broken, []byte("carol has no hash\n"), 0o600)
+	if err := os.Rename(broken, path); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, 10*time.Second, "the slave did not look at the broken file", func() bool {
+		sl.usersMu.Lock()
+		defer sl.usersMu.Unlock()
+		return sl.usersErr != nil
+	})
+	m.stop(t)
+	sl.waitReady(t)
+	c := dialRaw(t, sl.Addr())
+	c.send("CONNECT\naccept-version:1.2\nhost:/\nlogin:bob\npasscode:b\n\n\x00")
+	if f := c.read(); f.Command != frame.CONNECTED {
+		t.Fatalf("bob on the new master: %v", f)
+	}
+	if st := getStatus(t, sl.AdminAddr()).Users; st == nil || st.Count != 1 {
+		t.Errorf("/status users on the new master: %+v, want 1 (bob)", st)
+	}
+}
+
 // TestRefreshUsersLogs: a users file that stays broken is logged once,
-// not at every look, and its mending once.
+// not at every look, and its mending once; on a slave, as a warning.
 func TestRefreshUsersLogs(t *testing.T) {
 	path := usersFile(t, map[string]string{"alice": "a"})
 	o := NewOptions()
@@ -180,12 +220,15 @@ func TestRefreshUsersLogs(t *testing.T) {
 		for _, e := range hook.AllEntries() {
 			if strings.HasPrefix(e.Message, msg) {
 				n++
+				if e.Level == logrus.ErrorLevel {
+					t.Errorf("%q logged as an error by a broker that is not master", e.Message)
+				}
 			}
 		}
 		return n
 	}
 	var last error
-	refresh := func() { last = s.refreshUsers(context.Background(), last) }
+	refresh := func() { last = s.refreshUsers(context.Background()) }
 	os.WriteFile(path, []byte("carol has no hash\n"), 0o600)
 	os.Chtimes(path, time.Now().Add(time.Hour), time.Now().Add(time.Hour))
 	for range 3 {

@@ -103,8 +103,11 @@ type Server struct {
 	// adminDone is closed when the admin server stops: watch streams end.
 	adminDone chan struct{}
 	users     UsersSource // nil: no authentication
-	tls       *tls.Config // for TLSListen
-	failures  failures
+	// usersMu serializes refreshUsers, whose last error is usersErr.
+	usersMu  sync.Mutex
+	usersErr error
+	tls      *tls.Config // for TLSListen
+	failures failures
 	// lease is the master's, once it has one: nothing is written to a
 	// client while it is not valid (see leaseValid).
 	lease atomic.Pointer[lockstore.Lease]
@@ -253,6 +256,17 @@ func (s *Server) Run(ctx context.Context) error {
 		s.admin.Shutdown(sctx)
 		<-adminDone
 	}()
+	// Slaves follow the users too: one that takes over after they changed,
+	// and then broke (a typo in the file), serves the last good ones.
+	uctx, stopUsers := context.WithCancel(ctx)
+	usersDone := make(chan struct{})
+	go func() {
+		defer close(usersDone)
+		if s.users != nil {
+			s.usersLoop(uctx)
+		}
+	}()
+	defer func() { stopUsers(); <-usersDone }()
 
 	s.log.WithFields(logrus.Fields{"lock": s.locker.String(), "admin": s.AdminAddr()}).Info("slave: waiting for the master lock")
 	// The standby follows the store while the lock is awaited.
@@ -281,7 +295,7 @@ func (s *Server) Run(ctx context.Context) error {
 	log.Info("master: acquired the lock")
 	s.setRole(RoleMaster, lease.Epoch())
 
-	if err := s.startMaster(lease, sb); err != nil {
+	if err := s.startMaster(ctx, lease, sb); err != nil {
 		s.closeJournal()
 		lease.Release()
 		s.setRole(RoleStopped, lease.Epoch())
@@ -292,13 +306,7 @@ func (s *Server) Run(ctx context.Context) error {
 	// master only: a slave's collection after it caught up would compete
 	// with the takeover it may have to make at any moment.
 	rctx, stopHousekeeping := context.WithCancel(ctx)
-	reclaimDone, memDone, usersDone := make(chan struct{}), make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(usersDone)
-		if s.users != nil {
-			s.usersLoop(rctx)
-		}
-	}()
+	reclaimDone, memDone := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(reclaimDone)
 		s.reclaimLoop(rctx)
@@ -307,7 +315,7 @@ func (s *Server) Run(ctx context.Context) error {
 		defer close(memDone)
 		s.returnMemoryLoop(rctx)
 	}()
-	defer func() { stopHousekeeping(); <-reclaimDone; <-memDone; <-usersDone }()
+	defer func() { stopHousekeeping(); <-reclaimDone; <-memDone }()
 
 	select {
 	case <-ctx.Done():
@@ -336,7 +344,7 @@ func (s *Server) Run(ctx context.Context) error {
 
 // startMaster promotes the standby (reading the store's tail), then opens
 // the STOMP port.
-func (s *Server) startMaster(lease lockstore.Lease, sb store.Standby) error {
+func (s *Server) startMaster(ctx context.Context, lease lockstore.Lease, sb store.Standby) error {
 	s.lease.Store(&lease)
 	start := time.Now()
 	st, err := s.promote(lease, sb)
@@ -349,10 +357,11 @@ func (s *Server) startMaster(lease lockstore.Lease, sb store.Standby) error {
 	s.log.WithFields(logrus.Fields{"messages": st.Stats().Live, "took": time.Since(start).Round(time.Millisecond).String()}).Info("store opened: backlog recovered")
 
 	if s.users != nil {
-		// A master that comes up after the users changed must not check
-		// logins against an older set (a table is not read by slaves).
-		ctx, cancel := context.WithTimeout(context.Background(), 5*usersRefreshEvery)
-		err := s.refreshUsers(ctx, nil)
+		// The users are read afresh before the port opens: a master
+		// must not check logins against a set older than the source's
+		// (up to usersRefreshEvery old otherwise).
+		rctx, cancel := context.WithTimeout(ctx, 5*usersRefreshEvery)
+		err := s.refreshUsers(rctx)
 		cancel()
 		if err != nil && s.users.Users() == nil {
 			return fmt.Errorf("reading the users (%s): %w", s.users, err)

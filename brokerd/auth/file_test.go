@@ -51,6 +51,22 @@ func TestUsersFileReload(t *testing.T) {
 		{"gone", func() { os.Remove(path) }, []string{"bob"}, false, true},
 		{"still gone", func() {}, []string{"bob"}, false, true},
 		{"back", func() { write(alice) }, []string{"alice"}, true, false},
+		{"emptied", func() { write("# nobody\n") }, []string{"alice"}, false, true},
+		{"filled", func() { write(bob) }, []string{"bob"}, true, false},
+		{"rewritten in place, size and times kept", func() {
+			before, _ := os.Stat(path)
+			os.WriteFile(path, []byte(strings.Replace(bob, "bob", "bot", 1)), 0o600)
+			// Only the change time tells this version apart; the clock
+			// behind it may not have ticked since the last write.
+			for {
+				os.Chtimes(path, before.ModTime(), before.ModTime())
+				if after, _ := os.Stat(path); stampOf(after).ctime != stampOf(before).ctime {
+					break
+				}
+				time.Sleep(time.Millisecond)
+			}
+		}, []string{"bot"}, true, false},
+		{"back again", func() { write(alice) }, []string{"alice"}, true, false},
 		{"replaced by rename, same times", func() {
 			tmp := path + ".new"
 			os.WriteFile(tmp, []byte(alice+bob), 0o600)
@@ -71,7 +87,7 @@ func TestUsersFileReload(t *testing.T) {
 			t.Errorf("%s: read again %v, want %v", st.name, reread, st.reread)
 		}
 		last = u
-		for _, name := range []string{"alice", "bob"} {
+		for _, name := range []string{"alice", "bob", "bot"} {
 			_, in := u.Lookup(name)
 			want := false
 			for _, w := range st.want {
@@ -88,5 +104,26 @@ func TestUsersFileReload(t *testing.T) {
 func TestUsersFileMissing(t *testing.T) {
 	if _, err := OpenUsersFile(filepath.Join(t.TempDir(), "none")); err == nil || !strings.Contains(err.Error(), "users file") {
 		t.Errorf("a missing users file: %v", err)
+	}
+}
+
+// TestUsersFileRefreshBusy: while a read of the file is under way (hung,
+// say, on a file system gone away), Refresh says so at once instead of
+// waiting or starting another, and Users still answers.
+func TestUsersFileRefreshBusy(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "users")
+	os.WriteFile(path, []byte("alice:"+hash(t, "a")+"\n"), 0o600)
+	f, err := OpenUsersFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.mu.Lock() // a read under way
+	err = f.Refresh(context.Background())
+	f.mu.Unlock()
+	if err == nil || !strings.Contains(err.Error(), "still reading it") {
+		t.Errorf("Refresh during a read: %v", err)
+	}
+	if f.Users().Len() != 1 {
+		t.Error("Users lost the users in force")
 	}
 }
