@@ -9,11 +9,13 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"golang.org/x/crypto/bcrypt"
+	"golang.org/x/term"
 
 	"handover/internal/adminmux"
 )
@@ -33,7 +35,7 @@ commands:
   pid            the process id of the serving master (for kill)
   browse QUEUE   the first -n messages waiting in QUEUE (/queue/NAME), not consumed
   purge QUEUE    remove the messages waiting in QUEUE (not those delivered and unacknowledged)
-  passwd USER    read a password from standard input and print USER's users_file line
+  passwd USER    read a password (asked for on a terminal, else standard input's first line) and print USER's users_file line
                  (user:bcrypt-hash; the hash also goes in handover_users), offline`)
 		fs.PrintDefaults()
 	}
@@ -46,7 +48,7 @@ commands:
 		return 2
 	}
 	if words[0] == "passwd" && len(words) == 2 {
-		line, err := passwd(words[1], stdin)
+		line, err := passwd(words[1], stdin, stderr)
 		if err != nil {
 			fmt.Fprintln(stderr, "brokerd ctl:", err)
 			return 1
@@ -226,18 +228,18 @@ func (c *ctlClient) purge(w io.Writer, queue string) error {
 	return nil
 }
 
-// passwd makes user's line of a users file from the password on the first
-// line of r, so that operators need no htpasswd (apache2-utils) on the
+// passwd makes user's line of a users file from a password read from r
+// (asked for twice, without echo, when r is a terminal; else its first
+// line), so that operators need no htpasswd (apache2-utils) on the
 // brokers' hosts.
-func passwd(user string, r io.Reader) (string, error) {
-	if user == "" || strings.ContainsAny(user, ":\n") || strings.TrimSpace(user) != user {
-		return "", fmt.Errorf("passwd: %q cannot be a user name (no ':', newline, or spaces around it)", user)
+func passwd(user string, r io.Reader, prompt io.Writer) (string, error) {
+	if user == "" || strings.ContainsAny(user, ":\n") || strings.TrimSpace(user) != user || strings.HasPrefix(user, "#") {
+		return "", fmt.Errorf("passwd: %q cannot be a user name (no ':', newline, leading '#', or spaces around it)", user)
 	}
-	pass, err := bufio.NewReader(r).ReadString('\n')
-	if err != nil && err != io.EOF {
-		return "", fmt.Errorf("passwd: reading the password: %w", err)
+	pass, err := readPassword(r, prompt)
+	if err != nil {
+		return "", fmt.Errorf("passwd: %w", err)
 	}
-	pass = strings.TrimRight(pass, "\r\n")
 	if pass == "" {
 		return "", errors.New("passwd: no password on standard input (echo -n PASS | brokerd ctl passwd USER)")
 	}
@@ -246,4 +248,30 @@ func passwd(user string, r io.Reader) (string, error) {
 		return "", fmt.Errorf("passwd: %w", err)
 	}
 	return user + ":" + string(hash), nil
+}
+
+// readPassword reads a password from r: from a terminal twice, without
+// echo, prompting on prompt; else r's first line.
+func readPassword(r io.Reader, prompt io.Writer) (string, error) {
+	if f, ok := r.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		var typed [2][]byte
+		for i, ask := range []string{"Password: ", "Again: "} {
+			fmt.Fprint(prompt, ask)
+			p, err := term.ReadPassword(int(f.Fd()))
+			fmt.Fprintln(prompt)
+			if err != nil {
+				return "", fmt.Errorf("reading the password: %w", err)
+			}
+			typed[i] = p
+		}
+		if string(typed[0]) != string(typed[1]) {
+			return "", errors.New("the two passwords differ")
+		}
+		return string(typed[0]), nil
+	}
+	pass, err := bufio.NewReader(r).ReadString('\n')
+	if err != nil && err != io.EOF {
+		return "", fmt.Errorf("reading the password: %w", err)
+	}
+	return strings.TrimRight(pass, "\r\n"), nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"golang.org/x/crypto/bcrypt"
+	"golang.org/x/sys/unix"
 
 	"handover/brokerd"
 	"handover/brokerd/auth"
@@ -312,6 +314,7 @@ func TestCtlPasswd(t *testing.T) {
 		{"without a newline", "bob", "builder", 0, "bob:$2a$"},
 		{"no password", "carol", "", 1, "no password on standard input"},
 		{"a colon in the name", "a:b", "x\n", 1, "cannot be a user name"},
+		{"a name the file takes for a comment", "#root", "x\n", 1, "cannot be a user name"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			var stdout, stderr strings.Builder
@@ -336,6 +339,68 @@ func TestCtlPasswd(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestCtlPasswdTerminal: on a terminal, brokerd ctl passwd asks twice
+// (the echo off) and refuses two different passwords.
+func TestCtlPasswdTerminal(t *testing.T) {
+	for _, tt := range []struct {
+		name, typed string
+		code        int
+	}{
+		{"the same twice", "wonder land\nwonder land\n", 0},
+		{"two different", "wonder land\nwonderland\n", 1},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			ptm, pts := openPTY(t)
+			go io.Copy(io.Discard, ptm) // whatever the terminal shows
+			if _, err := io.WriteString(ptm, tt.typed); err != nil {
+				t.Fatal(err)
+			}
+			var stdout, stderr strings.Builder
+			code := ctl([]string{"passwd", "alice"}, pts, &stdout, &stderr)
+			if code != tt.code || !strings.Contains(stderr.String(), "Password: ") || !strings.Contains(stderr.String(), "Again: ") {
+				t.Fatalf("exit %d, stdout %q, stderr %q; want exit %d after both prompts", code, stdout.String(), stderr.String(), tt.code)
+			}
+			if code != 0 {
+				if !strings.Contains(stderr.String(), "the two passwords differ") {
+					t.Errorf("stderr %q does not say why", stderr.String())
+				}
+				return
+			}
+			users, err := auth.ParseUsers(strings.NewReader(stdout.String()), "stdout")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := users.Authenticate("alice", "wonder land"); err != nil {
+				t.Errorf("the line does not take the password typed: %v", err)
+			}
+		})
+	}
+}
+
+// openPTY opens a pseudo-terminal: its controlling side, and the terminal
+// a program reads from.
+func openPTY(t *testing.T) (ptm, pts *os.File) {
+	t.Helper()
+	ptm, err := os.OpenFile("/dev/ptmx", os.O_RDWR, 0)
+	if err != nil {
+		t.Fatalf("opening a pseudo-terminal: %v", err)
+	}
+	t.Cleanup(func() { ptm.Close() })
+	if err := unix.IoctlSetPointerInt(int(ptm.Fd()), unix.TIOCSPTLCK, 0); err != nil {
+		t.Fatalf("unlocking the pseudo-terminal: %v", err)
+	}
+	n, err := unix.IoctlGetUint32(int(ptm.Fd()), unix.TIOCGPTN)
+	if err != nil {
+		t.Fatalf("naming the pseudo-terminal: %v", err)
+	}
+	pts, err = os.OpenFile(fmt.Sprintf("/dev/pts/%d", n), os.O_RDWR|unix.O_NOCTTY, 0)
+	if err != nil {
+		t.Fatalf("opening the pseudo-terminal: %v", err)
+	}
+	t.Cleanup(func() { pts.Close() })
+	return ptm, pts
 }
 
 // TestStatusPageInBrowser: a person watching the status pages in a browser
