@@ -14,9 +14,9 @@ import (
 
 // STOMP over TLS (tls_listen beside or instead of listen), with Go's TLS
 // defaults from 1.2 up. With tls_client_ca, clients must present a
-// certificate signed by it, and its subject's common name is their user
-// (with that user's groups from the users file, if it lists the user): no
-// login needed. The certificate and key are read again when their files
+// certificate signed by it, and its subject's common name is their user,
+// with no login needed: one of the users, with its groups, when there are
+// users (see certPrincipal). The certificate and key are read again when their files
 // change, so renewing them needs no restart and drops no connection.
 
 // certReloader serves the certificate in certFile and keyFile, reading
@@ -100,7 +100,10 @@ func tlsConfig(o *Options) (*tls.Config, error) {
 }
 
 // certPrincipal is the user a verified client certificate names, if the
-// connection has one.
+// connection has one. With users (a users file or table), the name must be
+// one of them, as with ActiveMQ's certificate login module, so that
+// removing a user revokes the certificates issued to it; otherwise the
+// client logs in as any other. Without users, the name is the user.
 func (c *conn) certPrincipal() (auth.Principal, bool) {
 	tc, ok := c.nc.(*tls.Conn)
 	if !ok {
@@ -115,9 +118,7 @@ func (c *conn) certPrincipal() (auth.Principal, bool) {
 		return auth.Principal{}, false
 	}
 	if c.s.users != nil {
-		if p, ok := c.s.users.Users().Lookup(cn); ok {
-			return p, true
-		}
+		return c.s.users.Users().Lookup(cn)
 	}
 	return auth.Principal{User: cn}, true
 }

@@ -2,6 +2,7 @@ package brokerd
 
 import (
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -89,5 +90,72 @@ func TestTLS(t *testing.T) {
 	p := dial(t, s.Addr())
 	if err := p.SendReceipt(ctx5(t), "/queue/secure", []byte("x")); err == nil || !strings.Contains(err.Error(), "not authorized") {
 		t.Errorf("anonymous SEND to a queue only alice may write: %v", err)
+	}
+}
+
+// TestTLSCertUsers: with users, a client certificate logs in only a user
+// it names (with the user's groups), and removing the user revokes it; a
+// certificate naming nobody leaves the client to log in with a password.
+func TestTLSCertUsers(t *testing.T) {
+	ca := testutil.NewCA(t, "handover test CA")
+	certFile, keyFile, _ := ca.Issue(t, "brokerd", time.Now().Add(-time.Hour), 24*time.Hour)
+	_, _, alice := ca.Issue(t, "alice", time.Now().Add(-time.Hour), 24*time.Hour)
+	_, _, mallory := ca.Issue(t, "mallory", time.Now().Add(-time.Hour), 24*time.Hour)
+	users := usersFile(t, map[string]string{"alice:ops": "a", "bob": "b"})
+	s := startServer(t, t.TempDir(), func(o *Options) {
+		o.TLSListen, o.TLSCert, o.TLSKey, o.TLSClientCA = "127.0.0.1:0", certFile, keyFile, ca.File(t)
+		o.UsersFile = users
+		o.Authorization = auth.Rules{{Destination: "/queue/ops", Write: []string{"group:ops"}}}
+	})
+	s.waitReady(t)
+	// connect sends CONNECT (with login, if not "") and a SEND to
+	// /queue/ops, and returns the commands answered.
+	connect := func(cert tls.Certificate, login string) []string {
+		t.Helper()
+		c, err := tls.Dial("tcp", s.TLSAddr(), &tls.Config{RootCAs: ca.Pool(), ServerName: "127.0.0.1", Certificates: []tls.Certificate{cert}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.Write([]byte("CONNECT\naccept-version:1.2\nhost:/\n" + login + "\n\x00SEND\ndestination:/queue/ops\nreceipt:r\n\nx\x00"))
+		r := frame.NewReader(c, frame.Limits{MaxBody: -1})
+		var got []string
+		for {
+			c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			f, err := r.Read()
+			if err != nil {
+				return got
+			}
+			got = append(got, f.Command)
+			if f.Command != frame.CONNECTED {
+				return got
+			}
+		}
+	}
+	for _, tt := range []struct {
+		name  string
+		cert  tls.Certificate
+		login string
+		want  string
+	}{
+		{"a user's certificate, in its group", alice, "", "CONNECTED RECEIPT"},
+		{"nobody's certificate", mallory, "", "ERROR"},
+		{"nobody's certificate, with a login not in the group", mallory, "login:bob\npasscode:b\n", "CONNECTED ERROR"},
+	} {
+		if got := strings.Join(connect(tt.cert, tt.login), " "); got != tt.want {
+			t.Errorf("%s: %s, want %s", tt.name, got, tt.want)
+		}
+	}
+	if err := os.Rename(usersFile(t, map[string]string{"bob": "b"}), users); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 10*time.Second, func() error {
+		if _, ok := s.users.Users().Lookup("alice"); ok {
+			return errors.New("alice is still a user")
+		}
+		return nil
+	})
+	if got := strings.Join(connect(alice, ""), " "); got != "ERROR" {
+		t.Errorf("alice's certificate after her removal: %s, want ERROR", got)
 	}
 }
