@@ -40,12 +40,35 @@ type UsersSource interface {
 // often as the TLS certificate.
 const usersRefreshEvery = time.Second
 
+// usersRepeat is how soon after one reason another is logged: a
+// database's errors may name a new local port each time it is tried.
+const usersRepeat = 10 * time.Second
+
+// usersState is refreshUsers's: one refresh at a time (turn: a channel, so
+// that a new master's wait for a slave's refresh under way can give up),
+// and what it last logged.
+type usersState struct {
+	turn     chan struct{}
+	err      error        // the last refresh's
+	level    logrus.Level // err's level when it was logged
+	loggedAt time.Time
+}
+
 // refreshUsers reads the users again and logs what changed: a new set of
 // users (at Info), and why they could not all be read (at Error on a
-// master, Warn on a slave; once while the reason stays the same).
+// master, Warn on a slave): once while the reason stays the same, again
+// when this broker became master since, and at most once a usersRepeat
+// for reasons that differ only in their details.
 func (s *Server) refreshUsers(ctx context.Context) error {
-	s.usersMu.Lock()
-	defer s.usersMu.Unlock()
+	select {
+	case s.usersSt.turn <- struct{}{}:
+	case <-ctx.Done():
+		err := fmt.Errorf("users: a read already under way did not end in time: %w", ctx.Err())
+		s.log.WithError(err).WithField("users", s.users.Users().Len()).Warn("users not read again: logins are checked against the users in force")
+		return err
+	}
+	defer func() { <-s.usersSt.turn }()
+	st := &s.usersSt
 	before := s.users.Users()
 	err := s.users.Refresh(ctx)
 	after := s.users.Users()
@@ -56,17 +79,18 @@ func (s *Server) refreshUsers(ctx context.Context) error {
 	case after != before:
 		log.Info("users read again: the next logins use them")
 	}
-	last := s.usersErr
-	s.usersErr = err
+	level := logrus.WarnLevel
+	s.mu.Lock()
+	if s.role == RoleMaster {
+		level = logrus.ErrorLevel
+	}
+	s.mu.Unlock()
+	last := st.err
+	st.err = err
 	switch {
-	case err != nil && (last == nil || last.Error() != err.Error()):
-		level := logrus.WarnLevel
-		s.mu.Lock()
-		if s.role == RoleMaster {
-			level = logrus.ErrorLevel
-		}
-		s.mu.Unlock()
+	case err != nil && (last == nil || level < st.level || last.Error() != err.Error() && time.Since(st.loggedAt) >= usersRepeat):
 		log.WithError(err).Log(level, "users could not all be read: logins are checked against the users in force")
+		st.level, st.loggedAt = level, time.Now()
 	case err == nil && last != nil:
 		log.Info("users read in full again")
 	}

@@ -169,7 +169,11 @@ func TestUsersFileSlave(t *testing.T) {
 	dir := t.TempDir()
 	m := startServer(t, dir, func(o *Options) { o.UsersFile = path })
 	m.waitReady(t)
-	sl := startServer(t, dir, func(o *Options) { o.UsersFile = path })
+	var hook *logtest.Hook
+	sl := startServer(t, dir, func(o *Options) {
+		o.UsersFile = path
+		hook = logtest.NewLocal(o.Log.Logger)
+	})
 	waitUntil(t, 10*time.Second, "the second broker is not a slave", func() bool { return getStatus(t, sl.AdminAddr()).Role == RoleSlave })
 
 	if err := os.Rename(usersFile(t, map[string]string{"bob": "b"}), path); err != nil {
@@ -185,9 +189,9 @@ func TestUsersFileSlave(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitUntil(t, 10*time.Second, "the slave did not look at the broken file", func() bool {
-		sl.usersMu.Lock()
-		defer sl.usersMu.Unlock()
-		return sl.usersErr != nil
+		sl.usersSt.turn <- struct{}{}
+		defer func() { <-sl.usersSt.turn }()
+		return sl.usersSt.err != nil
 	})
 	m.stop(t)
 	sl.waitReady(t)
@@ -198,6 +202,16 @@ func TestUsersFileSlave(t *testing.T) {
 	}
 	if st := getStatus(t, sl.AdminAddr()).Users; st == nil || st.Count != 1 {
 		t.Errorf("/status users on the new master: %+v, want 1 (bob)", st)
+	}
+	// The broken file, a warning while a slave, is an error once master.
+	levels := map[logrus.Level]int{}
+	for _, e := range hook.AllEntries() {
+		if strings.HasPrefix(e.Message, "users could not all be read") {
+			levels[e.Level]++
+		}
+	}
+	if levels[logrus.WarnLevel] != 1 || levels[logrus.ErrorLevel] != 1 {
+		t.Errorf("the broken file was logged %v times by level, want one warning (slave) and one error (master)", levels)
 	}
 }
 
@@ -236,6 +250,14 @@ func TestRefreshUsersLogs(t *testing.T) {
 	}
 	if n := count("users could not all be read"); n != 1 || last == nil {
 		t.Errorf("a broken file looked at 3 times: logged %d times (error %v), want once", n, last)
+	}
+	// Broken another way at once: not logged again before usersRepeat
+	// (a database's errors differ in their details at every try).
+	os.WriteFile(path, []byte("dave:not-a-hash\n"), 0o600)
+	os.Chtimes(path, time.Now().Add(2*time.Hour), time.Now().Add(2*time.Hour))
+	refresh()
+	if n := count("users could not all be read"); n != 1 || last == nil || !strings.Contains(last.Error(), "dave") {
+		t.Errorf("broken another way: logged %d times (error %v), want still once", n, last)
 	}
 	replace := usersFile(t, map[string]string{"bob": "b"})
 	if err := os.Rename(replace, path); err != nil {

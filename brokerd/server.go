@@ -103,11 +103,9 @@ type Server struct {
 	// adminDone is closed when the admin server stops: watch streams end.
 	adminDone chan struct{}
 	users     UsersSource // nil: no authentication
-	// usersMu serializes refreshUsers, whose last error is usersErr.
-	usersMu  sync.Mutex
-	usersErr error
-	tls      *tls.Config // for TLSListen
-	failures failures
+	usersSt   usersState
+	tls       *tls.Config // for TLSListen
+	failures  failures
 	// lease is the master's, once it has one: nothing is written to a
 	// client while it is not valid (see leaseValid).
 	lease atomic.Pointer[lockstore.Lease]
@@ -198,6 +196,7 @@ func New(opts Options) (*Server, error) {
 		dedup:     newDedup(),
 		mem:       newBudget(opts.MaxMemory),
 		backlog:   newBacklog(),
+		usersSt:   usersState{turn: make(chan struct{}, 1)},
 	}
 	s.watch.limit, s.watch.perSource = opts.MaxWatchers, opts.MaxWatchersPerSource
 	s.metrics = newMetrics(s)
@@ -357,15 +356,22 @@ func (s *Server) startMaster(ctx context.Context, lease lockstore.Lease, sb stor
 	s.log.WithFields(logrus.Fields{"messages": st.Stats().Live, "took": time.Since(start).Round(time.Millisecond).String()}).Info("store opened: backlog recovered")
 
 	if s.users != nil {
-		// The users are read afresh before the port opens: a master
-		// must not check logins against a set older than the source's
-		// (up to usersRefreshEvery old otherwise).
-		rctx, cancel := context.WithTimeout(ctx, 5*usersRefreshEvery)
+		// The users are read afresh before the port opens, so that a
+		// new master checks logins against the source as it is now, not
+		// as it was up to usersRefreshEvery ago; but with users already
+		// read, a slow source holds the takeover up for a second at most
+		// (refreshUsers says what is served).
+		wait := usersRefreshEvery
+		if s.users.Users() == nil {
+			wait = 5 * usersRefreshEvery
+		}
+		rctx, cancel := context.WithTimeout(ctx, wait)
 		err := s.refreshUsers(rctx)
 		cancel()
 		if err != nil && s.users.Users() == nil {
 			return fmt.Errorf("reading the users (%s): %w", s.users, err)
 		}
+
 	}
 
 	var ln, tln net.Listener

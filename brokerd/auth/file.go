@@ -1,6 +1,7 @@
 package auth
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -99,13 +100,21 @@ func (f *UsersFile) refresh() error {
 	if f.users.Load() != nil && st == f.stamp {
 		return f.err // nothing changed since the last look
 	}
-	f.stamp = st
 	if statErr != nil {
 		// Gone, or between an editor's unlink and rename.
+		f.stamp = st
 		f.err = errors.New("users file: " + statErr.Error())
 		return f.err
 	}
-	u, err := LoadUsers(f.path)
+	data, err := os.ReadFile(f.path)
+	if err != nil {
+		// Out of descriptors, a stale NFS handle: nothing is known of
+		// this version yet, so the next look reads it again.
+		f.err = fmt.Errorf("users file: %w", err)
+		return f.err
+	}
+	f.stamp = st
+	u, err := ParseUsers(bytes.NewReader(data), f.path)
 	if err == nil && u.Len() == 0 {
 		// Emptied (truncated by a writer about to fill it, or by
 		// mistake): a broker whose logins all fail is down, so this is

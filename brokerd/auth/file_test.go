@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -125,5 +126,52 @@ func TestUsersFileRefreshBusy(t *testing.T) {
 	}
 	if f.Users().Len() != 1 {
 		t.Error("Users lost the users in force")
+	}
+}
+
+// TestUsersFileReadFails: a version that could not be read (out of file
+// descriptors here; a stale NFS handle in life) is read again at the next
+// look, not taken for a bad version until the file changes.
+func TestUsersFileReadFails(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "users")
+	os.WriteFile(path, []byte("alice:"+hash(t, "a")+"\n"), 0o600)
+	f, err := OpenUsersFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := path + ".new"
+	os.WriteFile(next, []byte("bob:"+hash(t, "b")+"\n"), 0o600)
+	if err := os.Rename(next, path); err != nil {
+		t.Fatal(err)
+	}
+	// The kernel gives a new file the lowest free descriptor, and
+	// refuses it if that is not under RLIMIT_NOFILE.
+	probe, err := os.Open(os.DevNull)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lowest := probe.Fd()
+	probe.Close()
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		t.Fatal(err)
+	}
+	low := lim
+	low.Cur = uint64(lowest)
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &low); err != nil {
+		t.Fatal(err)
+	}
+	err = f.refresh()
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		t.Fatal(err)
+	}
+	if err == nil || !strings.Contains(err.Error(), "too many open files") {
+		t.Fatalf("reading with no descriptor left: %v", err)
+	}
+	if err := f.Refresh(context.Background()); err != nil {
+		t.Fatalf("the next look: %v", err)
+	}
+	if _, ok := f.Users().Lookup("bob"); !ok {
+		t.Error("the version that could not be read was not read at the next look")
 	}
 }
