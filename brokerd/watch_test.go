@@ -114,6 +114,11 @@ func TestWatch(t *testing.T) {
 // limit and shown with the open ones in /status; a watcher that leaves
 // makes room.
 func TestWatchersCapped(t *testing.T) {
+	if ln, err := net.Listen("tcp", "127.0.0.2:0"); err != nil {
+		t.Skipf("no second loopback address here (%v): Linux routes all of 127/8 to lo", err)
+	} else {
+		ln.Close()
+	}
 	s := startServer(t, t.TempDir(), func(o *Options) { o.MaxWatchers, o.MaxWatchersPerSource = 3, 2 })
 	s.waitReady(t)
 	// watch opens a watch from the loopback address from and returns its

@@ -141,7 +141,7 @@ $$;
 	{3, "users table", `
 -- Logins, when brokerd's users_table is set: as a users file's lines, so
 -- that brokers on different hosts share one list. Operators edit it with
--- SQL; a master reads it again within a second of a change.
+-- SQL; every broker reads it again within a second of a change.
 CREATE TABLE ` + usersTable + ` (
 	login  text PRIMARY KEY CHECK (login <> ''),
 	hash   text NOT NULL CHECK (hash ~ '^\$2[aby]\$'),  -- bcrypt, as htpasswd -nbB makes
