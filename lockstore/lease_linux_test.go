@@ -170,10 +170,12 @@ func TestFrozenHolderReplaced(t *testing.T) {
 			defer r.lease.Release()
 			took := r.at.Sub(frozen)
 			t.Logf("%s: took over %v after the freeze (lease_timeout %v)", backend, took.Round(time.Millisecond), leaseTimeout)
-			// The lease runs from the holder's last renewal, up to one
-			// renewal before the freeze.
-			if took < leaseTimeout-leaseRenew || took > leaseTimeout+leaseSlack {
-				t.Errorf("took over %v after the freeze, want between lease_timeout %v less one renewal (%v) and %v more", took, leaseTimeout, leaseRenew, leaseSlack)
+			// The lease runs from the holder's last renewal, which is one
+			// interval before the freeze on a quiet machine, and more on a
+			// busy one (a renewal 68 ms late was seen): the lower bound
+			// catches a takeover that ignores the lease (one lock retry).
+			if took < leaseTimeout/2 || took > leaseTimeout+leaseSlack {
+				t.Errorf("took over %v after the freeze, want between half the lease_timeout %v and %v more", took, leaseTimeout, leaseSlack)
 			}
 			if err := r.lease.Verify(); err != nil {
 				t.Fatalf("the new holder's lease: %v", err)
