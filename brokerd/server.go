@@ -371,7 +371,6 @@ func (s *Server) startMaster(ctx context.Context, lease lockstore.Lease, sb stor
 		if err != nil && s.users.Users() == nil {
 			return fmt.Errorf("reading the users (%s): %w", s.users, err)
 		}
-
 	}
 
 	var ln, tln net.Listener
