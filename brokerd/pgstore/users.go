@@ -66,9 +66,18 @@ func (u *UsersTable) Refresh(ctx context.Context) error {
 	defer u.mu.Unlock()
 	err := u.refresh(ctx)
 	if err != nil && u.conn != nil && !isBadRows(err) {
-		u.conn.Close(context.Background())
-		u.conn = nil // connect afresh next time
+		u.closeConn() // connect afresh next time
 	}
+	return err
+}
+
+// closeConn closes Refresh's connection, giving a database that does not
+// answer a second to take the goodbye. u.mu must be held.
+func (u *UsersTable) closeConn() error {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	err := u.conn.Close(ctx)
+	u.conn = nil
 	return err
 }
 
@@ -144,7 +153,5 @@ func (u *UsersTable) Close() error {
 	if u.conn == nil {
 		return nil
 	}
-	err := u.conn.Close(context.Background())
-	u.conn = nil
-	return err
+	return u.closeConn()
 }
