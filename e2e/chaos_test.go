@@ -191,3 +191,22 @@ func TestChaosSecure(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// TestChaosSecurePostgres is TestChaosSecure on PostgreSQL, with the
+// logins in the store's users table (users_table) rather than a file: a
+// slave that takes over already holds them.
+func TestChaosSecurePostgres(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts PostgreSQL and a cluster and injects faults for half a minute")
+	}
+	sopts := ScheduleOptions{Faults: []FaultKind{Kill9Master, SigtermMaster, Kill9Master}, Pace: time.Second, Seed: 5, Drain: 30 * time.Second}
+	rep, c := runChaos(t, ClusterOptions{Protocol: "stomp", Secure: true, Store: StorePostgres}, defaultWorkload, sopts)
+	checkSanity(t, rep, 3*time.Second)
+	m, _, err := c.Master()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.SecureRefusals(m); err != nil {
+		t.Error(err)
+	}
+}

@@ -41,7 +41,9 @@ type ClusterOptions struct {
 	// speaks TLS to the brokers, verifying them against that CA, and logs
 	// in with its own [service.credentials]. It needs Protocol "stomp":
 	// the workload's clients send no login and stay plain on localhost,
-	// as a legacy application beside the sidecar would.
+	// as a legacy application beside the sidecar would. On StorePostgres
+	// the logins are in the store's users table (users_table), which
+	// every broker reads.
 	Secure bool
 }
 
@@ -147,7 +149,7 @@ func StartCluster(t testing.TB, opts ClusterOptions) *Cluster {
 			b.data = t.TempDir()
 		}
 		if sec != nil {
-			b.config = sec.brokerConfig(t, c.logs.dir, b, opts.BrokerConfig)
+			b.config = sec.brokerConfig(t, c.logs.dir, b, opts.BrokerConfig, c.pg != nil)
 		}
 		c.Brokers = append(c.Brokers, b)
 		backends = append(backends, fmt.Sprintf("{ addr = %q, check_url = \"http://%s/readyz\" }", b.Listen, b.Admin))
@@ -160,6 +162,19 @@ func StartCluster(t testing.TB, opts ClusterOptions) *Cluster {
 		}
 		if err := c.waitRole(b, want, 20*time.Second); err != nil {
 			t.Fatal(err)
+		}
+		if i == 0 && sec != nil && c.pg != nil {
+			// The first master created the users table.
+			if err := c.addTableUser(b); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if sec != nil && c.pg != nil {
+		for _, b := range c.Brokers[1:] { // slaves read the table too
+			if err := c.waitUsers(b, 1, 10*time.Second); err != nil {
+				t.Fatal(err)
+			}
 		}
 	}
 	protocol := ""
@@ -261,6 +276,9 @@ type BrokerStatus struct {
 	Role  string `json:"role"`
 	Epoch uint64 `json:"epoch"`
 	Ready bool   `json:"ready"`
+	Users *struct {
+		Count int `json:"count"`
+	} `json:"users"`
 }
 
 // SidecarStatus is the part of the sidecar's /status the harness reads.

@@ -24,6 +24,7 @@ type secrets struct {
 	ca                        *testutil.CA
 	caFile, certFile, keyFile string
 	usersFile, passcodeFile   string
+	hash                      string // the sidecar's password's, for a users table
 }
 
 // secureLogin is the login the sidecar presents to the brokers.
@@ -39,6 +40,7 @@ func newSecrets(t testing.TB, dir string) *secrets {
 	if err != nil {
 		t.Fatal(err)
 	}
+	s.hash = string(hash)
 	s.usersFile = filepath.Join(dir, "users")
 	s.passcodeFile = filepath.Join(dir, "sidecar-passcode")
 	for path, text := range map[string]string{s.usersFile: secureLogin + ":" + string(hash) + "\n", s.passcodeFile: passcode + "\n"} {
@@ -50,12 +52,17 @@ func newSecrets(t testing.TB, dir string) *secrets {
 }
 
 // brokerConfig writes broker b's own config file: the cluster's (base),
-// then TLS only on b.Listen and logins required.
-func (s *secrets) brokerConfig(t testing.TB, dir string, b *Broker, base string) string {
+// then TLS only on b.Listen and logins required, from the users file or,
+// with table, the store's users table (see addTableUser).
+func (s *secrets) brokerConfig(t testing.TB, dir string, b *Broker, base string, table bool) string {
 	t.Helper()
 	path := filepath.Join(dir, b.Name+".toml")
-	text := fmt.Sprintf("%s\ntls_listen = %q\ntls_cert = %q\ntls_key = %q\nusers_file = %q\n",
-		base, b.Listen, s.certFile, s.keyFile, s.usersFile)
+	users := fmt.Sprintf("users_file = %q", s.usersFile)
+	if table {
+		users = "users_table = true"
+	}
+	text := fmt.Sprintf("%s\ntls_listen = %q\ntls_cert = %q\ntls_key = %q\n%s\n",
+		base, b.Listen, s.certFile, s.keyFile, users)
 	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -95,4 +102,30 @@ func (c *Cluster) SecureRefusals(b *Broker) error {
 		return fmt.Errorf("%s, a client without a login over TLS: %v, want ERROR authentication failed", b.Name, err)
 	}
 	return nil
+}
+
+// addTableUser puts the sidecar's login in the users table of a Secure
+// cluster on PostgreSQL, once master b has created the table, and waits
+// for b to read it.
+func (c *Cluster) addTableUser(b *Broker) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := c.pg.Conn().Exec(ctx, "INSERT INTO handover_users VALUES ($1, $2, '')", secureLogin, c.sec.hash); err != nil {
+		return fmt.Errorf("adding the sidecar's login to the users table: %w", err)
+	}
+	return c.waitUsers(b, 1, 10*time.Second)
+}
+
+// waitUsers waits for broker b's /status to count n users in force.
+func (c *Cluster) waitUsers(b *Broker, n int, timeout time.Duration) error {
+	return poll(timeout, func() error {
+		st, err := c.Status(b)
+		if err != nil {
+			return err
+		}
+		if st.Users == nil || st.Users.Count != n {
+			return fmt.Errorf("%s has users %+v, want %d", b.Name, st.Users, n)
+		}
+		return nil
+	})
 }
