@@ -47,6 +47,9 @@ type Status struct {
 type usersStatus struct {
 	From  string `json:"from"`
 	Count int    `json:"count"`
+	// Error says why the users in force are not all the source holds (a
+	// typo in the file, a bad row, the database out of reach).
+	Error string `json:"error,omitempty"`
 }
 
 // JournalStat is the journal part of Status.
@@ -84,7 +87,7 @@ func (s *Server) Status() Status {
 	}
 	s.mu.Unlock()
 	if s.users != nil {
-		st.Users = &usersStatus{From: s.users.String(), Count: s.users.Users().Len()}
+		st.Users = &usersStatus{From: s.users.String(), Count: s.users.Users().Len(), Error: s.usersError()}
 	}
 	s.destMu.Lock()
 	qs := make([]*queue, 0, len(s.queues))

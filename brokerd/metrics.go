@@ -103,6 +103,8 @@ var (
 	descSbAge    = prometheus.NewDesc("brokerd_standby_catch_up_age_seconds", "Seconds since a slave's standby last read the store.", nil, nil)
 	descSbReady  = prometheus.NewDesc("brokerd_standby_ready", "1 while a slave could take over now: its standby reads the store and its listen address can be bound (see /status standby.not_ready).", nil, nil)
 	descSbBehind = prometheus.NewDesc("brokerd_standby_behind_records", "Records the standby's last catch-up found to read.", nil, nil)
+	descUsers    = prometheus.NewDesc("brokerd_users", "Users logins are checked against (with users_file or users_table).", nil, nil)
+	descUsersOK  = prometheus.NewDesc("brokerd_users_current", "1 if the users in force are all the users file or table holds now; 0 if a change could not be read (see /status users.error).", nil, nil)
 )
 
 func (c stateCollector) Describe(ch chan<- *prometheus.Desc) { prometheus.DescribeByCollect(c, ch) }
@@ -119,6 +121,14 @@ func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- constMetric(descWatchers, prometheus.GaugeValue, float64(st.Watchers))
 	for why, key := range refusedKey {
 		ch <- constMetric(descWatchRef, prometheus.CounterValue, float64(c.s.watch.refused[why].Load()), key)
+	}
+	if st.Users != nil {
+		current := 1.0
+		if st.Users.Error != "" {
+			current = 0
+		}
+		ch <- constMetric(descUsers, prometheus.GaugeValue, float64(st.Users.Count))
+		ch <- constMetric(descUsersOK, prometheus.GaugeValue, current)
 	}
 	for _, q := range st.Queues {
 		ch <- constMetric(descDepth, prometheus.GaugeValue, float64(q.Depth), q.Name)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -52,6 +53,9 @@ type usersState struct {
 	err      error        // the last refresh's
 	level    logrus.Level // err's level when it was logged
 	loggedAt time.Time
+	// shown is err's text for /status and /metrics, which must not wait
+	// for a refresh under way: "" when the users were read in full.
+	shown atomic.Pointer[string]
 }
 
 // refreshUsers reads the users again and logs what changed: a new set of
@@ -87,6 +91,11 @@ func (s *Server) refreshUsers(ctx context.Context) error {
 	s.mu.Unlock()
 	last := st.err
 	st.err = err
+	shown := ""
+	if err != nil {
+		shown = err.Error()
+	}
+	st.shown.Store(&shown)
 	switch {
 	case err != nil && (last == nil || level < st.level || last.Error() != err.Error() && time.Since(st.loggedAt) >= usersRepeat):
 		log.WithError(err).Log(level, "users could not all be read: logins are checked against the users in force")
@@ -95,6 +104,15 @@ func (s *Server) refreshUsers(ctx context.Context) error {
 		log.Info("users read in full again")
 	}
 	return err
+}
+
+// usersError is why the users in force are not all the source holds, as
+// the last refresh found: "" if they are.
+func (s *Server) usersError() string {
+	if p := s.usersSt.shown.Load(); p != nil {
+		return *p
+	}
+	return ""
 }
 
 // usersLoop refreshes the users every usersRefreshEvery until ctx ends.

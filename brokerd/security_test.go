@@ -132,8 +132,11 @@ func TestUsersFileChanges(t *testing.T) {
 	if f := login("bob", "b").read(); f.Command != frame.CONNECTED {
 		t.Fatalf("bob, added: %v", f)
 	}
-	if st := getStatus(t, s.AdminAddr()).Users; st == nil || st.Count != 1 || st.From != "file "+path {
-		t.Errorf("/status users: %+v, want 1 from file %s", st, path)
+	if st := getStatus(t, s.AdminAddr()).Users; st == nil || st.Count != 1 || st.From != "file "+path || st.Error != "" {
+		t.Errorf("/status users: %+v, want 1 from file %s, no error", st, path)
+	}
+	if m := scrape(t, s.AdminAddr()); !strings.Contains(m, "brokerd_users_current 1\n") {
+		t.Error("/metrics lacks brokerd_users_current 1 with the file read in full")
 	}
 	c := login("alice", "a")
 	if f := c.read(); f.Command != frame.ERROR {
@@ -158,6 +161,16 @@ func TestUsersFileChanges(t *testing.T) {
 	})
 	if f := login("bob", "b").read(); f.Command != frame.CONNECTED {
 		t.Fatalf("bob, after a typo: %v", f)
+	}
+	// /status and /metrics say the users in force are not the file's.
+	if st := getStatus(t, s.AdminAddr()).Users; st == nil || st.Count != 1 || !strings.Contains(st.Error, "want user:bcrypt-hash") {
+		t.Errorf("/status users after the typo: %+v, want bob alone and the typo", st)
+	}
+	m := scrape(t, s.AdminAddr())
+	for _, want := range []string{"brokerd_users 1\n", "brokerd_users_current 0\n"} {
+		if !strings.Contains(m, want) {
+			t.Errorf("/metrics after the typo lacks %q", want)
+		}
 	}
 }
 
