@@ -177,19 +177,7 @@ func TestChaosSecure(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a cluster and injects faults for half a minute")
 	}
-	sopts := ScheduleOptions{Faults: AllFaults, Pace: time.Second, Seed: 3, Drain: 30 * time.Second}
-	rep, c := runChaos(t, ClusterOptions{Protocol: "stomp", Secure: true}, defaultWorkload, sopts)
-	checkSanity(t, rep, 3*time.Second)
-
-	// The brokers the workload went through were secure: the master
-	// refuses plain TCP, and over TLS a client without a login.
-	m, _, err := c.Master()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.SecureRefusals(m); err != nil {
-		t.Error(err)
-	}
+	runSecure(t, "", ScheduleOptions{Faults: AllFaults, Pace: time.Second, Seed: 3, Drain: 30 * time.Second})
 }
 
 // TestChaosSecurePostgres is TestChaosSecure on PostgreSQL, with the
@@ -199,8 +187,14 @@ func TestChaosSecurePostgres(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts PostgreSQL and a cluster and injects faults for half a minute")
 	}
-	sopts := ScheduleOptions{Faults: []FaultKind{Kill9Master, SigtermMaster, Kill9Master}, Pace: time.Second, Seed: 5, Drain: 30 * time.Second}
-	rep, c := runChaos(t, ClusterOptions{Protocol: "stomp", Secure: true, Store: StorePostgres}, defaultWorkload, sopts)
+	runSecure(t, StorePostgres, ScheduleOptions{Faults: []FaultKind{Kill9Master, SigtermMaster, Kill9Master}, Pace: time.Second, Seed: 5, Drain: 30 * time.Second})
+}
+
+// runSecure runs sopts on a Secure cluster on store, checks the verdicts,
+// and that the brokers the workload went through were secure: the master
+// refuses plain TCP, and over TLS a client without a login.
+func runSecure(t *testing.T, store string, sopts ScheduleOptions) {
+	rep, c := runChaos(t, ClusterOptions{Protocol: "stomp", Secure: true, Store: store}, defaultWorkload, sopts)
 	checkSanity(t, rep, 3*time.Second)
 	m, _, err := c.Master()
 	if err != nil {
