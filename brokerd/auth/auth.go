@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"slices"
 	"strings"
 
@@ -46,16 +45,6 @@ type user struct {
 // dummyHash is compared against for unknown users, so that a failure
 // takes as long whether or not the user exists.
 var dummyHash, _ = bcrypt.GenerateFromPassword([]byte("no such user"), bcrypt.DefaultCost)
-
-// LoadUsers reads a users file.
-func LoadUsers(path string) (*Users, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, fmt.Errorf("users file: %w", err)
-	}
-	defer f.Close()
-	return ParseUsers(f, path)
-}
 
 // ParseUsers reads users from r, one "user:bcrypt-hash[:group,group...]"
 // per line; blank lines and lines starting with # are skipped. Errors name
